@@ -1,0 +1,47 @@
+"""`python -m bench list`: methods, datasets, backbones and experiments."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("what", nargs="?", default="all",
+                        choices=("all", "methods", "datasets", "backbones", "experiments", "settings"),
+                        help="what to list (settings: every parameter of every method)")
+
+
+def execute(args: argparse.Namespace) -> int:
+    from bench.backbones import BACKBONES
+    from bench.data import available_datasets, load_card
+    from bench.experiments import available_experiments, load_experiment
+    from bench.spec import method_params
+    from methods import available_methods, get_method
+
+    if args.what in ("all", "methods"):
+        print("methods:")
+        for name in available_methods():
+            print(f"  {name:10s} {get_method(name).summary}")
+    if args.what in ("all", "datasets"):
+        print("datasets:")
+        for name in available_datasets():
+            card = load_card(name)
+            print(f"  {name:20s} {card.title} ({card.num_classes} classes, mAP@{card.map_at or 'all'})")
+    if args.what in ("all", "backbones"):
+        print("backbones:")
+        for name, text in BACKBONES.items():
+            print(f"  {name:10s} {text}")
+    if args.what in ("all", "experiments"):
+        print("experiments:")
+        for name in available_experiments():
+            experiment = load_experiment(name)
+            print(f"  {name:24s} {experiment.description.splitlines()[0] if experiment.description else ''}")
+    if args.what == "settings":
+        for name in available_methods():
+            method = get_method(name)
+            print(f"{name}:")
+            for key, param in method_params(method).items():
+                native = f" (native: {method.native[key]})" if key in method.native else ""
+                choices = f" [{'|'.join(map(str, param.choices))}]" if param.choices else ""
+                print(f"  {key:22s} {param.default!r}{native}{choices}  {param.help}")
+    return 0

@@ -1,0 +1,152 @@
+"""`python -m bench run`: train and evaluate methods x bits x seeds (or a named experiment)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from bench.errors import UserError
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    what = parser.add_argument_group("what to run")
+    what.add_argument("--methods", help="comma-separated method names (see `bench list`)")
+    what.add_argument("--bits", help="comma-separated code lengths, e.g. 16,32,64")
+    what.add_argument("--dataset", help="dataset card name (default: fashion-mnist)")
+    what.add_argument("--seeds", help="comma-separated seeds (default: 0)")
+    what.add_argument("--experiment", help="named experiment in bench/experiments/ (or a YAML path)")
+    what.add_argument("--protocol", choices=("native", "harmonised"),
+                      help="native: each method's published optimizer/schedule (default); "
+                           "harmonised: one shared optimizer and schedule for all")
+    what.add_argument("--epochs", type=int, help="override the number of training epochs")
+    what.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                      help="override a setting, e.g. --set lr=1e-4 (repeatable)")
+    what.add_argument("--backbone", help="override the dataset card's backbone")
+    what.add_argument("--split-seed", type=int, default=0, help="seed of the data split (default 0)")
+    how = parser.add_argument_group("how to run")
+    how.add_argument("--results", default=None, help="results directory (default: results/)")
+    how.add_argument("--data-root", help="folder holding the dataset files")
+    how.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    how.add_argument("--no-pretrained", action="store_true",
+                     help="train torchvision backbones from scratch (no local ImageNet weights)")
+    how.add_argument("--weights", help="local file with ImageNet weights for the backbone")
+    how.add_argument("--force", action="store_true", help="rerun runs that already have a record")
+    how.add_argument("--jobs", type=int, default=1, help="parallel runs (default 1)")
+    how.add_argument("--backend", default="local", help="local (joblib processes) or dask")
+    how.add_argument("--scheduler", help="Dask scheduler address (with --backend dask)")
+    how.add_argument("--workers", type=int, default=0, help="DataLoader workers for image files")
+    how.add_argument("--quiet", action="store_true", help="no progress bars")
+    how.add_argument("--dry-run", action="store_true", help="list the runs and whether they are done")
+
+
+def parse_int_list(text: str, flag: str, minimum: int) -> list[int]:
+    values = []
+    for part in text.split(","):
+        part = part.strip()
+        try:
+            value = int(part)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            kind = "positive integers" if minimum > 0 else "non-negative integers"
+            raise UserError(f"{flag} '{part}' is not valid; give comma-separated {kind}, e.g. 16,32,64")
+        values.append(value)
+    if not values:
+        raise UserError(f"{flag} is empty")
+    return values
+
+
+def parse_settings(items: list[str]) -> dict[str, str]:
+    settings = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set '{item}' is not KEY=VALUE (e.g. --set lr=1e-4)")
+        settings[key.strip()] = value.strip()
+    return settings
+
+
+def build_specs(args: argparse.Namespace) -> list:
+    """Expand CLI flags (and an optional experiment) into RunSpecs; validates everything."""
+    from bench.backbones import PRETRAINABLE as PRETRAINABLE_BACKBONES
+    from bench.data import load_card
+    from bench.experiments import load_experiment
+    from bench.spec import PROTOCOLS, RunSpec, check_override_keys
+    from methods import get_method
+
+    experiment = load_experiment(args.experiment) if args.experiment else None
+    if experiment is None and not args.methods:
+        raise UserError("give --methods (e.g. --methods crh,csq) or --experiment NAME")
+    methods = [m.strip() for m in args.methods.split(",")] if args.methods else list(experiment.methods)
+    for name in methods:
+        get_method(name)
+    bits = parse_int_list(args.bits, "--bits", 1) if args.bits else list(
+        experiment.bits if experiment else (16, 32, 64))
+    seeds = parse_int_list(args.seeds, "--seeds", 0) if args.seeds else list(
+        experiment.seeds if experiment else (0,))
+    dataset = args.dataset or (experiment.dataset if experiment else "fashion-mnist")
+    card = load_card(dataset)
+    protocol = args.protocol or (experiment.protocol if experiment else "native")
+    if protocol not in PROTOCOLS:
+        raise UserError(f"protocol '{protocol}' is not valid; choose from {', '.join(PROTOCOLS)}")
+    backbone = args.backbone or (experiment.backbone if experiment else None)
+    if backbone is not None:
+        from bench.backbones import BACKBONES
+
+        if backbone not in BACKBONES:
+            raise UserError(f"unknown backbone '{backbone}'; valid backbones: {', '.join(BACKBONES)}")
+    pretrained = (backbone or card.backbone) in PRETRAINABLE_BACKBONES and not args.no_pretrained
+
+    shared: dict[str, Any] = dict(experiment.settings) if experiment else {}
+    shared.update(parse_settings(args.settings))
+    if args.epochs is not None:
+        if args.epochs < 1:
+            raise UserError(f"--epochs {args.epochs}: must be a positive integer")
+        shared["epochs"] = args.epochs
+    grid = list(experiment.grid) if experiment else [{}]
+    where = experiment.path if experiment else "--set"
+    for entry in [shared, *grid]:
+        check_override_keys(methods, list(entry), where)
+    specs = []
+    for method in methods:
+        for entry in grid:
+            overrides = {**shared, **entry}
+            for bit in bits:
+                for seed in seeds:
+                    specs.append(RunSpec(
+                        method=method, dataset=dataset, bits=bit, seed=seed, protocol=protocol,
+                        backbone=backbone, pretrained=pretrained, split_seed=args.split_seed,
+                        overrides=tuple(sorted(overrides.items())),
+                    ))
+    return specs
+
+
+def execute(args: argparse.Namespace) -> int:
+    from bench.records import DEFAULT_RESULTS_DIR
+    from bench.runner import RunOptions, execute_runs, needs_running, plan_runs
+
+    specs = build_specs(args)
+    options = RunOptions(
+        results_dir=Path(args.results) if args.results else DEFAULT_RESULTS_DIR,
+        data_root=args.data_root, device=args.device, force=args.force,
+        progress_bars=not args.quiet, num_workers=args.workers, weights_file=args.weights,
+    )
+    if args.dry_run:
+        for run in plan_runs(specs, options):
+            state = "todo" if needs_running(run, options) else "done"
+            print(f"{state:5s} {run.spec.label():60s} {run.path}")
+        return 0
+    outcome = execute_runs(specs, options, jobs=args.jobs, backend=args.backend,
+                           scheduler=args.scheduler)
+    print(
+        f"{len(outcome.completed)} completed, {len(outcome.skipped)} skipped (record exists), "
+        f"{len(outcome.failed)} failed; records in {options.results_dir / 'runs'}"
+    )
+    for identifier, reason in outcome.failed:
+        print(f"  failed {identifier}: {reason}")
+    if outcome.completed or outcome.skipped:
+        from bench.summary import print_summary
+
+        print_summary(options.results_dir, [*outcome.completed, *outcome.skipped])
+    return outcome.exit_code

@@ -1,0 +1,382 @@
+"""The one training loop. Every method trains and is evaluated here; methods only supply a
+loss and optional hooks (see `methods/base.py`).
+
+Model selection: every `eval_every` epochs (and at the last) the validation images are
+ranked against the training images; the best epoch by validation mAP is kept. The query set
+is encoded and scored once, on that selected checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from bench.backbones import HashNetwork, build_backbone
+from bench.data import DatasetCard, ImageSource, load_card, open_dataset
+from bench.errors import UserError
+from bench.retrieval import evaluate_retrieval
+from bench.spec import RunSpec, resolve_config, run_id
+from bench.splits import Split, make_split
+from methods import get_method
+from methods.base import HashMethod, Task
+
+PR_AT_N = (1, 10, 50, 100, 500, 1000, 2000, 5000)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite: the run is recorded as failed with this reason."""
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 - seeds third-party code using the legacy API
+    torch.manual_seed(seed)
+
+
+def pick_device(requested: str | None) -> torch.device:
+    if requested in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {requested}: CUDA is not available on this machine; use cpu")
+    try:
+        return torch.device(requested)
+    except RuntimeError:
+        raise UserError(f"--device {requested!r} is not a valid device (cpu, cuda, cuda:N)") from None
+
+
+def iterate_batches(
+    source: ImageSource, indices: np.ndarray, batch_size: int, train: bool, device: torch.device,
+    num_workers: int = 0,
+) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
+    """Yield (indices, images, multi-hot labels) in the given order. In-memory data is
+    gathered directly (no DataLoader overhead); file data goes through a DataLoader."""
+    chunks = [indices[i: i + batch_size] for i in range(0, len(indices), batch_size)]
+    if train and len(chunks) > 1 and len(chunks[-1]) < 2:
+        chunks.pop()  # a batch of one breaks batch normalisation
+    labels = torch.from_numpy(source.labels)
+    if source.in_memory or num_workers == 0:
+        for chunk in chunks:
+            images = source.batch(chunk, train)
+            yield chunk, images.to(device, non_blocking=True), labels[chunk].float().to(device)
+        return
+    loader = torch.utils.data.DataLoader(
+        _IndexDataset(source, train), batch_sampler=[c.tolist() for c in chunks],
+        num_workers=num_workers, pin_memory=device.type == "cuda",
+    )
+    for chunk, images in zip(chunks, loader, strict=True):
+        yield chunk, images.to(device, non_blocking=True), labels[chunk].float().to(device)
+
+
+class _IndexDataset(torch.utils.data.Dataset):
+    def __init__(self, source: ImageSource, train: bool) -> None:
+        self.source, self.train = source, train
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.source.load(index, self.train)
+
+
+@torch.no_grad()
+def encode(
+    model: torch.nn.Module, source: ImageSource, indices: np.ndarray, device: torch.device,
+    batch_size: int = 512, features: bool = False, progress: bool = False, desc: str = "encode",
+    num_workers: int = 0,
+) -> np.ndarray:
+    """Real-valued outputs (or backbone features) of `model` for `indices`, in order."""
+    model.eval()
+    outputs = []
+    batches = iterate_batches(source, indices, batch_size, False, device, num_workers)
+    for _, images, _ in tqdm(batches, total=math.ceil(len(indices) / batch_size), desc=desc,
+                             leave=False, disable=not progress):
+        out = model.features(images) if features else model(images)
+        outputs.append(out.float().cpu())
+    return torch.cat(outputs).numpy()
+
+
+@dataclass
+class TrainContext:
+    """What hooks can see and use: the run's settings, data, model and progress."""
+
+    spec: RunSpec
+    config: dict[str, Any]
+    card: DatasetCard
+    task: Task
+    source: ImageSource
+    split: Split
+    model: HashNetwork
+    device: torch.device
+    progress_bars: bool = True
+    num_workers: int = 0
+    weights_file: str | None = None
+    epoch: int = 0
+    step: int = 0
+    steps_per_epoch: int = 1
+    logged: dict[str, list[float]] = field(default_factory=dict)
+    stage_times: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_epoch * int(self.config["epochs"])
+
+    @property
+    def progress(self) -> float:
+        """Fraction of training done, 0..1 (for continuation schedules such as HashNet's)."""
+        return self.step / max(1, self.total_steps)
+
+    def log(self, name: str, value: float | torch.Tensor) -> None:
+        """Record a loss component; the epoch summary stores its mean."""
+        self.logged.setdefault(name, []).append(float(value))
+
+    def new_backbone(self) -> torch.nn.Module:
+        """A fresh backbone of the run's kind (SHC trains a classifier on one)."""
+        backbone = build_backbone(
+            self.spec.backbone or self.card.backbone, self.card.channels, self.spec.pretrained,
+            self.weights_file,
+        )
+        return backbone.to(self.device)
+
+    def train_batches(
+        self, generator: torch.Generator, batch_size: int | None = None
+    ) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
+        """One shuffled pass over the training split."""
+        order = self.split.train[torch.randperm(len(self.split.train), generator=generator).numpy()]
+        return iterate_batches(self.source, order, batch_size or int(self.config["batch_size"]),
+                               True, self.device, self.num_workers)
+
+
+def build_optimizer(model: HashNetwork, config: dict[str, Any]) -> torch.optim.Optimizer:
+    lr = float(config["lr"])
+    groups = [
+        {"params": list(model.backbone.parameters()), "lr": lr * float(config["backbone_lr_scale"])},
+        {"params": list(model.hash_layer.parameters()), "lr": lr},
+    ]
+    decay = float(config["weight_decay"])
+    name = config["optimizer"]
+    if name == "adam":
+        return torch.optim.Adam(groups, lr=lr, betas=(float(config["beta1"]), float(config["beta2"])),
+                                weight_decay=decay)
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=float(config["momentum"]), weight_decay=decay)
+    # RMSprop without momentum, as in the CSQ re-implementation whose defaults it serves.
+    return torch.optim.RMSprop(groups, lr=lr, weight_decay=decay)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, config: dict[str, Any]):
+    epochs = int(config["epochs"])
+    schedule = config["lr_schedule"]
+    if schedule == "cosine":
+        base = float(config["lr"])
+        floor = min(float(config["lr_min"]), base)
+        return torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=max(1, epochs), eta_min=floor
+        )
+    if schedule == "step":
+        step = max(1, int(round(epochs * float(config["lr_step_at"]))))
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=step, gamma=float(config["lr_gamma"]))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+
+
+def class_feature_similarity(features: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Cosine similarity of class-mean backbone features [C, C] (a class-similarity measure
+    that needs no external model; label-weighted 1/q for multi-label samples)."""
+    weights = labels / np.maximum(labels.sum(axis=1, keepdims=True), 1)
+    means = (weights.T @ features) / np.maximum(weights.sum(axis=0)[:, None], 1e-12)
+    means = means / np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)
+    return means @ means.T
+
+
+def center_semantics(centers: np.ndarray, similarity: np.ndarray) -> dict[str, float]:
+    """Pearson and Spearman correlation, over class pairs, between the centers' Hamming
+    similarity (1 - d/K) and the measured class similarity."""
+    from scipy.stats import pearsonr, spearmanr
+
+    bits = centers.shape[1]
+    centers = centers.astype(np.int64)
+    hamming_similarity = 1 - (bits - centers @ centers.T) / (2 * bits)
+    upper = np.triu_indices(len(centers), k=1)
+    a, b = hamming_similarity[upper], similarity[upper]
+    if len(a) < 3 or np.std(a) == 0 or np.std(b) == 0:
+        return {"pearson": float("nan"), "spearman": float("nan")}
+    return {"pearson": float(pearsonr(a, b)[0]), "spearman": float(spearmanr(a, b)[0])}
+
+
+def train_and_evaluate(
+    spec: RunSpec,
+    results_dir: Path | None = None,
+    data_root: str | None = None,
+    device: str | None = None,
+    progress_bars: bool = True,
+    num_workers: int = 0,
+    zero_relevant: str = "zero",
+    weights_file: str | None = None,
+) -> dict[str, Any]:
+    """Train one run and return its record body (metrics, history, timings, extras)."""
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    card = load_card(spec.dataset)
+    config = resolve_config(spec, card)
+    method_cls = get_method(spec.method)
+    torch_device = pick_device(device)
+    task = Task(bits=spec.bits, num_classes=card.num_classes, multi_label=card.multi_label,
+                seed=spec.seed, epochs=int(config["epochs"]), device=torch_device)
+    method_cls.check(config, task)
+
+    source = open_dataset(card, data_root)
+    split = make_split(card, source, spec.split_seed, Path(results_dir) / "splits" if results_dir else None)
+    timings["data"] = time.perf_counter() - started
+
+    seed_everything(spec.seed)
+    backbone = build_backbone(spec.backbone or card.backbone, card.channels, spec.pretrained,
+                              weights_file)
+    model = HashNetwork(backbone, spec.bits).to(torch_device)
+    method: HashMethod = method_cls(config, task)
+    ctx = TrainContext(spec=spec, config=config, card=card, task=task, source=source, split=split,
+                       model=model, device=torch_device, progress_bars=progress_bars,
+                       num_workers=num_workers, weights_file=weights_file)
+    batch_size = int(config["batch_size"])
+    ctx.steps_per_epoch = max(1, len(split.train) // batch_size)
+
+    setup_start = time.perf_counter()
+    method.setup(ctx)
+    seed_everything(spec.seed + 1)  # setup may consume randomness; keep the loop's order fixed
+    timings["method_setup"] = time.perf_counter() - setup_start
+
+    optimizer = build_optimizer(model, config)
+    scheduler = build_scheduler(optimizer, config)
+    order_generator = torch.Generator().manual_seed(spec.seed)
+    epochs = int(config["epochs"])
+    eval_every = int(config["eval_every"])
+    topk = card.map_at
+    history: list[dict[str, Any]] = []
+    best = {"epoch": -1, "val_mAP": -math.inf, "state": None}
+    train_time = 0.0
+    validation_time = 0.0
+    hook_time = 0.0
+
+    epoch_bar = tqdm(range(epochs), desc=spec.label(), disable=not progress_bars, leave=False)
+    for epoch in epoch_bar:
+        ctx.epoch = epoch
+        ctx.logged = {}
+        model.train()
+        epoch_start = time.perf_counter()
+        losses: list[float] = []
+        collected_codes: list[torch.Tensor] = []
+        collected_labels: list[torch.Tensor] = []
+        batches = ctx.train_batches(order_generator)
+        for _, images, labels in tqdm(batches, total=ctx.steps_per_epoch, desc=f"epoch {epoch + 1}",
+                                      leave=False, disable=not progress_bars):
+            h = model(images)
+            loss = method.loss(h, labels, ctx)
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(f"loss became {float(loss)} at epoch {epoch + 1}, step {ctx.step}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+            if method_cls.collects_codes:
+                collected_codes.append(torch.where(h.detach() >= 0, 1, -1).to(torch.int8))
+                collected_labels.append(labels)
+            ctx.step += 1
+        scheduler.step()
+        epoch_train = time.perf_counter() - epoch_start
+        train_time += epoch_train
+
+        hook_start = time.perf_counter()
+        codes = torch.cat(collected_codes) if collected_codes else None
+        seen_labels = torch.cat(collected_labels) if collected_labels else None
+        hook_output = method.on_epoch_end(epoch, codes, seen_labels, ctx)
+        hook_seconds = time.perf_counter() - hook_start
+        hook_time += hook_seconds
+
+        entry: dict[str, Any] = {
+            "epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else float("nan"),
+            "lr": optimizer.param_groups[-1]["lr"], "train_seconds": epoch_train,
+            "hook_seconds": hook_seconds,
+            **{f"loss_{k}": float(np.mean(v)) for k, v in ctx.logged.items()},
+        }
+        if hook_output:
+            entry["method"] = hook_output
+        if (epoch + 1) % eval_every == 0 or epoch + 1 == epochs:
+            val_start = time.perf_counter()
+            val_codes = encode(model, source, split.validation, torch_device, num_workers=num_workers)
+            train_codes = encode(model, source, split.train, torch_device, num_workers=num_workers)
+            val_metrics = evaluate_retrieval(
+                val_codes, train_codes, source.labels[split.validation], source.labels[split.train],
+                topk=topk, zero_relevant=zero_relevant,
+            )
+            entry["val_mAP"] = float(val_metrics["mAP"])
+            validation_time += time.perf_counter() - val_start
+            if entry["val_mAP"] > best["val_mAP"]:
+                best = {"epoch": epoch + 1, "val_mAP": entry["val_mAP"],
+                        "state": copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()}),
+                        "method": copy.deepcopy(method)}
+        history.append(entry)
+        summary = f"epoch {epoch + 1}/{epochs} loss {entry['loss']:.4f}"
+        if "val_mAP" in entry:
+            summary += f" val mAP {entry['val_mAP']:.4f}"
+        if progress_bars:
+            tqdm.write(f"[{spec.label()}] {summary}")
+        epoch_bar.set_postfix_str(summary)
+    epoch_bar.close()
+    timings.update(train=train_time, validation=validation_time, method_hooks=hook_time)
+
+    model.load_state_dict(best["state"])
+    encode_start = time.perf_counter()
+    query_codes = encode(model, source, split.query, torch_device, progress=progress_bars,
+                         desc="encode query", num_workers=num_workers)
+    db_codes = encode(model, source, split.database, torch_device, progress=progress_bars,
+                      desc="encode database", num_workers=num_workers)
+    timings["encode"] = time.perf_counter() - encode_start
+
+    eval_start = time.perf_counter()
+    metrics = evaluate_retrieval(
+        query_codes, db_codes, source.labels[split.query], source.labels[split.database],
+        topk=topk, zero_relevant=zero_relevant, pr_at_n=PR_AT_N,
+    )
+    timings["evaluate"] = time.perf_counter() - eval_start
+
+    extras: dict[str, Any] = {}
+    selected_method: HashMethod = best["method"]  # its centers match the selected weights
+    centers = selected_method.class_centers()
+    if centers is not None:
+        train_features = encode(model, source, split.train, torch_device, features=True,
+                                num_workers=num_workers)
+        similarity = class_feature_similarity(train_features, source.labels[split.train])
+        center_array = centers.detach().cpu().numpy().astype(np.int8)
+        extras["centers"] = center_array.tolist()
+        extras["class_similarity"] = {"measure": "cosine of class-mean backbone features (train split)",
+                                      "matrix": similarity.round(6).tolist()}
+        extras["center_semantics"] = center_semantics(center_array, similarity)
+    timings["total"] = time.perf_counter() - started
+    timings["method_stages"] = dict(ctx.stage_times)
+
+    return {
+        "run_id": run_id(spec, config),
+        "device": str(torch_device),
+        "spec": spec.to_dict(),
+        "config": config,
+        "task": {"num_classes": card.num_classes, "multi_label": card.multi_label,
+                 "class_names": list(card.class_names)},
+        "split": {"digest": split.digest, "path": split.path, "sizes": split.sizes(),
+                  "seed": spec.split_seed, "data": source.identity},
+        "selection": {"criterion": f"validation mAP@{topk or 'all'} (validation queries vs train set)",
+                      "best_epoch": best["epoch"], "best_val_mAP": best["val_mAP"]},
+        "metrics": metrics,
+        "history": history,
+        "timings": timings,
+        "method": method.record(),
+        "method_at_selected_epoch": selected_method.record(),
+        **extras,
+    }

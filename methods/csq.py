@@ -1,0 +1,75 @@
+"""CSQ: Central Similarity Quantization (Yuan et al., CVPR 2020).
+
+Each class owns a fixed hash center (Hadamard rows, or well-separated Bernoulli vectors when
+there are more than 2K classes); codes are pulled to their center by a bit-wise binary
+cross-entropy, plus a quantization term pushing |u| to 1.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from methods.base import HashMethod, Param, Task
+from methods.centers import hadamard_centers, multi_label_targets
+
+
+def central_similarity_loss(
+    u: torch.Tensor, targets: torch.Tensor, lambda_q: float, bit_reduction: str = "mean"
+) -> torch.Tensor:
+    """BCE between (u+1)/2 and (c+1)/2 per bit, reduced over bits by `bit_reduction` and
+    averaged over the batch, plus lambda_q * mean((|u|-1)^2). `u` is tanh of the hash layer's
+    output. "mean" over bits is the scale the widely used re-implementation trains with."""
+    probabilities = ((u + 1) / 2).clamp(1e-7, 1 - 1e-7)
+    per_bit = F.binary_cross_entropy(probabilities, (targets + 1) / 2, reduction="none")
+    per_sample = per_bit.sum(dim=1) if bit_reduction == "sum" else per_bit.mean(dim=1)
+    center_loss = per_sample.mean()
+    quantization = (u.abs() - 1).pow(2).mean()
+    return center_loss + lambda_q * quantization
+
+
+class CSQ(HashMethod):
+    name = "csq"
+    summary = "Central Similarity Quantization: fixed Hadamard centers, BCE + quantization"
+    reference = (
+        "Yuan et al., Central Similarity Quantization for Efficient Image and Video Retrieval, CVPR 2020"
+    )
+    params = {
+        "lambda_q": Param(1e-4, "weight of the quantization term",
+                          source="DeepHash-pytorch CSQ re-implementation"),
+        "bit_reduction": Param("mean", "BCE reduction over bits", choices=("mean", "sum"),
+                               source="mean: DeepHash-pytorch (BCELoss default); sum: CSQ paper"),
+        "center_tries": Param(1000, "Bernoulli resampling attempts when C > 2K"),
+    }
+    # Published defaults of the widely used PyTorch re-implementation (baselines.md).
+    native = {"optimizer": "rmsprop", "lr": 1e-5, "weight_decay": 1e-5, "batch_size": 64,
+              "lr_schedule": "constant"}
+    native_source = "DeepHash-pytorch CSQ: RMSprop lr 1e-5, weight decay 1e-5, batch 64"
+
+    def __init__(self, config: dict[str, Any], task: Task) -> None:
+        super().__init__(config, task)
+        rng = np.random.default_rng(task.seed)
+        centers = hadamard_centers(task.num_classes, task.bits, rng, int(config["center_tries"]))
+        self.set_centers(centers, rng)
+
+    def set_centers(self, centers: np.ndarray, rng: np.random.Generator) -> None:
+        """Fix the class centers (SHC reuses this loss with its own optimised centers)."""
+        device = self.task.device
+        self.centers = torch.as_tensor(centers, dtype=torch.float32, device=device)
+        tie = np.where(rng.random(self.task.bits) < 0.5, 1.0, -1.0)
+        self.tie_breaker = torch.as_tensor(tie, dtype=torch.float32, device=device)
+
+    def loss(self, h: torch.Tensor, labels: torch.Tensor, ctx: Any) -> torch.Tensor:
+        targets = multi_label_targets(labels, self.centers, self.tie_breaker)
+        return central_similarity_loss(
+            torch.tanh(h), targets, float(self.config["lambda_q"]), self.config["bit_reduction"]
+        )
+
+    def class_centers(self) -> torch.Tensor:
+        return self.centers
+
+    def record(self) -> dict[str, Any]:
+        return {"centers": self.centers.to(torch.int8).cpu().tolist()}
