@@ -95,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"  repeat {repeat + 1}: bare {bare_rates[-1]:8.1f} img/s   suite {suite_rates[-1]:8.1f} img/s")
     bare_best, suite_best = max(bare_rates), max(suite_rates)
     ratio = suite_best / bare_best
-    print(f"best of {args.repeats}: bare PyTorch loop {bare_best:.1f} img/s, suite loop {suite_best:.1f} img/s "
-          f"-> suite/bare = {ratio:.3f} ({(1 - ratio) * 100:+.1f}% slower; target within 5%)")
+    print(f"best of {args.repeats}: bare PyTorch loop {bare_best:.1f} img/s, "
+          f"suite loop {suite_best:.1f} img/s -> suite/bare = {ratio:.3f} "
+          f"({(1 - ratio) * 100:+.1f}% slower; target within 5%)")
     print(f"(median: bare {np.median(bare_rates):.1f}, suite {np.median(suite_rates):.1f} img/s)")
     return 0

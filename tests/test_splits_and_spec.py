@@ -82,7 +82,8 @@ def test_config_resolution_order() -> None:
     harmonised = resolve_config(RunSpec("csq", "synthetic", 16, protocol="harmonised"), card)
     for key, value in HARMONISED.items():
         assert harmonised[key] == value
-    overridden = resolve_config(RunSpec("csq", "synthetic", 16, overrides=(("epochs", "7"), ("lr", "0.01"))), card)
+    spec = RunSpec("csq", "synthetic", 16, overrides=(("epochs", "7"), ("lr", "0.01")))
+    overridden = resolve_config(spec, card)
     assert overridden["epochs"] == 7 and overridden["lr"] == 0.01
 
 

@@ -54,7 +54,8 @@ def compare(current: dict[str, dict[str, float]], baseline: dict[str, dict[str, 
     for key in sorted(set(baseline) | set(current)):
         if key not in current:
             ok = False
-            lines.append(f"{key:22s} {'-':14s} {'':>9s} {'missing':>9s} {'':>8s}  FAIL (run missing or failed)")
+            missing = f"{key:22s} {'-':14s} {'':>9s} {'missing':>9s} {'':>8s}"
+            lines.append(f"{missing}  FAIL (run missing or failed)")
             continue
         if key not in baseline:
             lines.append(f"{key:22s} {'-':14s} {'missing':>9s} {'':>9s} {'':>8s}  new (not in baseline)")

@@ -1,4 +1,9 @@
-"""`python -m bench report`: tables (and, later, figures) from the stored run records."""
+"""`python -m bench report`: the reproduction report from the stored run records.
+
+Writes OUT/report.md, OUT/report.html (self-contained, figures inline), OUT/figures/*.png and
+OUT/verdicts.json, and prints where they are with one line per claim verdict. The report is a
+pure function of the records: the same records give byte-identical files.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +17,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def execute(args: argparse.Namespace) -> int:
+    from bench.data import REPO_ROOT
     from bench.records import DEFAULT_RESULTS_DIR
-    from bench.summary import print_summary
+    from bench.report import generate
 
-    print_summary(Path(args.results) if args.results else DEFAULT_RESULTS_DIR)
+    results = Path(args.results) if args.results else DEFAULT_RESULTS_DIR
+    out = Path(args.out) if args.out else REPO_ROOT / "reports"
+    written = generate(results, out)
+    print(f"report: {written.markdown} and {written.html} ({len(written.figures)} figures in "
+          f"{written.markdown.parent / 'figures'})")
+    for verdict in written.verdicts:
+        print(f"  {verdict.id}: {verdict.verdict} — {verdict.summary}")
     return 0

@@ -1,0 +1,433 @@
+"""The report generator: claim verdicts, what is kept out of the numbers, published numbers,
+ablation recognition, determinism and the `report` command, all on fabricated records of the
+exact stored format (see conftest.build_record)."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import pytest
+from scipy.stats import ttest_rel
+
+from bench import RESULTS_VERSION
+from bench.cli import main
+from bench.report import (
+    DOES_NOT_HOLD,
+    HOLDS,
+    NOT_MEASURABLE,
+    analyze,
+    build_report,
+    evaluate_claims,
+    expected_seed_set,
+    load_claims,
+    load_for_report,
+    load_published,
+    paired_test,
+    render_figures,
+    render_markdown,
+)
+
+SEEDS = (0, 1, 2)
+
+
+@pytest.fixture(scope="module")
+def claims():
+    return load_claims()
+
+
+def cell(make_record, method, bits, mean, *, seeds=SEEDS, spread=0.002, **options):
+    """Records of one method x bits x settings over seeds, mAP = mean + small seed offsets."""
+    return [make_record(method, bits, seed, mean + spread * (seed - 1), **options) for seed in seeds]
+
+
+def verdict(records, claims, claim_id):
+    results = {r.id: r for r in evaluate_claims(analyze(records), claims)}
+    return results[claim_id]
+
+
+# ------------------------------------------------------------------------------------------
+# Claims file and verdicts: every claim, every outcome
+# ------------------------------------------------------------------------------------------
+
+
+def test_claims_file_lists_the_papers_claims(claims):
+    ids = [c["id"] for c in claims]
+    assert len(ids) == len(set(ids))
+    checks = {c["check"] for c in claims}
+    assert checks == {"beats_baselines", "reassignment_gain", "multi_head", "center_semantics",
+                      "two_stage_cost"}
+    gain = next(c for c in claims if c["check"] == "reassignment_gain")
+    assert gain["params"]["paper_range"] == [1.76, 3.08]
+    assert all(c.get("how") and c.get("source") and c.get("claim") for c in claims)
+
+
+def _beats(make_record, outcome):
+    if outcome == NOT_MEASURABLE:  # CRH alone, and a baseline at another bit length only
+        return cell(make_record, "crh", 16, 0.7) + cell(make_record, "csq", 32, 0.6)
+    records = []
+    for bits in (16, 32):
+        records += cell(make_record, "crh", bits, 0.70)
+        records += cell(make_record, "dpn", bits, 0.62)
+        csq = 0.72 if outcome == DOES_NOT_HOLD and bits == 32 else 0.66
+        records += cell(make_record, "csq", bits, csq)
+    return records
+
+
+def _reassignment(make_record, outcome):
+    records = cell(make_record, "crh", 32, 0.70)
+    if outcome != NOT_MEASURABLE:
+        never = 0.68 if outcome == HOLDS else 0.71
+        records += cell(make_record, "crh", 32, never, settings={"reassign": "never"})
+    else:
+        records += cell(make_record, "crh", 32, 0.69, settings={"solver": "greedy"})
+    return records
+
+
+def _heads(make_record, outcome):
+    records = cell(make_record, "crh", 32, 0.70) + cell(make_record, "crh", 32, 0.69, settings={"heads": 2})
+    if outcome != NOT_MEASURABLE:
+        single = 0.66 if outcome == HOLDS else 0.72
+        records += cell(make_record, "crh", 32, single, settings={"heads": 1})
+    return records
+
+
+def _semantics(make_record, outcome):
+    if outcome == NOT_MEASURABLE:
+        return cell(make_record, "crh", 16, 0.7, semantics=None) + cell(make_record, "csq", 16, 0.6)
+    value = 0.35 if outcome == HOLDS else -0.05
+    return (cell(make_record, "crh", 16, 0.7, semantics=value)
+            + cell(make_record, "crh", 32, 0.7, semantics=0.4) + cell(make_record, "csq", 16, 0.6))
+
+
+def _cost(make_record, outcome):
+    records = cell(make_record, "crh", 16, 0.7, train_seconds=30.0, hook_seconds=0.3)
+    if outcome == NOT_MEASURABLE:
+        return records + cell(make_record, "csq", 16, 0.6)
+    train = 30.0 if outcome == HOLDS else 12.0
+    return records + cell(make_record, "shc", 16, 0.65, train_seconds=train,
+                          stages={"classifier": 8.0, "centers": 2.0})
+
+
+SCENARIOS = {
+    "crh-beats-baselines": _beats,
+    "reassignment-gain": _reassignment,
+    "multi-head-helps": _heads,
+    "centers-semantic": _semantics,
+    "two-stage-costs-more": _cost,
+}
+
+
+@pytest.mark.parametrize("outcome", [HOLDS, DOES_NOT_HOLD, NOT_MEASURABLE])
+@pytest.mark.parametrize("claim_id", sorted(SCENARIOS))
+def test_every_claim_reaches_every_verdict(make_record, claims, claim_id, outcome):
+    result = verdict(SCENARIOS[claim_id](make_record, outcome), claims, claim_id)
+    assert result.verdict == outcome, (result.summary, result.evidence)
+    assert result.summary
+    if outcome != NOT_MEASURABLE:
+        assert result.evidence, "a verdict must show its evidence"
+
+
+def test_beats_baselines_evidence_names_cells_and_tests(make_record, claims):
+    result = verdict(_beats(make_record, DOES_NOT_HOLD), claims, "crh-beats-baselines")
+    text = "\n".join(result.evidence)
+    assert "32 bits: CRH 70.00 vs CSQ 72.00 (-2.00 points" in text
+    assert "n=3" in text and "paper: up to +6.6 %" in text
+    assert "not measured: HashNet, SHC" in result.summary
+
+
+def test_reassignment_gain_compares_size_with_paper_range(make_record, claims):
+    records = cell(make_record, "crh", 32, 0.70) + cell(make_record, "crh", 32, 0.68,
+                                                        settings={"reassign": "never"})
+    result = verdict(records, claims, "reassignment-gain")
+    assert result.verdict == HOLDS
+    assert "gain +2.00 points" in result.evidence[0] and "inside the paper's" in result.evidence[0]
+
+
+def test_incomplete_pairs_do_not_enter_verdicts(make_record, claims):
+    records = cell(make_record, "crh", 32, 0.70) + cell(make_record, "crh", 32, 0.68, seeds=(0, 1),
+                                                        settings={"reassign": "never"})
+    records.append(make_record("crh", 32, 2, settings={"reassign": "never"}, status="failed"))
+    result = verdict(records, claims, "reassignment-gain")
+    assert result.verdict == NOT_MEASURABLE
+    assert "incomplete" in result.evidence[0]
+
+
+def test_unknown_check_is_not_measurable(make_record):
+    result = evaluate_claims(analyze(cell(make_record, "crh", 16, 0.7)),
+                             [{"id": "x", "check": "no_such_check", "claim": "?"}])[0]
+    assert result.verdict == NOT_MEASURABLE
+
+
+# ------------------------------------------------------------------------------------------
+# What is kept out of the numbers
+# ------------------------------------------------------------------------------------------
+
+
+def main_cell(analysis, method, bits):
+    (table,) = analysis.main.values()
+    return table.cell(method, bits)
+
+
+def test_older_failed_corrupt_and_incomplete_are_kept_out_and_shown(make_record, write_results, tmp_path):
+    records = cell(make_record, "crh", 16, 0.70) + cell(make_record, "csq", 16, 0.60, seeds=(0, 1))
+    records.append(make_record("csq", 16, 2, status="failed"))
+    older = make_record("dpn", 16, 0, 0.99, results_version=RESULTS_VERSION - 1)
+    records.append(older)
+    write_results(tmp_path, records, corrupt={"fashion-mnist/crh/half-written.json": '{"run_id": '})
+    loaded, problems = load_for_report(tmp_path)
+    assert problems == [p for p in problems if str(tmp_path) not in p]  # relative paths only
+    report = build_report(loaded, problems)
+    analysis = report.analysis
+    assert [r["run_id"] for r in analysis.older] == [older["run_id"]]
+    assert [r["spec"]["seed"] for r in analysis.failed] == [2]
+    assert main_cell(analysis, "dpn", 16) is None  # only from older code
+    csq = main_cell(analysis, "csq", 16)
+    assert not csq.complete and csq.missing == (2,)
+    assert math.isclose(main_cell(analysis, "crh", 16).stat(lambda r: r["metrics"]["mAP"]).mean, 0.70)
+    md = render_markdown(report)
+    assert "| CSQ | incomplete (2/3 seeds; failed: {2}) |" in md
+    assert older["run_id"] in md and "TrainingDiverged" in md
+    assert "runs/fashion-mnist/crh/half-written.json" in md
+    assert "99.00" not in md.split("## Data quality")[0]  # the older record's number stays out
+    claims = {v.id: v for v in report.verdicts}
+    assert claims["crh-beats-baselines"].verdict == NOT_MEASURABLE
+
+
+def test_extra_seeds_are_left_out_of_the_means(make_record):
+    records = (cell(make_record, "crh", 16, 0.70) + cell(make_record, "csq", 16, 0.60)
+               + [make_record("csq", 16, 7, 0.10)])
+    analysis = analyze(records)
+    csq = main_cell(analysis, "csq", 16)
+    assert csq.complete and csq.extra == (7,) and csq.used == SEEDS
+    assert math.isclose(csq.stat(lambda r: r["metrics"]["mAP"]).mean, 0.60)
+    assert "**Extra seeds**" in render_markdown(build_report(records))
+
+
+def test_expected_seed_set_is_what_most_cells_have():
+    assert expected_seed_set([(0, 1, 2), (0, 1, 2), (0, 1)]) == (0, 1, 2)
+    assert expected_seed_set([(0, 1), (0, 1), (0, 1, 2)]) == (0, 1)
+    assert expected_seed_set([(0, 1), (0, 1, 2)]) == (0, 1)  # two cells: compare on common seeds
+    assert expected_seed_set([(4,)]) == (4,)
+    assert expected_seed_set([]) == ()
+
+
+def test_a_failed_seed_makes_its_cell_incomplete_even_in_a_small_table(make_record):
+    records = cell(make_record, "crh", 16, 0.70) + cell(make_record, "csq", 16, 0.6, seeds=(0, 1))
+    silent = analyze(records)  # seed 2 of CSQ never ran: the two cells are compared on {0, 1}
+    assert main_cell(silent, "csq", 16).complete and main_cell(silent, "crh", 16).extra == (2,)
+    failed = analyze(records + [make_record("csq", 16, 2, status="failed")])
+    assert not main_cell(failed, "csq", 16).complete
+    assert main_cell(failed, "csq", 16).group.failed_seeds == (2,)
+    all_failed = build_report(cell(make_record, "crh", 16, 0.7)
+                              + [make_record("dpn", 16, s, status="failed") for s in SEEDS])
+    assert "| DPN | failed (seeds {0, 1, 2}) |" in render_markdown(all_failed)
+
+
+def test_different_settings_and_splits_are_separate_tables(make_record):
+    records = (cell(make_record, "crh", 16, 0.7) + cell(make_record, "csq", 16, 0.6)
+               + cell(make_record, "csq", 16, 0.5, epochs=3)
+               + cell(make_record, "csq", 16, 0.4, split_digest="f" * 64))
+    analysis = analyze(records)
+    assert len(analysis.main) == 3
+    labels = sorted(analysis.scope_label(s) for s in analysis.main)
+    assert any("epochs=3" in label for label in labels)
+    assert all("split " in label for label in labels)  # two digests for one dataset: say which
+
+
+# ------------------------------------------------------------------------------------------
+# Significance, published numbers, ablations
+# ------------------------------------------------------------------------------------------
+
+
+def test_paired_test_matches_scipy_and_says_when_untestable():
+    a, b = {0: 0.71, 1: 0.74, 2: 0.70}, {0: 0.69, 1: 0.70, 2: 0.69}
+    test = paired_test(a, b)
+    expected = ttest_rel([0.71, 0.74, 0.70], [0.69, 0.70, 0.69])
+    assert test.n == 3 and math.isclose(test.p, expected.pvalue) and math.isclose(test.t, expected.statistic)
+    single = paired_test({0: 0.7}, {0: 0.6, 1: 0.5})
+    assert single.n == 1 and "n<2" in single.text()
+    assert "identical differences" in paired_test({0: 0.7, 1: 0.8}, {0: 0.6, 1: 0.7}).text()
+
+
+def test_significance_table_reports_n_and_p(make_record):
+    records = cell(make_record, "crh", 16, 0.70) + cell(make_record, "csq", 16, 0.60, spread=0.005)
+    records += [make_record("crh", 32, 0, 0.7), make_record("csq", 32, 0, 0.6)]
+    md = render_markdown(build_report(records))
+    assert "| 16 | CSQ | 3 | 70.00 | 60.00 / +10.00 | t=" in md
+    assert "| 32 | CSQ | 1 | 70.00 | 60.00 / +10.00 | n<2: not testable |" in md
+    assert "expected seeds {0, 1, 2} at 16 bits; {0} at 32 bits per cell" in md
+    records += [make_record("crh", 32, 1, 0.7), make_record("csq", 32, 1, status="failed")]
+    md = render_markdown(build_report(records))
+    assert "| 32 | CSQ | – | – | – | incomplete or missing cell: not tested |" in md
+    single = [make_record("crh", 16, 0, 0.7), make_record("csq", 16, 0, 0.6)]
+    assert "n<2: not testable" in render_markdown(build_report(single))
+
+
+def test_published_numbers_only_where_the_dataset_matches(make_record):
+    rows = load_published()
+    crh = [r for r in rows if r["method"] == "crh"]
+    assert crh and all(r["value"] is None for r in crh)  # never invented
+    assert all(r["source"] and r["backbone"] for r in rows)
+    assert {(r["dataset"], r["bits"], r["value"]) for r in rows if r["method"] == "csq"} >= {
+        ("imagenet-100", 16, 0.851), ("ms-coco", 64, 0.861), ("nus-wide-21", 32, 0.825)}
+    fashion = render_markdown(build_report(cell(make_record, "csq", 16, 0.6)))
+    assert "No published numbers for fashion-mnist" in fashion
+    coco = render_markdown(build_report(cell(make_record, "csq", 16, 0.75, dataset="ms-coco")
+                                        + cell(make_record, "crh", 16, 0.78, dataset="ms-coco")))
+    section = coco.split("**Published numbers for this dataset**")[1].split("##")[0]
+    assert "| CSQ | 16 | mAP@5000 | 79.60 | 75.00 ± 0.20 (n=3) | -4.60 | ResNet-50 |" in section
+    assert "| CRH | 16 | mAP@5000 | not available | 78.00 ± 0.20 (n=3) | – |" in section
+
+
+def test_ablations_are_recognised_from_configs_and_effective_values(make_record):
+    records = cell(make_record, "crh", 32, 0.70)  # default rule: H = 4 at 32 bits, M = 20
+    records += cell(make_record, "crh", 32, 0.66, settings={"heads": 1})
+    records += cell(make_record, "crh", 32, 0.69, settings={"heads": 8})
+    records += cell(make_record, "crh", 32, 0.67, settings={"reassign": "never"})
+    records += cell(make_record, "crh", 32, 0.68, settings={"reassign_every": 2, "reassign_warmup": 0})
+    records += cell(make_record, "crh", 32, 0.69, settings={"solver": "greedy"})
+    records += cell(make_record, "crh", 32, 0.65, settings={"codebook_ratio": 4.0})
+    records += cell(make_record, "crh", 32, 0.60, settings={"heads": 2, "margin": 0.3})
+    ablations = next(iter(analyze(records).crh.values()))
+    labels = {dim: [p.label for p in ablations.reference_panel(dim, 32).points]
+              for dim in ("heads", "reassignment", "solver", "codebook_ratio")}
+    assert labels["heads"] == ["H=1", "H=4*", "H=8"]
+    assert labels["reassignment"] == ["never", "every 1, warm-up 1*", "every 2"]
+    assert labels["solver"] == ["greedy", "hungarian*"]
+    assert labels["codebook_ratio"] == ["2 (M=20)*", "4 (M=40)"]
+    assert [g.variant for g in ablations.unplaced] == [(("heads", "2"), ("margin", "0.3"))]
+    md = render_markdown(build_report(records))
+    assert "| 32 | defaults | H=1 | 66.00 ± 0.20 (n=3) | {0, 1, 2} |" in md
+    assert "CRH runs in no series above" in md
+
+
+def test_ablation_series_at_fixed_non_default_settings(make_record):
+    """The codebook-ratio experiment fixes heads=4: its runs form a series of their own, and a
+    repeat of a default setting under another name (heads=4 = the rule's H at 32 bits) is
+    recognised by the effective value the run recorded."""
+    records = cell(make_record, "crh", 32, 0.70, protocol="harmonised")
+    for ratio, value in ((1.0, 0.66), (2.0, 0.69), (4.0, 0.64)):
+        records += cell(make_record, "crh", 32, value, protocol="harmonised",
+                        settings={"heads": 4, "codebook_ratio": ratio})
+    records += cell(make_record, "crh", 32, 0.62, protocol="harmonised", settings={"heads": 1})
+    ablations = next(iter(analyze(records).crh.values()))
+    ratio = [p for p in ablations.varied("codebook_ratio")]
+    assert [(p.context, [q.label for q in p.points]) for p in ratio] == [
+        ("heads=4", ["1 (M=10)", "2 (M=20)*", "4 (M=40)"])]
+    heads = ablations.reference_panel("heads", 32)
+    assert [p.label for p in heads.points] == ["H=1", "H=4", "H=4*"]
+    assert not ablations.unplaced
+    md = render_markdown(build_report(records))
+    assert "| 32 | heads=4 | 4 (M=40) | 64.00 ± 0.20 (n=3) | {0, 1, 2} |" in md
+
+
+def test_ablation_reference_without_a_default_run(make_record):
+    """No default CRH run: the defaults from the method registry are the reference."""
+    records = (cell(make_record, "crh", 32, 0.66, settings={"heads": 1})
+               + cell(make_record, "crh", 32, 0.70, settings={"heads": 2}))
+    ablations = next(iter(analyze(records).crh.values()))
+    assert [p.label for p in ablations.reference_panel("heads", 32).points] == ["H=1", "H=2"]
+    assert analyze(records).main == {}
+
+
+# ------------------------------------------------------------------------------------------
+# Few records, purity, the command
+# ------------------------------------------------------------------------------------------
+
+
+def test_few_records_say_what_is_missing(make_record, claims):
+    report = build_report(cell(make_record, "csq", 16, 0.6))
+    md = render_markdown(report)
+    assert "No CRH runs: no ablations." in md
+    assert "No CRH runs in this table: no test." in md
+    assert "SHC's stages against CRH's single stage: needs complete SHC and CRH cells" in md
+    assert {v.verdict for v in report.verdicts} == {NOT_MEASURABLE}
+    only_failed = build_report([make_record("crh", 16, 0, status="failed")])
+    assert "No complete runs with default method settings" in render_markdown(only_failed)
+    assert not only_failed.figures
+
+
+def test_sparse_records_do_not_break_the_report(make_record):
+    """Records missing optional parts (history, timings, centers, curves) still report."""
+    records = cell(make_record, "crh", 16, 0.7) + cell(make_record, "csq", 16, 0.6)
+    for record in records:
+        for key in ("history", "timings", "centers", "class_similarity", "center_semantics", "method",
+                    "selection", "task"):
+            record.pop(key, None)
+        for key in ("precision_at_radius", "recall_at_radius", "precision_at_n", "pr_at_n"):
+            record["metrics"].pop(key)
+    records.append({**make_record("dpn", 16, 0, 0.5), "spec": {"method": "dpn"}})
+    report = build_report(records)
+    md = render_markdown(report)
+    assert "spec lacks dataset, method or bits" in md
+    assert "| CRH | **70.00 ± 0.20 (n=3)** |" in md
+    assert all(data.startswith(b"\x89PNG") for data in render_figures(report).values())
+
+
+def test_markdown_is_a_pure_function_of_the_records(make_record):
+    records = (cell(make_record, "crh", 16, 0.70) + cell(make_record, "csq", 16, 0.6)
+               + cell(make_record, "crh", 16, 0.66, settings={"reassign": "never"})
+               + [make_record("dpn", 16, 0, status="failed")])
+    first = build_report(records)
+    shuffled = list(records)
+    random.Random(3).shuffle(shuffled)
+    second = build_report(json.loads(json.dumps(shuffled)))
+    assert render_markdown(first) == render_markdown(second)
+    assert first.verdicts == second.verdicts
+    assert sorted(first.figures) == sorted(second.figures)
+
+
+def test_every_run_id_is_listed(make_record):
+    records = (cell(make_record, "crh", 16, 0.70) + cell(make_record, "csq", 32, 0.6)
+               + cell(make_record, "crh", 16, 0.66, settings={"heads": 1}))
+    md = render_markdown(build_report(records))
+    appendix = md.split("## Appendix: run ids per cell")[1]
+    assert all(f"`{r['run_id']}`" in appendix for r in records)
+
+
+def test_empty_results_give_one_line_and_exit_2(tmp_path, capsys):
+    assert main(["report", "--results", str(tmp_path / "nothing"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: no run records under") and "\n" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_report_command_writes_identical_files_twice(make_record, write_results, tmp_path, capsys):
+    records = []
+    for bits in (16, 32):
+        records += cell(make_record, "crh", bits, 0.70, seeds=(0, 1), hook_seconds=0.2)
+        records += cell(make_record, "csq", bits, 0.65, seeds=(0, 1))
+    records += cell(make_record, "shc", 16, 0.66, seeds=(0, 1), stages={"classifier": 5.0, "centers": 1.0})
+    records += cell(make_record, "crh", 32, 0.67, seeds=(0, 1), settings={"reassign": "never"})
+    write_results(tmp_path / "results", records)
+    outputs = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        (out / "figures").mkdir(parents=True)
+        (out / "figures" / "stale-from-an-old-report.png").write_bytes(b"old")
+        assert main(["report", "--results", str(tmp_path / "results"), "--out", str(out)]) == 0
+        outputs.append({p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*"))
+                        if p.is_file()})
+    stdout = capsys.readouterr().out
+    assert "crh-beats-baselines: holds" in stdout
+    first, second = outputs
+    assert first == second  # markdown, html, verdicts and every PNG byte for byte
+    names = set(first)
+    assert {"report.md", "report.html", "verdicts.json"} <= names
+    assert "figures/stale-from-an-old-report.png" not in names
+    figures = sorted(n for n in names if n.endswith(".png"))
+    assert any(n.startswith("figures/curves-") for n in figures)
+    assert any(n.startswith("figures/ablations-") for n in figures)
+    assert any(n.startswith("figures/centers-") for n in figures)
+    assert any(n.startswith("figures/cost-") for n in figures)
+    md = first["report.md"].decode()
+    for figure in figures:
+        assert f"]({figure})" in md
+    page = first["report.html"].decode()
+    assert page.count('src="data:image/png;base64,') == len(figures)
+    assert "src=\"http" not in page and "<link" not in page
+    assert b"Software" not in b"".join(first[f] for f in figures)  # no matplotlib version stamp
+    verdicts = json.loads(first["verdicts.json"])
+    assert [v["id"] for v in verdicts] == [c["id"] for c in load_claims()]
