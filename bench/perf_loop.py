@@ -13,9 +13,12 @@ import argparse
 import time
 from pathlib import Path
 from tempfile import TemporaryDirectory
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -31,6 +34,8 @@ def bare_loop_images_per_second(
     images: torch.Tensor, labels: torch.Tensor, model: torch.nn.Module, loss_fn, batch_size: int,
     epochs: int, lr: float, seed: int,
 ) -> float:
+    import torch
+
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=1e-5)
     generator = torch.Generator().manual_seed(seed)
     model.train()
@@ -49,6 +54,8 @@ def bare_loop_images_per_second(
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from bench.backbones import HashNetwork, build_backbone
     from bench.data import load_card, open_dataset
     from bench.spec import RunSpec, resolve_config

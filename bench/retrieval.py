@@ -15,13 +15,15 @@ the database gives histograms of all and of relevant items per distance. Those h
 alone give precision/recall by radius, the tie-aware AP and the distance at which the top k
 is cut. A second pass in database-index order over the items inside the cut is a counting
 sort, so the stable-order AP needs no sort at all. Nothing of size queries x database is ever
-built. With numba the per-query work runs in parallel; without it a chunked NumPy path gives
-the same numbers.
+built. With numba the queries run in parallel, two per pass over the database so each
+database word is loaded once per pair; without numba a chunked NumPy path gives the same
+numbers (to ~1e-15).
 """
 
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Sequence
 from fractions import Fraction
 from typing import Any
@@ -34,7 +36,7 @@ try:  # numba is a declared dependency, but the metrics must still work without 
     from numba.extending import intrinsic as _intrinsic
 
     HAVE_NUMBA = True
-except ImportError:  # pragma: no cover - exercised by forcing backend="numpy" in tests
+except ImportError:  # pragma: no cover - tested in a subprocess that blocks numba
     HAVE_NUMBA = False
 
 __all__ = [
@@ -54,8 +56,14 @@ ZERO_RELEVANT_CHOICES = ("zero", "drop")
 # series, which keeps full relative precision where a long cumulative sum would not.
 _HARMONIC_SMALL = 64
 _HARMONIC_TABLE = np.array(
-    [float(sum((Fraction(1, i) for i in range(1, n + 1)), Fraction(0))) for n in range(65)]
+    [
+        float(sum((Fraction(1, i) for i in range(1, n + 1)), Fraction(0)))
+        for n in range(_HARMONIC_SMALL + 1)
+    ]
 )
+# numba's default "workqueue" threading layer aborts if two Python threads launch parallel
+# kernels at once; evaluations from several threads therefore take turns.
+_KERNEL_LOCK = threading.Lock()
 
 
 # --------------------------------------------------------------------------------------------
@@ -251,11 +259,11 @@ def _psi_tail(x: float) -> float:
 @_scalar_jit
 def _harmonic_diff(s: int, e: int, table: np.ndarray) -> float:
     """sum_{i=s+1}^{e} 1/i without the cancellation of a long cumulative sum."""
-    a = min(s, 64)
-    b = min(e, 64)
+    a = min(s, _HARMONIC_SMALL)
+    b = min(e, _HARMONIC_SMALL)
     out = table[b] - table[a]
-    a2 = max(s, 64)
-    b2 = max(e, 64)
+    a2 = max(s, _HARMONIC_SMALL)
+    b2 = max(e, _HARMONIC_SMALL)
     if b2 > a2:
         out += math.log1p((b2 - a2) / (a2 + 1.0)) + _psi_tail(b2 + 1.0) - _psi_tail(a2 + 1.0)
     return out
@@ -288,7 +296,9 @@ def _cut_group(
     uniformly in the m positions, so the group adds _group_sum(m, x, ...) and the AP
     denominator is big_r + x. Returns (E[AP] with AP=0 when nothing relevant is retrieved,
     P(at least one relevant retrieved)). Weights come from the pmf ratio recurrence around
-    the mode, normalised at the end, so no factorials can overflow.
+    the mode, normalised at the end, so no factorials can overflow. The pmf is log-concave, so
+    the ratio of successive weights only shrinks moving away from the mode and the unvisited
+    tail is at most w * rho / (1 - rho); the walk stops once that is below 1e-18 of the mass.
     """
     lo = max(0, m - (n - r))
     hi = min(r, m)
@@ -307,17 +317,21 @@ def _cut_group(
             acc += w * (full_sum + _group_sum(m, x, s, big_r, table)) / (big_r + x)
         if x >= hi:
             break
-        w *= ((r - x) * (m - x)) / ((x + 1.0) * (rest + x + 1.0))
-        x += 1
-        if w == 0.0:
+        rho = ((r - x) * (m - x)) / ((x + 1.0) * (rest + x + 1.0))
+        # (never stop before x = 1 is seen when nothing is ranked above: "drop" needs to know
+        # whether a hit is possible at all)
+        if big_r + x > 0 and rho < 1.0 and w * rho < 1e-18 * w_sum * (1.0 - rho):
             break
+        w *= rho
+        x += 1
     w = 1.0
     x = mode
     while x > lo:  # downward from the mode
-        w *= (x * (rest + x)) / ((r - x + 1.0) * (m - x + 1.0))
-        x -= 1
-        if w == 0.0:
+        rho = (x * (rest + x)) / ((r - x + 1.0) * (m - x + 1.0))
+        if rho < 1.0 and w * rho < 1e-18 * w_sum * (1.0 - rho):
             break
+        w *= rho
+        x -= 1
         w_sum += w
         if big_r + x > 0:
             w_hit += w
@@ -334,7 +348,7 @@ def _tie_aware_query(
     s = 0
     big_r = 0
     full_sum = 0.0
-    for d in range(cnt.shape[0]):
+    for d in range(len(cnt)):
         n = cnt[d]
         if n == 0:
             continue
@@ -355,11 +369,17 @@ def _tie_aware_query(
 def _tie_aware_python(
     cnt: np.ndarray, rel: np.ndarray, k: int, table: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per-query tie-aware AP without numba (the histograms are tiny, so a loop is fine)."""
+    """Per-query tie-aware AP without numba: O(bits + k) scalar work per query, on Python ints
+    (much faster than NumPy scalars)."""
     exp_ap = np.empty(cnt.shape[0])
     p_hit = np.empty(cnt.shape[0])
-    for q in range(cnt.shape[0]):
-        exp_ap[q], p_hit[q] = _tie_aware_query(cnt[q], rel[q], k, table)
+    if HAVE_NUMBA:  # backend="numpy" chosen explicitly: the compiled scalar code wants arrays
+        for q in range(cnt.shape[0]):
+            exp_ap[q], p_hit[q] = _tie_aware_query(cnt[q], rel[q], k, table)
+        return exp_ap, p_hit
+    table_list = table.tolist()
+    for q, (cnt_row, rel_row) in enumerate(zip(cnt.tolist(), rel.tolist(), strict=True)):
+        exp_ap[q], p_hit[q] = _tie_aware_query(cnt_row, rel_row, k, table_list)
     return exp_ap, p_hit
 
 
@@ -414,7 +434,7 @@ def _stable_numpy(
 if HAVE_NUMBA:
 
     @_intrinsic
-    def _ctpop(typingctx, x):  # noqa: ARG001 - numba's intrinsic signature
+    def _ctpop(typingctx, x):
         """Hardware popcount (llvm.ctpop) on a uint64."""
         sig = numba.types.uint64(numba.types.uint64)
 
@@ -434,97 +454,146 @@ if HAVE_NUMBA:
             exp_ap[q], p_hit[q] = _tie_aware_query(cnt[q], rel[q], k, table)
         return exp_ap, p_hit
 
+    @numba.njit(cache=True, nogil=True)
+    def _is_relevant(multi, q, j, q_ids, db_ids, q_bits, db_bits):
+        """Shared label: class-id equality, or any common bit of the packed label sets."""
+        if multi:
+            for w in range(q_bits.shape[1]):
+                if q_bits[q, w] & db_bits[j, w]:
+                    return True
+            return False
+        return db_ids[j] == q_ids[q]
+
+    @numba.njit(cache=True, nogil=True)
+    def _finish_query(q, row, dist, hist, multi, q_ids, db_ids, q_bits, db_bits, k, ns,
+                      cnt_out, rel_out, ap_sum, hits, hits_n):
+        """From one query's distances and histograms (hist[h, 2d + rel], summed over h) to its
+        output row: cut-offs, then a counting-sort walk in database order for the stable AP."""
+        groups = cnt_out.shape[1]
+        nn = ns.shape[0]
+        before = np.zeros(groups + 1, dtype=np.int64)
+        rel_before = np.zeros(groups + 1, dtype=np.int64)
+        for d in range(groups):
+            n_rel = 0
+            n_all = 0
+            for h in range(hist.shape[0]):
+                n_rel += hist[h, 2 * d + 1]
+                n_all += hist[h, 2 * d] + hist[h, 2 * d + 1]
+            cnt_out[row, d] = n_all
+            rel_out[row, d] = n_rel
+            before[d + 1] = before[d] + n_all
+            rel_before[d + 1] = rel_before[d] + n_rel
+        # The group holding rank k, and how many of its items the top k takes.
+        dk = 0
+        while before[dk + 1] < k:
+            dk += 1
+        mk = k - before[dk]
+        dmax = dk
+        dn = np.zeros(nn, dtype=np.int64)
+        mn = np.zeros(nn, dtype=np.int64)
+        for t in range(nn):
+            d = 0
+            while before[d + 1] < ns[t]:
+                d += 1
+            dn[t] = d
+            mn[t] = ns[t] - before[d]
+            dmax = max(dmax, d)
+        # Walking in database order visits every tied group in stable order.
+        seen = np.zeros(groups, dtype=np.int64)
+        rel_seen = np.zeros(groups, dtype=np.int64)
+        total = 0.0
+        found = 0
+        for j in range(dist.shape[0]):
+            d = dist[j]
+            if d > dmax:
+                continue
+            g = seen[d] + 1
+            seen[d] = g
+            if not _is_relevant(multi, q, j, q_ids, db_ids, q_bits, db_bits):
+                continue
+            rel_seen[d] += 1
+            if d < dk or (d == dk and g <= mk):
+                total += (rel_before[d] + rel_seen[d]) / (before[d] + g)
+                found += 1
+            for t in range(nn):
+                if d < dn[t] or (d == dn[t] and g <= mn[t]):
+                    hits_n[row, t] += 1
+        ap_sum[row] = total
+        hits[row] = found
+
     @numba.njit(cache=True, parallel=True)
     def _stable_nb(q_codes, db_codes, multi, q_ids, db_ids, q_bits, db_bits, bits, k, ns):
-        """Per query: distances in one XOR+popcount pass, histograms, then a counting-sort walk
-        in database order over the items inside the cut for the stable AP and hits@N."""
+        """Queries in pairs: one pass over the database computes both queries' XOR+popcount
+        distances, another fills both histograms, so every database word and label is loaded
+        once per pair (about twice as fast as one query at a time); then each query is
+        finished on its own."""
         nq = q_codes.shape[0]
         ndb = db_codes.shape[0]
         words = q_codes.shape[1]
         lwords = q_bits.shape[1]
         groups = bits + 1
-        nn = ns.shape[0]
         cnt_out = np.zeros((nq, groups), dtype=np.int64)
         rel_out = np.zeros((nq, groups), dtype=np.int64)
         ap_sum = np.zeros(nq)
         hits = np.zeros(nq, dtype=np.int64)
-        hits_n = np.zeros((nq, nn), dtype=np.int64)
-        for q in numba.prange(nq):
-            dist = np.empty(ndb, dtype=np.uint16)
+        hits_n = np.zeros((nq, ns.shape[0]), dtype=np.int64)
+        n2 = ndb - ndb % 2
+        for p in numba.prange((nq + 1) // 2):
+            qa = 2 * p
+            qb = min(qa + 1, nq - 1)  # an odd last query is paired with itself
+            dist_a = np.empty(ndb, dtype=np.uint16)
+            dist_b = np.empty(ndb, dtype=np.uint16)
             if words == 1:
-                x0 = q_codes[q, 0]
+                xa = q_codes[qa, 0]
+                xb = q_codes[qb, 0]
                 for j in range(ndb):
-                    dist[j] = _ctpop(x0 ^ db_codes[j, 0])
+                    y = db_codes[j, 0]
+                    dist_a[j] = _ctpop(xa ^ y)
+                    dist_b[j] = _ctpop(xb ^ y)
             else:
                 for j in range(ndb):
-                    acc = np.uint64(0)
+                    acc_a = np.uint64(0)
+                    acc_b = np.uint64(0)
                     for w in range(words):
-                        acc += _ctpop(q_codes[q, w] ^ db_codes[j, w])
-                    dist[j] = acc
-            hist = np.zeros(2 * groups, dtype=np.int64)  # [2d] not relevant, [2d+1] relevant
+                        y = db_codes[j, w]
+                        acc_a += _ctpop(q_codes[qa, w] ^ y)
+                        acc_b += _ctpop(q_codes[qb, w] ^ y)
+                    dist_a[j] = acc_a
+                    dist_b[j] = acc_b
+            # Slot 2d counts items at distance d that are not relevant, 2d+1 relevant ones; two
+            # interleaved copies per query keep consecutive increments off the same counter.
+            hist_a = np.zeros((2, 2 * groups), dtype=np.int64)
+            hist_b = np.zeros((2, 2 * groups), dtype=np.int64)
             if multi:
                 for j in range(ndb):
-                    hit = 0
+                    ra = 0
+                    rb = 0
                     for w in range(lwords):
-                        if q_bits[q, w] & db_bits[j, w]:
-                            hit = 1
-                            break
-                    hist[2 * dist[j] + hit] += 1
+                        y = db_bits[j, w]
+                        if q_bits[qa, w] & y:
+                            ra = 1
+                        if q_bits[qb, w] & y:
+                            rb = 1
+                    hist_a[j & 1, 2 * dist_a[j] + ra] += 1
+                    hist_b[j & 1, 2 * dist_b[j] + rb] += 1
             else:
-                c = q_ids[q]
-                for j in range(ndb):
-                    hist[2 * dist[j] + (db_ids[j] == c)] += 1
-            before = np.zeros(groups + 1, dtype=np.int64)
-            rel_before = np.zeros(groups + 1, dtype=np.int64)
-            for d in range(groups):
-                cnt_out[q, d] = hist[2 * d] + hist[2 * d + 1]
-                rel_out[q, d] = hist[2 * d + 1]
-                before[d + 1] = before[d] + cnt_out[q, d]
-                rel_before[d + 1] = rel_before[d] + rel_out[q, d]
-            # group that holds rank k and how many of its items the top k takes
-            dk = 0
-            while before[dk + 1] < k:
-                dk += 1
-            mk = k - before[dk]
-            dmax = dk
-            dn = np.zeros(nn, dtype=np.int64)
-            mn = np.zeros(nn, dtype=np.int64)
-            for t in range(nn):
-                d = 0
-                while before[d + 1] < ns[t]:
-                    d += 1
-                dn[t] = d
-                mn[t] = ns[t] - before[d]
-                dmax = max(dmax, d)
-            seen = np.zeros(groups, dtype=np.int64)
-            rel_seen = np.zeros(groups, dtype=np.int64)
-            total = 0.0
-            found = 0
-            for j in range(ndb):
-                d = dist[j]
-                if d > dmax:
-                    continue
-                g = seen[d] + 1
-                seen[d] = g
-                if multi:
-                    is_rel = False
-                    for w in range(lwords):
-                        if q_bits[q, w] & db_bits[j, w]:
-                            is_rel = True
-                            break
-                else:
-                    is_rel = db_ids[j] == q_ids[q]
-                if not is_rel:
-                    continue
-                rel_seen[d] += 1
-                if d < dk or (d == dk and g <= mk):
-                    total += (rel_before[d] + rel_seen[d]) / (before[d] + g)
-                    found += 1
-                for t in range(nn):
-                    if d < dn[t] or (d == dn[t] and g <= mn[t]):
-                        hits_n[q, t] += 1
-            ap_sum[q] = total
-            hits[q] = found
+                ca = q_ids[qa]
+                cb = q_ids[qb]
+                for j in range(0, n2, 2):
+                    l0 = db_ids[j]
+                    l1 = db_ids[j + 1]
+                    hist_a[0, 2 * dist_a[j] + (l0 == ca)] += 1
+                    hist_b[0, 2 * dist_b[j] + (l0 == cb)] += 1
+                    hist_a[1, 2 * dist_a[j + 1] + (l1 == ca)] += 1
+                    hist_b[1, 2 * dist_b[j + 1] + (l1 == cb)] += 1
+                for j in range(n2, ndb):
+                    hist_a[0, 2 * dist_a[j] + (db_ids[j] == ca)] += 1
+                    hist_b[0, 2 * dist_b[j] + (db_ids[j] == cb)] += 1
+            _finish_query(qa, qa, dist_a, hist_a, multi, q_ids, db_ids, q_bits, db_bits, k, ns,
+                          cnt_out, rel_out, ap_sum, hits, hits_n)
+            if qb != qa:
+                _finish_query(qb, qb, dist_b, hist_b, multi, q_ids, db_ids, q_bits, db_bits, k,
+                              ns, cnt_out, rel_out, ap_sum, hits, hits_n)
         return cnt_out, rel_out, ap_sum, hits, hits_n
 
 
@@ -550,13 +619,21 @@ def warm_up() -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 
 
-def _check_codes(codes: Any, what: str) -> np.ndarray:
-    signs = binarize(codes)
-    if signs.ndim != 2:
-        raise ValueError(f"{what} must be 2-D [count, bits], got shape {signs.shape}")
-    if signs.shape[0] == 0 or signs.shape[1] == 0:
-        raise ValueError(f"{what} is empty (shape {signs.shape}); need at least one code of 1+ bits")
-    return signs
+def _packed_codes(codes: Any, what: str) -> np.ndarray:
+    """Validate, binarise and pack codes in row blocks, so no full-size temporaries are made."""
+    array = _to_numpy(codes)
+    if array.ndim != 2:
+        raise ValueError(f"{what} must be 2-D [count, bits], got shape {array.shape}")
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise ValueError(f"{what} is empty (shape {array.shape}); need at least one code of 1+ bits")
+    rows = max(1, 2**24 // array.shape[1])
+    blocks = []
+    for start in range(0, array.shape[0], rows):
+        try:
+            blocks.append(pack_codes(binarize(array[start : start + rows])))
+        except ValueError as error:
+            raise ValueError(f"{what}: {error}") from None
+    return blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
 
 
 def _mean(values: np.ndarray) -> float:
@@ -573,6 +650,7 @@ def evaluate_retrieval(
     pr_at_n: Sequence[int] | None = None,
     chunk_size: int | None = None,
     backend: str = "auto",
+    per_query: bool = False,
 ) -> dict[str, Any]:
     """Hashing retrieval metrics for one query set against one database (JSON-ready dict).
 
@@ -580,7 +658,9 @@ def evaluate_retrieval(
     `as_sign_codes` first). Labels are 1-D class ids or 0/1 matrices; relevance = a shared label.
     topk None (or >= database size) means the whole database. zero_relevant: "zero" counts a
     query with no relevant item in its top k as AP 0, "drop" leaves it out of the mean.
-    backend: "auto" (numba when importable), "numba" or "numpy".
+    backend: "auto" (numba when importable), "numba" or "numpy". per_query adds the lists
+    `ap_per_query` and `ap_tie_aware_per_query` (dropped queries appear as None under "drop"),
+    for paired comparisons between methods.
     """
     if zero_relevant not in ZERO_RELEVANT_CHOICES:
         raise ValueError(f"zero_relevant={zero_relevant!r} is invalid; use 'zero' or 'drop'")
@@ -589,16 +669,21 @@ def evaluate_retrieval(
     if backend == "numba" and not HAVE_NUMBA:
         raise ValueError("backend='numba' requested but numba is not installed (pip install numba)")
     use_numba = HAVE_NUMBA and backend != "numpy"
+    if topk is not None:
+        if isinstance(topk, bool) or not isinstance(topk, (int, np.integer)) or topk < 1:
+            raise ValueError(f"topk={topk!r} is invalid; use an integer >= 1 or None for all")
 
-    q_signs = _check_codes(query_codes, "query codes")
-    d_signs = _check_codes(db_codes, "database codes")
-    if q_signs.shape[1] != d_signs.shape[1]:
+    q_shape = np.shape(query_codes)
+    d_shape = np.shape(db_codes)
+    if len(q_shape) == 2 and len(d_shape) == 2 and q_shape[1] != d_shape[1]:
         raise ValueError(
-            f"bit counts differ: query codes have {q_signs.shape[1]} bits, "
-            f"database codes {d_signs.shape[1]}; they must be equal"
+            f"bit counts differ: query codes have {q_shape[1]} bits, "
+            f"database codes {d_shape[1]}; they must be equal"
         )
-    num_q, bits = q_signs.shape
-    num_db = d_signs.shape[0]
+    q_packed = _packed_codes(query_codes, "query codes")
+    d_packed = _packed_codes(db_codes, "database codes")
+    num_q, bits = q_shape
+    num_db = d_shape[0]
     multi, q_ids, db_ids, q_bits, db_bits = _prepare_labels(query_labels, db_labels)
     q_label_rows = q_bits.shape[0] if multi else q_ids.shape[0]
     d_label_rows = db_bits.shape[0] if multi else db_ids.shape[0]
@@ -608,9 +693,6 @@ def evaluate_retrieval(
         raise ValueError(
             f"database labels have {d_label_rows} rows but there are {num_db} database codes"
         )
-    if topk is not None:
-        if isinstance(topk, bool) or not isinstance(topk, (int, np.integer)) or topk < 1:
-            raise ValueError(f"topk={topk!r} is invalid; use an integer >= 1 or None for all")
     k = num_db if topk is None else min(int(topk), num_db)
     ns_requested = [] if pr_at_n is None else list(pr_at_n)
     for n_value in ns_requested:
@@ -620,8 +702,6 @@ def evaluate_retrieval(
     if chunk_size is not None and (not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1):
         raise ValueError(f"chunk_size={chunk_size!r} is invalid; use an integer >= 1")
 
-    q_packed = pack_codes(q_signs)
-    d_packed = pack_codes(d_signs)
     if chunk_size is None:
         # numba keeps O(bits) per query; NumPy holds chunk x database arrays.
         chunk_size = max(1, (2**20 // (bits + 1)) if use_numba else (2**22 // num_db))
@@ -651,8 +731,9 @@ def evaluate_retrieval(
             ns,
         )
         if use_numba:
-            cnt, rel, ap_sum, hits, hits_n = _stable_nb(*args)
-            e_ap, p_h = _tie_aware_nb(cnt, rel, k, _HARMONIC_TABLE)
+            with _KERNEL_LOCK:
+                cnt, rel, ap_sum, hits, hits_n = _stable_nb(*args)
+                e_ap, p_h = _tie_aware_nb(cnt, rel, k, _HARMONIC_TABLE)
         else:
             cnt, rel, ap_sum, hits, hits_n = _stable_numpy(*args)
             e_ap, p_h = _tie_aware_python(cnt, rel, k, _HARMONIC_TABLE)
@@ -705,6 +786,13 @@ def evaluate_retrieval(
         "num_queries_without_relevant": int(num_q - num_with_rel),
         "backend": "numba" if use_numba else "numpy",
     }
+    if per_query:
+        result["ap_per_query"] = [
+            float(v) if keep else None for v, keep in zip(ap_stable, kept, strict=True)
+        ]
+        result["ap_tie_aware_per_query"] = [
+            float(v) if keep else None for v, keep in zip(ap_ta, kept_ta, strict=True)
+        ]
     if pr_at_n is not None:
         denom = np.maximum(ns, 1).astype(np.float64)
         result["pr_at_n"] = [int(v) for v in ns_requested]
