@@ -16,6 +16,7 @@ Format (every key but `name` optional; lists expand as a product):
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,43 +50,68 @@ def available_experiments(directory: Path = EXPERIMENTS_DIR) -> list[str]:
     return sorted(p.stem for p in directory.glob("*.yaml"))
 
 
-def _int_list(value: Any, key: str, path: Path) -> tuple[int, ...]:
+def _int_list(value: Any, key: str, path: Path, minimum: int = 0) -> tuple[int, ...]:
     values = value if isinstance(value, list) else [value]
-    if not values or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
-        raise UserError(f"{path}: '{key}' must be a non-negative integer or a list of them, got {value!r}")
+    if not values or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in values
+    ):
+        kind = "a positive integer" if minimum > 0 else "a non-negative integer"
+        raise UserError(f"{path}: '{key}' must be {kind} or a list of them, got {value!r}")
     return tuple(values)
+
+
+def _optional_str(raw: dict[str, Any], key: str, path: Path, default: str | None) -> str | None:
+    value = raw.get(key, default)
+    if value is not None and not isinstance(value, str):
+        raise UserError(f"{path}: '{key}' must be a name (a string), got {value!r}")
+    return value
+
+
+def _describe_available(directory: Path) -> str:
+    names = available_experiments(directory)
+    return ", ".join(names) if names else f"(none: no .yaml files in {directory})"
 
 
 def load_experiment(name_or_path: str, directory: Path = EXPERIMENTS_DIR) -> Experiment:
     path = Path(name_or_path)
+    is_file_name = bool(path.suffix) or os.sep in name_or_path
     if not path.suffix:
         path = directory / f"{name_or_path}.yaml"
     if not path.is_file():
+        if is_file_name:
+            raise UserError(
+                f"experiment file {path} does not exist; named experiments: "
+                f"{_describe_available(directory)}"
+            )
         raise UserError(
-            f"unknown experiment '{name_or_path}'; valid experiments: "
-            f"{', '.join(available_experiments(directory))}"
+            f"unknown experiment '{name_or_path}'; valid experiments: {_describe_available(directory)}"
         )
     raw = read_yaml(path)
     if not isinstance(raw, dict):
         raise UserError(f"{path}: an experiment must be a mapping of keys to values")
-    unknown = sorted(set(raw) - _KEYS)
+    unknown = sorted(str(key) for key in set(raw) - _KEYS)
     if unknown:
         raise UserError(f"{path}: unknown key '{unknown[0]}'; valid keys: {', '.join(sorted(_KEYS))}")
     methods = raw.get("methods", [])
     methods = [methods] if isinstance(methods, str) else methods
-    if not methods or not all(isinstance(m, str) for m in methods):
-        raise UserError(f"{path}: 'methods' must list at least one method name")
+    if not isinstance(methods, list) or not methods or not all(isinstance(m, str) for m in methods):
+        raise UserError(f"{path}: 'methods' must list at least one method name, got {methods!r}")
     settings = raw.get("settings") or {}
     grid = raw.get("grid") or [{}]
     grid_ok = isinstance(grid, list) and all(isinstance(g, dict) for g in grid)
     if not isinstance(settings, dict) or not grid_ok:
         raise UserError(f"{path}: 'settings' must be a mapping and 'grid' a list of mappings")
+    for entry in [settings, *grid]:
+        for key in entry:
+            if not isinstance(key, str):
+                raise UserError(f"{path}: setting name {key!r} is not a string")
     return Experiment(
-        name=raw.get("name", path.stem), description=str(raw.get("description", "")).strip(),
-        dataset=raw.get("dataset", "fashion-mnist"), methods=tuple(methods),
-        bits=_int_list(raw.get("bits", [16, 32, 64]), "bits", path),
+        name=str(raw.get("name", path.stem)), description=str(raw.get("description", "")).strip(),
+        dataset=_optional_str(raw, "dataset", path, "fashion-mnist"), methods=tuple(methods),
+        bits=_int_list(raw.get("bits", [16, 32, 64]), "bits", path, minimum=1),
         seeds=_int_list(raw.get("seeds", [0]), "seeds", path),
-        protocol=raw.get("protocol", "native"), settings=dict(settings), grid=tuple(grid),
-        backbone=raw.get("backbone"), varies=str(raw.get("varies", "")).strip(),
-        fixed=str(raw.get("fixed", "")).strip(), path=str(path),
+        protocol=_optional_str(raw, "protocol", path, "native"), settings=dict(settings),
+        grid=tuple(grid), backbone=_optional_str(raw, "backbone", path, None),
+        varies=str(raw.get("varies", "")).strip(), fixed=str(raw.get("fixed", "")).strip(),
+        path=str(path),
     )

@@ -43,35 +43,76 @@ def _clean(value: Any) -> Any:
     return value
 
 
+TEMP_SUFFIX = ".tmp"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write to a temp file in the same folder, fsync, then rename: a reader (or a crash)
-    never sees half a file."""
+    """Write to a temp file in the same folder, fsync, then rename: a reader (or a crash,
+    SIGKILL included) sees either the old file, no file, or the whole new file, never half
+    of one. A crash can leave only a hidden `.<name>.<random>.tmp` file, which no reader
+    looks at."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    text = json.dumps(_clean(payload), indent=1, sort_keys=True, allow_nan=False) + "\n"
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
     try:
+        os.fchmod(handle, 0o666 & ~_umask())  # mkstemp's 0600 would hide records from a team
         with os.fdopen(handle, "w") as stream:
-            json.dump(_clean(payload), stream, indent=1, sort_keys=True, allow_nan=False)
-            stream.write("\n")
+            stream.write(text)
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the rename itself durable (a power cut must not lose a finished record)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 class CorruptRecord(Exception):
     """A record file that cannot be parsed or lacks required keys."""
 
 
+STATUSES = ("complete", "failed")
+
+
 def read_record(path: Path) -> dict[str, Any]:
+    """Parse and sanity-check one record; anything unusable raises CorruptRecord naming the
+    file (truncated or empty JSON, binary garbage, a JSON value that is not a record)."""
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise CorruptRecord(f"{path}: {error}") from None
-    if not isinstance(data, dict) or any(key not in data for key in REQUIRED_KEYS):
-        raise CorruptRecord(f"{path}: not a run record (missing {', '.join(REQUIRED_KEYS)})")
+    if not isinstance(data, dict):
+        raise CorruptRecord(f"{path}: not a run record (a JSON {type(data).__name__}, not an object)")
+    missing = [key for key in REQUIRED_KEYS if key not in data]
+    if missing:
+        raise CorruptRecord(f"{path}: not a run record (missing {', '.join(missing)})")
+    if data["status"] not in STATUSES:
+        raise CorruptRecord(f"{path}: unknown status {data['status']!r} (expected complete or failed)")
+    if not isinstance(data["spec"], dict):
+        raise CorruptRecord(f"{path}: 'spec' is not an object")
+    if data["status"] == "complete" and not isinstance(data.get("metrics"), dict):
+        raise CorruptRecord(f"{path}: a complete record without metrics")
     return data
 
 
@@ -103,16 +144,22 @@ def load_records(results_dir: Path, include_failed: bool = True) -> tuple[list[d
 
 
 def check_writable(results_dir: Path) -> None:
+    """Refuse (UserError) a results directory this process cannot create and write into,
+    including a file standing where it or its `runs/` / `splits/` folder should be. Checked
+    before anything trains, so a sweep never computes results it cannot keep."""
     results_dir = Path(results_dir)
-    try:
-        results_dir.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=results_dir, prefix=".write-test-", delete=True)
-        probe.close()
-    except OSError as error:
-        raise UserError(
-            f"results directory {results_dir} is not writable ({error.strerror or error}); "
-            "pass --results DIR"
-        ) from None
+    for folder in (results_dir, results_dir / "runs", results_dir / "splits"):
+        try:
+            if folder.exists() and not folder.is_dir():
+                raise NotADirectoryError(20, "a file is in the way")
+            folder.mkdir(parents=True, exist_ok=True)
+            probe = tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-", delete=True)
+            probe.close()
+        except OSError as error:
+            raise UserError(
+                f"results directory {folder} is not writable ({error.strerror or error}); "
+                "pass --results DIR"
+            ) from None
 
 
 _GIT_CACHE: dict[str, Any] = {}
@@ -150,6 +197,7 @@ def environment(device: str) -> dict[str, Any]:
         "device": device,
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
+        "mkldnn": bool(torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled),
     }
     if device.startswith("cuda") and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(torch.device(device))

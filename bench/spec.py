@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,6 +98,7 @@ def coerce_value(key: str, raw: Any, param: Param, where: str) -> Any:
     except ValueError:
         kind = type(default).__name__ if default is not None else "int"
         raise UserError(f"{where}: {key}={raw!r} is not a valid {kind}") from None
+    _check_type(key, raw, value, default, where)
     if param.choices is not None and value not in param.choices:
         raise UserError(
             f"{where}: {key}={value!r} is not valid; choose from {', '.join(map(str, param.choices))}"
@@ -104,6 +106,28 @@ def coerce_value(key: str, raw: Any, param: Param, where: str) -> Any:
     if key in ("epochs", "batch_size", "eval_every") and value is not None and int(value) < 1:
         raise UserError(f"{where}: {key}={value} must be a positive integer")
     return value
+
+
+def _check_type(key: str, raw: Any, value: Any, default: Any, where: str) -> None:
+    """Refuse a value whose type cannot be the parameter's (e.g. a YAML list for a float)
+    and non-finite numbers, which would only surface as a NaN loss or a crash mid-sweep."""
+    if default is None and key not in ("epochs", "eval_every"):
+        return  # no declared type to check against
+    if isinstance(default, bool):
+        ok, kind = isinstance(value, bool), "true or false"
+    elif isinstance(default, int) or default is None:
+        ok = (isinstance(value, int) and not isinstance(value, bool)) or (value is None and default is None)
+        kind = "integer"
+    elif isinstance(default, float):
+        ok, kind = isinstance(value, (int, float)) and not isinstance(value, bool), "number"
+        if ok and not math.isfinite(value):
+            raise UserError(f"{where}: {key}={raw!r} is not a finite number")
+    elif isinstance(default, str):
+        ok, kind = isinstance(value, str), "string"
+    else:
+        return
+    if not ok:
+        raise UserError(f"{where}: {key}={raw!r} is not a valid {kind}")
 
 
 def check_override_keys(methods: list[str], keys: list[str], where: str) -> None:
@@ -117,6 +141,16 @@ def check_override_keys(methods: list[str], keys: list[str], where: str) -> None
                 f"{where}: unknown setting '{key}' for methods {', '.join(methods)}; "
                 f"valid settings: {', '.join(sorted(known))}"
             )
+
+
+def check_override_values(methods: list[str], overrides: dict[str, Any], where: str) -> None:
+    """Convert every override for every selected method that has it, so a bad value is
+    refused naming where it came from (the experiment file, or --set) before planning."""
+    for name in methods:
+        params = method_params(get_method(name))
+        for key, raw in overrides.items():
+            if key in params:
+                coerce_value(key, raw, params[key], where)
 
 
 def resolve_config(spec: RunSpec, card: DatasetCard | None = None) -> dict[str, Any]:

@@ -264,13 +264,28 @@ def configure_loop(parser: argparse.ArgumentParser) -> None:
     perf_loop.configure(parser)
 
 
+def run_sweep(args: argparse.Namespace) -> int:
+    """Wall time of one 8-run sweep with --jobs 1, --jobs 2 and a 2-worker Dask LocalCluster."""
+    from bench import perf_sweep
+
+    return perf_sweep.run(args)
+
+
+def configure_sweep(parser: argparse.ArgumentParser) -> None:
+    from bench import perf_sweep
+
+    perf_sweep.configure(parser)
+
+
 BENCHMARKS: dict[str, Callable[[argparse.Namespace], int]] = {
     "evaluator": run_evaluator,
     "loop": run_loop,
+    "sweep": run_sweep,
 }
 FLAGS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
     "evaluator": configure_evaluator,
     "loop": configure_loop,
+    "sweep": configure_sweep,
 }
 
 

@@ -1,4 +1,9 @@
-"""`python -m bench run`: train and evaluate methods x bits x seeds (or a named experiment)."""
+"""`python -m bench run`: train and evaluate methods x bits x seeds (or a named experiment).
+
+Exit codes: 0 every run has a complete record; 1 some runs failed (each is recorded with
+its reason and listed at the end; rerunning redoes only those and any unfinished ones);
+2 bad input (one line on stderr; nothing trained, no stored record changed).
+"""
 
 from __future__ import annotations
 
@@ -8,8 +13,11 @@ from typing import Any
 
 from bench.errors import UserError
 
+EXIT_CODES = "exit codes: 0 all runs complete, 1 some runs failed (see the list), 2 bad input"
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = EXIT_CODES
     what = parser.add_argument_group("what to run")
     what.add_argument("--methods", help="comma-separated method names (see `bench list`)")
     what.add_argument("--bits", help="comma-separated code lengths, e.g. 16,32,64")
@@ -32,9 +40,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
                      help="train torchvision backbones from scratch (no local ImageNet weights)")
     how.add_argument("--weights", help="local file with ImageNet weights for the backbone")
     how.add_argument("--force", action="store_true", help="rerun runs that already have a record")
-    how.add_argument("--jobs", type=int, default=1, help="parallel runs (default 1)")
-    how.add_argument("--backend", default="local", help="local (joblib processes) or dask")
-    how.add_argument("--scheduler", help="Dask scheduler address (with --backend dask)")
+    how.add_argument("--jobs", type=int, default=1,
+                     help="parallel runs: local worker processes, or LocalCluster workers with "
+                          "--backend dask (default 1)")
+    how.add_argument("--backend", default=None,
+                     help="local (this machine, joblib processes; default) or dask (a Dask "
+                          "cluster: a LocalCluster of --jobs workers, or --scheduler ADDRESS)")
+    how.add_argument("--scheduler", metavar="ADDRESS",
+                     help="Dask scheduler address, e.g. tcp://10.0.0.1:8786 (implies --backend dask)")
+    how.add_argument("--threads", type=int, default=None,
+                     help="torch threads per run (default: the machine's cores divided by --jobs; "
+                          "a cluster worker's own default)")
+    how.add_argument("--onednn", action="store_true",
+                     help="use oneDNN CPU kernels: up to ~1.6x faster with several threads per run, "
+                          "but metrics then depend slightly on the thread count (so on --jobs)")
     how.add_argument("--workers", type=int, default=0, help="DataLoader workers for image files")
     how.add_argument("--quiet", action="store_true", help="no progress bars")
     how.add_argument("--dry-run", action="store_true", help="list the runs and whether they are done")
@@ -72,18 +91,19 @@ def build_specs(args: argparse.Namespace) -> list:
     from bench.backbones import PRETRAINABLE as PRETRAINABLE_BACKBONES
     from bench.data import load_card
     from bench.experiments import load_experiment
-    from bench.spec import PROTOCOLS, RunSpec, check_override_keys
+    from bench.spec import PROTOCOLS, RunSpec, check_override_keys, check_override_values
     from methods import get_method
 
     experiment = load_experiment(args.experiment) if args.experiment else None
-    if experiment is None and not args.methods:
+    if experiment is None and args.methods is None:
         raise UserError("give --methods (e.g. --methods crh,csq) or --experiment NAME")
-    methods = [m.strip() for m in args.methods.split(",")] if args.methods else list(experiment.methods)
+    methods = ([m.strip() for m in args.methods.split(",")] if args.methods is not None
+               else list(experiment.methods))
     for name in methods:
         get_method(name)
-    bits = parse_int_list(args.bits, "--bits", 1) if args.bits else list(
+    bits = parse_int_list(args.bits, "--bits", 1) if args.bits is not None else list(
         experiment.bits if experiment else (16, 32, 64))
-    seeds = parse_int_list(args.seeds, "--seeds", 0) if args.seeds else list(
+    seeds = parse_int_list(args.seeds, "--seeds", 0) if args.seeds is not None else list(
         experiment.seeds if experiment else (0,))
     dataset = args.dataset or (experiment.dataset if experiment else "fashion-mnist")
     card = load_card(dataset)
@@ -98,16 +118,20 @@ def build_specs(args: argparse.Namespace) -> list:
             raise UserError(f"unknown backbone '{backbone}'; valid backbones: {', '.join(BACKBONES)}")
     pretrained = (backbone or card.backbone) in PRETRAINABLE_BACKBONES and not args.no_pretrained
 
+    cli_settings = parse_settings(args.settings)
+    grid = list(experiment.grid) if experiment else [{}]
+    # Each source of settings is checked on its own, so an error names where the bad key or
+    # value came from: the experiment file or --set.
+    sources = [(experiment.path, entry) for entry in [experiment.settings, *grid]] if experiment else []
+    for where, entry in [*sources, ("--set", cli_settings)]:
+        check_override_keys(methods, list(entry), where)
+        check_override_values(methods, entry, where)
     shared: dict[str, Any] = dict(experiment.settings) if experiment else {}
-    shared.update(parse_settings(args.settings))
+    shared.update(cli_settings)
     if args.epochs is not None:
         if args.epochs < 1:
             raise UserError(f"--epochs {args.epochs}: must be a positive integer")
         shared["epochs"] = args.epochs
-    grid = list(experiment.grid) if experiment else [{}]
-    where = experiment.path if experiment else "--set"
-    for entry in [shared, *grid]:
-        check_override_keys(methods, list(entry), where)
     specs = []
     for method in methods:
         for entry in grid:
@@ -123,30 +147,46 @@ def build_specs(args: argparse.Namespace) -> list:
 
 
 def execute(args: argparse.Namespace) -> int:
-    from bench.records import DEFAULT_RESULTS_DIR
-    from bench.runner import RunOptions, execute_runs, needs_running, plan_runs
+    import sys
 
+    from bench.parallel import check_executor
+    from bench.records import DEFAULT_RESULTS_DIR
+    from bench.runner import RunOptions, execute_runs, plan_runs, run_state
+
+    backend = args.backend or ("dask" if args.scheduler else "local")
+    check_executor(args.jobs, backend, args.scheduler)
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads {args.threads}: must be a positive integer")
     specs = build_specs(args)
     options = RunOptions(
         results_dir=Path(args.results) if args.results else DEFAULT_RESULTS_DIR,
         data_root=args.data_root, device=args.device, force=args.force,
         progress_bars=not args.quiet, num_workers=args.workers, weights_file=args.weights,
+        torch_threads=args.threads, onednn=args.onednn,
     )
-    if args.dry_run:
+    if args.dry_run:  # reads records, changes nothing
         for run in plan_runs(specs, options):
-            state = "todo" if needs_running(run, options) else "done"
-            print(f"{state:5s} {run.spec.label():60s} {run.path}")
+            state, why = run_state(run, options)
+            if args.force and state == "done":
+                state = "redo"
+            print(f"{state:7s} {run.spec.label():60s} {run.path}" + (f"  ({why})" if why else ""))
         return 0
-    outcome = execute_runs(specs, options, jobs=args.jobs, backend=args.backend,
+    outcome = execute_runs(specs, options, jobs=args.jobs, backend=backend,
                            scheduler=args.scheduler)
     print(
         f"{len(outcome.completed)} completed, {len(outcome.skipped)} skipped (record exists), "
         f"{len(outcome.failed)} failed; records in {options.results_dir / 'runs'}"
     )
+    for path in outcome.set_aside:
+        print(f"  corrupt record set aside: {path}")
     for identifier, reason in outcome.failed:
         print(f"  failed {identifier}: {reason}")
     if outcome.completed or outcome.skipped:
         from bench.summary import print_summary
 
         print_summary(options.results_dir, [*outcome.completed, *outcome.skipped])
+    if outcome.aborted:
+        print(f"error: sweep stopped early: {outcome.aborted}", file=sys.stderr)
+    elif outcome.failed:
+        print(f"{len(outcome.failed)} runs failed (exit code 1); rerun to retry them", file=sys.stderr)
     return outcome.exit_code
