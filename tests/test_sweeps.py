@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,14 +17,24 @@ from bench.cli import main
 from bench.parallel import threads_per_job
 from bench.records import read_record
 
+REPO = Path(__file__).resolve().parent.parent
 SPECS = ["--methods", "csq", "--bits", "16,32", "--dataset", "synthetic", "--epochs", "1",
          "--device", "cpu", "--quiet"]
 
 
-def sweep(results: Path, *extra: str) -> dict[str, dict]:
-    """`bench run` through its real entry point, in this process (the caller); the runs go
-    to whatever executor the flags choose. Returns the records it left, by run id."""
-    assert main(["run", *SPECS, "--results", str(results), *extra]) == 0
+def sweep(results: Path, *extra: str, subprocess_pid: list[int] | None = None) -> dict[str, dict]:
+    """`bench run` through its real entry point, in this process (the caller) or, given
+    `subprocess_pid`, as a command of its own; the runs go to whatever executor the flags
+    choose. Returns the records it left, by run id."""
+    argv = ["run", *SPECS, "--results", str(results), *extra]
+    if subprocess_pid is None:
+        assert main(argv) == 0
+    else:
+        command = subprocess.Popen([sys.executable, "-m", "bench", *argv], cwd=REPO,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        out, err = command.communicate(timeout=300)
+        assert command.returncode == 0, err + out
+        subprocess_pid.append(command.pid)
     folder = results / "runs" / "synthetic" / "csq"
     assert not [p.name for p in folder.iterdir() if not p.name.endswith(".json")]  # no temp files
     records = {r["run_id"]: r for r in (read_record(p) for p in sorted(folder.glob("*.json")))}
@@ -41,10 +53,12 @@ def losses_of(records: dict[str, dict]) -> dict[str, list[float]]:
 
 @pytest.fixture(scope="module")
 def sequential(tmp_path_factory):
-    """The reference: the same two runs one after another in this process (--jobs 1,
-    torch's default thread count)."""
-    records = sweep(tmp_path_factory.mktemp("jobs1"))
-    assert {r["pid"] for r in records.values()} == {os.getpid()}  # trained by the caller itself
+    """The reference: the same two runs one after another in the command's own process
+    (--jobs 1, torch's default thread count; its own process so that the OpenMP setting the
+    command makes before loading torch applies, as it does for users)."""
+    pid: list[int] = []
+    records = sweep(tmp_path_factory.mktemp("jobs1"), subprocess_pid=pid)
+    assert {r["pid"] for r in records.values()} == set(pid)  # trained by the sweep itself
     return records
 
 
@@ -65,7 +79,7 @@ def test_jobs_two_uses_worker_processes_and_matches_jobs_one(tmp_path, sequentia
 
 
 def test_same_spec_and_seed_twice_is_identical(tmp_path, sequential):
-    again = sweep(tmp_path / "results")
+    again = sweep(tmp_path / "results", "--threads", "1")  # in this process, one thread
     assert json.dumps(metrics_of(again), sort_keys=True) == json.dumps(metrics_of(sequential), sort_keys=True)
     assert losses_of(again) == losses_of(sequential)  # the whole trajectory, not just the metrics
 
