@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 from bench import RESULTS_VERSION
 
@@ -224,3 +225,13 @@ def make_record():
 def write_results():
     """write_results(dir, records, corrupt={"fashion-mnist/csq/x.json": "{"}) -> dir."""
     return write_result_files
+
+
+@pytest.fixture
+def one_thread():
+    """Train single-threaded: on a small shared machine, torch's intra-op threads oversubscribe
+    the cores and a tiny run slows down several-fold."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -270,16 +270,6 @@ def test_harmonised_uses_the_shared_optimizer_native_each_methods_own() -> None:
     assert native_optimizers["shc"] == native_optimizers["csq"] == ("rmsprop", 1e-5, 64)
 
 
-@pytest.fixture
-def one_thread():
-    """Train single-threaded: on a small shared machine, torch's intra-op threads oversubscribe
-    the cores and a tiny run slows down several-fold."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def test_record_says_which_protocol(tmp_path: Path, one_thread: None) -> None:
     code = main(["run", "--methods", "dpn", "--bits", "8", "--dataset", "synthetic", "--epochs", "1",
                  "--protocol", "harmonised", "--results", str(tmp_path), "--quiet"])

@@ -219,16 +219,6 @@ def test_loss_is_csq_loss_against_the_optimised_centers() -> None:
 
 
 # ----------------------------------------------------------------------------- end to end
-@pytest.fixture
-def one_thread():
-    """Train single-threaded: on a small shared machine, torch's intra-op threads oversubscribe
-    the cores and a tiny run slows down several-fold."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def test_end_to_end_records_stage_times(tmp_path: Path, one_thread: None) -> None:
     code = main(["run", "--methods", "dpn,hashnet,shc", "--bits", "16", "--dataset", "synthetic",
                  "--results", str(tmp_path), "--quiet"])
