@@ -279,12 +279,13 @@ def train_and_evaluate(
                                       leave=False, disable=not progress_bars):
             h = model(images)
             loss = method.loss(h, labels, ctx)
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(f"loss became {float(loss)} at epoch {epoch + 1}, step {ctx.step}")
+            loss_value = float(loss.detach())  # one host sync per step, reused for the check
+            if not math.isfinite(loss_value):
+                raise TrainingDiverged(f"loss became {loss_value} at epoch {epoch + 1}, step {ctx.step}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            losses.append(float(loss.detach()))
+            losses.append(loss_value)
             if method_cls.collects_codes:
                 collected_codes.append(torch.where(h.detach() >= 0, 1, -1).to(torch.int8))
                 collected_labels.append(labels)

@@ -146,23 +146,8 @@ def build_specs(args: argparse.Namespace) -> list:
     return specs
 
 
-def quiet_openmp_waits() -> None:
-    """Make torch's idle OpenMP threads sleep instead of spinning (unless the user chose).
-
-    With spinning waiters (the OpenMP default), a run with several torch threads becomes many
-    times slower as soon as another process holds one of the cores it uses: on the 2-core
-    machine under other load, 10 epochs of the synthetic run took 115 s with 2 threads, 1.6 s
-    with OMP_WAIT_POLICY=PASSIVE and 0.6 s with 1 thread. OpenMP reads the variable when torch
-    loads it, so this runs before torch is imported; worker processes inherit it."""
-    import os
-
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-
 def execute(args: argparse.Namespace) -> int:
     import sys
-
-    quiet_openmp_waits()
 
     from bench.parallel import check_executor
     from bench.records import DEFAULT_RESULTS_DIR
