@@ -25,8 +25,13 @@ data:
 	  exit 2; \
 	fi
 
+# JOBS parallel runs (one torch thread each when JOBS = cores); RUN_FLAGS=--force retrains
+# runs whose records are already committed under results/.
+JOBS ?= $(shell nproc 2>/dev/null || echo 1)
+RUN_FLAGS ?=
+
 reproduce: setup
-	$(PY) -m bench run --experiment main-table
+	$(PY) -m bench run --experiment main-table --jobs $(JOBS) $(RUN_FLAGS)
 	$(PY) -m bench report
 
 test: setup
