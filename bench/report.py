@@ -447,6 +447,73 @@ class MainTable:
         return cell if cell is not None and cell.complete else None
 
 
+# Settings that only change how long (and how often validated) a schedule runs: two main tables
+# that differ in nothing else show whether the shorter schedule had converged.
+SCHEDULE_KEYS = ("epochs", "eval_every")
+
+
+@dataclass(frozen=True)
+class ScheduleComparison:
+    """One method x bit length measured under a shorter and a longer schedule, on the seeds
+    both have (the longer schedule is usually run on fewer seeds)."""
+
+    short: Cell
+    long: Cell
+    seeds: tuple[int, ...]
+
+    @property
+    def method(self) -> str:
+        return self.short.group.method
+
+    @property
+    def bits(self) -> int:
+        return self.short.group.bits
+
+    def epochs(self, cell: Cell) -> int:
+        return int(_get(cell.group.first, "config", "epochs", default=0) or 0)
+
+    def mean(self, cell: Cell, getter: Callable[[dict], float]) -> float:
+        return Stat.of(getter(cell.group.runs[s]) for s in self.seeds).mean
+
+    def gain(self, getter: Callable[[dict], float]) -> float:
+        return self.mean(self.long, getter) - self.mean(self.short, getter)
+
+    def long_best_epochs(self) -> list[Any]:
+        return [_get(self.long.group.runs[s], "selection", "best_epoch") for s in self.seeds]
+
+
+def _schedule_free(scope: Scope) -> tuple:
+    return (scope.dataset, scope.protocol, scope.digest,
+            tuple((k, v) for k, v in scope.settings if k not in SCHEDULE_KEYS))
+
+
+def _scope_epochs(scope: Scope) -> int:
+    value = dict(scope.settings).get("epochs")
+    return int(json.loads(value) or 0) if value is not None else 0
+
+
+def schedule_comparisons(analysis: Analysis) -> list[ScheduleComparison]:
+    """Main-table cells whose scopes differ only in the schedule (epoch count, validation
+    cadence), paired on common seeds, shorter schedule first."""
+    out = []
+    scopes = sorted(analysis.main, key=lambda s: (_schedule_free(s), _scope_epochs(s), s))
+    for i, short_scope in enumerate(scopes):
+        for long_scope in scopes[i + 1:]:
+            if (_schedule_free(long_scope) != _schedule_free(short_scope)
+                    or _scope_epochs(long_scope) <= _scope_epochs(short_scope)):
+                continue
+            short_table, long_table = analysis.main[short_scope], analysis.main[long_scope]
+            for key, long_cell in sorted(long_table.cells.items(), key=lambda kv: (method_sort_key(kv[0][0]),
+                                                                                   kv[0][1])):
+                short_cell = short_table.cells.get(key)
+                if short_cell is None:
+                    continue
+                common = tuple(sorted(set(short_cell.group.runs) & set(long_cell.group.runs)))
+                if common:
+                    out.append(ScheduleComparison(short_cell, long_cell, common))
+    return out
+
+
 # ------------------------------------------------------------------------------------------
 # CRH ablations
 # ------------------------------------------------------------------------------------------
@@ -1354,6 +1421,25 @@ class _Builder:
                              f"{last_best} of {len(records)}", tail.text(2, show_n=False)))
             self.table(("method", "bits", "best epoch per seed", "epochs", "best = last evaluation",
                         "val mAP change over the last evaluation interval (points)"), rows)
+        self.longer_schedules()
+
+    def longer_schedules(self) -> None:
+        comparisons = schedule_comparisons(self.a)
+        if not comparisons:
+            return
+        getter = metric_points("mAP")
+        self.p("**Longer schedules.** Cells run again with more epochs and otherwise equal settings "
+               "(same split and protocol), compared on the seeds both schedules have: test mAP of the "
+               "checkpoint each run selected on validation. A gain well above the seed spread means the "
+               "shorter schedule had not converged for that method.")
+        rows = []
+        for c in comparisons:
+            rows.append((method_name(c.method), c.bits, fmt_seeds(c.seeds),
+                         f"{c.epochs(c.short)} → {c.epochs(c.long)}",
+                         f"{c.mean(c.short, getter):.2f}", f"{c.mean(c.long, getter):.2f}",
+                         fmt_signed(c.gain(getter)), ", ".join(str(e) for e in c.long_best_epochs())))
+        self.table(("method", "bits", "seeds", "epochs", "mAP (shorter)", "mAP (longer)",
+                    "gain (points)", "best epoch of the longer run"), rows)
 
     # -- ablations
     def ablations(self) -> None:

@@ -27,6 +27,7 @@ from bench.report import (
     paired_test,
     render_figures,
     render_markdown,
+    schedule_comparisons,
 )
 
 SEEDS = (0, 1, 2)
@@ -234,6 +235,27 @@ def test_different_settings_and_splits_are_separate_tables(make_record):
     labels = sorted(analysis.scope_label(s) for s in analysis.main)
     assert any("epochs=3" in label for label in labels)
     assert all("split " in label for label in labels)  # two digests for one dataset: say which
+
+
+def test_longer_schedule_is_compared_on_common_seeds_only(make_record):
+    short = cell(make_record, "crh", 32, 0.70) + cell(make_record, "csq", 32, 0.60)
+    long = (cell(make_record, "crh", 32, 0.75, seeds=(0,), epochs=20, overrides={"eval_every": 4})
+            + cell(make_record, "csq", 32, 0.58, seeds=(0, 5), epochs=20, overrides={"eval_every": 4}))
+    other_lr = cell(make_record, "crh", 32, 0.90, seeds=(0,), epochs=20, overrides={"lr": 1e-3})
+    records = short + long + other_lr
+    analysis = analyze(records)
+    comparisons = schedule_comparisons(analysis)
+    assert [(c.method, c.bits, c.seeds) for c in comparisons] == [("crh", 32, (0,)), ("csq", 32, (0,))]
+    getter = lambda r: r["metrics"]["mAP"] * 100  # noqa: E731
+    crh, csq = comparisons
+    # seed 0 of the short CRH cell is 0.70 - 0.002 (the cell helper's seed offset); seed 0 only
+    assert crh.mean(crh.short, getter) == pytest.approx(69.8)
+    assert crh.gain(getter) == pytest.approx(75 - 0.2 - 69.8)
+    assert (crh.epochs(crh.short), crh.epochs(crh.long)) == (10, 20)
+    assert csq.gain(getter) == pytest.approx((0.58 - 0.002 - 0.598) * 100)
+    markdown = render_markdown(build_report(records, claims=load_claims(), published=load_published()))
+    assert "**Longer schedules.**" in markdown
+    assert "| CRH | 32 | {0} | 10 → 20 | 69.80 | 74.80 | +5.00 |" in markdown
 
 
 # ------------------------------------------------------------------------------------------
