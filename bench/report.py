@@ -835,12 +835,18 @@ def check_beats_baselines(analysis: Analysis, params: dict) -> CheckOutcome:
     getter = metric_points(params.get("metric", "mAP"))
     baselines = [b for b in params.get("baselines", []) if b != "crh"]
     alpha = float(params.get("alpha", 0.05))
+    min_seeds = int(params.get("min_seeds", 1))
     evidence, losses, compared, significant, best_rel = [], 0, 0, 0, -math.inf
     seen_baselines, seen_bits = set(), set()
     for scope, table in analysis.main.items():
         for bits in table.bits:
             crh = table.complete("crh", bits)
             if crh is None:
+                continue
+            if len(crh.used) < min_seeds:
+                seeds = plural(len(crh.used), "seed")
+                evidence.append(f"{_where(analysis, scope, bits)}: not counted, {seeds} "
+                                f"(the verdict needs at least {min_seeds} per cell)")
                 continue
             for baseline in baselines:
                 other = table.complete(baseline, bits)

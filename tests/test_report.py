@@ -130,6 +130,19 @@ def test_every_claim_reaches_every_verdict(make_record, claims, claim_id, outcom
         assert result.evidence, "a verdict must show its evidence"
 
 
+def test_single_seed_tables_are_listed_but_not_judged(make_record, claims):
+    records = _beats(make_record, HOLDS)
+    # a one-seed table at a longer schedule where CRH loses: shown as evidence, not a verdict
+    records += (cell(make_record, "crh", 16, 0.60, seeds=(0,), epochs=20)
+                + cell(make_record, "csq", 16, 0.65, seeds=(0,), epochs=20))
+    result = verdict(records, claims, "crh-beats-baselines")
+    assert result.verdict == HOLDS, result.summary
+    assert any("not counted, 1 seed" in line and "epochs=20" in line for line in result.evidence)
+    only_one_seed = (cell(make_record, "crh", 16, 0.70, seeds=(0,))
+                     + cell(make_record, "csq", 16, 0.60, seeds=(0,)))
+    assert verdict(only_one_seed, claims, "crh-beats-baselines").verdict == NOT_MEASURABLE
+
+
 def test_beats_baselines_evidence_names_cells_and_tests(make_record, claims):
     result = verdict(_beats(make_record, DOES_NOT_HOLD), claims, "crh-beats-baselines")
     text = "\n".join(result.evidence)
