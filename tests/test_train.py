@@ -62,6 +62,8 @@ def test_cli_run_writes_record_and_skips_it_next_time(tmp_path: Path, capsys) ->
     assert record["status"] == "complete" and record["spec"]["bits"] == 8
     assert {"commit", "dirty", "results_version"} <= set(record["code"])
     assert record["environment"]["torch"] == torch.__version__
+    assert record["environment"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert record["environment"]["cpu"]
     before = records[0].stat().st_mtime_ns
     capsys.readouterr()
     assert main(argv) == 0
