@@ -1632,6 +1632,17 @@ class _Builder:
                      "yes" if r["dataset"] in measured else "no") for r in self.published))
 
     # -- quality
+    def environments(self) -> None:
+        """Where the counted runs ran: CPU float results match bitwise only on the same kind of
+        processor and torch build, so a reader needs to see when a table mixes machines."""
+        counts = Counter(environment_of(r) for r in self.a.included)
+        if not counts:
+            return
+        self.p("**Where the counted runs ran** (on CPU a seed reproduces bitwise only on the same kind "
+               "of processor and torch build; runs from different machines are further samples of the "
+               "same training, not copies):")
+        self.table(ENVIRONMENT_FIELDS + ("runs",), (key + (count,) for key, count in sorted(counts.items())))
+
     def quality(self) -> None:
         a = self.a
         self.h(2, "Data quality")
@@ -1648,6 +1659,7 @@ class _Builder:
             lines.append(f"more than one split digest for {', '.join(sorted(a.multi_digest))}: each split is "
                          "its own table")
         self.bullets(lines)
+        self.environments()
         if a.older:
             self.p("**Records from older code**")
             self.table(("run id", "dataset", "method", "bits", "seed", "results version", "status"),
@@ -1700,6 +1712,16 @@ class _Builder:
                        ((method_name(g.method), g.bits, describe_variant(g.variant),
                          "; ".join(f"{s}: `{g.runs[s]['run_id']}`" for s in g.seeds))
                         for g in self.a.groups_in(scope)))
+
+
+ENVIRONMENT_FIELDS = ("device", "CPU", "CPU capability", "torch", "torch threads")
+
+
+def environment_of(record: dict) -> tuple[str, ...]:
+    env = record.get("environment") or {}
+    device = str(env.get("gpu") or env.get("device") or "?")
+    return (device, str(env.get("cpu") or "not recorded"), str(env.get("cpu_capability") or "not recorded"),
+            str(env.get("torch") or "?"), str(env.get("torch_threads") or "?"))
 
 
 def _is_best_at_end(record: dict) -> bool:

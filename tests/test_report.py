@@ -209,6 +209,15 @@ def test_older_failed_corrupt_and_incomplete_are_kept_out_and_shown(make_record,
     assert claims["crh-beats-baselines"].verdict == NOT_MEASURABLE
 
 
+def test_data_quality_says_where_the_runs_ran(make_record):
+    records = cell(make_record, "crh", 16, 0.7) + cell(make_record, "csq", 16, 0.6)
+    for record in records[:2]:
+        record["environment"].update(cpu="AMD EPYC 7B13", cpu_capability="AVX2")
+    markdown = render_markdown(build_report(records, claims=load_claims(), published=load_published()))
+    assert "| cpu | AMD EPYC 7B13 | AVX2 | 2.14.1 | 2 | 2 |" in markdown
+    assert "| cpu | not recorded | not recorded | 2.14.1 | 2 | 4 |" in markdown
+
+
 def test_extra_seeds_are_left_out_of_the_means(make_record):
     records = (cell(make_record, "crh", 16, 0.70) + cell(make_record, "csq", 16, 0.60)
                + [make_record("csq", 16, 7, 0.10)])
