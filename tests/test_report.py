@@ -137,7 +137,14 @@ def test_single_seed_tables_are_listed_but_not_judged(make_record, claims):
                 + cell(make_record, "csq", 16, 0.65, seeds=(0,), epochs=20))
     result = verdict(records, claims, "crh-beats-baselines")
     assert result.verdict == HOLDS, result.summary
-    assert any("not counted, 1 seed" in line and "epochs=20" in line for line in result.evidence)
+    assert any("not counted, 1 common seed" in line and "epochs=20" in line for line in result.evidence)
+    # a follow-up gives the leading pair three seeds at the longer schedule: that pair counts
+    records += (cell(make_record, "crh", 16, 0.60, seeds=(1, 2), epochs=20)
+                + cell(make_record, "csq", 16, 0.65, seeds=(1, 2), epochs=20)
+                + cell(make_record, "dpn", 16, 0.50, seeds=(0,), epochs=20))
+    result = verdict(records, claims, "crh-beats-baselines")
+    assert result.verdict == DOES_NOT_HOLD, result.summary
+    assert any("epochs=20" in line and "n=3" in line and "CRH not higher" in line for line in result.evidence)
     only_one_seed = (cell(make_record, "crh", 16, 0.70, seeds=(0,))
                      + cell(make_record, "csq", 16, 0.60, seeds=(0,)))
     assert verdict(only_one_seed, claims, "crh-beats-baselines").verdict == NOT_MEASURABLE
