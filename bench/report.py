@@ -347,6 +347,9 @@ class Group:
     def config(self) -> dict:
         return self.first.get("config") or {}
 
+    def values(self, getter: Callable[[dict], float], seeds: Iterable[int]) -> dict[int, float]:
+        return {s: getter(self.runs[s]) for s in seeds}
+
     def sort_key(self) -> tuple:
         return (self.scope, method_sort_key(self.method), self.bits, self.variant, self.config_key)
 
@@ -378,7 +381,7 @@ class Cell:
         return [self.group.runs[s] for s in self.used]
 
     def values(self, getter: Callable[[dict], float]) -> dict[int, float]:
-        return {s: getter(self.group.runs[s]) for s in self.used}
+        return self.group.values(getter, self.used)
 
     def stat(self, getter: Callable[[dict], float]) -> Stat:
         return Stat.of(self.values(getter).values())
@@ -470,10 +473,10 @@ class ScheduleComparison:
         return self.short.group.bits
 
     def epochs(self, cell: Cell) -> int:
-        return int(_get(cell.group.first, "config", "epochs", default=0) or 0)
+        return _scope_epochs(cell.group.scope)
 
     def mean(self, cell: Cell, getter: Callable[[dict], float]) -> float:
-        return Stat.of(getter(cell.group.runs[s]) for s in self.seeds).mean
+        return Stat.of(cell.group.values(getter, self.seeds).values()).mean
 
     def gain(self, getter: Callable[[dict], float]) -> float:
         return self.mean(self.long, getter) - self.mean(self.short, getter)
@@ -855,8 +858,7 @@ def check_beats_baselines(analysis: Analysis, params: dict) -> CheckOutcome:
                                     f"counted, {plural(len(common), 'common seed')} (the verdict needs at "
                                     f"least {min_seeds})")
                     continue
-                a = {s: getter(crh.group.runs[s]) for s in common}
-                b = {s: getter(other.group.runs[s]) for s in common}
+                a, b = crh.group.values(getter, common), other.group.values(getter, common)
                 test = paired_test(a, b)
                 mean_a, mean_b = Stat.of(a.values()).mean, Stat.of(b.values()).mean
                 diff = mean_a - mean_b
