@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from bench.errors import UserError
-from bench.runner import PlannedRun, RunOptions, SweepAborted, compute_record, failed_record
+from bench.jobs import PlannedRun, RunOptions, SweepAborted, compute_record, failed_record
 
 BACKENDS = ("local", "dask")
 

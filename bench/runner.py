@@ -17,23 +17,18 @@ reason), 2 bad input (nothing trained, nothing stored changed).
 
 from __future__ import annotations
 
-import contextlib
-import os
 import sys
-import time
-import traceback
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bench.data import load_card
 from bench.errors import UserError
+from bench.jobs import PlannedRun, RunOptions, SweepAborted, compute_record, failed_record
+from bench.parallel import check_executor, check_scheduler, run_all
 from bench.records import (
     CorruptRecord,
     check_writable,
-    code_version,
-    environment,
     read_record,
     record_path,
     set_aside,
@@ -43,32 +38,8 @@ from bench.spec import RunSpec, resolve_config, run_id
 from methods import get_method
 from methods.base import Task
 
-
-@dataclass(frozen=True)
-class RunOptions:
-    """How runs execute (not part of a run's identity)."""
-
-    results_dir: Path
-    data_root: str | None = None
-    device: str | None = None
-    force: bool = False
-    progress_bars: bool = True
-    num_workers: int = 0
-    weights_file: str | None = None
-    torch_threads: int | None = None
-    onednn: bool = False  # oneDNN CPU kernels: faster multi-threaded, thread-count-dependent numbers
-
-
-@dataclass
-class PlannedRun:
-    spec: RunSpec
-    run_id: str
-    path: Path
-
-
-class SweepAborted(RuntimeError):
-    """The executor itself broke (a worker process died, the cluster went away): finished
-    runs are stored, the rest are not; rerunning the same command resumes."""
+__all__ = ["PlannedRun", "RunOptions", "SweepAborted", "SweepOutcome", "compute_record",
+           "execute_runs", "failed_record", "plan_runs", "run_state"]
 
 
 @dataclass
@@ -149,87 +120,6 @@ def prepare_data(todo: list[PlannedRun], options: RunOptions) -> None:
         del source
 
 
-def compute_record(run: PlannedRun, options: RunOptions) -> dict[str, Any]:
-    """Train one run and return its complete record (status "complete" or "failed").
-
-    Runs in whichever process or cluster worker executes the run; the caller writes the
-    record, so records always land in the caller's results directory. A failure (NaN loss,
-    exception) becomes a record with status "failed" and the reason, so a sweep goes on.
-    Bad input found only here (UserError, e.g. data files missing on a cluster worker) is
-    raised: every run would hit it, so the sweep stops with exit code 2."""
-    with _numerics(options):
-        return _compute_record(run, options)
-
-
-@contextlib.contextmanager
-def _numerics(options: RunOptions) -> Iterator[None]:
-    """The run's torch thread count and CPU kernels, restored afterwards (a sequential sweep
-    runs in the caller's process).
-
-    oneDNN (mkldnn) CPU kernels split reductions by thread count, so with them the same spec
-    and seed give slightly different numbers with 1 and 2 threads, and so with --jobs 1 and
-    --jobs 2 (seen: different mAP after 3 epochs of small_cnn on fashion-mnist-mini). Unless
-    --onednn asks for them, runs use PyTorch's native CPU kernels, whose results were the same
-    bit for bit at 1 and 2 threads (tiny_cnn, small_cnn); they are up to ~1.6x slower at 2
-    threads per run, and as fast at 1 thread (what each run gets with --jobs 2 on 2 cores)."""
-    import torch
-
-    threads, onednn = torch.get_num_threads(), torch.backends.mkldnn.enabled
-    if options.torch_threads:
-        torch.set_num_threads(options.torch_threads)
-    torch.backends.mkldnn.enabled = bool(options.onednn)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-        torch.backends.mkldnn.enabled = onednn
-
-
-def _compute_record(run: PlannedRun, options: RunOptions) -> dict[str, Any]:
-    from bench.train import train_and_evaluate
-
-    # A cluster worker on another machine may not see the caller's results directory; it
-    # then keeps the split in memory (its digest still goes into the record).
-    splits_home = options.results_dir if Path(options.results_dir).is_dir() else None
-    started = time.perf_counter()
-    base = {
-        "schema": 1,
-        "run_id": run.run_id,
-        "spec": run.spec.to_dict(),
-        "code": code_version(),
-        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "host": os.uname().nodename,
-        "pid": os.getpid(),  # the process that trained it (the caller's process wrote it)
-    }
-    try:
-        body = train_and_evaluate(
-            run.spec, results_dir=splits_home, data_root=options.data_root,
-            device=options.device, progress_bars=options.progress_bars,
-            num_workers=options.num_workers, weights_file=options.weights_file,
-        )
-    except UserError:
-        raise
-    except Exception as error:  # recorded, not raised: one bad run must not stop a sweep
-        return failed_record(run, f"{type(error).__name__}: {error}", options, base,
-                             traceback.format_exc(limit=8), time.perf_counter() - started)
-    return {**base, **body, "environment": environment(body["device"]), "status": "complete",
-            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-
-
-def failed_record(run: PlannedRun, reason: str, options: RunOptions, base: dict[str, Any] | None = None,
-                  trace: str = "", seconds: float | None = None) -> dict[str, Any]:
-    """A record saying the run failed and why (also used when a worker process dies)."""
-    base = base or {"schema": 1, "run_id": run.run_id, "spec": run.spec.to_dict(),
-                    "code": code_version(), "host": None}
-    return {
-        **base, "status": "failed", "config": resolve_config(run.spec),
-        "environment": environment(options.device or "auto"),
-        "failure": reason, "traceback": trace,
-        "timings": {"total": seconds} if seconds is not None else {},
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-
-
 def store(run: PlannedRun, record: dict[str, Any], outcome: SweepOutcome, total: int = 0) -> None:
     """Write one finished run's record (only the sweep's own process calls this)."""
     try:
@@ -250,8 +140,6 @@ def store(run: PlannedRun, record: dict[str, Any], outcome: SweepOutcome, total:
 
 def execute_runs(specs: list[RunSpec], options: RunOptions, jobs: int = 1,
                  backend: str = "local", scheduler: str | None = None) -> SweepOutcome:
-    from bench.parallel import check_executor, run_all
-
     check_executor(jobs, backend, scheduler)
     planned = plan_runs(specs, options)
     check_writable(options.results_dir)
@@ -268,8 +156,6 @@ def execute_runs(specs: list[RunSpec], options: RunOptions, jobs: int = 1,
         # A remote cluster's workers have their own GPUs and data, which this machine may
         # lack. Once the scheduler answers, and if this machine has the data, save the splits
         # once here, for workers that share the results directory to read.
-        from bench.parallel import check_scheduler
-
         check_scheduler(scheduler)
         try:
             prepare_data(pending, options)

@@ -1,9 +1,13 @@
-"""The one training loop. Every method trains and is evaluated here; methods only supply a
-loss and optional hooks (see `methods/base.py`).
+"""The one training loop. Every method trains and is evaluated here; methods supply a loss,
+optional hooks and any modules they own (see `methods/base.py`); the loop optimises, moves,
+checkpoints and switches those modules with the network, and encodes through the method's
+declared retrieval output.
 
-Model selection: every `eval_every` epochs (and at the last) the validation images are
-ranked against the training images; the best epoch by validation mAP is kept. The query set
-is encoded and scored once, on that selected checkpoint.
+Model selection: every `eval_every` epochs (and at the last) the validation queries are
+ranked against the split's validation database (held-out images disjoint from train and query,
+protocol v2; cards without one fall back to the training images, and the record says which);
+the best epoch by validation mAP is kept. The query set is encoded and scored once, on that
+selected checkpoint.
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ from bench.retrieval import evaluate_retrieval
 from bench.spec import RunSpec, resolve_config, run_id
 from bench.splits import Split, make_split
 from methods import get_method
-from methods.base import HashMethod, Task
+from methods.base import HashMethod
+from methods.context import Batch, Task
 
 PR_AT_N = (1, 10, 50, 100, 500, 1000, 2000, 5000)
 
@@ -52,6 +57,13 @@ def pick_device(requested: str | None) -> torch.device:
         return torch.device(requested)
     except RuntimeError:
         raise UserError(f"--device {requested!r} is not a valid device (cpu, cuda, cuda:N)") from None
+
+
+def steps_per_epoch(num_items: int, batch_size: int) -> int:
+    """Optimizer steps in one pass: every full batch and the partial last one, unless that one
+    would hold a single sample (`iterate_batches` drops it)."""
+    full, rest = divmod(num_items, batch_size)
+    return max(1, full + (1 if rest >= 2 or (rest == 1 and full == 0) else 0))
 
 
 def iterate_batches(
@@ -92,22 +104,33 @@ class _IndexDataset(torch.utils.data.Dataset):
 def encode(
     model: torch.nn.Module, source: ImageSource, indices: np.ndarray, device: torch.device,
     batch_size: int = 512, features: bool = False, progress: bool = False, desc: str = "encode",
-    num_workers: int = 0,
+    num_workers: int = 0, method: HashMethod | None = None,
 ) -> np.ndarray:
-    """Real-valued outputs (or backbone features) of `model` for `indices`, in order."""
+    """Real-valued outputs of `model` for `indices`, in order: the method's declared retrieval
+    output when a method is given (its owned modules in eval mode), else `model(images)`, or
+    the backbone features with `features=True`."""
     model.eval()
+    if method is not None:
+        method.owned.eval()
     outputs = []
     batches = iterate_batches(source, indices, batch_size, False, device, num_workers)
     for _, images, _ in tqdm(batches, total=math.ceil(len(indices) / batch_size), desc=desc,
                              leave=False, disable=not progress):
-        out = model.features(images) if features else model(images)
+        if features:
+            out = model.features(images)
+        elif method is not None:
+            backbone_features = model.features(images)
+            out = method.retrieval_code(model.hash_layer(backbone_features), backbone_features)
+        else:
+            out = model(images)
         outputs.append(out.float().cpu())
     return torch.cat(outputs).numpy()
 
 
 @dataclass
-class TrainContext:
-    """What hooks can see and use: the run's settings, data, model and progress."""
+class RunContext:
+    """What hooks can see and use: the run's settings, data, model and progress. Satisfies the
+    `methods.context.TrainContext` protocol, which is all a method may rely on."""
 
     spec: RunSpec
     config: dict[str, Any]
@@ -125,6 +148,19 @@ class TrainContext:
     steps_per_epoch: int = 1
     logged: dict[str, list[float]] = field(default_factory=dict)
     stage_times: dict[str, float] = field(default_factory=dict)
+    batch: Batch | None = None
+
+    @property
+    def train_indices(self) -> np.ndarray:
+        return self.split.train
+
+    def labels_of(self, indices: np.ndarray) -> np.ndarray:
+        """Multi-hot labels [N, C] of dataset items."""
+        return np.asarray(self.source.labels[indices])
+
+    def encode_with(self, module: torch.nn.Module, indices: np.ndarray) -> np.ndarray:
+        """Outputs of any module (e.g. SHC's stage-1 classifier) for dataset items, unaugmented."""
+        return encode(module, self.source, indices, self.device, num_workers=self.num_workers)
 
     @property
     def total_steps(self) -> int:
@@ -156,13 +192,18 @@ class TrainContext:
                                True, self.device, self.num_workers)
 
 
-def build_optimizer(model: HashNetwork, config: dict[str, Any]) -> torch.optim.Optimizer:
+def build_optimizer(model: HashNetwork, config: dict[str, Any],
+                    method: HashMethod | None = None) -> torch.optim.Optimizer:
+    """Backbone, hash layer and the method's owned parameters (its own groups: the hash layer's
+    group stays last, so `param_groups[-1]["lr"]` is the run's learning rate in the history)."""
     lr = float(config["lr"])
+    decay = float(config["weight_decay"])
+    owned = method.parameter_groups(lr, decay) if method is not None else []
     groups = [
         {"params": list(model.backbone.parameters()), "lr": lr * float(config["backbone_lr_scale"])},
+        *owned,
         {"params": list(model.hash_layer.parameters()), "lr": lr},
     ]
-    decay = float(config["weight_decay"])
     name = config["optimizer"]
     if name == "adam":
         return torch.optim.Adam(groups, lr=lr, betas=(float(config["beta1"]), float(config["beta2"])),
@@ -212,6 +253,42 @@ def center_semantics(centers: np.ndarray, similarity: np.ndarray) -> dict[str, f
     return {"pearson": float(pearsonr(a, b)[0]), "spearman": float(spearmanr(a, b)[0])}
 
 
+def _rounded(values: list[float | None]) -> list[float | None]:
+    return [None if v is None else round(float(v), 6) for v in values]
+
+
+def validation_database(split: Split, topk: int | None) -> tuple[np.ndarray, dict[str, Any]]:
+    """What validation queries are ranked against, and how the record describes it.
+
+    Protocol v2 ranks them against the split's held-out validation database, which, like the
+    test database, is mostly images the network never trained on; a card without one keeps the
+    v1 rule (the training images), whose codes the losses pull onto their centers, so it
+    rewards memorisation; the record names which rule selected the checkpoint."""
+    held_out = getattr(split, "validation_database", None)
+    if held_out is not None and len(held_out):
+        reference = np.asarray(held_out)
+        protocol = "v2: validation queries vs held-out validation database"
+    else:
+        reference = np.asarray(split.train)
+        protocol = "v1: validation queries vs train set"
+    # mAP@k scaled to the reference's size, as the card's k is to the test database's.
+    val_topk = topk
+    if topk is not None and len(split.database):
+        val_topk = max(1, int(round(topk * len(reference) / len(split.database))))
+    disjoint = {
+        name: bool(np.intersect1d(reference, getattr(split, name)).size == 0)
+        for name in ("train", "query", "validation") if held_out is not None and len(held_out)
+    }
+    return reference, {
+        "protocol": protocol,
+        "criterion": f"validation mAP@{val_topk or 'all'}",
+        "topk": val_topk,
+        "validation_queries": int(len(split.validation)),
+        "validation_database_size": int(len(reference)),
+        "validation_database_disjoint_from": disjoint,
+    }
+
+
 def train_and_evaluate(
     spec: RunSpec,
     results_dir: Path | None = None,
@@ -242,23 +319,26 @@ def train_and_evaluate(
                               weights_file)
     model = HashNetwork(backbone, spec.bits).to(torch_device)
     method: HashMethod = method_cls(config, task)
-    ctx = TrainContext(spec=spec, config=config, card=card, task=task, source=source, split=split,
+    method.owned.to(torch_device)
+    ctx = RunContext(spec=spec, config=config, card=card, task=task, source=source, split=split,
                        model=model, device=torch_device, progress_bars=progress_bars,
                        num_workers=num_workers, weights_file=weights_file)
     batch_size = int(config["batch_size"])
-    ctx.steps_per_epoch = max(1, len(split.train) // batch_size)
+    ctx.steps_per_epoch = steps_per_epoch(len(split.train), batch_size)
 
     setup_start = time.perf_counter()
     method.setup(ctx)
     seed_everything(spec.seed + 1)  # setup may consume randomness; keep the loop's order fixed
     timings["method_setup"] = time.perf_counter() - setup_start
 
-    optimizer = build_optimizer(model, config)
+    optimizer = build_optimizer(model, config, method)
     scheduler = build_scheduler(optimizer, config)
     order_generator = torch.Generator().manual_seed(spec.seed)
     epochs = int(config["epochs"])
     eval_every = int(config["eval_every"])
     topk = card.map_at
+    validation_reference, selection = validation_database(split, topk)
+    val_topk = selection["topk"]
     history: list[dict[str, Any]] = []
     best = {"epoch": -1, "val_mAP": -math.inf, "state": None}
     train_time = 0.0
@@ -270,14 +350,17 @@ def train_and_evaluate(
         ctx.epoch = epoch
         ctx.logged = {}
         model.train()
+        method.owned.train()
         epoch_start = time.perf_counter()
         losses: list[float] = []
         collected_codes: list[torch.Tensor] = []
         collected_labels: list[torch.Tensor] = []
         batches = ctx.train_batches(order_generator)
-        for _, images, labels in tqdm(batches, total=ctx.steps_per_epoch, desc=f"epoch {epoch + 1}",
-                                      leave=False, disable=not progress_bars):
-            h = model(images)
+        for indices, images, labels in tqdm(batches, total=ctx.steps_per_epoch, desc=f"epoch {epoch + 1}",
+                                            leave=False, disable=not progress_bars):
+            features = model.features(images)
+            h = model.hash_layer(features)
+            ctx.batch = Batch(indices=indices, images=images, labels=labels, features=features, h=h)
             loss = method.loss(h, labels, ctx)
             loss_value = float(loss.detach())  # one host sync per step, reused for the check
             if not math.isfinite(loss_value):
@@ -285,11 +368,13 @@ def train_and_evaluate(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            method.after_step(ctx)
             losses.append(loss_value)
             if method_cls.collects_codes:
                 collected_codes.append(torch.where(h.detach() >= 0, 1, -1).to(torch.int8))
                 collected_labels.append(labels)
             ctx.step += 1
+        ctx.batch = None
         scheduler.step()
         epoch_train = time.perf_counter() - epoch_start
         train_time += epoch_train
@@ -311,11 +396,13 @@ def train_and_evaluate(
             entry["method"] = hook_output
         if (epoch + 1) % eval_every == 0 or epoch + 1 == epochs:
             val_start = time.perf_counter()
-            val_codes = encode(model, source, split.validation, torch_device, num_workers=num_workers)
-            train_codes = encode(model, source, split.train, torch_device, num_workers=num_workers)
+            val_codes = encode(model, source, split.validation, torch_device, num_workers=num_workers,
+                               method=method)
+            reference_codes = encode(model, source, validation_reference, torch_device,
+                                     num_workers=num_workers, method=method)
             val_metrics = evaluate_retrieval(
-                val_codes, train_codes, source.labels[split.validation], source.labels[split.train],
-                topk=topk, zero_relevant=zero_relevant,
+                val_codes, reference_codes, source.labels[split.validation],
+                source.labels[validation_reference], topk=val_topk, zero_relevant=zero_relevant,
             )
             entry["val_mAP"] = float(val_metrics["mAP"])
             validation_time += time.perf_counter() - val_start
@@ -334,22 +421,26 @@ def train_and_evaluate(
     timings.update(train=train_time, validation=validation_time, method_hooks=hook_time)
 
     model.load_state_dict(best["state"])
+    selected_method: HashMethod = best["method"]  # its centers and modules match the selected weights
+    selected_method.owned.to(torch_device)
     encode_start = time.perf_counter()
     query_codes = encode(model, source, split.query, torch_device, progress=progress_bars,
-                         desc="encode query", num_workers=num_workers)
+                         desc="encode query", num_workers=num_workers, method=selected_method)
     db_codes = encode(model, source, split.database, torch_device, progress=progress_bars,
-                      desc="encode database", num_workers=num_workers)
+                      desc="encode database", num_workers=num_workers, method=selected_method)
     timings["encode"] = time.perf_counter() - encode_start
 
     eval_start = time.perf_counter()
     metrics = evaluate_retrieval(
         query_codes, db_codes, source.labels[split.query], source.labels[split.database],
-        topk=topk, zero_relevant=zero_relevant, pr_at_n=PR_AT_N,
+        topk=topk, zero_relevant=zero_relevant, pr_at_n=PR_AT_N, per_query=True,
     )
+    # Per-query AP (query order of the split) for paired or bootstrap intervals in the report.
+    metrics["per_query_ap"] = _rounded(metrics.pop("ap_per_query"))
+    metrics["per_query_ap_tie_aware"] = _rounded(metrics.pop("ap_tie_aware_per_query"))
     timings["evaluate"] = time.perf_counter() - eval_start
 
     extras: dict[str, Any] = {}
-    selected_method: HashMethod = best["method"]  # its centers match the selected weights
     centers = selected_method.class_centers()
     if centers is not None:
         train_features = encode(model, source, split.train, torch_device, features=True,
@@ -372,12 +463,12 @@ def train_and_evaluate(
                  "class_names": list(card.class_names)},
         "split": {"digest": split.digest, "path": split.path, "sizes": split.sizes(),
                   "seed": spec.split_seed, "data": source.identity},
-        "selection": {"criterion": f"validation mAP@{topk or 'all'} (validation queries vs train set)",
-                      "best_epoch": best["epoch"], "best_val_mAP": best["val_mAP"]},
+        "selection": {**selection, "best_epoch": best["epoch"], "best_val_mAP": best["val_mAP"]},
         "metrics": metrics,
         "history": history,
         "timings": timings,
         "method": method.record(),
+        "method_api": method.describe_api(),
         "method_at_selected_epoch": selected_method.record(),
         **extras,
     }

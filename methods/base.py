@@ -1,42 +1,23 @@
 """What a hashing method is to the training loop.
 
 A method is one small class: its parameters (with defaults and their sources), the training
-settings its paper used ("native" protocol), its loss, and optional hooks. The loop in
-`bench/train.py` never changes when a method is added.
+settings its paper used ("native" protocol), the knobs a tuner may search, its loss, optional
+hooks, and any state it owns (modules such as a BatchNorm on the hash output, learnable
+centers, a second head or a momentum encoder). The loop in `bench/train.py` never changes when
+a method is added, and this package never imports the loop: what a hook sees is the
+`TrainContext` protocol of `methods/context.py`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import torch
+from torch import nn
 
-if TYPE_CHECKING:
-    from bench.train import TrainContext
+from methods.context import Batch, Param, Task, TrainContext
 
-
-@dataclass(frozen=True)
-class Param:
-    """One tunable value: its default, what it does, valid choices, and where it comes from."""
-
-    default: Any
-    help: str
-    choices: tuple[Any, ...] | None = None
-    source: str = ""
-
-
-@dataclass(frozen=True)
-class Task:
-    """What a method needs to know about the problem before training starts."""
-
-    bits: int
-    num_classes: int
-    multi_label: bool
-    seed: int
-    epochs: int
-    device: torch.device
-
+__all__ = ["HARMONISED", "TRAINING_PARAMS", "Batch", "HashMethod", "Param", "Task", "TrainContext"]
 
 # Training settings every method has. A method's `native` dict replaces some of these with
 # its paper's values; the "harmonised" protocol replaces them with one shared set.
@@ -73,7 +54,12 @@ HARMONISED: dict[str, Any] = {
 
 
 class HashMethod:
-    """Base class. Subclasses set the ClassVars and implement `loss`; hooks are optional."""
+    """Base class. Subclasses set the ClassVars and implement `loss`; hooks are optional.
+
+    State a method owns goes into `self.owned` (an `nn.ModuleDict`): the loop moves it to the
+    run's device, optimises its trainable parameters (`parameter_groups`), switches it between
+    train and eval mode with the network, keeps it with the selected checkpoint, and encodes
+    retrieval codes through `retrieval_code`."""
 
     name: ClassVar[str]
     summary: ClassVar[str]
@@ -81,13 +67,22 @@ class HashMethod:
     params: ClassVar[dict[str, Param]] = {}
     native: ClassVar[dict[str, Any]] = {}
     native_source: ClassVar[str] = ""
+    # What `bench tune` searches, next to the defaults it starts from: setting -> (scale, low,
+    # high) with scale "log" / "float" / "int", or ("choice", (values...)). The learning rate is
+    # searched for every method so that each gets the same budget on the same knob.
+    search_space: ClassVar[dict[str, tuple]] = {"lr": ("log", 1e-4, 3e-3)}
     # Set to True to receive the sign codes and labels of every training sample seen in the
     # epoch at `on_epoch_end` (collected during the training pass: no extra forward pass).
     collects_codes: ClassVar[bool] = False
+    # Which output is the retrieval code, in words, for the record (see `retrieval_code`).
+    retrieval_output: ClassVar[str] = "sign(h), h = the shared linear hash layer's output"
+    # Owned modules' learning rate as a multiple of the run's `lr` (default `parameter_groups`).
+    owned_lr_scale: ClassVar[float] = 1.0
 
     def __init__(self, config: dict[str, Any], task: Task) -> None:
         self.config = config
         self.task = task
+        self.owned = nn.ModuleDict()
 
     @classmethod
     def check(cls, config: dict[str, Any], task: Task) -> None:
@@ -98,14 +93,31 @@ class HashMethod:
 
     def loss(self, h: torch.Tensor, labels: torch.Tensor, ctx: TrainContext) -> torch.Tensor:
         """Scalar loss of a batch. `h` is the hash layer's real output [B, K]; `labels` is the
-        multi-hot float matrix [B, C]. Components may be logged with `ctx.log(name, value)`."""
+        multi-hot float matrix [B, C]; `ctx.batch` holds the images, indices and backbone
+        features too. Components may be logged with `ctx.log(name, value)`."""
         raise NotImplementedError
+
+    def after_step(self, ctx: TrainContext) -> None:
+        """After each optimizer step (e.g. a momentum encoder's update, a memory bank write)."""
 
     def on_epoch_end(
         self, epoch: int, codes: torch.Tensor | None, labels: torch.Tensor | None, ctx: TrainContext
     ) -> dict[str, Any] | None:
         """After each epoch; what it returns is stored in that epoch's history entry."""
         return None
+
+    def parameter_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
+        """Optimizer groups for the trainable parameters of `self.owned` (none by default)."""
+        trainable = [p for p in self.owned.parameters() if p.requires_grad]
+        if not trainable:
+            return []
+        return [{"params": trainable, "lr": lr * self.owned_lr_scale, "weight_decay": weight_decay}]
+
+    def retrieval_code(self, h: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """The real-valued output whose sign is the retrieval code, with `self.owned` in eval
+        mode. Default: the hash layer's output; OrthoHash returns BN(h); a classify-then-hash
+        baseline returns the center of its predicted class."""
+        return h
 
     def class_centers(self) -> torch.Tensor | None:
         """The ±1 target code of each class [C, K], for center-based methods (else None)."""
@@ -114,3 +126,16 @@ class HashMethod:
     def record(self) -> dict[str, Any]:
         """Extra method state to keep in the run record (histories, final centers...)."""
         return {}
+
+    def describe_api(self) -> dict[str, Any]:
+        """What the record keeps about the method's outputs and owned state."""
+        modules = {}
+        for key, module in self.owned.items():
+            parameters = list(module.parameters())
+            modules[key] = {
+                "type": type(module).__name__,
+                "parameters": int(sum(p.numel() for p in parameters)),
+                "trainable": int(sum(p.numel() for p in parameters if p.requires_grad)),
+            }
+        return {"retrieval_output": self.retrieval_output, "owned_modules": modules,
+                "owned_lr_scale": self.owned_lr_scale}

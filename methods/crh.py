@@ -12,18 +12,15 @@ from __future__ import annotations
 
 import math
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from bench.errors import UserError
-from methods.base import HashMethod, Param, Task
+from methods.base import HashMethod, Param, Task, TrainContext
 from methods.centers import assignment_cost, compose_centers, head_width, random_codebook, reassign_heads
-
-if TYPE_CHECKING:
-    from bench.train import TrainContext
 
 PAPER_EPOCHS = 300  # single-label schedule the cadence defaults (20 warm-up, every 5th) refer to
 PAPER_WARMUP = 20

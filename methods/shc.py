@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.errors import UserError
-from methods.base import Param, Task
+from methods.base import Param, Task, TrainContext
 from methods.centers import bernoulli_centers, hadamard_centers, hamming_distances, min_pairwise_distance
 from methods.csq import CSQ
 
@@ -251,11 +251,9 @@ class SHC(CSQ):
         start_centers(task, config, min_distance)
 
     # -- stage 1
-    def train_classifier(self, ctx: Any) -> tuple[np.ndarray, np.ndarray]:
+    def train_classifier(self, ctx: TrainContext) -> tuple[np.ndarray, np.ndarray]:
         """Train backbone + linear head on the training split; return (logits, labels) of the
         training split, encoded without augmentation."""
-        from bench.train import encode
-
         backbone = ctx.new_backbone()
         classifier = nn.Sequential(backbone, nn.Linear(backbone.feature_dim, self.task.num_classes))
         classifier = classifier.to(ctx.device)
@@ -276,9 +274,9 @@ class SHC(CSQ):
                 optimizer.step()
                 epoch_losses.append(float(loss.detach()))
             losses.append(float(np.mean(epoch_losses)) if epoch_losses else float("nan"))
-        indices = ctx.split.train
-        logits = encode(classifier, ctx.source, indices, ctx.device, num_workers=ctx.num_workers)
-        labels = np.asarray(ctx.source.labels[indices])
+        indices = ctx.train_indices
+        logits = ctx.encode_with(classifier, indices)
+        labels = ctx.labels_of(indices)
         if self.task.multi_label:
             accuracy = float(((logits > 0) == (labels > 0)).mean())
         else:
@@ -288,7 +286,7 @@ class SHC(CSQ):
                                    "accuracy_kind": "bit-wise" if self.task.multi_label else "top-1"}
         return logits, labels
 
-    def setup(self, ctx: Any) -> None:
+    def setup(self, ctx: TrainContext) -> None:
         started = time.perf_counter()
         logits, labels = self.train_classifier(ctx)
         self.similarity = normalise_similarity(masked_softmax_sums(logits, labels),

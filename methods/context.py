@@ -1,0 +1,86 @@
+"""What a method may see of a run, defined below the training loop.
+
+`methods/` sits under `bench/train.py`: the loop imports methods, never the reverse. The loop
+hands each hook an object that satisfies `TrainContext` (a structural Protocol, so methods and
+their tests need nothing from the loop's module); `Task`, `Param` and `Batch` are plain data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Param:
+    """One tunable value: its default, what it does, valid choices, and where it comes from."""
+
+    default: Any
+    help: str
+    choices: tuple[Any, ...] | None = None
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class Task:
+    """What a method needs to know about the problem before training starts."""
+
+    bits: int
+    num_classes: int
+    multi_label: bool
+    seed: int
+    epochs: int
+    device: torch.device
+
+
+@dataclass
+class Batch:
+    """The training step's inputs and the network's outputs, for methods that need more than
+    `h` (a momentum encoder needs the images; per-sample weights need the indices; a
+    classifier head needs the backbone features)."""
+
+    indices: np.ndarray
+    images: torch.Tensor
+    labels: torch.Tensor
+    features: torch.Tensor
+    h: torch.Tensor
+
+
+class TrainContext(Protocol):
+    """The parts of the running loop a hook may use."""
+
+    config: dict[str, Any]
+    task: Task
+    device: torch.device
+    epoch: int
+    step: int
+    steps_per_epoch: int
+    stage_times: dict[str, float]
+    batch: Batch | None
+    model: nn.Module  # the shared backbone + hash layer (read it; the loop optimises it)
+
+    @property
+    def total_steps(self) -> int: ...
+
+    @property
+    def progress(self) -> float: ...
+
+    @property
+    def train_indices(self) -> np.ndarray: ...
+
+    def log(self, name: str, value: float | torch.Tensor) -> None: ...
+
+    def new_backbone(self) -> nn.Module: ...
+
+    def train_batches(
+        self, generator: torch.Generator, batch_size: int | None = None
+    ) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]: ...
+
+    def encode_with(self, module: nn.Module, indices: np.ndarray) -> np.ndarray: ...
+
+    def labels_of(self, indices: np.ndarray) -> np.ndarray: ...

@@ -1,0 +1,153 @@
+"""The method API: a method that owns modules gets them optimised, moved, switched between
+train and eval mode and checkpointed by the loop, its hooks are called, and retrieval goes
+through its declared output. The method below lives only in this test: adding it touches no
+file of the loop."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import methods
+from bench.spec import RunSpec
+from bench.train import train_and_evaluate
+from methods.base import HashMethod, Param, Task, TrainContext
+
+
+class OwnsState(HashMethod):
+    """BatchNorm on the hash output plus a learnable scale, a step counter, a spy on modes."""
+
+    name = "owns-state-test"
+    summary = "test-only method with owned modules"
+    params = {"unused": Param(0, "a knob")}
+    retrieval_output = "sign(BN(h)) with the owned BatchNorm in eval mode"
+
+    def __init__(self, config: dict[str, Any], task: Task) -> None:
+        super().__init__(config, task)
+        self.owned["norm"] = nn.BatchNorm1d(task.bits)
+        self.owned["scale"] = nn.Linear(1, 1, bias=False)
+        nn.init.constant_(self.owned["scale"].weight, 1.0)
+        self.owned["frozen"] = nn.Linear(2, 2)  # state that is not optimised
+        self.owned["frozen"].requires_grad_(False)
+        self.steps_seen = 0
+        self.modes_in_loss: set[bool] = set()
+        self.modes_in_retrieval: set[bool] = set()
+        self.features_seen = 0
+
+    def loss(self, h: torch.Tensor, labels: torch.Tensor, ctx: TrainContext) -> torch.Tensor:
+        assert ctx.batch is not None and ctx.batch.h is h
+        assert ctx.batch.images.shape[0] == h.shape[0] == len(ctx.batch.indices)
+        self.features_seen += int(ctx.batch.features.shape[0])
+        self.modes_in_loss.add(self.owned["norm"].training)
+        u = torch.tanh(self.owned["norm"](h) * self.owned["scale"].weight[0, 0])
+        target = (labels @ torch.ones(labels.shape[1], h.shape[1], device=h.device)).clamp(max=1)
+        return ((u - (2 * target - 1)) ** 2).mean() + 0.01 * (labels[:, :1] * u).mean()
+
+    def after_step(self, ctx: TrainContext) -> None:
+        self.steps_seen += 1
+
+    def retrieval_code(self, h: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        self.modes_in_retrieval.add(self.owned["norm"].training)
+        return self.owned["norm"](h)
+
+    def record(self) -> dict[str, Any]:
+        return {"steps_seen": self.steps_seen,
+                "scale": float(self.owned["scale"].weight.detach()),
+                "running_mean": self.owned["norm"].running_mean.tolist()}
+
+
+@pytest.fixture
+def registered(monkeypatch: pytest.MonkeyPatch) -> type[HashMethod]:
+    registry = dict(methods._discover())
+    registry[OwnsState.name] = OwnsState
+    monkeypatch.setattr(methods, "_REGISTRY", registry)
+    return OwnsState
+
+
+def test_owned_modules_are_trained_checkpointed_and_used_for_retrieval(
+    registered: type[HashMethod], tmp_path: Path
+) -> None:
+    spec = RunSpec(OwnsState.name, "synthetic", 8, protocol="harmonised",
+                   overrides=(("batch_size", 32), ("epochs", 2), ("eval_every", 1)))
+    body = train_and_evaluate(spec, results_dir=tmp_path, device="cpu", progress_bars=False)
+    steps_per_epoch = body["history"][0]
+    assert steps_per_epoch["loss"] == steps_per_epoch["loss"]  # finite
+    record = body["method"]
+    # after_step ran once per optimizer step
+    train_size = body["split"]["sizes"]["train"]
+    assert record["steps_seen"] == 2 * -(-train_size // 32)  # the partial last batch is a step
+    # the owned learnable scale moved: it was in the optimizer
+    assert record["scale"] != 1.0
+    # BatchNorm statistics were updated in train mode, encoding used eval mode only
+    assert any(abs(v) > 1e-6 for v in record["running_mean"])
+    api = body["method_api"]
+    assert api["retrieval_output"] == OwnsState.retrieval_output
+    assert api["owned_modules"]["norm"] == {"type": "BatchNorm1d", "parameters": 16, "trainable": 16}
+    assert api["owned_modules"]["frozen"]["trainable"] == 0
+    assert api["owned_modules"]["scale"]["trainable"] == 1
+
+
+def test_modes_and_batch_contents_seen_by_the_method(registered: type[HashMethod], tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[OwnsState] = []
+    original_init = OwnsState.__init__
+
+    def spy_init(self: OwnsState, config: dict[str, Any], task: Task) -> None:
+        original_init(self, config, task)
+        seen.append(self)
+
+    monkeypatch.setattr(OwnsState, "__init__", spy_init)
+    spec = RunSpec(OwnsState.name, "synthetic", 8, protocol="harmonised",
+                   overrides=(("batch_size", 32), ("epochs", 1)))
+    body = train_and_evaluate(spec, results_dir=tmp_path, device="cpu", progress_bars=False)
+    method = seen[0]
+    assert method.modes_in_loss == {True}
+    assert method.modes_in_retrieval == {False}
+    assert method.features_seen == body["split"]["sizes"]["train"]
+
+
+def test_retrieval_goes_through_the_declared_output(registered: type[HashMethod], tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A method whose retrieval output is constant gives every query the same ranking: the
+    query mAP then equals the mean fraction of relevant items, whatever the network learnt."""
+    monkeypatch.setattr(OwnsState, "retrieval_code",
+                        lambda self, h, features: torch.ones_like(h))
+    spec = RunSpec(OwnsState.name, "synthetic", 8, protocol="harmonised",
+                   overrides=(("batch_size", 32), ("epochs", 1)))
+    body = train_and_evaluate(spec, results_dir=tmp_path, device="cpu", progress_bars=False)
+    from bench.data import load_card, open_dataset
+    from bench.splits import make_split
+
+    card = load_card("synthetic")
+    source = open_dataset(card)
+    split = make_split(card, source, 0, tmp_path / "splits")
+    q = source.labels[split.query].argmax(1)
+    db = source.labels[split.database].argmax(1)
+    # all tied, stable order by database index: AP of each query over the whole database
+    expected = []
+    for label in q:
+        relevant = (db == label).astype(float)
+        hits = np.cumsum(relevant)
+        precision = hits / np.arange(1, len(db) + 1)
+        expected.append(float((precision * relevant).sum() / relevant.sum()))
+    assert body["metrics"]["mAP"] == pytest.approx(np.mean(expected), abs=1e-9)
+    assert len(body["metrics"]["per_query_ap"]) == len(split.query)
+
+
+@pytest.mark.parametrize("items,batch",
+                         [(360, 32), (361, 32), (353, 32), (32, 32), (1, 32), (5, 2), (64, 32)])
+def test_steps_per_epoch_counts_the_batches_the_loop_yields(items: int, batch: int) -> None:
+    """HashNet's continuation and every progress-based schedule divide by this count."""
+    from bench.data import TensorSource
+    from bench.train import iterate_batches, steps_per_epoch
+
+    source = TensorSource(np.zeros((items, 1, 2, 2), dtype=np.uint8),
+                          np.eye(2, dtype=np.float32)[np.arange(items) % 2],
+                          np.array(["train"] * items), multi_label=False, identity="test")
+    yielded = sum(1 for _ in iterate_batches(source, np.arange(items), batch, True, torch.device("cpu")))
+    assert steps_per_epoch(items, batch) == yielded
