@@ -15,6 +15,7 @@ from bench.errors import UserError
 
 COMMANDS: dict[str, str] = {
     "run": "Train and evaluate methods x bits x seeds (skips runs that already have a record).",
+    "tune": "Search each method's lr and main knobs, equal trials, on validation only; commit them.",
     "report": "Turn stored run records into tables, figures and claim verdicts.",
     "check": "CI regression gate: a small fast subset compared with a committed baseline.",
     "list": "Show methods, datasets, backbones and experiments.",

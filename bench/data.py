@@ -49,16 +49,33 @@ class DatasetCard:
     class_names: tuple[str, ...] = ()
     files: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
+    ground_truth: dict[str, Any] = field(default_factory=dict)
     path: str = ""
+
+    def ground_truth_similarity(self, same_group: float | None = None) -> np.ndarray | None:
+        """The [C, C] class similarity the card declares (known by construction, not learnt),
+        or None when it declares none; see `bench.mosaics.ground_truth_similarity`."""
+        from bench.mosaics import ground_truth_similarity
+
+        return ground_truth_similarity(self, same_group)
 
 
 _CARD_KEYS = {
     "name", "title", "loader", "num_classes", "multi_label", "map_at", "backbone",
     "image_size", "channels", "split", "schedule", "search_paths", "install_hint",
-    "class_names", "files", "options", "published",
+    "class_names", "files", "options", "published", "ground_truth", "protocol",
 }
 _REQUIRED_CARD_KEYS = ("name", "loader", "num_classes", "split")
-LOADERS = ("fashion_mnist", "cifar", "list_file", "synthetic")
+LOADERS = ("fashion_mnist", "cifar", "list_file", "synthetic", "fashion_mnist_mosaic",
+           "fashion_mnist_pairs")
+# Loaders that build their images from the Fashion-MNIST files (found like that card's).
+FASHION_MNIST_LOADERS = ("fashion_mnist", "fashion_mnist_mosaic", "fashion_mnist_pairs")
+FASHION_MNIST_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
 
 
 def available_datasets(cards_dir: Path = CARDS_DIR) -> list[str]:
@@ -101,6 +118,11 @@ def load_card(name: str, cards_dir: Path = CARDS_DIR) -> DatasetCard:
             f"dataset card {path}: loader '{raw['loader']}' is not one of {', '.join(LOADERS)}"
         )
     map_at = raw.get("map_at", "all")
+    class_names = tuple(raw.get("class_names") or ())
+    if not class_names and raw["loader"] == "fashion_mnist_pairs":
+        from bench.mosaics import pair_class_names
+
+        class_names = pair_class_names((raw.get("options") or {}).get("item_names") or ())
     return DatasetCard(
         name=raw["name"],
         title=raw.get("title", raw["name"]),
@@ -115,9 +137,10 @@ def load_card(name: str, cards_dir: Path = CARDS_DIR) -> DatasetCard:
         schedule=dict(raw.get("schedule") or {}),
         search_paths=tuple(raw.get("search_paths") or ()),
         install_hint=raw.get("install_hint", ""),
-        class_names=tuple(raw.get("class_names") or ()),
+        class_names=class_names,
         files=dict(raw.get("files") or {}),
         options=dict(raw.get("options") or {}),
+        ground_truth=dict(raw.get("ground_truth") or {}),
         path=str(path),
     )
 
@@ -136,6 +159,9 @@ class ImageSource:
     num_classes: int
     multi_label: bool
     identity: str  # what files the images came from, for the record
+    # A class similarity known by construction (generated cards), for judging centers.
+    ground_truth_similarity: np.ndarray | None = None
+    ground_truth_measure: str = ""
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -147,6 +173,15 @@ class ImageSource:
     @property
     def in_memory(self) -> bool:
         return True
+
+
+def ground_truth_record(source: ImageSource) -> dict[str, Any] | None:
+    """What a run record keeps (as task.ground_truth_similarity) of a source's class
+    similarity known by construction; None for sources without one."""
+    matrix = source.ground_truth_similarity
+    if matrix is None:
+        return None
+    return {"measure": source.ground_truth_measure, "matrix": np.round(matrix, 6).tolist()}
 
 
 class TensorSource(ImageSource):
@@ -230,33 +265,61 @@ class FileSource(ImageSource):
 
 
 # ----------------------------------------------------------------------------- locating files
+def _folder_names(card: DatasetCard) -> list[str]:
+    """Sub-folder names a data folder may keep this card's files under."""
+    names = [card.name]
+    if card.loader in FASHION_MNIST_LOADERS and card.name != "fashion-mnist":
+        names.append("fashion-mnist")  # generated cards read the Fashion-MNIST files
+    return names
+
+
 def candidate_roots(card: DatasetCard, data_root: str | os.PathLike | None) -> list[Path]:
-    """Where a dataset's files are looked for, in order: --data-root, $BENCH_DATA, the card."""
-    roots: list[Path] = []
+    """Where a dataset's files are looked for, in order: --data-root (itself, then its
+    <name> sub-folder) if given and nothing else; otherwise $BENCH_DATA/<name>, $BENCH_DATA,
+    then the card's search paths."""
     if data_root:
-        roots.append(Path(data_root))
+        return [Path(data_root)] + [Path(data_root) / name for name in _folder_names(card)]
+    roots: list[Path] = []
     env = os.environ.get(DATA_ENV_VAR)
     if env:
-        roots.extend([Path(env) / card.name, Path(env)])
+        roots.extend([Path(env) / name for name in _folder_names(card)] + [Path(env)])
     roots.extend(Path(p) for p in card.search_paths)
     return roots
 
 
 def find_root(card: DatasetCard, data_root: str | os.PathLike | None, required: list[str]) -> Path:
-    """First candidate root holding every required file (a name or its `.gz`)."""
+    """First candidate root holding every required file (a name or its `.gz`).
+
+    A --data-root the user gave is never silently passed over: if it does not exist or lacks
+    the files, the run is refused (falling back to a system copy would train on other data
+    than the user asked for)."""
     roots = candidate_roots(card, data_root)
     for root in roots:
-        if all(_existing(root / name) is not None for name in required):
+        if all(existing_file(root / name) is not None for name in required):
             return root
-    looked = ", ".join(str(r) for r in roots) or "(no location configured)"
     hint = f"; {card.install_hint}" if card.install_hint else ""
+    gz = "[.gz]" if card.loader in FASHION_MNIST_LOADERS else ""  # IDX files may be gzipped
+    expected = ", ".join(f"{name}{gz}" for name in required)
+    if data_root:
+        given = Path(data_root)
+        if not given.is_dir():
+            raise UserError(
+                f"--data-root {given} does not exist or is not a folder; dataset '{card.name}' "
+                f"expects a folder holding {expected}{hint}"
+            )
+        looked = ", ".join(str(r) for r in roots)
+        raise UserError(
+            f"--data-root {given} lacks the files of dataset '{card.name}': expected {expected} "
+            f"in one of {looked}{hint}"
+        )
+    looked = ", ".join(str(r) for r in roots) or "(no location configured)"
     raise UserError(
-        f"dataset '{card.name}' not found: looked for {required[0]} in {looked}"
+        f"dataset '{card.name}' not found: looked for {expected} in {looked}"
         f" (set --data-root or ${DATA_ENV_VAR}){hint}"
     )
 
 
-def _existing(path: Path) -> Path | None:
+def existing_file(path: Path) -> Path | None:
     if path.is_file():
         return path
     gz = path.with_name(path.name + ".gz")
@@ -298,15 +361,25 @@ def one_hot(class_ids: np.ndarray, num_classes: int) -> np.ndarray:
     return labels
 
 
-def load_fashion_mnist(card: DatasetCard, data_root: str | os.PathLike | None) -> TensorSource:
-    names = card.files or {
-        "train_images": "train-images-idx3-ubyte",
-        "train_labels": "train-labels-idx1-ubyte",
-        "test_images": "t10k-images-idx3-ubyte",
-        "test_labels": "t10k-labels-idx1-ubyte",
-    }
+@dataclass(frozen=True)
+class FashionMnistArrays:
+    """The four Fashion-MNIST IDX arrays, checked, and the folder they came from."""
+
+    root: Path
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    paths: tuple[Path, ...]
+
+
+def read_fashion_mnist(card: DatasetCard, data_root: str | os.PathLike | None) -> FashionMnistArrays:
+    """Locate and read the Fashion-MNIST IDX files, refusing mismatched shapes or labels."""
+    names = card.files or FASHION_MNIST_FILES
     root = find_root(card, data_root, list(names.values()))
-    arrays = {key: read_idx(_existing(root / name)) for key, name in names.items()}
+    paths = {key: existing_file(root / name) or root / name for key, name in names.items()}
+    arrays = {key: read_idx(path) for key, path in paths.items()}
+    item_classes = 10 if card.loader != "fashion_mnist" else card.num_classes
     for part in ("train", "test"):
         images, labels = arrays[f"{part}_images"], arrays[f"{part}_labels"]
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
@@ -314,16 +387,25 @@ def load_fashion_mnist(card: DatasetCard, data_root: str | os.PathLike | None) -
                 f"malformed Fashion-MNIST files in {root}: {part} images {images.shape} "
                 f"do not match labels {labels.shape}"
             )
-        if labels.size and int(labels.max()) >= card.num_classes:
+        if labels.size and int(labels.max()) >= item_classes:
             raise UserError(
                 f"malformed Fashion-MNIST labels in {root}: class id {int(labels.max())} "
-                f">= {card.num_classes}"
+                f">= {item_classes}"
             )
-    images = np.concatenate([arrays["train_images"], arrays["test_images"]])
-    class_ids = np.concatenate([arrays["train_labels"], arrays["test_labels"]]).astype(np.int64)
-    groups = np.array(["train"] * len(arrays["train_labels"]) + ["test"] * len(arrays["test_labels"]))
+    return FashionMnistArrays(
+        root, arrays["train_images"], arrays["train_labels"].astype(np.int64),
+        arrays["test_images"], arrays["test_labels"].astype(np.int64),
+        tuple(paths[key] for key in sorted(paths)),
+    )
+
+
+def load_fashion_mnist(card: DatasetCard, data_root: str | os.PathLike | None) -> TensorSource:
+    data = read_fashion_mnist(card, data_root)
+    images = np.concatenate([data.train_images, data.test_images])
+    class_ids = np.concatenate([data.train_labels, data.test_labels])
+    groups = np.array(["train"] * len(data.train_labels) + ["test"] * len(data.test_labels))
     return TensorSource(
-        images, one_hot(class_ids, card.num_classes), groups, False, identity=str(root),
+        images, one_hot(class_ids, card.num_classes), groups, False, identity=str(data.root),
         mean=0.2860, std=0.3530,  # Fashion-MNIST training-set pixel statistics
     )
 
@@ -466,6 +548,16 @@ _LOADER_FUNCTIONS = {
     "list_file": load_list_file,
     "synthetic": load_synthetic,
 }
+
+
+def _load_generated(card: DatasetCard, data_root: str | os.PathLike | None) -> ImageSource:
+    from bench.mosaics import load_generated
+
+    return load_generated(card, data_root)
+
+
+_LOADER_FUNCTIONS["fashion_mnist_mosaic"] = _load_generated
+_LOADER_FUNCTIONS["fashion_mnist_pairs"] = _load_generated
 
 
 def open_dataset(card: DatasetCard, data_root: str | os.PathLike | None = None) -> ImageSource:

@@ -37,7 +37,7 @@ class Experiment:
     methods: tuple[str, ...]
     bits: tuple[int, ...]
     seeds: tuple[int, ...]
-    protocol: str
+    protocol: str | None  # None: the card's default protocol (`bench.spec.default_protocol`)
     settings: dict[str, Any]
     grid: tuple[dict[str, Any], ...]
     backbone: str | None = None
@@ -110,7 +110,7 @@ def load_experiment(name_or_path: str, directory: Path = EXPERIMENTS_DIR) -> Exp
         dataset=_optional_str(raw, "dataset", path, "fashion-mnist"), methods=tuple(methods),
         bits=_int_list(raw.get("bits", [16, 32, 64]), "bits", path, minimum=1),
         seeds=_int_list(raw.get("seeds", [0]), "seeds", path),
-        protocol=_optional_str(raw, "protocol", path, "native"), settings=dict(settings),
+        protocol=_optional_str(raw, "protocol", path, None), settings=dict(settings),
         grid=tuple(grid), backbone=_optional_str(raw, "backbone", path, None),
         varies=str(raw.get("varies", "")).strip(), fixed=str(raw.get("fixed", "")).strip(),
         path=str(path),

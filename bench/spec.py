@@ -4,27 +4,41 @@ The configuration a run trains with is resolved in one place, in this order (lat
   1. the training settings every method has (`methods.base.TRAINING_PARAMS`) and the
      method's own parameters,
   2. the protocol: "native" applies the method's published training settings,
-     "harmonised" applies one shared optimizer and schedule to every method,
+     "harmonised" applies one shared optimizer and schedule to every method, "tuned" is
+     harmonised plus the values `bench tune` chose for (card, method), read from the
+     committed setting bench/tuned/<card>.yaml (named, with its sha256, in the config),
   3. the dataset card's schedule (epochs, eval_every) where 1-2 left them unset,
   4. explicit overrides (experiment files, `--set KEY=VALUE`, `--epochs`).
-The run's identity is a hash of the fully resolved configuration, so changing a default
-makes a new run instead of silently reusing an old record.
+The run's identity is a hash of the fully resolved configuration, the results version and
+the backbone's architecture, so changing a default, the code's numbers or a backbone makes a
+new run instead of silently reusing an old record.
+
+Which protocol a bare `bench run` uses is the card's choice (`default_protocol`).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from bench.data import DatasetCard, load_card
+from bench import RESULTS_VERSION
+from bench.data import REPO_ROOT, DatasetCard, load_card, read_yaml
 from bench.errors import UserError
 from methods import get_method
 from methods.base import HARMONISED, TRAINING_PARAMS, HashMethod, Param
 
-PROTOCOLS = ("native", "harmonised")
+PROTOCOLS = ("native", "harmonised", "tuned")
+TUNED_DIR = Path(__file__).resolve().parent / "tuned"
+TUNED_ENV_VAR = "BENCH_TUNED_DIR"  # another folder of tuned settings (tests, experiments)
+# Config keys that describe where values came from, not values: kept out of the run id so
+# re-committing a setting with the same values does not orphan finished runs.
+PROVENANCE_KEYS = ("tuned_setting",)
 
 
 @dataclass(frozen=True)
@@ -153,6 +167,103 @@ def check_override_values(methods: list[str], overrides: dict[str, Any], where: 
                 coerce_value(key, raw, params[key], where)
 
 
+# ----------------------------------------------------------------------------- tuned settings
+@dataclass(frozen=True)
+class TunedSetting:
+    """A committed file of tuned values per method for one card (written by `bench tune`)."""
+
+    path: Path
+    sha256: str
+    methods: dict[str, dict[str, Any]]  # method -> {"values": {...}, provenance...}
+
+    @property
+    def shown_path(self) -> str:
+        """The path as a record shows it: repository-relative when inside the repository."""
+        try:
+            return str(self.path.resolve().relative_to(REPO_ROOT))
+        except ValueError:
+            return str(self.path)
+
+    def values(self, method: str) -> dict[str, Any] | None:
+        entry = self.methods.get(method)
+        return dict(entry["values"]) if entry else None
+
+
+def tuned_dir() -> Path:
+    return Path(os.environ.get(TUNED_ENV_VAR) or TUNED_DIR)
+
+
+def tuned_path(card_name: str) -> Path:
+    return tuned_dir() / f"{card_name}.yaml"
+
+
+def load_tuned(card_name: str, path: Path | None = None) -> TunedSetting | None:
+    """The tuned setting for `card_name` (None when no file exists); malformed: UserError."""
+    path = Path(path) if path is not None else tuned_path(card_name)
+    if not path.is_file():
+        return None
+    raw = read_yaml(path)
+    methods = raw.get("methods") if isinstance(raw, dict) else None
+    if not isinstance(methods, dict) or not all(
+        isinstance(e, dict) and isinstance(e.get("values"), dict) for e in methods.values()
+    ):
+        raise UserError(f"tuned setting {path} must map methods: {{METHOD: {{values: {{KEY: VALUE}}}}}}")
+    if raw.get("dataset", card_name) != card_name:
+        raise UserError(f"tuned setting {path} is for dataset '{raw.get('dataset')}', not '{card_name}'")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    return TunedSetting(path=path, sha256=digest, methods={str(k): v for k, v in methods.items()})
+
+
+def tuned_values(card: DatasetCard, method: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(values, provenance for the record) of the tuned protocol for (card, method);
+    UserError naming the file when there is none."""
+    setting = load_tuned(card.name)
+    values = setting.values(method) if setting else None
+    if setting is None or values is None:
+        where = tuned_path(card.name)
+        covered = ", ".join(sorted(setting.methods)) if setting else "none"
+        raise UserError(
+            f"protocol tuned: no tuned values for method '{method}' on dataset '{card.name}' in "
+            f"{where} (tuned methods: {covered}); run `python -m bench tune --methods {method} "
+            f"--dataset {card.name}` or use --protocol harmonised"
+        )
+    entry = setting.methods[method]
+    return values, {"file": setting.shown_path, "sha256": setting.sha256, "method": method,
+                    "bits": entry.get("bits"), "trials": entry.get("trials")}
+
+
+def card_protocol(card: DatasetCard) -> str:
+    """The card's own default protocol: its `protocol` key, else harmonised for a backbone
+    that trains from scratch (native learning rates were set for fine-tuning and differ by
+    up to 300x) and native for a pretrainable one."""
+    from bench.backbones import PRETRAINABLE
+
+    value = getattr(card, "protocol", None)
+    if value is None and card.path and Path(card.path).is_file():
+        raw = read_yaml(Path(card.path))
+        value = raw.get("protocol") if isinstance(raw, dict) else None
+    if value is None:
+        return "native" if card.backbone in PRETRAINABLE else "harmonised"
+    if value not in PROTOCOLS:
+        raise UserError(f"{card.path}: protocol '{value}' is not valid; choose from {', '.join(PROTOCOLS)}")
+    return str(value)
+
+
+def default_protocol(card: DatasetCard, methods: list[str]) -> tuple[str, str]:
+    """(protocol, why) for a run that names none. Tuned when the committed setting covers
+    every requested method (a table never mixes tuned and untuned methods), else the card's
+    own protocol; a card that asks for tuned without a covering setting gets harmonised."""
+    setting = load_tuned(card.name)
+    missing = [m for m in methods if setting is None or setting.values(m) is None]
+    if not missing:
+        return "tuned", f"default: {setting.shown_path} covers {', '.join(methods)}"
+    own = card_protocol(card)
+    if own == "tuned":
+        return "harmonised", (f"default: card asks for tuned, but {tuned_path(card.name)} lacks "
+                              f"{', '.join(missing)}")
+    return own, f"default of dataset card {card.name}"
+
+
 def resolve_config(spec: RunSpec, card: DatasetCard | None = None) -> dict[str, Any]:
     """The complete configuration a run trains with (see the module docstring for order)."""
     method = get_method(spec.method)
@@ -162,6 +273,14 @@ def resolve_config(spec: RunSpec, card: DatasetCard | None = None) -> dict[str, 
     params = method_params(method)
     config = {key: param.default for key, param in params.items()}
     config.update(method.native if spec.protocol == "native" else HARMONISED)
+    if spec.protocol == "tuned":
+        values, provenance = tuned_values(card, spec.method)
+        where = f"tuned setting {provenance['file']} ({spec.method})"
+        for key, raw in values.items():
+            if key not in params:
+                raise UserError(f"{where}: unknown setting '{key}'; valid: {', '.join(sorted(params))}")
+            config[key] = coerce_value(key, raw, params[key], where)
+        config["tuned_setting"] = provenance
     for key in ("epochs", "eval_every"):
         if config[key] is None:
             config[key] = card.schedule.get(key)
@@ -176,8 +295,35 @@ def resolve_config(spec: RunSpec, card: DatasetCard | None = None) -> dict[str, 
     return config
 
 
-def run_id(spec: RunSpec, config: dict[str, Any]) -> str:
-    """Readable prefix plus a hash of everything that determines the run's numbers."""
-    identity = {**spec.to_dict(), "overrides": None, "config": config}
+def resolved_backbone(spec: RunSpec, card: DatasetCard | None = None) -> str:
+    return spec.backbone or (card or load_card(spec.dataset)).backbone
+
+
+@functools.cache
+def backbone_architecture(name: str, channels: int) -> str:
+    """sha256 (12 hex) of the backbone's module structure (layer types, widths, kernels), so
+    editing an architecture changes run ids even where its name stays. Built on the meta
+    device: no weights are allocated or drawn, so the global RNG is untouched."""
+    import torch
+
+    from bench.backbones import build_backbone
+
+    with torch.device("meta"):
+        module = build_backbone(name, channels, pretrained=False)
+    return hashlib.sha256(repr(module).encode()).hexdigest()[:12]
+
+
+def run_id(spec: RunSpec, config: dict[str, Any], card: DatasetCard | None = None) -> str:
+    """Readable prefix plus a hash of everything that determines the run's numbers: the spec,
+    the resolved config (without provenance notes), the results version of the code, and the
+    backbone's name and architecture."""
+    card = card or load_card(spec.dataset)
+    backbone = resolved_backbone(spec, card)
+    identity = {
+        **spec.to_dict(), "overrides": None,
+        "config": {k: v for k, v in config.items() if k not in PROVENANCE_KEYS},
+        "results_version": RESULTS_VERSION,
+        "backbone_architecture": [backbone, backbone_architecture(backbone, card.channels)],
+    }
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
     return f"{spec.method}-{spec.bits}b-s{spec.seed}-{spec.protocol}-{digest[:10]}"

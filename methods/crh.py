@@ -132,6 +132,7 @@ class CRH(HashMethod):
         "codebook_min_distance": Param(0, "min Hamming distance between a head's codewords (ablation)",
                                        source="inferred (not in the paper); 0 = distinct only"),
     }
+    search_space = {"lr": ("log", 1e-4, 3e-3), "margin": ("float", 0.0, 0.5)}  # bench tune
     native = {"optimizer": "adam", "lr": 1e-4, "beta1": 0.5, "beta2": 0.999, "weight_decay": 1e-5,
               "lr_schedule": "cosine", "lr_min": 1e-7, "batch_size": 128}
     native_source = (

@@ -45,6 +45,7 @@ class CSQ(HashMethod):
         "center_tries": Param(1000, "Bernoulli resampling attempts when C > 2K"),
     }
     # Published defaults of the widely used PyTorch re-implementation (baselines.md).
+    search_space = {"lr": ("log", 1e-4, 3e-3), "lambda_q": ("log", 1e-5, 1e-1)}  # bench tune
     native = {"optimizer": "rmsprop", "lr": 1e-5, "weight_decay": 1e-5, "batch_size": 64,
               "lr_schedule": "constant"}
     native_source = "DeepHash-pytorch CSQ: RMSprop lr 1e-5, weight decay 1e-5, batch 64"

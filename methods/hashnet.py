@@ -96,6 +96,7 @@ class HashNet(HashMethod):
     # 5e-4, backbone lr 3e-4 and hash layer 10x that (3e-3), lr x0.5 every 2000 of 10000
     # iterations (= every 20% of training), two 36-image streams per step (batch 72). The
     # loop's SGD has no Nesterov term (the authors' code sets nesterov=True).
+    search_space = {"lr": ("log", 1e-4, 3e-3), "alpha": ("log", 0.01, 1.0)}  # bench tune
     native = {"optimizer": "sgd", "lr": 3e-3, "backbone_lr_scale": 0.1, "momentum": 0.9,
               "weight_decay": 5e-4, "batch_size": 72, "lr_schedule": "step", "lr_step_at": 0.2,
               "lr_gamma": 0.5}

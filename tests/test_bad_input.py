@@ -172,24 +172,26 @@ def test_missing_dataset_files_say_where_and_how(capsys, results, tmp_path, monk
     empty.mkdir()
     monkeypatch.setenv("BENCH_DATA", str(empty))
     line = refused(capsys, "--methods", "csq", "--dataset", dataset, "--bits", "16", "--epochs", "1",
-                   "--data-root", str(empty), "--device", "cpu", "--results", str(results))
+                   "--device", "cpu", "--results", str(results))
     assert f"dataset '{dataset}' not found" in line and str(empty) in line
     assert card.search_paths[0] in line and card.install_hint in line
 
 
-def test_missing_fashion_mnist_message_even_where_it_is_installed(tmp_path):
-    """The card's own folder is swapped for an empty one, so this runs on every machine."""
+def test_missing_fashion_mnist_message_even_where_it_is_installed(tmp_path, monkeypatch):
+    """The card's own folder is swapped for an empty one, so this runs on every machine.
+    (A --data-root that lacks the files is refused on its own: tests/test_data.py.)"""
     import dataclasses
 
     from bench.data import open_dataset
 
     empty = tmp_path / "nothing-here"
     card = dataclasses.replace(load_card("fashion-mnist"), search_paths=(str(empty),))
+    monkeypatch.setenv("BENCH_DATA", str(tmp_path))
     with pytest.raises(UserError) as error:
-        open_dataset(card, str(tmp_path))
+        open_dataset(card, None)
     message = str(error.value)
     assert "dataset 'fashion-mnist' not found: looked for train-images-idx3-ubyte" in message
-    assert f"in {tmp_path}, {empty}" in message and "--data-root or $BENCH_DATA" in message
+    assert f"{tmp_path}, {empty}" in message and "--data-root or $BENCH_DATA" in message
     assert "apt-get install -y dataset-fashion-mnist" in message
 
 

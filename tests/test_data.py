@@ -76,11 +76,67 @@ def test_missing_fashion_mnist_says_where_it_looked(tmp_path: Path, monkeypatch)
     monkeypatch.setenv("BENCH_DATA", str(tmp_path / "env"))
     card = replace(load_card("fashion-mnist"), search_paths=(str(tmp_path / "nowhere"),))
     with pytest.raises(UserError) as error:
-        load_fashion_mnist(card, tmp_path / "given")
+        load_fashion_mnist(card, None)
     message = str(error.value)
-    assert str(tmp_path / "given") in message and str(tmp_path / "nowhere") in message
+    assert str(tmp_path / "env" / "fashion-mnist") in message and str(tmp_path / "nowhere") in message
     assert "apt-get install -y dataset-fashion-mnist" in message
     assert "\n" not in message
+
+
+def test_a_given_data_root_is_never_passed_over(tmp_path: Path, monkeypatch) -> None:
+    """--data-root names the data: a missing or empty folder is refused even when the system
+    copy (search_paths, $BENCH_DATA) would be found."""
+    write_fake_fashion_mnist(tmp_path / "system")
+    monkeypatch.setenv("BENCH_DATA", str(tmp_path / "system"))
+    card = replace(load_card("fashion-mnist"), search_paths=(str(tmp_path / "system"),))
+    assert len(load_fashion_mnist(card, None)) == 60  # found without --data-root
+    with pytest.raises(UserError) as error:
+        load_fashion_mnist(card, tmp_path / "missing")
+    message = str(error.value)
+    assert message.startswith(f"--data-root {tmp_path / 'missing'} does not exist")
+    assert "train-images-idx3-ubyte[.gz]" in message and "t10k-labels-idx1-ubyte[.gz]" in message
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "train-images-idx3-ubyte").write_bytes(b"")
+    with pytest.raises(UserError) as error:
+        load_fashion_mnist(card, tmp_path / "empty")
+    message = str(error.value)
+    assert message.startswith(f"--data-root {tmp_path / 'empty'} lacks the files of dataset 'fashion-mnist'")
+    assert "t10k-images-idx3-ubyte[.gz]" in message and "\n" not in message
+
+
+def test_a_data_root_may_hold_the_files_in_a_named_subfolder(tmp_path: Path) -> None:
+    write_fake_fashion_mnist(tmp_path / "fashion-mnist")
+    source = load_fashion_mnist(load_card("fashion-mnist"), tmp_path)
+    assert source.identity == str(tmp_path / "fashion-mnist")
+
+
+def test_cli_refuses_a_missing_data_root(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    results = tmp_path / "results"
+    command = [sys.executable, "-m", "bench", "run", "--methods", "csq", "--bits", "16", "--dataset",
+               "fashion-mnist", "--data-root", "/nonexistent/dir", "--epochs", "1", "--results", str(results)]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent,
+                          timeout=300)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2, done.stderr
+    assert len(lines) == 1 and "Traceback" not in done.stderr
+    assert lines[0].startswith("error: --data-root /nonexistent/dir does not exist")
+    assert "train-images-idx3-ubyte" in lines[0]
+    assert not [p for p in results.rglob("*") if p.is_file()], "nothing may be written"
+
+
+def test_list_datasets_shows_the_generated_cards(capsys) -> None:
+    from bench.cli import main
+
+    assert main(["list", "datasets"]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
+    assert "(10 classes, multi-label, mAP@768)" in lines["fashion-mnist-multi"]
+    assert "(100 classes, mAP@all)" in lines["fashion-mnist-pairs"]
+    assert "(196 classes, mAP@all)" in lines["synthetic-196"]
+    assert "(555 classes, mAP@all)" in lines["synthetic-555"]
+    assert "multi-label" not in lines["fashion-mnist"]
 
 
 def test_cifar_loader_on_tiny_pickles(tmp_path: Path) -> None:

@@ -26,7 +26,9 @@ def execute(args: argparse.Namespace) -> int:
         print("datasets:")
         for name in available_datasets():
             card = load_card(name)
-            print(f"  {name:20s} {card.title} ({card.num_classes} classes, mAP@{card.map_at or 'all'})")
+            kind = ", multi-label" if card.multi_label else ""
+            print(f"  {name:20s} {card.title} ({card.num_classes} classes{kind}, "
+                  f"mAP@{card.map_at or 'all'})")
     if args.what in ("all", "backbones"):
         print("backbones:")
         for name, text in BACKBONES.items():

@@ -24,14 +24,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--dataset", help="dataset card name (default: fashion-mnist)")
     what.add_argument("--seeds", help="comma-separated seeds (default: 0)")
     what.add_argument("--experiment", help="named experiment in bench/experiments/ (or a YAML path)")
-    what.add_argument("--protocol", choices=("native", "harmonised"),
-                      help="native: each method's published optimizer/schedule (default); "
-                           "harmonised: one shared optimizer and schedule for all")
+    what.add_argument("--protocol", choices=("native", "harmonised", "tuned"),
+                      help="native: each method's published optimizer/schedule; harmonised: one "
+                           "shared optimizer and schedule for all; tuned: harmonised plus the values "
+                           "`bench tune` committed for the card (bench/tuned/<card>.yaml). Default: "
+                           "tuned when that file covers every method, else the card's protocol "
+                           "(harmonised for backbones trained from scratch)")
     what.add_argument("--epochs", type=int, help="override the number of training epochs")
     what.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
                       help="override a setting, e.g. --set lr=1e-4 (repeatable)")
     what.add_argument("--backbone", help="override the dataset card's backbone")
-    what.add_argument("--split-seed", type=int, default=0, help="seed of the data split (default 0)")
+    what.add_argument("--split-seed", default="0", help="seed of the data split (default 0)")
     how = parser.add_argument_group("how to run")
     how.add_argument("--results", default=None, help="results directory (default: results/)")
     how.add_argument("--data-root", help="folder holding the dataset files")
@@ -59,7 +62,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     how.add_argument("--dry-run", action="store_true", help="list the runs and whether they are done")
 
 
-def parse_int_list(text: str, flag: str, minimum: int) -> list[int]:
+def parse_int_list(text: str, flag: str, minimum: int, example: str = "16,32,64") -> list[int]:
     values = []
     for part in text.split(","):
         part = part.strip()
@@ -69,11 +72,22 @@ def parse_int_list(text: str, flag: str, minimum: int) -> list[int]:
             value = None
         if value is None or value < minimum:
             kind = "positive integers" if minimum > 0 else "non-negative integers"
-            raise UserError(f"{flag} '{part}' is not valid; give comma-separated {kind}, e.g. 16,32,64")
+            raise UserError(f"{flag} '{part}' is not valid; give comma-separated {kind}, e.g. {example}")
         values.append(value)
     if not values:
         raise UserError(f"{flag} is empty")
     return values
+
+
+def parse_seed(text: str | int, flag: str) -> int:
+    """One seed: a non-negative integer (numpy's generators refuse negative seeds)."""
+    try:
+        value = int(str(text).strip())
+    except ValueError:
+        value = None
+    if value is None or value < 0:
+        raise UserError(f"{flag} '{text}' is not valid; give a non-negative integer, e.g. 0")
+    return value
 
 
 def parse_settings(items: list[str]) -> dict[str, str]:
@@ -91,7 +105,14 @@ def build_specs(args: argparse.Namespace) -> list:
     from bench.backbones import PRETRAINABLE as PRETRAINABLE_BACKBONES
     from bench.data import load_card
     from bench.experiments import load_experiment
-    from bench.spec import PROTOCOLS, RunSpec, check_override_keys, check_override_values
+    from bench.spec import (
+        PROTOCOLS,
+        RunSpec,
+        check_override_keys,
+        check_override_values,
+        default_protocol,
+        tuned_values,
+    )
     from methods import get_method
 
     experiment = load_experiment(args.experiment) if args.experiment else None
@@ -103,13 +124,20 @@ def build_specs(args: argparse.Namespace) -> list:
         get_method(name)
     bits = parse_int_list(args.bits, "--bits", 1) if args.bits is not None else list(
         experiment.bits if experiment else (16, 32, 64))
-    seeds = parse_int_list(args.seeds, "--seeds", 0) if args.seeds is not None else list(
+    seeds = parse_int_list(args.seeds, "--seeds", 0, "0,1,2") if args.seeds is not None else list(
         experiment.seeds if experiment else (0,))
+    split_seed = parse_seed(args.split_seed, "--split-seed")
     dataset = args.dataset or (experiment.dataset if experiment else "fashion-mnist")
     card = load_card(dataset)
-    protocol = args.protocol or (experiment.protocol if experiment else "native")
+    protocol = args.protocol or (experiment.protocol if experiment else None)
+    if protocol is None:
+        protocol, why = default_protocol(card, methods)
+        args.protocol_note = f"protocol: {protocol} ({why}; choose with --protocol)"
     if protocol not in PROTOCOLS:
         raise UserError(f"protocol '{protocol}' is not valid; choose from {', '.join(PROTOCOLS)}")
+    if protocol == "tuned":
+        for name in methods:
+            tuned_values(card, name)  # refuse now, naming the file, if any method lacks values
     backbone = args.backbone or (experiment.backbone if experiment else None)
     if backbone is not None:
         from bench.backbones import BACKBONES
@@ -140,7 +168,7 @@ def build_specs(args: argparse.Namespace) -> list:
                 for seed in seeds:
                     specs.append(RunSpec(
                         method=method, dataset=dataset, bits=bit, seed=seed, protocol=protocol,
-                        backbone=backbone, pretrained=pretrained, split_seed=args.split_seed,
+                        backbone=backbone, pretrained=pretrained, split_seed=split_seed,
                         overrides=tuple(sorted(overrides.items())),
                     ))
     return specs
@@ -158,6 +186,7 @@ def execute(args: argparse.Namespace) -> int:
     if args.threads is not None and args.threads < 1:
         raise UserError(f"--threads {args.threads}: must be a positive integer")
     specs = build_specs(args)
+    note = getattr(args, "protocol_note", None)  # which protocol a bare command resolved to
     options = RunOptions(
         results_dir=Path(args.results) if args.results else DEFAULT_RESULTS_DIR,
         data_root=args.data_root, device=args.device, force=args.force,
@@ -170,7 +199,11 @@ def execute(args: argparse.Namespace) -> int:
             if args.force and state == "done":
                 state = "redo"
             print(f"{state:7s} {run.spec.label():60s} {run.path}" + (f"  ({why})" if why else ""))
+        if note:
+            print(note)
         return 0
+    if note:
+        print(note, flush=True)
     outcome = execute_runs(specs, options, jobs=args.jobs, backend=backend,
                            scheduler=args.scheduler)
     print(

@@ -1,0 +1,109 @@
+"""`python -m bench tune`: search each method's learning rate and main knobs with the same
+number of trials, on validation only, and commit the chosen values (see `bench/tune.py`).
+
+Exit codes: 0 tuned and written; 1 the executor broke mid-batch (finished trials are stored;
+rerun to resume); 2 bad input (one line on stderr; nothing trained, nothing written).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from bench.errors import UserError
+
+EXIT_CODES = "exit codes: 0 tuned and written, 1 interrupted (rerun to resume), 2 bad input"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = EXIT_CODES
+    what = parser.add_argument_group("what to tune")
+    what.add_argument("--methods", required=True, help="comma-separated method names (see `bench list`)")
+    what.add_argument("--bits", default="32", help="the one code length to tune at (default 32)")
+    what.add_argument("--trials", required=True,
+                      help="trials per method (the same for every method; a study that already has "
+                           "them reuses them: rerunning with more trials adds only the difference)")
+    what.add_argument("--dataset", help="dataset card name (default: fashion-mnist)")
+    what.add_argument("--epochs", help="training epochs per trial (default: the card's schedule)")
+    what.add_argument("--seed", default="0",
+                      help="training seed of every trial and the sampler's seed (default 0)")
+    what.add_argument("--split-seed", default="0", help="seed of the data split (default 0)")
+    what.add_argument("--output", help="tuned setting to write or update (default: bench/tuned/<card>.yaml)")
+    how = parser.add_argument_group("how to run")
+    how.add_argument("--results", default=None,
+                     help="results directory: trials are run records in DIR/runs, studies in "
+                          "DIR/tuning (default: results/)")
+    how.add_argument("--jobs", type=int, default=1, help="trials trained in parallel (default 1)")
+    how.add_argument("--data-root", help="folder holding the dataset files")
+    how.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    how.add_argument("--threads", type=int, default=None, help="torch threads per run")
+    how.add_argument("--no-pretrained", action="store_true",
+                     help="train torchvision backbones from scratch (no local ImageNet weights)")
+    how.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _positive(text: str, flag: str, example: str) -> int:
+    try:
+        value = int(str(text).strip())
+    except ValueError:
+        value = None
+    if value is None or value < 1:
+        raise UserError(f"{flag} '{text}' is not valid; give a positive integer, e.g. {example}")
+    return value
+
+
+def execute(args: argparse.Namespace) -> int:
+    import sys
+
+    from bench.backbones import PRETRAINABLE
+    from bench.commands.run import parse_seed
+    from bench.data import load_card
+    from bench.parallel import check_executor
+    from bench.records import DEFAULT_RESULTS_DIR
+    from bench.runner import RunOptions
+    from bench.tune import TuneRequest, TuningAborted, search_space, tune_method, write_setting
+    from methods import get_method
+
+    methods = [m.strip() for m in args.methods.split(",")]
+    if not all(methods) or len(set(methods)) != len(methods):
+        raise UserError(f"--methods '{args.methods}' is not valid; give distinct names, e.g. csq,hashnet")
+    for name in methods:
+        get_method(name)
+    if "," in str(args.bits):
+        raise UserError(f"--bits '{args.bits}' is not valid; tuning uses one code length, e.g. 32")
+    bits = _positive(args.bits, "--bits", "32")
+    trials = _positive(args.trials, "--trials", "12")
+    epochs = _positive(args.epochs, "--epochs", "30") if args.epochs is not None else None
+    seed = parse_seed(args.seed, "--seed")
+    split_seed = parse_seed(args.split_seed, "--split-seed")
+    card = load_card(args.dataset or "fashion-mnist")
+    check_executor(args.jobs, "local", None)
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads {args.threads}: must be a positive integer")
+    for name in methods:
+        search_space(name)  # a malformed space is refused before anything trains
+    request = TuneRequest(card=card, bits=bits, trials=trials, epochs=epochs, seed=seed,
+                          split_seed=split_seed, jobs=args.jobs,
+                          pretrained=card.backbone in PRETRAINABLE and not args.no_pretrained)
+    results = Path(args.results) if args.results else DEFAULT_RESULTS_DIR
+    options = RunOptions(results_dir=results, data_root=args.data_root, device=args.device,
+                         progress_bars=not args.quiet, torch_threads=args.threads)
+    outcomes = []
+    try:
+        for name in methods:
+            outcome = tune_method(name, request, options)
+            outcomes.append(outcome)
+            default = ("n/a" if outcome.default_value is None else f"{outcome.default_value:.4f}")
+            print(f"{outcome.study}: best validation mAP {outcome.best_value:.4f} (trial "
+                  f"{outcome.best_trial} of {outcome.finished}, {outcome.failed} failed; default {default}; "
+                  f"{outcome.new_trials} trained or read now) with "
+                  + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                              for k, v in outcome.values.items()), flush=True)
+    except TuningAborted as error:
+        if outcomes:
+            write_setting(args.output, request, outcomes, results)
+        print(f"error: tuning stopped early: {error}; rerun the same command to resume", file=sys.stderr)
+        return 1
+    path = write_setting(args.output and Path(args.output), request, outcomes, results)
+    print(f"tuned setting written: {path} ({', '.join(methods)} at {bits} bits, {trials} trials each)")
+    return 0

@@ -1,0 +1,325 @@
+"""Tuning with the same budget for every method (protocol v2, `python -m bench tune`).
+
+Each method declares its search space next to its params, as a ClassVar
+`search_space = {"lr": ("log", 1e-4, 3e-3), "lambda_q": ("log", 1e-5, 1e-1)}` with kinds
+  ("log", low, high)    float, log-uniform      ("float", low, high)  float, uniform
+  ("int", low, high)    integer, uniform        ("choice", (a, b, ...)) one of the values.
+Every method gets the same number of trials at one bit length and seed 0, scored on the
+validation metric only (the run record's `selection.best_val_mAP`); the test metrics each
+record also holds are never read. Trial 0 is the method's harmonised default (when it lies in
+the space), so the tuned value is never worse than the default on validation, and the
+default's score is kept beside the tuned one.
+
+Trials are normal runs (harmonised protocol plus the trial's values as overrides) executed by
+`bench.runner.execute_runs`, so every trial is a run record in RESULTS/runs and a trial whose
+record exists is reused. The study lives in SQLite (RESULTS/tuning/<card>-<method>-<bits>b.db,
+Optuna's TPE sampler); a killed tuning run resumes: trials left running are finished with
+their own values, and the sampler is re-seeded from (seed, trial number) before each new
+trial, so a resumed study proposes exactly what an uninterrupted one would have.
+The chosen values are merged into a committed setting (bench/tuned/<card>.yaml) with their
+provenance; `run --protocol tuned` applies them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench.data import DatasetCard
+from bench.errors import UserError
+from bench.spec import RunSpec, load_tuned, method_params, tuned_path
+from methods import get_method
+from methods.base import HARMONISED, HashMethod
+
+SPACE_KINDS = ("log", "float", "int", "choice")
+DEFAULT_SEARCH_SPACE: dict[str, tuple] = {"lr": ("log", 1e-4, 3e-3)}
+BASE_PROTOCOL = "harmonised"
+N_STARTUP_TRIALS = 5  # TPE's random start: with 12 trials, 5 random (incl. the default) + 7 guided
+OBJECTIVE = "selection.best_val_mAP of each trial's record (validation only; its test mAP is never read)"
+
+
+class TuningAborted(RuntimeError):
+    """The executor broke mid-batch; finished trials are stored, the rest resume next time."""
+
+
+def search_space(method: str) -> dict[str, tuple]:
+    """The method's declared search space, checked: every key a setting of the method, every
+    range well-formed (UserError naming the method's file otherwise)."""
+    cls: type[HashMethod] = get_method(method)
+    space = dict(getattr(cls, "search_space", None) or DEFAULT_SEARCH_SPACE)
+    params = method_params(cls)
+    where = f"search_space of method '{method}' ({cls.__module__})"
+    for key, spec in space.items():
+        if key not in params:
+            raise UserError(f"{where}: '{key}' is not a setting of the method")
+        if not isinstance(spec, (tuple, list)) or not spec or spec[0] not in SPACE_KINDS:
+            raise UserError(f"{where}: {key}={spec!r}; give (kind, ...) with kind one of "
+                            f"{', '.join(SPACE_KINDS)}")
+        kind = spec[0]
+        if kind == "choice":
+            if len(spec) != 2 or not isinstance(spec[1], (tuple, list)) or not spec[1]:
+                raise UserError(f"{where}: {key}={spec!r}; give ('choice', (a, b, ...))")
+            continue
+        if len(spec) != 3 or not all(isinstance(v, (int, float)) for v in spec[1:]):
+            raise UserError(f"{where}: {key}={spec!r}; give ('{kind}', low, high)")
+        low, high = spec[1], spec[2]
+        if not (math.isfinite(low) and math.isfinite(high) and low < high) or (kind == "log" and low <= 0):
+            raise UserError(f"{where}: {key}={spec!r}; need low < high (and low > 0 for log)")
+    return space
+
+
+def suggest(trial: Any, space: dict[str, tuple]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for key, spec in space.items():
+        kind = spec[0]
+        if kind == "choice":
+            values[key] = trial.suggest_categorical(key, list(spec[1]))
+        elif kind == "int":
+            values[key] = trial.suggest_int(key, int(spec[1]), int(spec[2]))
+        else:
+            values[key] = trial.suggest_float(key, float(spec[1]), float(spec[2]), log=kind == "log")
+    return values
+
+
+def default_point(method: str, space: dict[str, tuple]) -> dict[str, Any] | None:
+    """The harmonised protocol's value of every searched key, when all lie in the space."""
+    cls = get_method(method)
+    defaults = {key: param.default for key, param in method_params(cls).items()}
+    defaults.update(HARMONISED)
+    point = {}
+    for key, spec in space.items():
+        value = defaults.get(key)
+        if spec[0] == "choice":
+            ok = value in spec[1]
+        else:
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            ok = number and spec[1] <= value <= spec[2]
+        if not ok:
+            return None
+        point[key] = value
+    return point
+
+
+def space_for_yaml(space: dict[str, tuple]) -> dict[str, list]:
+    return {key: [spec[0], list(spec[1])] if spec[0] == "choice" else list(spec)
+            for key, spec in space.items()}
+
+
+def study_name(card: str, method: str, bits: int) -> str:
+    return f"{card}-{method}-{bits}b"
+
+
+@dataclass
+class TuneRequest:
+    card: DatasetCard
+    bits: int
+    trials: int
+    epochs: int | None = None
+    seed: int = 0
+    split_seed: int = 0
+    pretrained: bool = False
+    jobs: int = 1
+    backend: str = "local"
+
+
+@dataclass
+class TuneOutcome:
+    method: str
+    study: str
+    storage: Path
+    space: dict[str, tuple]
+    values: dict[str, Any]
+    best_value: float
+    best_trial: int
+    best_run_id: str
+    default_value: float | None
+    finished: int
+    failed: int
+    new_trials: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def _exclusive(lock: Path, name: str) -> Iterator[None]:
+    """One tuner per study: a second one would finish the first one's running trials."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise UserError(f"another `bench tune` is running study {name} ({lock}); wait for it") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _trial_spec(method: str, values: dict[str, Any], request: TuneRequest) -> RunSpec:
+    overrides = dict(values)
+    if request.epochs is not None:
+        overrides["epochs"] = request.epochs
+    return RunSpec(method=method, dataset=request.card.name, bits=request.bits, seed=request.seed,
+                   protocol=BASE_PROTOCOL, pretrained=request.pretrained,
+                   split_seed=request.split_seed, overrides=tuple(sorted(overrides.items())))
+
+
+def _validation_score(path: Path) -> tuple[float | None, str]:
+    """(validation mAP, run id) of a finished trial's record; None for a failed run."""
+    from bench.records import CorruptRecord, read_record
+
+    try:
+        record = read_record(path)
+    except CorruptRecord:
+        return None, ""
+    value = (record.get("selection") or {}).get("best_val_mAP")
+    if record.get("status") != "complete" or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None, str(record.get("run_id", ""))
+    return float(value), str(record["run_id"])
+
+
+def tune_method(method: str, request: TuneRequest, options: Any,
+                log: Callable[[str], None] = print) -> TuneOutcome:
+    """Bring the study for (card, method, bits) to `request.trials` finished trials and return
+    the best of its first `request.trials` (the equal budget, even if an earlier call ran more)."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from bench.runner import execute_runs, plan_runs
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    space = search_space(method)
+    name = study_name(request.card.name, method, request.bits)
+    folder = Path(options.results_dir) / "tuning"
+    storage_path = folder / f"{name}.db"
+    with _exclusive(folder / f"{name}.lock", name):
+        study = optuna.create_study(
+            study_name=name, storage=f"sqlite:///{storage_path.resolve()}", direction="maximize",
+            load_if_exists=True, sampler=optuna.samplers.TPESampler(seed=request.seed),
+        )
+        if not study.trials:
+            point = default_point(method, space)
+            if point is not None:
+                study.enqueue_trial(point, user_attrs={"default": True})
+        finished = (TrialState.COMPLETE, TrialState.FAIL)
+        new_trials = 0
+        while True:
+            done = len(study.get_trials(deepcopy=False, states=finished))
+            room = min(request.jobs, request.trials - done)
+            if room <= 0:
+                break
+            batch: list[tuple[int, dict[str, Any], bool]] = []
+            for stale in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                if len(batch) == room:
+                    break
+                if set(stale.params) != set(space):  # killed before all its values were drawn
+                    study.tell(stale.number, state=TrialState.PRUNED)  # not counted as a trial
+                    continue
+                batch.append((stale.number, dict(stale.params), True))
+            while len(batch) < room:
+                # Re-seed per trial: the proposal is a function of (seed, history), so a killed
+                # and resumed study proposes what an uninterrupted one would have.
+                number = len(study.trials)
+                study.sampler = optuna.samplers.TPESampler(
+                    seed=(request.seed * 1_000_003 + number) % 2**31, n_startup_trials=N_STARTUP_TRIALS)
+                trial = study.ask()
+                batch.append((trial.number, suggest(trial, space), False))
+            specs = [_trial_spec(method, values, request) for _, values, _ in batch]
+            planned = {run.spec: run for run in plan_runs(specs, options)}
+            outcome = execute_runs(specs, options, jobs=min(request.jobs, len(specs)),
+                                   backend=request.backend)
+            if outcome.aborted:
+                raise TuningAborted(outcome.aborted)
+            for (number, values, resumed), spec in zip(batch, specs, strict=True):
+                value, run_id = _validation_score(planned[spec].path)
+                shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                  for k, v in values.items())
+                if value is None:
+                    study.tell(number, state=TrialState.FAIL)
+                    log(f"{name} trial {number}: {shown} -> run failed ({run_id})")
+                else:
+                    study.tell(number, value)
+                    log(f"{name} trial {number}: {shown} -> validation mAP {value:.4f}"
+                        + (" (resumed)" if resumed else ""))
+                new_trials += 1
+        trials = sorted(study.get_trials(deepcopy=False, states=finished), key=lambda t: t.number)
+        budget = trials[: request.trials]
+        complete = [t for t in budget if t.state == TrialState.COMPLETE]
+        if not complete:
+            raise UserError(f"{name}: all {len(budget)} trials failed; widen or move the search "
+                            f"space of '{method}' (see its search_space)")
+        best = max(complete, key=lambda t: (t.value, -t.number))
+        defaults = [t for t in complete if t.user_attrs.get("default")]
+        best_spec = _trial_spec(method, dict(best.params), request)
+        best_run = plan_runs([best_spec], options)[0]
+    return TuneOutcome(
+        method=method, study=name, storage=storage_path, space=space, values=dict(best.params),
+        best_value=float(best.value), best_trial=best.number, best_run_id=best_run.run_id,
+        default_value=float(defaults[0].value) if defaults else None, finished=len(budget),
+        failed=len(budget) - len(complete), new_trials=new_trials,
+    )
+
+
+def write_setting(path: Path | None, request: TuneRequest, outcomes: list[TuneOutcome],
+                  results_dir: Path) -> Path:
+    """Merge the chosen values (with provenance) into the card's tuned setting; other
+    methods' entries stay. Written atomically (temp file, rename)."""
+    import optuna
+
+    from bench.records import code_version
+
+    card = request.card.name
+    path = Path(path) if path is not None else tuned_path(card)
+    existing = load_tuned(card, path)
+    methods: dict[str, Any] = dict(existing.methods) if existing else {}
+    code = code_version()
+    for result in outcomes:
+        methods[result.method] = {
+            "values": {k: (float(v) if isinstance(v, float) else v) for k, v in result.values.items()},
+            "best_val_mAP": round(result.best_value, 6),
+            "default_val_mAP": None if result.default_value is None else round(result.default_value, 6),
+            "best_trial": result.best_trial,
+            "best_run_id": result.best_run_id,
+            "trials": result.finished,
+            "failed_trials": result.failed,
+            "search_space": space_for_yaml(result.space),
+            "bits": request.bits,
+            "epochs": request.epochs if request.epochs is not None else request.card.schedule.get("epochs"),
+            "seed": request.seed,
+            "split_seed": request.split_seed,
+            "base_protocol": BASE_PROTOCOL,
+            "objective": OBJECTIVE,
+            "study": result.study,
+            "storage": _shown(result.storage),
+            "results": _shown(Path(results_dir)),
+            "sampler": f"optuna {optuna.__version__} TPESampler(seed={request.seed}, "
+                       f"n_startup_trials={N_STARTUP_TRIALS}), re-seeded per trial",
+            "code": {"commit": code.get("commit"), "dirty": code.get("dirty"),
+                     "results_version": code.get("results_version")},
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+    payload = {"dataset": card, "methods": dict(sorted(methods.items()))}
+    header = (f"# Tuned setting for dataset card '{card}', written by `python -m bench tune`.\n"
+              "# `bench run --protocol tuned` = harmonised protocol + each method's `values`.\n"
+              "# Provenance per method: trials, best and default validation mAP, search space, study.\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(header + yaml.safe_dump(payload, sort_keys=False, default_flow_style=None, width=100))
+    tmp.replace(path)
+    return path
+
+
+def _shown(path: Path) -> str:
+    from bench.data import REPO_ROOT
+
+    try:
+        return str(Path(path).resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)

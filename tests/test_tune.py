@@ -1,0 +1,174 @@
+"""`bench tune`: equal trials per method, validation only, resumable, and a written setting.
+
+Every trial trains tiny_cnn on the synthetic card for one epoch (about a second)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bench.cli import main
+
+REPO = Path(__file__).resolve().parent.parent
+FAST = ["--dataset", "synthetic", "--epochs", "1", "--bits", "16", "--device", "cpu", "--quiet"]
+
+
+@pytest.fixture(autouse=True)
+def tuned_dir(tmp_path, monkeypatch):
+    """Never write into the repository's bench/tuned/."""
+    folder = tmp_path / "tuned"
+    monkeypatch.setenv("BENCH_TUNED_DIR", str(folder))
+    return folder
+
+
+def tune(results: Path, trials: int, *extra: str) -> int:
+    return main(["tune", "--methods", "csq", "--trials", str(trials), *FAST, "--results", str(results),
+                 *extra])
+
+
+def records(results: Path) -> dict[str, dict]:
+    folder = results / "runs" / "synthetic" / "csq"
+    return {p.name: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))}
+
+
+def study(results: Path):
+    import optuna
+
+    return optuna.load_study(study_name="synthetic-csq-16b",
+                             storage=f"sqlite:///{results / 'tuning' / 'synthetic-csq-16b.db'}")
+
+
+def searched(record: dict) -> tuple[float, float]:
+    return (record["config"]["lr"], record["config"]["lambda_q"])
+
+
+def test_tune_resumes_scores_validation_only_and_writes_the_setting(tmp_path, tuned_dir, one_thread):
+    results = tmp_path / "results"
+    assert tune(results, 2) == 0
+    first = records(results)
+    assert len(first) == 2
+    assert tune(results, 3) == 0  # one more trial, the first two reused from the study
+    after = records(results)
+    assert len(after) == 3 and set(first) <= set(after)
+    assert tune(results, 3) == 0  # nothing left to do
+    assert records(results).keys() == after.keys()
+
+    from optuna.trial import TrialState
+
+    trials = study(results).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    by_values = {searched(r): r for r in after.values()}
+    for trial in trials:  # the objective is the record's validation mAP, never its test mAP
+        record = by_values[(trial.params["lr"], trial.params["lambda_q"])]
+        assert trial.value == record["selection"]["best_val_mAP"]
+        assert record["spec"]["protocol"] == "harmonised" and record["spec"]["seed"] == 0
+    assert any(r["selection"]["best_val_mAP"] != r["metrics"]["mAP"] for r in after.values())
+    # Trial 0 is the harmonised default.
+    assert (trials[0].params["lr"], trials[0].params["lambda_q"]) == (1e-3, 1e-4)
+
+    best = None
+    for record in after.values():  # a literal arg-max over the validation scores
+        if best is None or record["selection"]["best_val_mAP"] > best["selection"]["best_val_mAP"]:
+            best = record
+    setting = yaml.safe_load((tuned_dir / "synthetic.yaml").read_text())
+    entry = setting["methods"]["csq"]
+    assert setting["dataset"] == "synthetic"
+    assert (entry["values"]["lr"], entry["values"]["lambda_q"]) == searched(best)
+    assert entry["best_run_id"] == best["run_id"]
+    assert entry["trials"] == 3 and entry["bits"] == 16 and entry["epochs"] == 1
+    assert entry["study"] == "synthetic-csq-16b"
+    assert entry["search_space"]["lambda_q"] == ["log", 1e-5, 1e-1]
+    default = next(r for r in after.values() if searched(r) == (1e-3, 1e-4))
+    assert entry["default_val_mAP"] == round(default["selection"]["best_val_mAP"], 6)
+
+    # `run --protocol tuned` now trains with exactly those values and names the file.
+    assert main(["run", "--methods", "csq", "--protocol", "tuned", "--bits", "16", "--dataset",
+                 "synthetic", "--epochs", "1", "--device", "cpu", "--quiet", "--results", str(results)]) == 0
+    tuned = [r for r in records(results).values() if r["spec"]["protocol"] == "tuned"]
+    assert len(tuned) == 1 and searched(tuned[0]) == searched(best)
+    assert tuned[0]["config"]["tuned_setting"]["file"] == str(tuned_dir / "synthetic.yaml")
+
+
+def test_a_trial_left_running_is_finished_with_its_own_values(tmp_path, one_thread):
+    """A tuner killed mid-trial leaves the trial RUNNING in the study: the next call trains
+    those values (no new trial), and the study ends as an uninterrupted one would."""
+    from optuna.trial import TrialState
+
+    from bench.tune import search_space, suggest
+
+    interrupted, straight = tmp_path / "interrupted", tmp_path / "straight"
+    assert tune(interrupted, 2) == 0
+    assert tune(straight, 3) == 0
+    left = study(interrupted)
+    import optuna
+
+    left.sampler = optuna.samplers.TPESampler(seed=(0 * 1_000_003 + 2) % 2**31, n_startup_trials=5)
+    stale = left.ask()
+    values = suggest(stale, search_space("csq"))  # then the process "dies"
+    assert tune(interrupted, 3) == 0
+    trials = study(interrupted).trials
+    assert len(trials) == 3 and [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    assert trials[2].params == values
+    assert [t.params for t in trials] == [t.params for t in study(straight).trials]
+
+
+def test_tune_killed_by_a_signal_resumes(tmp_path, tuned_dir):
+    results = tmp_path / "results"
+    command = [sys.executable, "-m", "bench", "tune", "--methods", "csq", "--trials", "3", *FAST,
+               "--results", str(results)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    folder = results / "runs" / "synthetic" / "csq"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None and not list(folder.glob("*.json")):
+        time.sleep(0.2)
+    assert process.poll() is None, process.stderr.read().decode()
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (tuned_dir / "synthetic.yaml").exists()
+    assert tune(results, 3) == 0
+
+    from optuna.trial import TrialState
+
+    complete = [t for t in study(results).trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 3
+    assert {(t.params["lr"], t.params["lambda_q"]) for t in complete} == {searched(r) for r in
+                                                                           records(results).values()}
+    assert yaml.safe_load((tuned_dir / "synthetic.yaml").read_text())["methods"]["csq"]["trials"] == 3
+
+
+def test_output_flag_and_merge_keep_other_methods(tmp_path, one_thread):
+    results, output = tmp_path / "results", tmp_path / "elsewhere.yaml"
+    output.write_text("dataset: synthetic\nmethods:\n  crh:\n    values: {lr: 0.002}\n")
+    assert tune(results, 1, "--output", str(output)) == 0
+    setting = yaml.safe_load(output.read_text())
+    assert setting["methods"]["crh"] == {"values": {"lr": 0.002}}
+    assert setting["methods"]["csq"]["trials"] == 1
+    assert setting["methods"]["csq"]["values"] == {"lr": 1e-3, "lambda_q": 1e-4}  # the default trial
+
+
+@pytest.mark.parametrize(("flags", "expected"), [
+    (["--methods", "csq", "--trials", "0"], "--trials '0' is not valid; give a positive integer"),
+    (["--methods", "csq", "--trials", "-2"], "--trials '-2' is not valid"),
+    (["--methods", "csq", "--trials", "many"], "--trials 'many' is not valid"),
+    (["--methods", "csq,nope", "--trials", "2"], "unknown method 'nope'; valid methods:"),
+    (["--methods", "csq", "--trials", "2", "--dataset", "mnist"], "unknown dataset 'mnist'"),
+    (["--methods", "csq", "--trials", "2", "--bits", "16,32"], "tuning uses one code length"),
+    (["--methods", "csq", "--trials", "2", "--seed", "-1"], "--seed '-1' is not valid"),
+    (["--methods", "csq", "--trials", "2", "--epochs", "0"], "--epochs '0' is not valid"),
+    (["--methods", "csq,csq", "--trials", "2"], "give distinct names"),
+])
+def test_bad_tune_input_is_one_line_and_exit_2(capsys, tmp_path, flags, expected):
+    results = tmp_path / "results"
+    code = main(["tune", *flags, "--results", str(results), "--output", str(tmp_path / "t.yaml")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and expected in err[0], err
+    assert not results.exists() and not (tmp_path / "t.yaml").exists()
