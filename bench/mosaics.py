@@ -30,10 +30,19 @@ from typing import Any
 
 import numpy as np
 
-from bench.data import (
-    FASHION_MNIST_FILES,
+from bench.cards import (  # noqa: F401 - ground-truth helpers re-exported for callers
+    ITEM_CLASSES,
     REPO_ROOT,
     DatasetCard,
+    ground_truth_measure,
+    ground_truth_similarity,
+    item_similarity,
+    load_card,
+    pair_class_names,
+)
+from bench.errors import UserError
+from bench.sources import (
+    FASHION_MNIST_FILES,
     FashionMnistArrays,
     ImageSource,
     TensorSource,
@@ -41,14 +50,12 @@ from bench.data import (
     find_root,
     read_fashion_mnist,
 )
-from bench.errors import UserError
 
 GENERATOR_VERSION = 1  # bump when a change alters the generated images or labels
 CACHE_ENV_VAR = "BENCH_CACHE"
 PARTS = ("query", "train", "validation", "validation_database", "database")
 CANVAS = 28
 TILE = 14
-ITEM_CLASSES = 10
 
 _MOSAIC_OPTIONS = {"seed", "items", "mosaics", "database_includes_train"}
 _PAIRS_OPTIONS = {"seed", "item_names", "pairs_per_class", "database_includes_train"}
@@ -124,11 +131,6 @@ def pairs_params(card: DatasetCard) -> dict[str, Any]:
             "pooling": "2x2 mean, rounded half up", "class_id": "10 * left + right",
             "pairs_per_class": _part_sizes(card, options.get("pairs_per_class"), "pairs_per_class"),
             "database_includes_train": bool(options.get("database_includes_train", True))}
-
-
-def pair_class_names(item_names: tuple[str, ...] | list[str]) -> tuple[str, ...]:
-    """Names of the 100 pair classes, in class-id order (10 * left + right)."""
-    return tuple(f"{left} | {right}" for left in item_names for right in item_names)
 
 
 # ----------------------------------------------------------------------------- building blocks
@@ -353,45 +355,6 @@ def load_generated(card: DatasetCard, data_root: str | os.PathLike | None) -> Ge
     return result
 
 
-# ----------------------------------------------------------------------------- ground truth
-def item_similarity(card: DatasetCard, same_group: float | None = None) -> np.ndarray:
-    """[10, 10] similarity of Fashion-MNIST item classes: 1 for the same class, `same_group`
-    for two classes of one declared group (e.g. tops, shoes), else 0."""
-    truth = card.ground_truth
-    weight = float(truth.get("same_group", 0.0) if same_group is None else same_group)
-    groups = truth.get("item_groups") or {}
-    matrix = np.eye(ITEM_CLASSES)
-    seen: set[int] = set()
-    for name, members in groups.items():
-        members = list(members)
-        if not all(isinstance(m, int) and 0 <= m < ITEM_CLASSES for m in members) or seen & set(members):
-            raise UserError(f"{card.path}: ground_truth.item_groups.{name} = {members!r}; use distinct "
-                            f"class ids 0..{ITEM_CLASSES - 1}, each in at most one group")
-        seen |= set(members)
-        block = np.ix_(members, members)
-        matrix[block] = np.maximum(matrix[block], weight)
-    return matrix
-
-
-def ground_truth_similarity(card: DatasetCard, same_group: float | None = None) -> np.ndarray | None:
-    """The [C, C] class similarity a generated card declares, or None.
-
-    Pairs: S[(a, b), (c, d)] = (s(a, c) + s(b, d)) / 2 with s = item_similarity: 1 for the same
-    pair, 0.5 for one shared component in the same position, plus `same_group` / 2 for each
-    position whose items share a group. same_group=0 gives the position-only version.
-    Mosaics: the item similarity itself (over the 10 labels)."""
-    if not card.ground_truth:
-        return None
-    items = item_similarity(card, same_group)
-    if card.loader == "fashion_mnist_pairs":
-        return ((items[:, None, :, None] + items[None, :, None, :]) / 2).reshape(ITEM_CLASSES**2, -1)
-    return items
-
-
-def ground_truth_measure(card: DatasetCard) -> str:
-    return str(card.ground_truth.get("measure", ""))
-
-
 # ----------------------------------------------------------------------------- summaries
 def label_count_histogram(labels: np.ndarray) -> dict[int, int]:
     """How many items carry 0, 1, 2, ... distinct labels."""
@@ -413,9 +376,7 @@ def part_histograms(source: ImageSource) -> dict[str, dict[int, int]]:
 
 def print_histograms(name: str, data_root: str | None = None) -> None:
     """Print the label-count histogram of each part of a generated card (for its card comment)."""
-    from bench.data import load_card, open_dataset
-
-    source = open_dataset(load_card(name), data_root)
+    source = load_generated(load_card(name), data_root)
     for part, histogram in part_histograms(source).items():
         total = sum(histogram.values())
         print(f"{part} ({total:,}): " + ", ".join(f"{k}: {v}" for k, v in histogram.items()))

@@ -122,10 +122,16 @@ def _held_out_card(card, per_class: int = 10):
     return replace(card, split={**card.split, "validation_database": held_out})
 
 
+def _v1_card(card):
+    """The card as a v1 card (no validation database), as the list-file cards still are."""
+    return replace(card, split={k: v for k, v in card.split.items() if k != "validation_database"})
+
+
 def test_validation_database_is_held_out_per_class_and_recorded(synthetic) -> None:
     from bench.splits import selection_description
 
     card, source = synthetic
+    card = _v1_card(card)
     v1 = make_split(card, source, seed=4, splits_dir=None)
     v2 = make_split(_held_out_card(card), source, seed=4, splits_dir=None)
     vdb = v2.validation_database.tolist()
@@ -154,7 +160,7 @@ def test_card_without_validation_database_records_v1_selection(synthetic) -> Non
     from bench.splits import selection_description
 
     card, source = synthetic
-    split = make_split(card, source, seed=0, splits_dir=None)
+    split = make_split(_v1_card(card), source, seed=0, splits_dir=None)
     assert not split.held_out and len(split.validation_database) == 0
     described = selection_description(split)
     assert described["protocol"] == "v1: validation queries vs train set"

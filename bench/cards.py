@@ -1,0 +1,184 @@
+"""Dataset cards: the parsed `datasets/<name>.yaml` files, and what a card declares without
+reading any data (class names, a ground-truth class similarity for generated cards).
+
+The lowest room of the data layer: `bench.sources` (image sources, file readers),
+`bench.mosaics` (generated cards) and `bench.data` (loaders, `open_dataset`) build on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from bench.errors import UserError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CARDS_DIR = REPO_ROOT / "datasets"
+DATA_ENV_VAR = "BENCH_DATA"
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+ITEM_CLASSES = 10  # Fashion-MNIST item classes, the parts generated cards are built from
+
+
+# ----------------------------------------------------------------------------- cards
+@dataclass(frozen=True)
+class DatasetCard:
+    """The parsed contents of `datasets/<name>.yaml`."""
+
+    name: str
+    title: str
+    loader: str
+    num_classes: int
+    multi_label: bool
+    map_at: int | None  # None means mAP@all
+    backbone: str
+    image_size: int
+    channels: int
+    split: dict[str, Any]
+    schedule: dict[str, Any]
+    search_paths: tuple[str, ...] = ()
+    install_hint: str = ""
+    class_names: tuple[str, ...] = ()
+    files: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+    ground_truth: dict[str, Any] = field(default_factory=dict)
+    path: str = ""
+
+    def ground_truth_similarity(self, same_group: float | None = None) -> np.ndarray | None:
+        """The [C, C] class similarity the card declares (known by construction, not learnt),
+        or None when it declares none; see `ground_truth_similarity` below."""
+        return ground_truth_similarity(self, same_group)
+
+
+_CARD_KEYS = {
+    "name", "title", "loader", "num_classes", "multi_label", "map_at", "backbone",
+    "image_size", "channels", "split", "schedule", "search_paths", "install_hint",
+    "class_names", "files", "options", "published", "ground_truth", "protocol",
+}
+_REQUIRED_CARD_KEYS = ("name", "loader", "num_classes", "split")
+LOADERS = ("fashion_mnist", "cifar", "list_file", "synthetic", "fashion_mnist_mosaic",
+           "fashion_mnist_pairs")
+# Loaders that build their images from the Fashion-MNIST files (found like that card's).
+FASHION_MNIST_LOADERS = ("fashion_mnist", "fashion_mnist_mosaic", "fashion_mnist_pairs")
+FASHION_MNIST_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+
+
+def available_datasets(cards_dir: Path = CARDS_DIR) -> list[str]:
+    return sorted(p.stem for p in cards_dir.glob("*.yaml"))
+
+
+def read_yaml(path: Path) -> Any:
+    """Parse a YAML file, turning any failure into one line naming the file."""
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise UserError(f"cannot read {path}: {error.strerror or error}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise UserError(f"malformed YAML in {path}{where}: {problem}") from None
+
+
+def load_card(name: str, cards_dir: Path = CARDS_DIR) -> DatasetCard:
+    path = cards_dir / f"{name}.yaml"
+    if not path.is_file():
+        valid = ", ".join(available_datasets(cards_dir))
+        raise UserError(f"unknown dataset '{name}'; valid datasets: {valid}")
+    raw = read_yaml(path)
+    if not isinstance(raw, dict):
+        raise UserError(f"dataset card {path} must be a mapping of keys to values")
+    unknown = sorted(set(raw) - _CARD_KEYS)
+    if unknown:
+        raise UserError(
+            f"unknown key '{unknown[0]}' in {path}; valid keys: {', '.join(sorted(_CARD_KEYS))}"
+        )
+    missing = [key for key in _REQUIRED_CARD_KEYS if key not in raw]
+    if missing:
+        raise UserError(f"dataset card {path} lacks required key '{missing[0]}'")
+    if raw["loader"] not in LOADERS:
+        raise UserError(
+            f"dataset card {path}: loader '{raw['loader']}' is not one of {', '.join(LOADERS)}"
+        )
+    map_at = raw.get("map_at", "all")
+    class_names = tuple(raw.get("class_names") or ())
+    if not class_names and raw["loader"] == "fashion_mnist_pairs":
+        class_names = pair_class_names((raw.get("options") or {}).get("item_names") or ())
+    return DatasetCard(
+        name=raw["name"],
+        title=raw.get("title", raw["name"]),
+        loader=raw["loader"],
+        num_classes=int(raw["num_classes"]),
+        multi_label=bool(raw.get("multi_label", False)),
+        map_at=None if map_at in (None, "all") else int(map_at),
+        backbone=raw.get("backbone", "small_cnn"),
+        image_size=int(raw.get("image_size", 224)),
+        channels=int(raw.get("channels", 3)),
+        split=dict(raw["split"]),
+        schedule=dict(raw.get("schedule") or {}),
+        search_paths=tuple(raw.get("search_paths") or ()),
+        install_hint=raw.get("install_hint", ""),
+        class_names=class_names,
+        files=dict(raw.get("files") or {}),
+        options=dict(raw.get("options") or {}),
+        ground_truth=dict(raw.get("ground_truth") or {}),
+        path=str(path),
+    )
+
+
+def pair_class_names(item_names: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """Names of the 100 pair classes, in class-id order (10 * left + right)."""
+    return tuple(f"{left} | {right}" for left in item_names for right in item_names)
+
+
+# ----------------------------------------------------------------------------- ground truth
+def item_similarity(card: DatasetCard, same_group: float | None = None) -> np.ndarray:
+    """[10, 10] similarity of Fashion-MNIST item classes: 1 for the same class, `same_group`
+    for two classes of one declared group (e.g. tops, shoes), else 0."""
+    truth = card.ground_truth
+    weight = float(truth.get("same_group", 0.0) if same_group is None else same_group)
+    groups = truth.get("item_groups") or {}
+    matrix = np.eye(ITEM_CLASSES)
+    seen: set[int] = set()
+    for name, members in groups.items():
+        members = list(members)
+        if not all(isinstance(m, int) and 0 <= m < ITEM_CLASSES for m in members) or seen & set(members):
+            raise UserError(f"{card.path}: ground_truth.item_groups.{name} = {members!r}; use distinct "
+                            f"class ids 0..{ITEM_CLASSES - 1}, each in at most one group")
+        seen |= set(members)
+        block = np.ix_(members, members)
+        matrix[block] = np.maximum(matrix[block], weight)
+    return matrix
+
+
+def ground_truth_similarity(card: DatasetCard, same_group: float | None = None) -> np.ndarray | None:
+    """The [C, C] class similarity a generated card declares, or None.
+
+    Pairs: S[(a, b), (c, d)] = (s(a, c) + s(b, d)) / 2 with s = item_similarity: 1 for the same
+    pair, 0.5 for one shared component in the same position, plus `same_group` / 2 for each
+    position whose items share a group. same_group=0 gives the position-only version.
+    Mosaics: the item similarity itself (over the 10 labels)."""
+    if not card.ground_truth:
+        return None
+    items = item_similarity(card, same_group)
+    if card.loader == "fashion_mnist_pairs":
+        return ((items[:, None, :, None] + items[None, :, None, :]) / 2).reshape(ITEM_CLASSES**2, -1)
+    return items
+
+
+def ground_truth_measure(card: DatasetCard) -> str:
+    return str(card.ground_truth.get("measure", ""))
