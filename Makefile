@@ -42,3 +42,28 @@ test: setup
 bench-perf: setup
 	$(PY) -m bench perf evaluator
 	$(PY) -m bench perf loop
+
+# Look at the HTML report in a real browser (Debian's `chromium`): a 1,400 x 900 headless
+# screenshot of its first screen, and a check that the page needs no horizontal scrolling at
+# 1,400 px and that the verdict table ends above the fold (900 px).
+.PHONY: report-screenshot
+REPORT_DIR ?= reports
+SCREENSHOT ?= build/report-screenshot.png
+CHROMIUM ?= chromium
+CHROMIUM_FLAGS := --headless --no-sandbox --disable-gpu --disable-background-networking \
+	--disable-component-update --disable-sync --no-first-run --hide-scrollbars --window-size=1400,900
+LAYOUT_PROBE := <script>document.title="layout "+document.documentElement.scrollWidth+" "+Math.ceil(document.querySelector("table.verdicts").getBoundingClientRect().bottom)</script>
+
+report-screenshot:
+	@command -v $(CHROMIUM) >/dev/null || { echo "chromium is missing: run 'apt-get install -y chromium'"; exit 2; }
+	@test -f $(REPORT_DIR)/report.html || $(PY) -m bench report --out $(REPORT_DIR)
+	@mkdir -p $(dir $(SCREENSHOT))
+	@tmp=$$(mktemp -d); \
+	$(CHROMIUM) $(CHROMIUM_FLAGS) --user-data-dir=$$tmp/a --screenshot=$(abspath $(SCREENSHOT)) \
+	  file://$(abspath $(REPORT_DIR))/report.html >/dev/null 2>&1; \
+	sed 's#</body>#$(LAYOUT_PROBE)</body>#' $(REPORT_DIR)/report.html > $$tmp/probe.html; \
+	layout=$$($(CHROMIUM) $(CHROMIUM_FLAGS) --user-data-dir=$$tmp/b --dump-dom file://$$tmp/probe.html 2>/dev/null \
+	  | sed -n 's#.*<title>layout \([0-9]*\) \([0-9]*\)</title>.*#\1 \2#p'); \
+	rm -rf $$tmp; set -- $$layout; \
+	echo "screenshot: $(SCREENSHOT); page width $${1:-?} px in a 1400 px window; verdict table ends at $${2:-?} px (fold 900)"; \
+	test -n "$$1" && test "$$1" -le 1400 && test "$$2" -le 900

@@ -1,8 +1,9 @@
 """`python -m bench report`: the reproduction report from the stored run records.
 
-Writes OUT/report.md, OUT/report.html (self-contained, figures inline), OUT/figures/*.png and
-OUT/verdicts.json, and prints where they are with one line per claim verdict. The report is a
-pure function of the records: the same records give byte-identical files.
+Writes OUT/report.md, OUT/report.html (self-contained, figures inline), OUT/figures/*.png,
+OUT/verdicts.json (every claim's graded verdict and comparisons) and OUT/runs.csv (one row per
+run), and prints where they are with one line per claim verdict. The report is a pure
+function of the records: the same records give byte-identical files.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ def execute(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else REPO_ROOT / "reports"
     written = generate(results, out)
     print(f"report: {written.markdown} and {written.html} ({len(written.figures)} figures in "
-          f"{written.markdown.parent / 'figures'})")
+          f"{written.markdown.parent / 'figures'}); runs: {written.runs}")
     for verdict in written.verdicts:
         print(f"  {verdict.id}: {verdict.verdict} — {verdict.summary}")
     return 0

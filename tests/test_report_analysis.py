@@ -1,6 +1,7 @@
-"""The report generator: claim verdicts, what is kept out of the numbers, published numbers,
-ablation recognition, determinism and the `report` command, all on fabricated records of the
-exact stored format (see conftest.build_record)."""
+"""What counts and how runs are grouped: older, failed, corrupt and incomplete records kept out
+and shown, seed sets, tables per setting and split, longer schedules, published numbers, CRH
+ablations recognised from configurations, and purity of the report (fabricated records of
+the exact stored format, see conftest.build_record)."""
 
 from __future__ import annotations
 
@@ -9,33 +10,22 @@ import math
 import random
 
 import pytest
-from scipy.stats import ttest_rel
 
 from bench import RESULTS_VERSION
-from bench.cli import main
 from bench.report import (
-    DOES_NOT_HOLD,
-    HOLDS,
     NOT_MEASURABLE,
     analyze,
     build_report,
-    evaluate_claims,
+    evaluate,
     expected_seed_set,
     load_claims,
     load_for_report,
     load_published,
-    paired_test,
     render_figures,
-    render_markdown,
     schedule_comparisons,
 )
 
 SEEDS = (0, 1, 2)
-
-
-@pytest.fixture(scope="module")
-def claims():
-    return load_claims()
 
 
 def cell(make_record, method, bits, mean, *, seeds=SEEDS, spread=0.002, **options):
@@ -43,147 +33,8 @@ def cell(make_record, method, bits, mean, *, seeds=SEEDS, spread=0.002, **option
     return [make_record(method, bits, seed, mean + spread * (seed - 1), **options) for seed in seeds]
 
 
-def verdict(records, claims, claim_id):
-    results = {r.id: r for r in evaluate_claims(analyze(records), claims)}
-    return results[claim_id]
-
-
-# ------------------------------------------------------------------------------------------
-# Claims file and verdicts: every claim, every outcome
-# ------------------------------------------------------------------------------------------
-
-
-def test_claims_file_lists_the_papers_claims(claims):
-    ids = [c["id"] for c in claims]
-    assert len(ids) == len(set(ids))
-    checks = {c["check"] for c in claims}
-    assert checks == {"beats_baselines", "reassignment_gain", "multi_head", "center_semantics",
-                      "two_stage_cost"}
-    gain = next(c for c in claims if c["check"] == "reassignment_gain")
-    assert gain["params"]["paper_range"] == [1.76, 3.08]
-    assert all(c.get("how") and c.get("source") and c.get("claim") for c in claims)
-
-
-def _beats(make_record, outcome):
-    if outcome == NOT_MEASURABLE:  # CRH alone, and a baseline at another bit length only
-        return cell(make_record, "crh", 16, 0.7) + cell(make_record, "csq", 32, 0.6)
-    records = []
-    for bits in (16, 32):
-        records += cell(make_record, "crh", bits, 0.70)
-        records += cell(make_record, "dpn", bits, 0.62)
-        csq = 0.72 if outcome == DOES_NOT_HOLD and bits == 32 else 0.66
-        records += cell(make_record, "csq", bits, csq)
-    return records
-
-
-def _reassignment(make_record, outcome):
-    records = cell(make_record, "crh", 32, 0.70)
-    if outcome != NOT_MEASURABLE:
-        never = 0.68 if outcome == HOLDS else 0.71
-        records += cell(make_record, "crh", 32, never, settings={"reassign": "never"})
-    else:
-        records += cell(make_record, "crh", 32, 0.69, settings={"solver": "greedy"})
-    return records
-
-
-def _heads(make_record, outcome):
-    records = cell(make_record, "crh", 32, 0.70) + cell(make_record, "crh", 32, 0.69, settings={"heads": 2})
-    if outcome != NOT_MEASURABLE:
-        single = 0.66 if outcome == HOLDS else 0.72
-        records += cell(make_record, "crh", 32, single, settings={"heads": 1})
-    return records
-
-
-def _semantics(make_record, outcome):
-    if outcome == NOT_MEASURABLE:
-        return cell(make_record, "crh", 16, 0.7, semantics=None) + cell(make_record, "csq", 16, 0.6)
-    value = 0.35 if outcome == HOLDS else -0.05
-    return (cell(make_record, "crh", 16, 0.7, semantics=value)
-            + cell(make_record, "crh", 32, 0.7, semantics=0.4) + cell(make_record, "csq", 16, 0.6))
-
-
-def _cost(make_record, outcome):
-    records = cell(make_record, "crh", 16, 0.7, train_seconds=30.0, hook_seconds=0.3)
-    if outcome == NOT_MEASURABLE:
-        return records + cell(make_record, "csq", 16, 0.6)
-    train = 30.0 if outcome == HOLDS else 12.0
-    return records + cell(make_record, "shc", 16, 0.65, train_seconds=train,
-                          stages={"classifier": 8.0, "centers": 2.0})
-
-
-SCENARIOS = {
-    "crh-beats-baselines": _beats,
-    "reassignment-gain": _reassignment,
-    "multi-head-helps": _heads,
-    "centers-semantic": _semantics,
-    "two-stage-costs-more": _cost,
-}
-
-
-@pytest.mark.parametrize("outcome", [HOLDS, DOES_NOT_HOLD, NOT_MEASURABLE])
-@pytest.mark.parametrize("claim_id", sorted(SCENARIOS))
-def test_every_claim_reaches_every_verdict(make_record, claims, claim_id, outcome):
-    result = verdict(SCENARIOS[claim_id](make_record, outcome), claims, claim_id)
-    assert result.verdict == outcome, (result.summary, result.evidence)
-    assert result.summary
-    if outcome != NOT_MEASURABLE:
-        assert result.evidence, "a verdict must show its evidence"
-
-
-def test_single_seed_tables_are_listed_but_not_judged(make_record, claims):
-    records = _beats(make_record, HOLDS)
-    # a one-seed table at a longer schedule where CRH loses: shown as evidence, not a verdict
-    records += (cell(make_record, "crh", 16, 0.60, seeds=(0,), epochs=20)
-                + cell(make_record, "csq", 16, 0.65, seeds=(0,), epochs=20))
-    result = verdict(records, claims, "crh-beats-baselines")
-    assert result.verdict == HOLDS, result.summary
-    assert any("not counted, 1 common seed" in line and "epochs=20" in line for line in result.evidence)
-    # a follow-up gives the leading pair three seeds at the longer schedule: that pair counts
-    records += (cell(make_record, "crh", 16, 0.60, seeds=(1, 2), epochs=20)
-                + cell(make_record, "csq", 16, 0.65, seeds=(1, 2), epochs=20)
-                + cell(make_record, "dpn", 16, 0.50, seeds=(0,), epochs=20))
-    result = verdict(records, claims, "crh-beats-baselines")
-    assert result.verdict == DOES_NOT_HOLD, result.summary
-    assert any("epochs=20" in line and "n=3" in line and "CRH not higher" in line for line in result.evidence)
-    only_one_seed = (cell(make_record, "crh", 16, 0.70, seeds=(0,))
-                     + cell(make_record, "csq", 16, 0.60, seeds=(0,)))
-    assert verdict(only_one_seed, claims, "crh-beats-baselines").verdict == NOT_MEASURABLE
-
-
-def test_beats_baselines_evidence_names_cells_and_tests(make_record, claims):
-    result = verdict(_beats(make_record, DOES_NOT_HOLD), claims, "crh-beats-baselines")
-    text = "\n".join(result.evidence)
-    assert "32 bits: CRH 70.00 vs CSQ 72.00 (-2.00 points" in text
-    assert "n=3" in text and "paper: up to +6.6 %" in text
-    assert "not measured: HashNet, SHC" in result.summary
-
-
-def test_reassignment_gain_compares_size_with_paper_range(make_record, claims):
-    records = cell(make_record, "crh", 32, 0.70) + cell(make_record, "crh", 32, 0.68,
-                                                        settings={"reassign": "never"})
-    result = verdict(records, claims, "reassignment-gain")
-    assert result.verdict == HOLDS
-    assert "gain +2.00 points" in result.evidence[0] and "inside the paper's" in result.evidence[0]
-
-
-def test_incomplete_pairs_do_not_enter_verdicts(make_record, claims):
-    records = cell(make_record, "crh", 32, 0.70) + cell(make_record, "crh", 32, 0.68, seeds=(0, 1),
-                                                        settings={"reassign": "never"})
-    records.append(make_record("crh", 32, 2, settings={"reassign": "never"}, status="failed"))
-    result = verdict(records, claims, "reassignment-gain")
-    assert result.verdict == NOT_MEASURABLE
-    assert "incomplete" in result.evidence[0]
-
-
-def test_unknown_check_is_not_measurable(make_record):
-    result = evaluate_claims(analyze(cell(make_record, "crh", 16, 0.7)),
-                             [{"id": "x", "check": "no_such_check", "claim": "?"}])[0]
-    assert result.verdict == NOT_MEASURABLE
-
-
-# ------------------------------------------------------------------------------------------
-# What is kept out of the numbers
-# ------------------------------------------------------------------------------------------
+def render_markdown(report):
+    return report.markdown()
 
 
 def main_cell(analysis, method, bits):
@@ -287,34 +138,6 @@ def test_longer_schedule_is_compared_on_common_seeds_only(make_record):
     assert "| CRH | 32 | {0} | 10 → 20 | 69.80 | 74.80 | +5.00 |" in markdown
 
 
-# ------------------------------------------------------------------------------------------
-# Significance, published numbers, ablations
-# ------------------------------------------------------------------------------------------
-
-
-def test_paired_test_matches_scipy_and_says_when_untestable():
-    a, b = {0: 0.71, 1: 0.74, 2: 0.70}, {0: 0.69, 1: 0.70, 2: 0.69}
-    test = paired_test(a, b)
-    expected = ttest_rel([0.71, 0.74, 0.70], [0.69, 0.70, 0.69])
-    assert test.n == 3 and math.isclose(test.p, expected.pvalue) and math.isclose(test.t, expected.statistic)
-    single = paired_test({0: 0.7}, {0: 0.6, 1: 0.5})
-    assert single.n == 1 and "n<2" in single.text()
-    assert "identical differences" in paired_test({0: 0.7, 1: 0.8}, {0: 0.6, 1: 0.7}).text()
-
-
-def test_significance_table_reports_n_and_p(make_record):
-    records = cell(make_record, "crh", 16, 0.70) + cell(make_record, "csq", 16, 0.60, spread=0.005)
-    records += [make_record("crh", 32, 0, 0.7), make_record("csq", 32, 0, 0.6)]
-    md = render_markdown(build_report(records))
-    assert "| 16 | CSQ | 3 | 70.00 | 60.00 / +10.00 | t=" in md
-    assert "| 32 | CSQ | 1 | 70.00 | 60.00 / +10.00 | n<2: not testable |" in md
-    assert "expected seeds {0, 1, 2} at 16 bits; {0} at 32 bits per cell" in md
-    records += [make_record("crh", 32, 1, 0.7), make_record("csq", 32, 1, status="failed")]
-    md = render_markdown(build_report(records))
-    assert "| 32 | CSQ | – | – | – | incomplete or missing cell: not tested |" in md
-    single = [make_record("crh", 16, 0, 0.7), make_record("csq", 16, 0, 0.6)]
-    assert "n<2: not testable" in render_markdown(build_report(single))
-
 
 def test_published_numbers_only_where_the_dataset_matches(make_record):
     rows = load_published()
@@ -383,16 +206,11 @@ def test_ablation_reference_without_a_default_run(make_record):
     assert analyze(records).main == {}
 
 
-# ------------------------------------------------------------------------------------------
-# Few records, purity, the command
-# ------------------------------------------------------------------------------------------
 
-
-def test_few_records_say_what_is_missing(make_record, claims):
+def test_few_records_say_what_is_missing(make_record):
     report = build_report(cell(make_record, "csq", 16, 0.6))
     md = render_markdown(report)
     assert "No CRH runs: no ablations." in md
-    assert "No CRH runs in this table: no test." in md
     assert "SHC's stages against CRH's single stage: needs complete SHC and CRH cells" in md
     assert {v.verdict for v in report.verdicts} == {NOT_MEASURABLE}
     only_failed = build_report([make_record("crh", 16, 0, status="failed")])
@@ -413,7 +231,8 @@ def test_sparse_records_do_not_break_the_report(make_record):
     report = build_report(records)
     md = render_markdown(report)
     assert "spec lacks dataset, method or bits" in md
-    assert "| CRH | **70.00 ± 0.20 (n=3)** |" in md
+    # 69.8, 70.0, 70.2: mean 70, sd 0.2, t(0.975, 2) = 4.3027 -> half width 0.497
+    assert "| CRH | **70.00 [69.50, 70.50]** |" in md
     assert all(data.startswith(b"\x89PNG") for data in render_figures(report).values())
 
 
@@ -426,7 +245,8 @@ def test_markdown_is_a_pure_function_of_the_records(make_record):
     random.Random(3).shuffle(shuffled)
     second = build_report(json.loads(json.dumps(shuffled)))
     assert render_markdown(first) == render_markdown(second)
-    assert first.verdicts == second.verdicts
+    dumped = [[json.dumps(v.to_dict()) for v in r.verdicts] for r in (first, second)]
+    assert dumped[0] == dumped[1]
     assert sorted(first.figures) == sorted(second.figures)
 
 
@@ -438,47 +258,30 @@ def test_every_run_id_is_listed(make_record):
     assert all(f"`{r['run_id']}`" in appendix for r in records)
 
 
-def test_empty_results_give_one_line_and_exit_2(tmp_path, capsys):
-    assert main(["report", "--results", str(tmp_path / "nothing"), "--out", str(tmp_path / "out")]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: no run records under") and "\n" not in err
-    assert not (tmp_path / "out").exists()
+def test_claims_file_lists_the_papers_claims():
+    claims = load_claims()
+    ids = [c["id"] for c in claims]
+    assert len(ids) == len(set(ids))
+    assert {c["check"] for c in claims} == {"beats_baselines", "reassignment_gain", "multi_head",
+                                             "center_semantics", "two_stage_cost"}
+    gain = next(c for c in claims if c["check"] == "reassignment_gain")
+    assert gain["params"]["paper_range"] == [1.76, 3.08]
+    assert all(c.get("how") and c.get("source") and c.get("claim") and c["params"].get("paper")
+               for c in claims)
+    assert all("ResNet-34" in c["paper_regime"] for c in claims)
 
 
-def test_report_command_writes_identical_files_twice(make_record, write_results, tmp_path, capsys):
-    records = []
-    for bits in (16, 32):
-        records += cell(make_record, "crh", bits, 0.70, seeds=(0, 1), hook_seconds=0.2)
-        records += cell(make_record, "csq", bits, 0.65, seeds=(0, 1))
-    records += cell(make_record, "shc", 16, 0.66, seeds=(0, 1), stages={"classifier": 5.0, "centers": 1.0})
-    records += cell(make_record, "crh", 32, 0.67, seeds=(0, 1), settings={"reassign": "never"})
-    write_results(tmp_path / "results", records)
-    outputs = []
-    for name in ("a", "b"):
-        out = tmp_path / name
-        (out / "figures").mkdir(parents=True)
-        (out / "figures" / "stale-from-an-old-report.png").write_bytes(b"old")
-        assert main(["report", "--results", str(tmp_path / "results"), "--out", str(out)]) == 0
-        outputs.append({p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*"))
-                        if p.is_file()})
-    stdout = capsys.readouterr().out
-    assert "crh-beats-baselines: holds" in stdout
-    first, second = outputs
-    assert first == second  # markdown, html, verdicts and every PNG byte for byte
-    names = set(first)
-    assert {"report.md", "report.html", "verdicts.json"} <= names
-    assert "figures/stale-from-an-old-report.png" not in names
-    figures = sorted(n for n in names if n.endswith(".png"))
-    assert any(n.startswith("figures/curves-") for n in figures)
-    assert any(n.startswith("figures/ablations-") for n in figures)
-    assert any(n.startswith("figures/centers-") for n in figures)
-    assert any(n.startswith("figures/cost-") for n in figures)
-    md = first["report.md"].decode()
-    for figure in figures:
-        assert f"]({figure})" in md
-    page = first["report.html"].decode()
-    assert page.count('src="data:image/png;base64,') == len(figures)
-    assert "src=\"http" not in page and "<link" not in page
-    assert b"Software" not in b"".join(first[f] for f in figures)  # no matplotlib version stamp
-    verdicts = json.loads(first["verdicts.json"])
-    assert [v["id"] for v in verdicts] == [c["id"] for c in load_claims()]
+def test_unknown_check_is_not_measurable(make_record):
+    unknown = [{"id": "x", "check": "no_such_check", "claim": "?"}]
+    (result,) = evaluate(cell(make_record, "crh", 16, 0.7), unknown)
+    assert result.verdict == NOT_MEASURABLE and "unknown check" in result.summary
+
+
+def test_main_table_header_names_seeds_and_n(make_record):
+    records = cell(make_record, "crh", 16, 0.70) + cell(make_record, "csq", 16, 0.60, spread=0.005)
+    records += [make_record("crh", 32, 0, 0.7), make_record("csq", 32, 0, 0.6)]
+    md = render_markdown(build_report(records))
+    assert "expected seeds {0, 1, 2} at 16 bits; {0} at 32 bits per cell" in md
+    assert "| method | 16 bits (n=3) | 32 bits (n=1) |" in md
+    assert "| CSQ | 60.00 [58.76, 61.24] | 60.00 (one seed; no per-query data) |" in md
+

@@ -1,0 +1,190 @@
+"""The reproduction report: tables, figures and graded claim verdicts as a pure function of run
+records.
+
+    records (+ corrupt-file problems, claims.yaml, published.yaml)
+      -> analysis.analyze()        which runs count, grouped into comparable tables
+      -> frame.claims_frame()      a tidy frame of the counted runs
+      -> claims.evaluate_claims()  comparisons per claim, Holm-adjusted, graded (verdicts.py)
+      -> build_report()            document blocks (tables.py, sections.py) + figure plans
+      -> write_report()            report.md, report.html (self-contained), figures/*.png,
+                                   verdicts.json, runs.csv
+
+Nothing here reads the clock, the environment or absolute paths, and every random draw
+(bootstrap, permutations) is seeded from a label, so the same records give byte-identical
+files. Submodules import each other directly, never through this package (no import cycles).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from bench import RESULTS_VERSION
+from bench.errors import UserError
+from bench.report.analysis import Analysis, analyze, schedule_comparisons
+from bench.report.claims import ClaimResult, evaluate_claims, load_claims
+from bench.report.document import Block, Doc, FigurePlan, anchor
+from bench.report.figures import render_figure
+from bench.report.frame import claims_frame, runs_csv
+from bench.report.groups import expected_seed_set
+from bench.report.published import load_published
+from bench.report.render import render_html, render_markdown
+from bench.report.sections import (
+    ablations,
+    appendix,
+    centers,
+    cost,
+    curves,
+    published_section,
+    quality,
+    training_curves,
+)
+from bench.report.stats import holm, paired_test
+from bench.report.tables import claims_section, headline_figure, main_comparison, verdict_table
+from bench.report.util import CLAIMS_FILE, PUBLISHED_FILE, get
+from bench.report.verdicts import CONSISTENT, CONTRADICTED, GRADES, MIXED, NOT_MEASURABLE, SUPPORTED
+
+__all__ = [
+    "CONSISTENT", "CONTRADICTED", "GRADES", "MIXED", "NOT_MEASURABLE", "SUPPORTED", "Analysis", "Report",
+    "analyze", "build_report", "claims_frame", "evaluate", "expected_seed_set", "generate", "holm",
+    "load_claims", "load_for_report", "load_published", "paired_test", "render_figures",
+    "schedule_comparisons", "write_report",
+]
+
+SECTIONS = ("Claims and verdicts", "Main comparison", "Retrieval curves", "Training curves", "CRH ablations",
+            "Hash centers", "Training cost", "Published numbers", "Data quality",
+            "Appendix: run ids per cell")
+
+
+@dataclass
+class Report:
+    blocks: list[Block]
+    figures: dict[str, FigurePlan]
+    verdicts: list[ClaimResult]
+    analysis: Analysis
+    frame: pd.DataFrame
+
+    def markdown(self) -> str:
+        return render_markdown(self.blocks)
+
+
+def evaluate(records: Sequence[dict], claims: Sequence[dict] | None = None) -> list[ClaimResult]:
+    """The graded verdicts alone (what the tests of each grade call)."""
+    analysis = analyze(records)
+    return evaluate_claims(claims_frame(analysis), load_claims() if claims is None else claims)
+
+
+def _header(doc: Doc, a: Analysis, verdicts: list[ClaimResult]) -> None:
+    doc.h(1, "hashbench reproduction report: CRH against its baselines")
+    total = len(a.included) + len(a.older) + len(a.failed)
+    commits = sorted({str(get(r, "code", "commit", default="?"))[:10] for r in a.included})
+    doc.p(f"From {total} run records: **{len(a.included)} complete runs of the current code** (results "
+          f"version {a.results_version}, commit(s) {', '.join(commits) or 'none'}) enter the numbers; "
+          f"{len(a.older)} older, {len(a.failed)} failed and {len(a.problems)} unreadable are listed under "
+          "Data quality. Paper: Yin et al., arXiv 2511.12162 (AAAI-26). Verdicts hold for the regime "
+          "measured here (see each claim's regime note).")
+    verdict_table(doc, verdicts)
+    headline_figure(doc, a)
+    dirty = sum(1 for r in a.included if get(r, "code", "dirty"))
+    if dirty:
+        doc.p(f"{dirty} run(s) came from a working tree with uncommitted changes.")
+    doc.p("Conventions: mAP, tie-aware mAP and P@r≤2 in percent; cells are means over the table's seeds "
+          "with 95 % t intervals; every table names n; reference rows (the classify-then-hash floor and "
+          "chance) are set apart below the methods. Machine-readable: verdicts.json (every comparison) "
+          "and runs.csv (one row per run).")
+    doc.bullets(f"[{title}](#{anchor(title)})" for title in SECTIONS)
+
+
+def build_report(records: Sequence[dict], problems: Sequence[str] = (), claims: Sequence[dict] | None = None,
+                 published: Sequence[dict] | None = None, results_version: Any = RESULTS_VERSION) -> Report:
+    """The whole report as data: a pure function of its arguments."""
+    claims = load_claims() if claims is None else claims
+    published = load_published() if published is None else list(published)
+    analysis = analyze(records, problems, results_version)
+    frame = claims_frame(analysis)
+    verdicts = evaluate_claims(frame, claims)
+    doc = Doc()
+    _header(doc, analysis, verdicts)
+    claims_section(doc, verdicts)
+    main_comparison(doc, analysis, list(published))
+    curves(doc, analysis)
+    training_curves(doc, analysis)
+    ablations(doc, analysis)
+    centers(doc, analysis, frame)
+    cost(doc, analysis)
+    published_section(doc, analysis, list(published))
+    quality(doc, analysis)
+    appendix(doc, analysis)
+    return Report(doc.blocks, doc.figures, verdicts, analysis, frame)
+
+
+def render_figures(report: Report) -> dict[str, bytes]:
+    return {name: render_figure(plan) for name, plan in sorted(report.figures.items())}
+
+
+def load_for_report(results_dir: Path) -> tuple[list[dict], list[str]]:
+    """Records and corrupt-file problems, with paths relative to results_dir (so the report
+    does not depend on where the results folder lives)."""
+    from bench.records import load_records
+
+    results_dir = Path(results_dir)
+    records, problems = load_records(results_dir)
+    prefix, plain = str(results_dir.resolve()) + "/", str(results_dir) + "/"
+
+    def relative(text: str) -> str:
+        return text.replace(prefix, "").replace(plain, "")
+
+    for record in records:
+        if "_path" in record:
+            record["_path"] = relative(record["_path"])
+    return records, sorted(relative(p) for p in problems)
+
+
+@dataclass(frozen=True)
+class Written:
+    markdown: Path
+    html: Path
+    figures: tuple[Path, ...]
+    verdicts: tuple[ClaimResult, ...]
+    runs: Path
+
+
+def write_report(report: Report, out_dir: Path, images: dict[str, bytes] | None = None) -> Written:
+    out_dir = Path(out_dir)
+    figures_dir = out_dir / "figures"
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    images = render_figures(report) if images is None else images
+    written = []
+    for name, data in sorted(images.items()):
+        path = figures_dir / f"{name}.png"
+        path.write_bytes(data)
+        written.append(path)
+    for stale in sorted(figures_dir.glob("*.png")):
+        if stale.stem not in images:
+            stale.unlink()  # a figure of an earlier generation that no longer exists
+    markdown = out_dir / "report.md"
+    markdown.write_text(render_markdown(report.blocks))
+    page = out_dir / "report.html"
+    page.write_text(render_html(report.blocks, images))
+    verdicts = [v.to_dict() for v in report.verdicts]
+    (out_dir / "verdicts.json").write_text(json.dumps(verdicts, indent=1, sort_keys=True, ensure_ascii=False)
+                                           + "\n")
+    runs = out_dir / "runs.csv"
+    runs.write_text(runs_csv(report.analysis))
+    return Written(markdown, page, tuple(written), tuple(report.verdicts), runs)
+
+
+def generate(results_dir: Path, out_dir: Path, claims_file: Path = CLAIMS_FILE,
+             published_file: Path = PUBLISHED_FILE) -> Written:
+    """Read the records under results_dir and write the report to out_dir."""
+    records, problems = load_for_report(results_dir)
+    if not records and not problems:
+        raise UserError(f"no run records under {Path(results_dir) / 'runs'}: nothing to report "
+                        "(run `python -m bench run ...` first, or pass --results DIR)")
+    report = build_report(records, problems, load_claims(claims_file), load_published(published_file))
+    return write_report(report, out_dir)

@@ -1,0 +1,324 @@
+"""The top of the report (verdict table, headline figure) and the main comparison tables, each
+with two reference rows set apart from the methods: the classify-then-hash floor and chance.
+
+Cells show the mean over the table's seeds with its 95 % t interval. A one-seed cell shows a
+bootstrap interval over queries when the record holds per-query AP (marked †: query noise
+only), else says that it has no per-query data."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+from bench.chance import chance_from_record, chance_precision_within_radius
+from bench.report.analysis import Analysis, MainTable
+from bench.report.claims import ClaimResult
+from bench.report.document import Doc, FigurePlan
+from bench.report.figures import Series, draw_headline
+from bench.report.groups import Cell
+from bench.report.stats import bootstrap_mean_ci
+from bench.report.util import (
+    FLOOR_METHOD,
+    MAIN_METRICS,
+    REFERENCE_METHODS,
+    card_info,
+    fmt_p,
+    fmt_seeds,
+    fmt_signed,
+    get,
+    method_name,
+    metric_points,
+    per_query_ap,
+    short,
+)
+from bench.report.verdicts import CI_BOOTSTRAP, difference_text
+
+FLOOR_NAME, CHANCE_NAME = "classify-then-hash (floor)", "chance (random codes)"
+FLOOR_LABEL, CHANCE_LABEL = f"*{FLOOR_NAME}*", f"*{CHANCE_NAME}*"  # italic in tables
+DAGGER = "†"
+DAGGER_NOTE = (f"{DAGGER} one seed: 95 % bootstrap interval over queries (query noise only, not seed "
+               "noise).")
+
+
+def per_query(record: dict, key: str):
+    """Per-query values (fractions) of a main metric, when the record stores them."""
+    if key == "mAP":
+        return per_query_ap(record)
+    if key == "mAP_tie_aware":
+        values = get(record, "metrics", "per_query_ap_tie_aware")
+        if isinstance(values, list) and values:
+            import numpy as np
+
+            return np.asarray([math.nan if v is None else float(v) for v in values], dtype=float)
+    return None
+
+
+def interval(cell: Cell, key: str) -> tuple[float, float, float, str]:
+    """(mean, low, high, kind) of a complete cell in points; kind "t", "bootstrap" or "none"."""
+    stat = cell.stat(metric_points(key))
+    if stat.n >= 2:
+        return stat.mean, stat.mean - stat.half_width, stat.mean + stat.half_width, "t"
+    values = per_query(cell.records()[0], key) if stat.n == 1 else None
+    if values is None:
+        return stat.mean, math.nan, math.nan, "none"
+    low, high = bootstrap_mean_ci(values * 100, f"{cell.group.method}|{cell.group.bits}|{key}|{cell.used}")
+    return stat.mean, low, high, "bootstrap"
+
+
+def cell_text(cell: Cell, key: str) -> str:
+    mean, low, high, kind = interval(cell, key)
+    if math.isnan(mean):
+        return "n/a"
+    if kind == "t":
+        return f"{mean:.2f} [{low:.2f}, {high:.2f}]"
+    if kind == "bootstrap":
+        return f"{mean:.2f} [{low:.2f}, {high:.2f}]{DAGGER}"
+    return f"{mean:.2f} (one seed; no per-query data)" if key.startswith("mAP") else f"{mean:.2f} (one seed)"
+
+
+def chance_value(table: MainTable, bits: int, key: str) -> float:
+    """Chance level in points for a table's query set and database at one bit length."""
+    records = sorted((r for (m, b), c in table.cells.items() if b == bits for r in c.group.runs.values()),
+                     key=lambda r: str(r.get("run_id")))
+    for record in records:
+        if key in ("mAP", "mAP_tie_aware"):
+            level = chance_from_record(record)
+            if level is not None:
+                return level.mAP * 100
+        elif key == "p_at_r2":
+            value = chance_precision_within_radius(record, 2)
+            if value is not None:
+                return value * 100
+    return math.nan
+
+
+def chance_how(table: MainTable) -> str:
+    for cell in table.cells.values():
+        for record in cell.group.runs.values():
+            level = chance_from_record(record)
+            if level is not None:
+                return level.how
+    return "not computable from these records"
+
+
+# ------------------------------------------------------------------------------------------
+# Top of the report
+# ------------------------------------------------------------------------------------------
+
+
+def verdict_table(doc: Doc, verdicts: list[ClaimResult]) -> None:
+    if not verdicts:
+        doc.p("No claims are listed in bench/claims.yaml.")
+        return
+    doc.table(("claim", "verdict", "why (details under Claims and verdicts)"),
+              ((v.claim, f"**{v.verdict}**", short(v.summary, 330)) for v in verdicts), css="verdicts")
+
+
+def headline_figure(doc: Doc, analysis: Analysis) -> None:
+    """mAP against bits per method, one panel per dataset card (its primary table)."""
+    panels = []
+    for card in analysis.cards():
+        table = analysis.main[analysis.primary[card]]
+        series = []
+        for method in table.methods:
+            points = []
+            for bits in table.bits:
+                cell = table.complete(method, bits)
+                if cell is not None:
+                    mean, low, high, _ = interval(cell, "mAP")
+                    points.append((bits, mean, low, high))
+            if points:
+                kind = "floor" if method in REFERENCE_METHODS else "method"
+                label = FLOOR_NAME if method == FLOOR_METHOD else method_name(method)
+                series.append(Series(label, method, kind, tuple(points)))
+        chance = tuple((b, chance_value(table, b, "mAP"), math.nan, math.nan) for b in table.bits)
+        if all(not math.isnan(v) for _, v, _, _ in chance):
+            series.append(Series(CHANCE_NAME, "chance", "chance", chance))
+        if any(s.kind == "method" for s in series):
+            title = str(card_info(card).get("title") or card)
+            setting = analysis.scope_label(table.scope).split(" · ", 1)[1]
+            panels.append((f"{title}\n{setting}", tuple(table.bits), tuple(series)))
+    if not panels:
+        return
+    width = min(12.4, 3.9 * len(panels) + 2.3)
+    doc.figure(FigurePlan("headline", (width, 3.6), draw_headline(panels), panels),
+               "mAP (%) against code length, mean over seeds with 95 % intervals, one panel per dataset "
+               "card (its primary table); dashed grey: the classify-then-hash floor; dotted: chance.")
+
+
+# ------------------------------------------------------------------------------------------
+# Main comparison
+# ------------------------------------------------------------------------------------------
+
+
+def _best(table: MainTable, getter: Callable[[dict], float]) -> dict[int, set[str]]:
+    best = {}
+    for bits in table.bits:
+        means = [(table.complete(m, bits).stat(getter).mean, m) for m in table.methods
+                 if m not in REFERENCE_METHODS and table.complete(m, bits) is not None]
+        means = [(v, m) for v, m in means if not math.isnan(v)]
+        if means:
+            top = max(v for v, _ in means)
+            best[bits] = {m for v, m in means if v == top}
+    return best
+
+
+def _method_cell(table: MainTable, method: str, bits: int, key: str, best: dict[int, set[str]]) -> str:
+    cell = table.cell(method, bits)
+    if cell is None and (method, bits) in table.only_failed:
+        return f"failed (seeds {fmt_seeds(table.only_failed[method, bits])})"
+    if cell is None:
+        return "not run"
+    if not cell.complete:
+        failed = [x for x in cell.missing if x in cell.group.failed_seeds]
+        return (f"incomplete ({len(cell.expected) - len(cell.missing)}/{len(cell.expected)} seeds"
+                + (f"; failed: {fmt_seeds(failed)}" if failed else "") + ")")
+    text = cell_text(cell, key)
+    return f"**{text}**" if method in best.get(bits, ()) else text
+
+
+def metric_table(doc: Doc, table: MainTable, key: str, title: str, with_margin: bool) -> None:
+    """One metric: a row per method, then the floor and chance rows set apart."""
+    getter = metric_points(key)
+    best = _best(table, getter)
+    floor = {b: table.complete(FLOOR_METHOD, b) for b in table.bits}
+    header = ["method"]
+    for bits in table.bits:
+        header.append(f"{bits} bits (n={len(table.expected[bits])})")
+        if with_margin:
+            header.append(f"{bits}: − floor")
+    rows, classes = [], []
+    for method in [m for m in table.methods if m not in REFERENCE_METHODS]:
+        row = [method_name(method)]
+        for bits in table.bits:
+            row.append(_method_cell(table, method, bits, key, best))
+            if with_margin:
+                cell = table.complete(method, bits)
+                margin = (cell.stat(getter).mean - floor[bits].stat(getter).mean
+                          if cell is not None and floor[bits] is not None else math.nan)
+                row.append(fmt_signed(margin) if not math.isnan(margin) else "–")
+        rows.append(row)
+        classes.append("")
+    floor_row = [FLOOR_LABEL]
+    chance_row = [CHANCE_LABEL]
+    for bits in table.bits:
+        floor_row.append(_method_cell(table, FLOOR_METHOD, bits, key, {}))
+        value = chance_value(table, bits, key)
+        chance_row.append("n/a" if math.isnan(value) else f"{value:.2f}")
+        if with_margin:
+            floor_row.append("—")
+            chance_row.append(fmt_signed(value - floor[bits].stat(getter).mean)
+                              if floor[bits] is not None and not math.isnan(value) else "–")
+    rows += [floor_row, chance_row]
+    classes += ["ref", "ref"]
+    doc.p(f"**{title}**")
+    doc.table(header, rows, classes)
+
+
+def main_table(doc: Doc, analysis: Analysis, table: MainTable, published: list[dict],
+               metrics: tuple[tuple[str, str], ...] = MAIN_METRICS) -> None:
+    scope = table.scope
+    topk = sorted({str(get(r, "metrics", "topk", default="?")) for r in table.records()})
+    seed_sets = sorted(set(table.expected.values()))
+    seeds_text = (fmt_seeds(seed_sets[0]) if len(seed_sets) == 1 else
+                  "; ".join(f"{fmt_seeds(v)} at {b} bits" for b, v in table.expected.items()))
+    doc.p(f"Split digest `{scope.digest}`; expected seeds {seeds_text} per cell; mAP@{'/'.join(topk)} as the "
+          "dataset card defines it. Cells: mean over seeds [95 % t interval]; **bold** = best hashing "
+          "method per bit length; \"− floor\" = margin over classify-then-hash in points.")
+    has_floor = any(m == FLOOR_METHOD and c.complete for (m, _), c in table.cells.items())
+    for key, title in metrics:
+        metric_table(doc, table, key, title, with_margin=key == "mAP" and has_floor)
+    notes = []
+    if any(interval(c, "mAP")[3] == "bootstrap" for c in table.cells.values() if c.complete):
+        notes.append(DAGGER_NOTE)
+    if not any(m == FLOOR_METHOD for m, _ in table.cells):
+        notes.append("classify-then-hash has not been run in this table: no floor "
+                     "(`python -m bench run --methods classify-then-hash ...`).")
+    notes.append(f"Chance: the expected score of random ±1 codes on this query set and database "
+                 f"({chance_how(table)}; see bench/chance.py).")
+    doc.bullets(notes)
+    published_next_to(doc, table, published)
+
+
+def main_comparison(doc: Doc, analysis: Analysis, published: list[dict]) -> None:
+    doc.h(2, "Main comparison")
+    if not analysis.main:
+        doc.p("No complete runs with default method settings: nothing to compare.")
+        return
+    doc.p("One main table per dataset card: its primary table (the one with the most complete cells) "
+          "first, then any other table of that card (another schedule or protocol).")
+    for card in analysis.cards():
+        primary = analysis.primary[card]
+        title = card_info(card).get("title") or card
+        doc.h(3, f"{title}: {analysis.scope_label(primary)}")
+        main_table(doc, analysis, analysis.main[primary], published)
+        for scope, table in analysis.main.items():
+            if scope.dataset == card and scope != primary:
+                doc.h(4, f"Also measured: {analysis.scope_label(scope)}")
+                main_table(doc, analysis, table, [], MAIN_METRICS[:1])
+
+
+def published_next_to(doc: Doc, table: MainTable, published: list[dict]) -> None:
+    rows = [r for r in published if r["dataset"] == table.scope.dataset]
+    if not rows:
+        if published:
+            doc.p(f"No published numbers for {table.scope.dataset} in bench/published.yaml (none of the "
+                  "papers reports this dataset), so the measured numbers stand alone.")
+        return
+    out = []
+    for row in rows:
+        cell = table.complete(row["method"], row["bits"])
+        measured = cell.stat(metric_points("mAP")) if cell is not None else None
+        value = "not available" if row["value"] is None else f"{row['value'] * 100:.2f}"
+        if measured is None:
+            measured_text, diff = "not measured", "–"
+        else:
+            measured_text = measured.text()
+            diff = "–" if row["value"] is None else fmt_signed(measured.mean - row["value"] * 100)
+        source = short(row["source"] + (f"; {row['note']}" if row["note"] else ""), 140)
+        out.append((method_name(row["method"]), row["bits"], row["metric"], value, measured_text, diff,
+                    row["backbone"], source))
+    doc.p("**Published numbers for this dataset** (measured − published in points; backbones, schedules "
+          "and cut-offs differ, see each source):")
+    doc.table(("method", "bits", "published metric", "published", "measured mAP", "difference",
+               "published backbone", "source"), out)
+
+
+# ------------------------------------------------------------------------------------------
+# Claims in detail
+# ------------------------------------------------------------------------------------------
+
+
+def claims_section(doc: Doc, verdicts: list[ClaimResult]) -> None:
+    doc.h(2, "Claims and verdicts")
+    doc.p("Grades (shared/specs/fair-comparison.md, section 5): **supported** = every comparison favours "
+          "the claim and the headline ones are significant after Holm's correction over the claim's "
+          "comparisons (α = 0.05) with at least 5 seeds; **consistent, not significant** = every "
+          "comparison favours the claim, not all headline ones are significant; **mixed** = comparisons "
+          "disagree, none significantly against; **contradicted** = at least one significantly against; "
+          "**not measurable** = no comparison could be counted. A comparison counts with at least 2 "
+          "common seeds and no failed seed on either side. Headline comparisons are those in each card's "
+          "primary table at default settings. Intervals are 95 % t intervals of the mean per-seed "
+          "difference; p is the two-sided paired t-test (a permutation test for the centers claim).")
+    for v in verdicts:
+        doc.h(3, f"{v.id}: {v.verdict}")
+        doc.p(f"*Claim:* {v.claim} *Source:* {v.source}.")
+        doc.p(f"*How it is checked:* {v.how}")
+        doc.p(f"*Verdict:* **{v.verdict}** — {v.summary}.")
+        rows = []
+        for c in v.comparisons:
+            digits = 3 if c.unit == "Spearman ρ" else 2
+            n = str(c.n) + ("" if c.counted else f" ({c.note})")
+            rows.append((c.where.rsplit(" · ", 1)[0], c.bits, c.what, f"{c.a:.{digits}f} vs {c.b:.{digits}f}",
+                         difference_text(c), fmt_p(c.p), fmt_p(c.p_holm), n, "yes" if c.headline else "",
+                         c.paper or "–"))
+        unit = v.comparisons[0].unit if v.comparisons else ""
+        doc.table(("table", "bits", "comparison", "ours (claim side vs other)",
+                   f"difference [95 % CI] ({unit})",
+                   "p", "Holm p", "n", "headline", "paper"), rows)
+        if any(c.interval == CI_BOOTSTRAP for c in v.comparisons):
+            doc.p(DAGGER_NOTE)
+        doc.bullets(v.notes)
+        ours = "; ".join(v.regime) if v.regime else "no counted runs"
+        doc.p(f"*Regime:* ours — {ours}. The paper — {v.paper_regime}. A verdict here holds for this "
+              "regime only.")

@@ -1,0 +1,126 @@
+"""Main tables per dataset card with the two reference rows (classify-then-hash floor, chance),
+margins over the floor, one-seed intervals, and the headline figure."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bench.report import build_report
+from bench.report.document import Heading, Table
+from bench.report.render import render_html
+
+SEEDS = (0, 1, 2)
+
+
+def cell(make_record, method, bits, mean, *, seeds=SEEDS, spread=0.002, **options):
+    return [make_record(method, bits, seed, mean + spread * (seed - 1), **options) for seed in seeds]
+
+
+def literal_chance(relevant: float, n: int) -> float:
+    """(R-1)/(N-1) + H_N (N-R) / (N (N-1)), H_N summed term by term."""
+    harmonic = sum(1.0 / i for i in range(1, n + 1))
+    return (relevant - 1) / (n - 1) + harmonic * (n - relevant) / (n * (n - 1))
+
+
+def mAP_table(report, after: str) -> Table:
+    """The mAP table that follows the heading containing `after`."""
+    blocks = report.blocks
+    start = next(i for i, b in enumerate(blocks) if isinstance(b, Heading) and after in b.text)
+    return next(b for b in blocks[start:] if isinstance(b, Table) and b.header[0] == "method")
+
+
+def test_reference_rows_and_margins_over_the_floor(make_record):
+    records = []
+    for bits in (16, 32):
+        records += cell(make_record, "crh", bits, 0.80) + cell(make_record, "csq", bits, 0.75)
+        records += cell(make_record, "classify-then-hash", bits, 0.73)
+    report = build_report(records)
+    table = mAP_table(report, "Fashion-MNIST")
+    assert table.header == ("method", "16 bits (n=3)", "16: − floor", "32 bits (n=3)", "32: − floor")
+    rows = {row[0]: row for row in table.rows}
+    assert rows["CRH"][2] == "+7.00" and rows["CSQ"][2] == "+2.00"
+    assert list(rows)[-2:] == ["*classify-then-hash (floor)*", "*chance (random codes)*"]
+    assert table.row_classes[-2:] == ("ref", "ref") and set(table.row_classes[:-2]) == {""}
+    # Chance comes from the table's first record by run id (in real tables all share one query
+    # set and database): classify-then-hash seed 0, mAP 0.728; build_record stores precision at
+    # radius K = mAP + 0.25 - 0.6 = 0.378, so R = 0.378 x 6000 relevant items of 6000.
+    expected = literal_chance(0.378 * 6000, 6000) * 100
+    assert rows["*chance (random codes)*"][1] == f"{expected:.2f}"
+    assert "**" not in rows["*classify-then-hash (floor)*"][1]  # a reference row is never "best"
+    html = render_html(report.blocks, {})
+    assert '<tr class="ref ref-first"><td><em>classify-then-hash (floor)</em>' in html
+
+
+def test_a_table_without_the_floor_says_so(make_record):
+    report = build_report(cell(make_record, "crh", 16, 0.8) + cell(make_record, "csq", 16, 0.7))
+    table = mAP_table(report, "Fashion-MNIST")
+    assert table.header == ("method", "16 bits (n=3)")  # no margin columns without a floor
+    assert table.rows[-2][1] == "not run"
+    assert "classify-then-hash has not been run in this table" in report.markdown()
+
+
+def test_one_main_table_per_card_and_one_headline_panel_each(make_record):
+    records = cell(make_record, "crh", 16, 0.8) + cell(make_record, "csq", 16, 0.7)
+    multi = cell(make_record, "crh", 16, 0.6, dataset="toy-multi") + cell(
+        make_record, "csq", 16, 0.55, dataset="toy-multi")
+    for record in multi:
+        record["task"]["multi_label"] = True
+    records += multi
+    records += cell(make_record, "crh", 16, 0.7, epochs=20)  # another table of the first card
+    report = build_report(records)
+    markdown = report.markdown()
+    assert "### Fashion-MNIST: fashion-mnist · native protocol · epochs=10" in markdown
+    assert "### toy-multi: toy-multi · native protocol · epochs=10" in markdown
+    assert "#### Also measured: fashion-mnist · native protocol · epochs=20" in markdown
+    panels = report.figures["headline"].data
+    assert [title.split("\n")[0] for title, _, _ in panels] == ["Fashion-MNIST", "toy-multi"]
+    kinds = [s.kind for s in panels[0][2]]
+    assert kinds == ["method", "method", "chance"]
+    crh = panels[0][2][0]
+    (bits, mean, low, high), = crh.points
+    assert bits == 16 and mean == pytest.approx(80.0) and low < mean < high
+    first_blocks = [type(b).__name__ for b in report.blocks[:4]]
+    assert first_blocks == ["Heading", "Paragraph", "Table", "FigureRef"]  # verdicts, then the figure
+    verdict = json_regime(report)
+    assert any("multi-label" in line for line in verdict)
+
+
+def json_regime(report):
+    return next(v for v in report.verdicts if v.id == "crh-beats-baselines").regime
+
+
+def test_one_seed_cells_show_a_query_bootstrap_or_say_there_is_none(make_record):
+    rng = np.random.default_rng(0)
+    crh, csq = make_record("crh", 16, 0, 0.8), make_record("csq", 16, 0, 0.7)
+    crh["metrics"]["per_query_ap"] = rng.uniform(0.6, 1.0, 300).tolist()
+    table = mAP_table(build_report([crh, csq]), "Fashion-MNIST")
+    rows = {row[0]: row for row in table.rows}
+    mean = np.mean(crh["metrics"]["per_query_ap"]) * 100
+    assert rows["CRH"][1].endswith("]†**") and rows["CRH"][1].startswith("**80.00 [")
+    low, high = (float(x) for x in rows["CRH"][1].strip("*†").split("[")[1].rstrip("]").split(", "))
+    assert low < mean < high
+    assert rows["CSQ"][1] == "70.00 (one seed; no per-query data)"
+
+
+def test_the_pairs_card_ground_truth_judges_the_centers(make_record):
+    """fashion-mnist-pairs declares its class similarity: the centers claim uses it, says so,
+    and needs no second seed."""
+    from bench.report import evaluate
+    from bench.report.util import card_info
+
+    if "ground_truth" not in card_info("fashion-mnist-pairs"):
+        pytest.skip("the fashion-mnist-pairs card (with its ground truth) is not in this checkout")
+    truth = card_info("fashion-mnist-pairs")["ground_truth"]
+    records = [make_record("crh", 64, s, 0.5, dataset="fashion-mnist-pairs", num_classes=100) for s in (0, 1)]
+    # centers whose Hamming similarity follows the ground truth: shared left/right halves
+    items = np.where(np.random.default_rng(0).random((10, 32)) < 0.5, 1, -1)
+    centers = np.concatenate([np.repeat(items, 10, axis=0), np.tile(items, (10, 1))], axis=1)
+    for record in records:
+        record["centers"] = centers.tolist()
+    result = next(v for v in evaluate(records) if v.id == "centers-semantic")
+    assert truth.shape == (100, 100)
+    assert any("declared by the card" in note for note in result.notes)
+    (comparison,) = result.comparisons
+    assert comparison.a > 0.3 and comparison.p < 0.01
+
