@@ -1,9 +1,11 @@
-"""Shared hash-center utilities used by CRH: head widths, codebooks, the assignment cost
-tensor, the one-to-one solvers and center composition."""
+"""Shared hash-center utilities: CRH's head widths, codebooks, assignment cost tensor, one-to-one
+solvers and center composition; CSQ's Bernoulli resampling; MDS's Gilbert-Varshamov target and
+l_p-box ADMM generator."""
 
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 import pytest
@@ -12,8 +14,15 @@ import torch
 from bench.errors import UserError
 from methods.centers import (
     assignment_cost,
+    balanced_rows,
+    bernoulli_centers,
     compose_centers,
+    gilbert_varshamov_target,
+    hamming_distances,
     head_width,
+    mds_centers,
+    mds_start,
+    min_pairwise_distance,
     random_codebook,
     reassign_heads,
     solve_assignment,
@@ -239,3 +248,124 @@ def test_reassign_heads_keeps_absent_classes_and_prefers_current_on_ties(solver:
     assert np.array_equal(new[:, 2], current[:, 2])
     for h in range(heads):
         assert len(set(new[h].tolist())) == classes
+
+
+# ----------------------------------------------------------------------------- distances
+def literal_min_distance(centers: np.ndarray) -> int:
+    rows = [list(map(int, row)) for row in centers]
+    return min(sum(a != b for a, b in zip(rows[i], rows[j], strict=True))
+               for i in range(len(rows)) for j in range(i + 1, len(rows)))
+
+
+def test_hamming_distances_match_literal_count() -> None:
+    rng = np.random.default_rng(0)
+    a = np.where(rng.random((7, 64)) < 0.5, 1, -1).astype(np.int8)
+    b = np.where(rng.random((5, 64)) < 0.5, 1, -1).astype(np.int8)
+    got = hamming_distances(a, b)
+    assert got.dtype == np.int64
+    assert got.tolist() == [[int((x != y).sum()) for y in b] for x in a]
+
+
+def test_blocked_minimum_is_exact_unless_at_most_the_floor() -> None:
+    from methods.centers import _min_distance_unless_at_most
+
+    rng = np.random.default_rng(0)
+    for classes, bits in ((2, 8), (65, 16), (130, 24), (200, 32)):
+        for _ in range(15):
+            codes = np.where(rng.random((classes, bits)) < 0.5, 1, -1)
+            exact = literal_min_distance(codes) if classes < 100 else min_pairwise_distance(codes)
+            floor = int(rng.integers(-1, bits // 3))
+            got = _min_distance_unless_at_most(codes, floor)
+            assert got == exact if got > floor else exact <= got <= floor
+
+
+def test_bernoulli_resampling_equals_the_literal_procedure() -> None:
+    """The blocked early rejection must keep exactly the set the plain rule keeps: the first
+    draw meeting min_distance, else the first draw with the largest minimum distance."""
+    import warnings
+
+    for classes, bits, wanted, tries in ((150, 16, 4, 30), (70, 32, 9, 40), (12, 16, 5, 50)):
+        reference_rng = np.random.default_rng(3)
+        best, best_distance = None, -1
+        for _ in range(tries):
+            draw = np.where(reference_rng.random((classes, bits)) < 0.5, 1, -1).astype(np.int8)
+            distance = literal_min_distance(draw)
+            if distance > best_distance:
+                best, best_distance = draw, distance
+            if distance >= wanted:
+                best = draw
+                break
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            got = bernoulli_centers(classes, bits, np.random.default_rng(3), wanted, tries)
+        assert np.array_equal(got, best), (classes, bits)
+
+
+# ----------------------------------------------------------------------------- MDS
+SPEC_TARGETS = {196: (4, 10, 23), 555: (3, 9, 21), 100: (4, 10, 24), 80: (5, 11, 24)}
+
+
+@pytest.mark.parametrize("classes", sorted(SPEC_TARGETS))
+def test_gilbert_varshamov_target_spec_values(classes: int) -> None:
+    assert tuple(gilbert_varshamov_target(classes, k) for k in (16, 32, 64)) == SPEC_TARGETS[classes]
+
+
+def test_gilbert_varshamov_target_is_the_smallest_covering_radius() -> None:
+    for classes in (2, 3, 4, 6, 10, 21, 100, 1000):
+        for bits in (1, 4, 5, 7, 8, 9, 12, 15, 16, 32, 64):  # odd K, C = 2: the sum meets 2^K / C
+            if 2**bits < classes:
+                continue
+            literal = next(d for d in range(1, bits + 2)
+                           if sum(math.comb(bits, j) for j in range(d)) >= 2**bits / classes)
+            assert gilbert_varshamov_target(classes, bits) == min(literal, bits), (classes, bits)
+
+
+def test_mds_start_is_hadamard_then_balanced_rows() -> None:
+    from scipy.linalg import hadamard
+
+    start = mds_start(40, 16, np.random.default_rng(0))
+    h = hadamard(16)
+    assert np.array_equal(start[:32], np.concatenate([h, -h]))
+    assert (start[32:].sum(axis=1) == 0).all()  # exactly K/2 entries -1 per extra row
+    assert np.array_equal(mds_start(5, 16, np.random.default_rng(0)), h[:5])
+    odd = balanced_rows(6, 13, np.random.default_rng(1))
+    assert ((odd == -1).sum(axis=1) == 6).all() and set(np.unique(odd)) == {-1, 1}
+    assert (mds_start(8, 12, np.random.default_rng(0)).sum(axis=1) == 0).all()  # K not 2^n
+
+
+@pytest.mark.parametrize(("classes", "bits"), [(40, 16), (72, 16), (90, 32)])
+def test_mds_admm_reaches_the_target(classes: int, bits: int) -> None:
+    target = gilbert_varshamov_target(classes, bits)
+    start = mds_start(classes, bits, np.random.default_rng(0))
+    assert literal_min_distance(start) < target  # there is work to do
+    centers, summary = mds_centers(classes, bits, np.random.default_rng(0))
+    assert literal_min_distance(centers) >= target
+    assert summary["reached"] and summary["achieved_min_distance"] == literal_min_distance(centers)
+    assert summary["target_min_distance"] == target and summary["sweeps"] >= 1
+    assert summary["start_min_distance"] == literal_min_distance(start)
+    assert set(np.unique(centers)) == {-1, 1} and centers.dtype == np.int8
+    upper = hamming_distances(centers, centers)[np.triu_indices(classes, k=1)]
+    assert summary["achieved_mean_distance"] == pytest.approx(upper.mean(), abs=1e-4)
+
+
+def test_mds_is_seeded_and_skips_a_start_that_meets_the_target() -> None:
+    a, _ = mds_centers(40, 16, np.random.default_rng(4))
+    b, _ = mds_centers(40, 16, np.random.default_rng(4))
+    assert np.array_equal(a, b)
+    centers, summary = mds_centers(20, 16, np.random.default_rng(0))  # Hadamard rows: 8 >= d* = 5
+    assert summary["sweeps"] == 0 and summary["center_solves"] == 0
+    assert np.array_equal(centers, mds_start(20, 16, np.random.default_rng(0)))
+
+
+def test_mds_official_stopping_rules_also_reach_the_target() -> None:
+    """patience 0: only the official rules (residual, 100 steps at rho_max, 1000 outer)."""
+    centers, summary = mds_centers(40, 16, np.random.default_rng(0), patience=0)
+    assert summary["early_stopped_solves"] == 0 and summary["mean_outer_iterations"] > 100
+    assert literal_min_distance(centers) >= gilbert_varshamov_target(40, 16)
+
+
+def test_mds_reports_a_target_it_cannot_reach() -> None:
+    # 5 codewords of 4 bits pairwise >= 3 apart do not exist (at most 2: Plotkin).
+    centers, summary = mds_centers(5, 4, np.random.default_rng(0), target=3, max_sweeps=2)
+    assert not summary["reached"] and summary["sweeps"] == 2
+    assert summary["achieved_min_distance"] == min_pairwise_distance(centers) < 3

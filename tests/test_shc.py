@@ -1,5 +1,7 @@
-"""SHC: similarity construction vs a literal loop, the Gilbert-Varshamov d_min, stage-2 center
-optimisation on a planted similarity matrix, refusals, the stage-3 loss, and an end-to-end run."""
+"""SHC: similarity construction vs a literal loop, d_min = the Gilbert-Varshamov target d*, the MDS
+start, stage-2 center optimisation (the incremental search against a literal recomputing one, a
+planted similarity matrix, more classes than 2K), stage 1 at any thread count, refusals, the
+stage-3 loss, and end-to-end runs (6 and 196 classes)."""
 
 from __future__ import annotations
 
@@ -15,18 +17,24 @@ from bench.cli import main
 from bench.errors import UserError
 from bench.spec import RunSpec, resolve_config
 from methods.base import Task
-from methods.centers import hadamard_centers, hamming_distances, min_pairwise_distance
+from methods.centers import (
+    gilbert_varshamov_target,
+    hadamard_centers,
+    hamming_distances,
+    mds_centers,
+    min_pairwise_distance,
+)
 from methods.csq import CSQ, central_similarity_loss
 from methods.shc import (
     SHC,
     blocked_flips,
     center_objective,
     flip_deltas,
-    gilbert_varshamov_distance,
     masked_softmax_sums,
     normalise_similarity,
     optimise_centers,
     resolve_min_distance,
+    start_centers,
 )
 
 
@@ -103,22 +111,27 @@ def test_masked_softmax_never_credits_the_own_class() -> None:
 
 
 # ----------------------------------------------------------------------------- d_min
-def test_gilbert_varshamov_distance() -> None:
-    def literal(count: int, bits: int) -> int:
-        return max([d for d in range(1, bits + 1)
-                    if 2**bits / sum(math.comb(bits, i) for i in range(d)) >= count], default=0)
+def test_d_min_is_the_gilbert_varshamov_target() -> None:
+    """SHC's official d_min is MDS's d*: the spec's values, literally."""
+    expected = {196: (4, 10, 23), 555: (3, 9, 21), 100: (4, 10, 24), 80: (5, 11, 24), 6: (7, 14, 29)}
+    for classes, values in expected.items():
+        for bits, value in zip((16, 32, 64), values, strict=True):
+            task = make_task(bits=bits, classes=classes)
+            assert resolve_min_distance(task, shc_config()) == (value, "gilbert-varshamov d*")
+            assert SHC(shc_config(), task).min_distance == value == gilbert_varshamov_target(classes, bits)
+    assert resolve_min_distance(make_task(16, 6), shc_config(min_distance=3)) == (3, "set")
 
-    for count in (2, 3, 6, 10, 21, 100):
-        for bits in (4, 8, 16, 32, 64):
-            assert gilbert_varshamov_distance(count, bits) == literal(count, bits), (count, bits)
-    assert gilbert_varshamov_distance(10, 16) == 5
-    assert gilbert_varshamov_distance(10, 32) == 12
-    assert gilbert_varshamov_distance(10, 64) == 27
-    assert gilbert_varshamov_distance(5, 2) == 0  # 2^2 < 5: not even distinct codes
-    # The Hadamard start always meets it for C <= 2K.
-    for bits in (16, 32, 64):
-        centers = hadamard_centers(10, bits, np.random.default_rng(0))
-        assert min_pairwise_distance(centers) >= gilbert_varshamov_distance(10, bits)
+
+def test_start_is_the_mds_generator_at_d_min() -> None:
+    task = make_task(bits=16, classes=40, seed=2)
+    d_min, _ = resolve_min_distance(task, shc_config())
+    start, summary = start_centers(task, shc_config(), d_min)
+    again, _ = mds_centers(40, 16, np.random.default_rng(2))
+    assert np.array_equal(start, again)
+    assert summary["reached"] and min_pairwise_distance(start) >= d_min == 5
+    # C <= 2K: the Hadamard rows CSQ uses already meet d*
+    small, summary = start_centers(make_task(16, 6), shc_config(), 7)
+    assert summary["sweeps"] == 0 and np.array_equal(small, hadamard_centers(6, 16, np.random.default_rng(0)))
 
 
 # ----------------------------------------------------------------------------- stage 2
@@ -141,6 +154,60 @@ def test_flip_deltas_and_blocked_flips_match_brute_force() -> None:
     assert blocked.any() and not blocked.all()
 
 
+def literal_steepest_descent(similarity: np.ndarray, start: np.ndarray, d_min: int,
+                             budget: int) -> tuple[np.ndarray, int]:
+    """The rule as stated: rescore every flip from scratch before each step."""
+    h = np.array(start, dtype=np.int64)
+    flips = 0
+    while flips < budget:
+        deltas = flip_deltas(similarity, h)
+        deltas[blocked_flips(h, d_min)] = np.inf
+        index = int(np.argmin(deltas))
+        if not deltas.flat[index] < -1e-12:
+            break
+        h.flat[index] *= -1
+        flips += 1
+    return h, flips
+
+
+@pytest.mark.parametrize(("classes", "bits", "seed"), [(6, 16, 0), (40, 16, 1), (24, 32, 2)])
+def test_incremental_search_takes_the_literal_steps(classes: int, bits: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    similarity = rng.uniform(-1, 1, (classes, classes))  # not symmetric on purpose
+    np.fill_diagonal(similarity, 1.0)
+    d_min = gilbert_varshamov_target(classes, bits)
+    start, _ = mds_centers(classes, bits, np.random.default_rng(seed))
+    for budget in (3, 10_000):
+        expected, flips = literal_steepest_descent(similarity, start, d_min, budget)
+        got, summary = optimise_centers(similarity, start, d_min, budget)
+        assert summary["flips"] == flips and np.array_equal(got, expected)
+    assert summary["converged"] and flips > 3
+
+
+def planted_blocks(classes: int, block: int, rng: np.random.Generator) -> np.ndarray:
+    group = rng.permutation(classes) // block
+    similarity = np.where(group[:, None] == group[None, :], 0.8, -0.1)
+    np.fill_diagonal(similarity, 1.0)
+    return similarity
+
+
+def test_many_classes_keep_the_bound_and_improve_on_the_mds_start() -> None:
+    classes, bits = 72, 16  # more classes than 2K: CSQ's Hadamard rows run out
+    task = make_task(bits=bits, classes=classes)
+    d_min, _ = resolve_min_distance(task, shc_config())
+    start, mds = start_centers(task, shc_config(), d_min)
+    assert mds["reached"] and mds["sweeps"] >= 1
+    similarity = planted_blocks(classes, 4, np.random.default_rng(0))
+    centers, summary = optimise_centers(similarity, start, d_min)
+    assert min_pairwise_distance(centers) >= d_min == summary["min_distance_required"] == 5
+    assert summary["objective_after"] < summary["objective_before"] == pytest.approx(
+        center_objective(similarity, start))
+    distances = hamming_distances(centers, centers)
+    same = planted_blocks(classes, 4, np.random.default_rng(0)) > 0.5
+    np.fill_diagonal(same, False)
+    assert distances[same].mean() < distances[~same & ~np.eye(classes, dtype=bool)].mean() - 1
+
+
 def planted_similarity() -> np.ndarray:
     """Classes {0, 1} and {2, 3} close, everything else mildly dissimilar."""
     similarity = np.full((6, 6), -0.2)
@@ -154,7 +221,7 @@ def planted_similarity() -> np.ndarray:
 def test_planted_similarity_ordering_and_min_distance(bits: int) -> None:
     similarity = planted_similarity()
     start = hadamard_centers(6, bits, np.random.default_rng(0))
-    d_min = gilbert_varshamov_distance(6, bits)
+    d_min = gilbert_varshamov_target(6, bits)
     centers, summary = optimise_centers(similarity, start, d_min)
     distances = hamming_distances(centers, centers)
     close = [distances[0, 1], distances[2, 3]]
@@ -181,9 +248,15 @@ def test_infeasible_constraints_are_refused() -> None:
         resolve_min_distance(make_task(bits=2, classes=5), shc_config())
     with pytest.raises(UserError, match="cannot get distinct"):
         SHC.check(shc_config(), make_task(bits=2, classes=5))
-    # d_min = K: at most two codewords can be K bits apart; six cannot.
-    with pytest.raises(UserError, match="no start set of 6 centers of 16 bits at least 16 bits apart"):
-        SHC.check(shc_config(min_distance=16, center_tries=20), make_task(bits=16, classes=6))
+    # d_min = K: at most two codewords can be K bits apart; six cannot (Plotkin).
+    with pytest.raises(UserError, match="min_distance=16 is impossible for 6 centers of 16 bits "
+                                        r"\(Plotkin: at most 2 codewords\)"):
+        SHC.check(shc_config(min_distance=16), make_task(bits=16, classes=6))
+    # A hand-set d_min the MDS stage cannot reach is refused: 40 words of 16 bits 8 apart do
+    # not exist (at most 32), though Plotkin's bound (for 2d > K) does not say so.
+    method = SHC(shc_config(min_distance=8, mds_sweeps=1), make_task(bits=16, classes=40))
+    with pytest.raises(UserError, match="the MDS stage reached only"):
+        method.push_start()
     with pytest.raises(UserError, match="must be between 1 and bits"):
         SHC.check(shc_config(min_distance=17), make_task(bits=16, classes=6))
     start = hadamard_centers(6, 16, np.random.default_rng(0))
@@ -193,6 +266,8 @@ def test_infeasible_constraints_are_refused() -> None:
         SHC.check(shc_config(min_distance="abc"), make_task(bits=16, classes=6))
     with pytest.raises(UserError, match="max_flips=-1 must be an integer >= 0"):
         SHC.check(shc_config(max_flips=-1), make_task(bits=16, classes=6))
+    with pytest.raises(UserError, match="admm_patience=-2 must be an integer >= 0"):
+        SHC.check(shc_config(admm_patience=-2), make_task(bits=16, classes=6))
     SHC.check(shc_config(), make_task(bits=16, classes=6))  # feasible: no error
 
 
@@ -204,12 +279,64 @@ def test_cli_refuses_infeasible_bits(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert not (tmp_path / "runs").exists()
 
 
+# ----------------------------------------------------------------------------- stage 1 threads
+class ClassifierContext:
+    """What stage 1 uses of a run: a fresh tiny backbone, shuffled batches, encoding, labels."""
+
+    def __init__(self, classes: int = 6, count: int = 480) -> None:
+        generator = torch.Generator().manual_seed(0)
+        self.labels = np.eye(classes, dtype=np.float32)[np.arange(count) % classes]
+        prototypes = torch.randn(classes, 1, 12, 12, generator=generator)
+        self.images = prototypes[np.arange(count) % classes] + 0.8 * torch.randn(count, 1, 12, 12,
+                                                                               generator=generator)
+        self.device = torch.device("cpu")
+        self.train_indices = np.arange(count)
+
+    def new_backbone(self) -> torch.nn.Module:
+        from bench.backbones import build_backbone
+
+        torch.manual_seed(1)
+        return build_backbone("tiny_cnn", 1)
+
+    def train_batches(self, generator: torch.Generator, batch_size: int | None = None):
+        order = torch.randperm(len(self.images), generator=generator).numpy()
+        for start in range(0, len(order), 128):
+            chunk = order[start: start + 128]
+            yield chunk, self.images[chunk], torch.from_numpy(self.labels[chunk])
+
+    def encode_with(self, module: torch.nn.Module, indices: np.ndarray) -> np.ndarray:
+        module.eval()
+        with torch.no_grad():
+            return module(self.images[indices]).numpy()
+
+    def labels_of(self, indices: np.ndarray) -> np.ndarray:
+        return self.labels[indices]
+
+
+def test_stage_one_gives_the_same_bits_at_any_thread_count() -> None:
+    """A float32 head with few output rows changes bits between 1 and 2 threads (measured:
+    3.9e-7 apart unpinned); stage 1 runs at a fixed thread count, so the logits, the similarity
+    and the centers do not depend on the run's threads."""
+    previous = torch.get_num_threads()
+    logits = {}
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            method = SHC(shc_config(classifier_epochs=2), make_task())
+            logits[threads], _ = method.train_classifier(ClassifierContext())
+            assert torch.get_num_threads() == threads  # restored afterwards
+    finally:
+        torch.set_num_threads(previous)
+    assert np.array_equal(logits[1], logits[2])
+
+
 # ----------------------------------------------------------------------------- stage 3
 def test_loss_is_csq_loss_against_the_optimised_centers() -> None:
     config = shc_config()
     method = SHC(config, make_task())
-    assert isinstance(method, CSQ)
-    centers, _ = optimise_centers(planted_similarity(), method.centers.numpy(), method.min_distance)
+    assert isinstance(method, CSQ) and method.class_centers() is None  # set up in `setup`
+    start = method.push_start()
+    centers, _ = optimise_centers(planted_similarity(), start, method.min_distance)
     method.set_centers(centers, np.random.default_rng(0))
     labels = torch.eye(6)[[0, 1, 2, 5]]
     h = torch.randn(4, 16, generator=torch.Generator().manual_seed(0))
@@ -232,9 +359,28 @@ def test_end_to_end_records_stage_times(tmp_path: Path, one_thread: None) -> Non
     stages = record["timings"]["method_stages"]
     assert set(stages) >= {"classifier", "centers"} and all(v > 0 for v in stages.values())
     optimisation = record["method"]["center_optimisation"]
-    assert optimisation["achieved_min_distance"] >= optimisation["min_distance_required"] == 6
+    assert optimisation["achieved_min_distance"] >= optimisation["min_distance_required"] == 7
+    assert optimisation["d_star"] == 7 and optimisation["mds"]["sweeps"] == 0
     assert optimisation["objective_after"] <= optimisation["objective_before"]
     matrix = np.array(record["method"]["similarity"]["matrix"])
     assert matrix.shape == (6, 6) and np.allclose(np.diag(matrix), 1.0)
     centers = np.array(record["centers"])
-    assert min_pairwise_distance(centers) >= 6
+    assert min_pairwise_distance(centers) >= 7
+    assert record["method"]["classifier"]["threads"] == 1
+
+
+def test_end_to_end_with_196_classes(tmp_path: Path, one_thread: None) -> None:
+    """More classes than 2K (the Stanford Cars regime): refused before the MDS start existed."""
+    code = main(["run", "--methods", "shc", "--bits", "16", "--dataset", "synthetic-196", "--epochs", "1",
+                 "--set", "classifier_epochs=1", "--results", str(tmp_path), "--quiet"])
+    assert code == 0
+    (path,) = (tmp_path / "runs" / "synthetic-196" / "shc").glob("*.json")
+    record = json.loads(path.read_text())
+    assert record["status"] == "complete"
+    optimisation = record["method"]["center_optimisation"]
+    assert optimisation["d_star"] == optimisation["min_distance_required"] == 4
+    assert optimisation["mds"]["reached"] and optimisation["mds"]["sweeps"] >= 1
+    assert optimisation["objective_after"] < optimisation["objective_before"]
+    centers = np.array(record["centers"])
+    assert centers.shape == (196, 16) and min_pairwise_distance(centers) >= 4
+    assert set(record["timings"]["method_stages"]) >= {"mds_start", "classifier", "centers"}
