@@ -8,16 +8,15 @@ imports the other in both directions: runner -> parallel -> jobs, runner -> jobs
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 import traceback
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bench.errors import UserError
+from bench.numerics import Numerics, applied, pick_device, resolve
 from bench.records import code_version, environment
 from bench.spec import RunSpec, resolve_config
 
@@ -33,8 +32,9 @@ class RunOptions:
     progress_bars: bool = True
     num_workers: int = 0
     weights_file: str | None = None
-    torch_threads: int | None = None
-    onednn: bool = False  # oneDNN CPU kernels: faster multi-threaded, thread-count-dependent numbers
+    torch_threads: int | None = None  # None: the path's rule (fast: 1 per run; legacy: cores / jobs)
+    onednn: bool = False  # legacy path only: oneDNN kernels (the fast path always uses them)
+    fast: bool | None = None  # None: BENCH_FAST (default fast); see bench.numerics
 
 
 @dataclass
@@ -57,35 +57,25 @@ def compute_record(run: PlannedRun, options: RunOptions) -> dict[str, Any]:
     exception) becomes a record with status "failed" and the reason, so a sweep goes on.
     Bad input found only here (UserError, e.g. data files missing on a cluster worker) is
     raised: every run would hit it, so the sweep stops with exit code 2."""
-    with _numerics(options):
-        return _compute_record(run, options)
+    numerics = run_numerics(options)
+    with applied(numerics):  # the environment below reports the run's threads and kernels
+        return _compute_record(run, options, numerics)
 
 
-@contextlib.contextmanager
-def _numerics(options: RunOptions) -> Iterator[None]:
-    """The run's torch thread count and CPU kernels, restored afterwards (a sequential sweep
-    runs in the caller's process).
+def run_numerics(options: RunOptions) -> Numerics:
+    """How this process computes the run (`bench.numerics`).
 
-    oneDNN (mkldnn) CPU kernels split reductions by thread count, so with them the same spec
-    and seed give slightly different numbers with 1 and 2 threads, and so with --jobs 1 and
-    --jobs 2 (seen: different mAP after 3 epochs of small_cnn on fashion-mnist-mini). Unless
-    --onednn asks for them, runs use PyTorch's native CPU kernels, whose results were the same
-    bit for bit at 1 and 2 threads (tiny_cnn, small_cnn); they are up to ~1.6x slower at 2
-    threads per run, and as fast at 1 thread (what each run gets with --jobs 2 on 2 cores)."""
-    import torch
-
-    threads, onednn = torch.get_num_threads(), torch.backends.mkldnn.enabled
-    if options.torch_threads:
-        torch.set_num_threads(options.torch_threads)
-    torch.backends.mkldnn.enabled = bool(options.onednn)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-        torch.backends.mkldnn.enabled = onednn
+    Fast path: oneDNN at a fixed thread count, 1 unless --threads says otherwise, whatever
+    --jobs is, so a spec and seed give the same bits with --jobs 1 and --jobs 2 (oneDNN's
+    numbers depend on the thread count; measured: different mAP at 1 and 2 threads).
+    Legacy path: PyTorch's native kernels (the same bits at 1 and 2 threads), at --threads
+    or this process's thread count (an executor sets its share of the cores), or oneDNN
+    with --onednn."""
+    return resolve(pick_device(options.device), threads=options.torch_threads,
+                   onednn=options.onednn, fast=options.fast)
 
 
-def _compute_record(run: PlannedRun, options: RunOptions) -> dict[str, Any]:
+def _compute_record(run: PlannedRun, options: RunOptions, numerics: Numerics) -> dict[str, Any]:
     from bench.train import train_and_evaluate
 
     # A cluster worker on another machine may not see the caller's results directory; it
@@ -106,6 +96,7 @@ def _compute_record(run: PlannedRun, options: RunOptions) -> dict[str, Any]:
             run.spec, results_dir=splits_home, data_root=options.data_root,
             device=options.device, progress_bars=options.progress_bars,
             num_workers=options.num_workers, weights_file=options.weights_file,
+            numerics=numerics,
         )
     except UserError:
         raise

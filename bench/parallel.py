@@ -3,8 +3,10 @@ cluster. Workers return records and only the calling process writes them, so rec
 in the caller's results directory and no two processes ever write the same file.
 
 - `--jobs 1` (default): one run after another in this process.
-- `--jobs N`: N joblib (loky) worker processes; the machine's cores are divided between
-  them (`threads_per_job`), so N runs of a small model do not fight over the cores.
+- `--jobs N`: N joblib (loky) worker processes. On the fast path every run computes with a
+  fixed number of threads (1 unless --threads), so the records do not depend on N; on the
+  legacy path (BENCH_FAST=0) the machine's cores are divided between them
+  (`threads_per_job`), so N runs of a small model do not fight over the cores.
 - `--backend dask`: a `distributed.LocalCluster` of N single-threaded worker processes on
   this machine, or, with `--scheduler ADDRESS`, an existing cluster. A cluster's workers
   need this package and the datasets installed; they decide their own device and threads
@@ -23,6 +25,7 @@ from pathlib import Path
 
 from bench.errors import UserError
 from bench.jobs import PlannedRun, RunOptions, SweepAborted, compute_record, failed_record
+from bench.numerics import fast_by_default
 
 BACKENDS = ("local", "dask")
 
@@ -42,6 +45,7 @@ def threads_per_job(jobs: int, cores: int | None = None) -> int:
 
 def check_executor(jobs: int, backend: str, scheduler: str | None) -> None:
     """Refuse impossible executor settings before anything is planned or written."""
+    fast_by_default()  # a bad BENCH_FAST is refused before anything is planned
     if backend not in BACKENDS:
         raise UserError(f"unknown backend '{backend}'; valid backends: {', '.join(BACKENDS)}")
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
@@ -56,11 +60,13 @@ def check_executor(jobs: int, backend: str, scheduler: str | None) -> None:
 
 
 def _local_options(options: RunOptions, workers: int) -> RunOptions:
-    """What a worker on this machine needs: absolute paths, no progress bars, its share of
-    the cores (unless --threads chose one)."""
+    """What a worker on this machine needs: absolute paths, no progress bars, the path this
+    process chose (so a worker cannot pick another from its environment) and, on the legacy
+    path, its share of the cores (unless --threads chose one; the fast path's rule is fixed)."""
+    fast = fast_by_default() if options.fast is None else options.fast
     return dataclasses.replace(
-        options, progress_bars=False,
-        torch_threads=options.torch_threads or threads_per_job(workers),
+        options, progress_bars=False, fast=fast,
+        torch_threads=options.torch_threads or (None if fast else threads_per_job(workers)),
         results_dir=Path(options.results_dir).resolve(),
         data_root=str(Path(options.data_root).resolve()) if options.data_root else None,
     )
@@ -127,8 +133,9 @@ def _run_on_dask(todo: list[PlannedRun], options: RunOptions, jobs: int,
         client = _connect(scheduler)
         # Each worker machine decides its device and thread count (one run per worker, and
         # a worker per GPU, is the intended layout); --threads still applies if given.
-        worker_options = dataclasses.replace(options, progress_bars=False,
-                                             results_dir=Path(options.results_dir).resolve())
+        worker_options = dataclasses.replace(
+            options, progress_bars=False, results_dir=Path(options.results_dir).resolve(),
+            fast=fast_by_default() if options.fast is None else options.fast)
     else:
         workers = min(jobs, len(todo))
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,

@@ -3,6 +3,10 @@ optional hooks and any modules they own (see `methods/base.py`); the loop optimi
 checkpoints and switches those modules with the network, and encodes through the method's
 declared retrieval output.
 
+How a run computes (threads, kernels, memory format, bf16 on CUDA, encoding shortcuts) is
+its `bench.numerics.Numerics`, applied around the whole run and kept in the record; the
+legacy path (`BENCH_FAST=0`) is the loop as it was before those levers.
+
 Model selection: every `eval_every` epochs (and at the last) the validation queries are
 ranked against the split's validation database (held-out images disjoint from train and query,
 protocol v2; cards without one fall back to the training images, and the record says which);
@@ -26,11 +30,11 @@ import torch
 from tqdm.auto import tqdm
 
 from bench.backbones import HashNetwork, build_backbone
-from bench.data import DatasetCard, ImageSource, load_card, open_dataset
-from bench.errors import UserError
+from bench.data import DatasetCard, ImageSource, ground_truth_record, load_card, open_dataset
+from bench.numerics import ImageCache, Numerics, applied, fused_for_inference, pick_device, resolve
 from bench.retrieval import evaluate_retrieval
 from bench.spec import RunSpec, resolve_config, run_id
-from bench.splits import Split, make_split
+from bench.splits import Split, make_split, selection_description, selection_reference
 from methods import get_method
 from methods.base import HashMethod
 from methods.context import Batch, Task
@@ -48,15 +52,8 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def pick_device(requested: str | None) -> torch.device:
-    if requested in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {requested}: CUDA is not available on this machine; use cpu")
-    try:
-        return torch.device(requested)
-    except RuntimeError:
-        raise UserError(f"--device {requested!r} is not a valid device (cpu, cuda, cuda:N)") from None
+__all__ = ["PR_AT_N", "RunContext", "TrainingDiverged", "encode", "iterate_batches", "pick_device",
+           "steps_per_epoch", "train_and_evaluate", "validation_database"]
 
 
 def steps_per_epoch(num_items: int, batch_size: int) -> int:
@@ -68,25 +65,32 @@ def steps_per_epoch(num_items: int, batch_size: int) -> int:
 
 def iterate_batches(
     source: ImageSource, indices: np.ndarray, batch_size: int, train: bool, device: torch.device,
-    num_workers: int = 0,
+    num_workers: int = 0, numerics: Numerics | None = None, cache: ImageCache | None = None,
 ) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
     """Yield (indices, images, multi-hot labels) in the given order. In-memory data is
-    gathered directly (no DataLoader overhead); file data goes through a DataLoader."""
+    gathered directly (no DataLoader overhead), from `cache` where it holds the batch; file
+    data goes through a DataLoader. Images come in the memory format `numerics` asks for."""
     chunks = [indices[i: i + batch_size] for i in range(0, len(indices), batch_size)]
     if train and len(chunks) > 1 and len(chunks[-1]) < 2:
         chunks.pop()  # a batch of one breaks batch normalisation
     labels = torch.from_numpy(source.labels)
+    non_blocking = numerics.non_blocking if numerics is not None else True
+    shape = numerics.images if numerics is not None else (lambda images: images)
     if source.in_memory or num_workers == 0:
         for chunk in chunks:
-            images = source.batch(chunk, train)
-            yield chunk, images.to(device, non_blocking=True), labels[chunk].float().to(device)
+            images = cache.take(chunk) if cache is not None else None
+            if images is None:
+                images = source.batch(chunk, train)
+            yield (chunk, shape(images.to(device, non_blocking=non_blocking)),
+                   labels[chunk].float().to(device, non_blocking=non_blocking))
         return
     loader = torch.utils.data.DataLoader(
         _IndexDataset(source, train), batch_sampler=[c.tolist() for c in chunks],
         num_workers=num_workers, pin_memory=device.type == "cuda",
     )
     for chunk, images in zip(chunks, loader, strict=True):
-        yield chunk, images.to(device, non_blocking=True), labels[chunk].float().to(device)
+        yield (chunk, shape(images.to(device, non_blocking=non_blocking)),
+               labels[chunk].float().to(device, non_blocking=non_blocking))
 
 
 class _IndexDataset(torch.utils.data.Dataset):
@@ -100,30 +104,42 @@ class _IndexDataset(torch.utils.data.Dataset):
         return self.source.load(index, self.train)
 
 
-@torch.no_grad()
 def encode(
     model: torch.nn.Module, source: ImageSource, indices: np.ndarray, device: torch.device,
-    batch_size: int = 512, features: bool = False, progress: bool = False, desc: str = "encode",
-    num_workers: int = 0, method: HashMethod | None = None,
+    batch_size: int | None = None, features: bool = False, progress: bool = False,
+    desc: str = "encode", num_workers: int = 0, method: HashMethod | None = None,
+    numerics: Numerics | None = None, cache: ImageCache | None = None,
 ) -> np.ndarray:
     """Real-valued outputs of `model` for `indices`, in order: the method's declared retrieval
     output when a method is given (its owned modules in eval mode), else `model(images)`, or
-    the backbone features with `features=True`."""
+    the backbone features with `features=True`. `numerics` (default: the legacy path's)
+    decides inference mode, conv+BN folding, the batch size and bf16 on CUDA."""
+    numerics = numerics or resolve(device, fast=False)
     model.eval()
     if method is not None:
         method.owned.eval()
-    outputs = []
-    batches = iterate_batches(source, indices, batch_size, False, device, num_workers)
-    for _, images, _ in tqdm(batches, total=math.ceil(len(indices) / batch_size), desc=desc,
-                             leave=False, disable=not progress):
-        if features:
-            out = model.features(images)
-        elif method is not None:
-            backbone_features = model.features(images)
-            out = method.retrieval_code(model.hash_layer(backbone_features), backbone_features)
-        else:
-            out = model(images)
-        outputs.append(out.float().cpu())
+    batch_size = batch_size or numerics.encode_batch
+    with numerics.grad_off():
+        # The HashNetwork's backbone (or any other module) folded for inference; the copy
+        # shares nothing with the trained weights, which stay as they are.
+        backbone = fused_for_inference(model.backbone if hasattr(model, "hash_layer") else model,
+                                       numerics)
+        outputs = []
+        batches = iterate_batches(source, indices, batch_size, False, device, num_workers,
+                                  numerics, cache)
+        for _, images, _ in tqdm(batches, total=math.ceil(len(indices) / batch_size), desc=desc,
+                                 leave=False, disable=not progress):
+            with numerics.autocast():
+                if not hasattr(model, "hash_layer"):
+                    out = backbone(images)
+                elif features:
+                    out = backbone(images)
+                elif method is not None:
+                    backbone_features = backbone(images).float()
+                    out = method.retrieval_code(model.hash_layer(backbone_features), backbone_features)
+                else:
+                    out = model.hash_layer(backbone(images))
+            outputs.append(out.float().cpu())
     return torch.cat(outputs).numpy()
 
 
@@ -149,6 +165,8 @@ class RunContext:
     logged: dict[str, list[float]] = field(default_factory=dict)
     stage_times: dict[str, float] = field(default_factory=dict)
     batch: Batch | None = None
+    numerics: Numerics | None = None
+    cache: ImageCache | None = None
 
     @property
     def train_indices(self) -> np.ndarray:
@@ -160,7 +178,8 @@ class RunContext:
 
     def encode_with(self, module: torch.nn.Module, indices: np.ndarray) -> np.ndarray:
         """Outputs of any module (e.g. SHC's stage-1 classifier) for dataset items, unaugmented."""
-        return encode(module, self.source, indices, self.device, num_workers=self.num_workers)
+        return encode(module, self.source, indices, self.device, num_workers=self.num_workers,
+                      numerics=self.numerics, cache=self.cache)
 
     @property
     def total_steps(self) -> int:
@@ -181,7 +200,8 @@ class RunContext:
             self.spec.backbone or self.card.backbone, self.card.channels, self.spec.pretrained,
             self.weights_file,
         )
-        return backbone.to(self.device)
+        backbone = backbone.to(self.device)
+        return self.numerics.module(backbone) if self.numerics is not None else backbone
 
     def train_batches(
         self, generator: torch.Generator, batch_size: int | None = None
@@ -189,7 +209,7 @@ class RunContext:
         """One shuffled pass over the training split."""
         order = self.split.train[torch.randperm(len(self.split.train), generator=generator).numpy()]
         return iterate_batches(self.source, order, batch_size or int(self.config["batch_size"]),
-                               True, self.device, self.num_workers)
+                               True, self.device, self.num_workers, self.numerics, self.cache)
 
 
 def build_optimizer(model: HashNetwork, config: dict[str, Any],
@@ -229,6 +249,16 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: dict[str, Any]):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
 
 
+def _encode_parts(model: torch.nn.Module, source: ImageSource, parts: list[np.ndarray],
+                  device: torch.device, numerics: Numerics, **options: Any) -> list[np.ndarray]:
+    """`encode` of several index sets: one call (one folded copy of the network, full batches
+    across the seams) on the fast path; one call per set on the legacy path, as it was."""
+    if numerics.path == "legacy":
+        return [encode(model, source, part, device, numerics=numerics, **options) for part in parts]
+    codes = encode(model, source, np.concatenate(parts), device, numerics=numerics, **options)
+    return np.split(codes, np.cumsum([len(part) for part in parts])[:-1])
+
+
 def class_feature_similarity(features: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Cosine similarity of class-mean backbone features [C, C] (a class-similarity measure
     that needs no external model; label-weighted 1/q for multi-label samples)."""
@@ -264,29 +294,13 @@ def validation_database(split: Split, topk: int | None) -> tuple[np.ndarray, dic
     test database, is mostly images the network never trained on; a card without one keeps the
     v1 rule (the training images), whose codes the losses pull onto their centers, so it
     rewards memorisation; the record names which rule selected the checkpoint."""
-    held_out = getattr(split, "validation_database", None)
-    if held_out is not None and len(held_out):
-        reference = np.asarray(held_out)
-        protocol = "v2: validation queries vs held-out validation database"
-    else:
-        reference = np.asarray(split.train)
-        protocol = "v1: validation queries vs train set"
+    reference = np.asarray(selection_reference(split))
     # mAP@k scaled to the reference's size, as the card's k is to the test database's.
     val_topk = topk
     if topk is not None and len(split.database):
         val_topk = max(1, int(round(topk * len(reference) / len(split.database))))
-    disjoint = {
-        name: bool(np.intersect1d(reference, getattr(split, name)).size == 0)
-        for name in ("train", "query", "validation") if held_out is not None and len(held_out)
-    }
-    return reference, {
-        "protocol": protocol,
-        "criterion": f"validation mAP@{val_topk or 'all'}",
-        "topk": val_topk,
-        "validation_queries": int(len(split.validation)),
-        "validation_database_size": int(len(reference)),
-        "validation_database_disjoint_from": disjoint,
-    }
+    return reference, {**selection_description(split), "criterion": f"validation mAP@{val_topk or 'all'}",
+                       "topk": val_topk}
 
 
 def train_and_evaluate(
@@ -298,31 +312,54 @@ def train_and_evaluate(
     num_workers: int = 0,
     zero_relevant: str = "zero",
     weights_file: str | None = None,
+    numerics: Numerics | None = None,
 ) -> dict[str, Any]:
-    """Train one run and return its record body (metrics, history, timings, extras)."""
+    """Train one run and return its record body (metrics, history, timings, extras).
+
+    `numerics` (default: the path `BENCH_FAST` selects, for `device`) is applied for the
+    whole run and restored afterwards."""
+    torch_device = pick_device(device)
+    numerics = numerics or resolve(torch_device)
+    with applied(numerics):
+        body = _train_and_evaluate(spec, results_dir, data_root, torch_device, progress_bars,
+                                   num_workers, zero_relevant, weights_file, numerics)
+    return body
+
+
+def _train_and_evaluate(
+    spec: RunSpec, results_dir: Path | None, data_root: str | None, torch_device: torch.device,
+    progress_bars: bool, num_workers: int, zero_relevant: str, weights_file: str | None,
+    numerics: Numerics,
+) -> dict[str, Any]:
     timings: dict[str, float] = {}
     started = time.perf_counter()
     card = load_card(spec.dataset)
     config = resolve_config(spec, card)
     method_cls = get_method(spec.method)
-    torch_device = pick_device(device)
     task = Task(bits=spec.bits, num_classes=card.num_classes, multi_label=card.multi_label,
                 seed=spec.seed, epochs=int(config["epochs"]), device=torch_device)
     method_cls.check(config, task)
 
     source = open_dataset(card, data_root)
     split = make_split(card, source, spec.split_seed, Path(results_dir) / "splits" if results_dir else None)
-    timings["data"] = time.perf_counter() - started
 
     seed_everything(spec.seed)
     backbone = build_backbone(spec.backbone or card.backbone, card.channels, spec.pretrained,
                               weights_file)
-    model = HashNetwork(backbone, spec.bits).to(torch_device)
+    model = numerics.module(HashNetwork(backbone, spec.bits).to(torch_device))
     method: HashMethod = method_cls(config, task)
     method.owned.to(torch_device)
+    validation_reference, selection = validation_database(split, card.map_at)
+    cache = None
+    if numerics.cached_images and ImageCache.usable(source):
+        # what is read more than once: every epoch's training images, every validation's
+        cache = ImageCache(source, np.concatenate([split.train, split.validation, validation_reference]),
+                           torch_device, numerics)
     ctx = RunContext(spec=spec, config=config, card=card, task=task, source=source, split=split,
-                       model=model, device=torch_device, progress_bars=progress_bars,
-                       num_workers=num_workers, weights_file=weights_file)
+                     model=model, device=torch_device, progress_bars=progress_bars,
+                     num_workers=num_workers, weights_file=weights_file, numerics=numerics,
+                     cache=cache)
+    timings["data"] = time.perf_counter() - started
     batch_size = int(config["batch_size"])
     ctx.steps_per_epoch = steps_per_epoch(len(split.train), batch_size)
 
@@ -332,17 +369,19 @@ def train_and_evaluate(
     timings["method_setup"] = time.perf_counter() - setup_start
 
     optimizer = build_optimizer(model, config, method)
+    clip_norm = float(config.get("grad_clip") or 0.0)
+    trained_parameters = [p for group in optimizer.param_groups for p in group["params"]]
     scheduler = build_scheduler(optimizer, config)
     order_generator = torch.Generator().manual_seed(spec.seed)
     epochs = int(config["epochs"])
     eval_every = int(config["eval_every"])
     topk = card.map_at
-    validation_reference, selection = validation_database(split, topk)
     val_topk = selection["topk"]
     history: list[dict[str, Any]] = []
     best = {"epoch": -1, "val_mAP": -math.inf, "state": None}
     train_time = 0.0
     validation_time = 0.0
+    validation_encode_time = 0.0  # the part of validation_time spent encoding
     hook_time = 0.0
 
     epoch_bar = tqdm(range(epochs), desc=spec.label(), disable=not progress_bars, leave=False)
@@ -358,8 +397,10 @@ def train_and_evaluate(
         batches = ctx.train_batches(order_generator)
         for indices, images, labels in tqdm(batches, total=ctx.steps_per_epoch, desc=f"epoch {epoch + 1}",
                                             leave=False, disable=not progress_bars):
-            features = model.features(images)
-            h = model.hash_layer(features)
+            with numerics.autocast():  # bf16 on CUDA only; the loss is computed in float32
+                features = model.features(images)
+                h = model.hash_layer(features)
+            features, h = features.float(), h.float()
             ctx.batch = Batch(indices=indices, images=images, labels=labels, features=features, h=h)
             loss = method.loss(h, labels, ctx)
             loss_value = float(loss.detach())  # one host sync per step, reused for the check
@@ -367,6 +408,8 @@ def train_and_evaluate(
                 raise TrainingDiverged(f"loss became {loss_value} at epoch {epoch + 1}, step {ctx.step}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if clip_norm > 0:  # a method's native setting (MDS: 5); off in the shared protocols
+                torch.nn.utils.clip_grad_norm_(trained_parameters, clip_norm)
             optimizer.step()
             method.after_step(ctx)
             losses.append(loss_value)
@@ -396,10 +439,10 @@ def train_and_evaluate(
             entry["method"] = hook_output
         if (epoch + 1) % eval_every == 0 or epoch + 1 == epochs:
             val_start = time.perf_counter()
-            val_codes = encode(model, source, split.validation, torch_device, num_workers=num_workers,
-                               method=method)
-            reference_codes = encode(model, source, validation_reference, torch_device,
-                                     num_workers=num_workers, method=method)
+            val_codes, reference_codes = _encode_parts(
+                model, source, [split.validation, validation_reference], torch_device,
+                num_workers=num_workers, method=method, numerics=numerics, cache=cache)
+            validation_encode_time += time.perf_counter() - val_start
             val_metrics = evaluate_retrieval(
                 val_codes, reference_codes, source.labels[split.validation],
                 source.labels[validation_reference], topk=val_topk, zero_relevant=zero_relevant,
@@ -418,16 +461,17 @@ def train_and_evaluate(
             tqdm.write(f"[{spec.label()}] {summary}")
         epoch_bar.set_postfix_str(summary)
     epoch_bar.close()
-    timings.update(train=train_time, validation=validation_time, method_hooks=hook_time)
+    timings.update(train=train_time, validation=validation_time,
+                   validation_encode=validation_encode_time, method_hooks=hook_time)
 
     model.load_state_dict(best["state"])
     selected_method: HashMethod = best["method"]  # its centers and modules match the selected weights
     selected_method.owned.to(torch_device)
     encode_start = time.perf_counter()
-    query_codes = encode(model, source, split.query, torch_device, progress=progress_bars,
-                         desc="encode query", num_workers=num_workers, method=selected_method)
-    db_codes = encode(model, source, split.database, torch_device, progress=progress_bars,
-                      desc="encode database", num_workers=num_workers, method=selected_method)
+    query_codes, db_codes = _encode_parts(
+        model, source, [split.query, split.database], torch_device, progress=progress_bars,
+        desc="encode query + database", num_workers=num_workers, method=selected_method,
+        numerics=numerics, cache=cache)
     timings["encode"] = time.perf_counter() - encode_start
 
     eval_start = time.perf_counter()
@@ -444,7 +488,7 @@ def train_and_evaluate(
     centers = selected_method.class_centers()
     if centers is not None:
         train_features = encode(model, source, split.train, torch_device, features=True,
-                                num_workers=num_workers)
+                                num_workers=num_workers, numerics=numerics, cache=cache)
         similarity = class_feature_similarity(train_features, source.labels[split.train])
         center_array = centers.detach().cpu().numpy().astype(np.int8)
         extras["centers"] = center_array.tolist()
@@ -457,10 +501,12 @@ def train_and_evaluate(
     return {
         "run_id": run_id(spec, config),
         "device": str(torch_device),
+        "numerics": numerics.record(),
         "spec": spec.to_dict(),
         "config": config,
         "task": {"num_classes": card.num_classes, "multi_label": card.multi_label,
-                 "class_names": list(card.class_names)},
+                 "class_names": list(card.class_names),
+                 **({"ground_truth_similarity": truth} if (truth := ground_truth_record(source)) else {})},
         "split": {"digest": split.digest, "path": split.path, "sizes": split.sizes(),
                   "seed": spec.split_seed, "data": source.identity},
         "selection": {**selection, "best_epoch": best["epoch"], "best_val_mAP": best["val_mAP"]},

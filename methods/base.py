@@ -36,6 +36,7 @@ TRAINING_PARAMS: dict[str, Param] = {
     "epochs": Param(None, "training epochs (default: the dataset card's schedule)"),
     "batch_size": Param(128, "training batch size"),
     "eval_every": Param(None, "validate every N epochs for model selection (default: card)"),
+    "grad_clip": Param(0.0, "clip the gradient norm of all trained parameters at this value (0: off)"),
 }
 
 # The "harmonised" protocol: one optimizer and schedule for every method, so that

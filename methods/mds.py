@@ -24,8 +24,8 @@ Read from the official code, Wangld5/Center-Hashing (`optimizeAccel.py`, `loss/o
   row the term will read, so earlier passes would be discarded. A run that ends before
   `pair_start_epoch`, or sets `pair_loss: none` or beta = 0, trains without L_p and its record
   says so ("pair_term").
-- The official code clips the gradient norm at 5; the training loop has no clipping hook, so
-  this is not applied here (recorded as `grad_norm_clip`).
+- The official code clips the gradient norm at 5: the native protocol sets the loop's shared
+  `grad_clip` setting to 5 (the harmonised protocol, like every other method, clips nothing).
 """
 
 from __future__ import annotations
@@ -131,10 +131,9 @@ class MDS(HashMethod):
                                "official stopping rules only)", source="not in paper"),
     }
     native = {"optimizer": "rmsprop", "lr": 1e-5, "weight_decay": 1e-5, "batch_size": 64,
-              "lr_schedule": "constant"}
+              "lr_schedule": "constant", "grad_clip": OFFICIAL_GRAD_CLIP}
     native_source = ("official MDS code (Wangld5/Center-Hashing scripts/utils.py): RMSprop lr 1e-5, "
-                     "weight decay 1e-5, batch 64, no schedule; its grad-norm clip 5 is not applied "
-                     "(the training loop has no clipping)")
+                     "weight decay 1e-5, batch 64, no schedule, grad-norm clip 5")
     search_space = {"lr": ("log", 1e-4, 3e-3), "lambda_q": ("log", 1e-5, 1e-1),
                     "beta": ("log", 0.1, 10.0)}
     retrieval_output = "sign(BN(h)), BN the method's BatchNorm1d(K) on the hash layer's output, in eval mode"
@@ -232,6 +231,6 @@ class MDS(HashMethod):
             "scale": self.scale,
             "pair_loss": self.config["pair_loss"],
             "pair_term": self.pair_status,
-            "grad_norm_clip": {"official": OFFICIAL_GRAD_CLIP, "applied": False,
-                               "why": "the training loop has no gradient clipping"},
+            "grad_norm_clip": {"official": OFFICIAL_GRAD_CLIP,
+                               "applied": float(self.config.get("grad_clip") or 0.0)},
         }

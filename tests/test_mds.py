@@ -238,8 +238,9 @@ def test_short_runs_and_pair_none_are_named_honestly() -> None:
     assert MDS(mds_config(), make_task(epochs=4)).record()["pair_term"].startswith("off: the run has 4")
     record = MDS(mds_config(pair_loss="none"), make_task()).record()
     assert record["pair_loss"] == "none" and "variant without" in record["pair_term"]
-    assert record["grad_norm_clip"] == {"official": 5.0, "applied": False,
-                                        "why": "the training loop has no gradient clipping"}
+    assert record["grad_norm_clip"] == {"official": 5.0, "applied": 5.0}  # native protocol
+    harmonised = MDS(mds_config(grad_clip=0.0), make_task()).record()
+    assert harmonised["grad_norm_clip"] == {"official": 5.0, "applied": 0.0}
     assert MDS(mds_config(), make_task(epochs=20)).pair_active
 
 

@@ -151,3 +151,20 @@ def test_steps_per_epoch_counts_the_batches_the_loop_yields(items: int, batch: i
                           np.array(["train"] * items), multi_label=False, identity="test")
     yielded = sum(1 for _ in iterate_batches(source, np.arange(items), batch, True, torch.device("cpu")))
     assert steps_per_epoch(items, batch) == yielded
+
+
+def test_grad_clip_bounds_every_step(registered: type[HashMethod], tmp_path: Path) -> None:
+    """With SGD, a clipped step moves the parameters by at most lr x clip: with a tiny clip
+    the owned scale stays put, without one it moves."""
+    def scale_after(clip: float) -> float:
+        spec = RunSpec(OwnsState.name, "synthetic", 8, protocol="harmonised",
+                       overrides=(("batch_size", 32), ("epochs", 1), ("grad_clip", clip),
+                                  ("lr", 0.1), ("lr_schedule", "constant"), ("optimizer", "sgd"),
+                                  ("weight_decay", 0.0)))
+        body = train_and_evaluate(spec, results_dir=tmp_path, device="cpu", progress_bars=False)
+        assert body["config"]["grad_clip"] == clip
+        return body["method"]["scale"]
+
+    steps = -(-360 // 32)
+    assert abs(scale_after(1e-9) - 1.0) <= 0.1 * 1e-9 * steps * 1.01 + 1e-7
+    assert abs(scale_after(0.0) - 1.0) > 1e-4

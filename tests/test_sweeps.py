@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from bench.cli import main
-from bench.parallel import threads_per_job
+from bench.numerics import FIXED_THREADS
 from bench.records import read_record
 
 REPO = Path(__file__).resolve().parent.parent
@@ -54,8 +54,8 @@ def losses_of(records: dict[str, dict]) -> dict[str, list[float]]:
 @pytest.fixture(scope="module")
 def sequential(tmp_path_factory):
     """The reference: the same two runs one after another in the command's own process
-    (--jobs 1, torch's default thread count; its own process so that the OpenMP setting the
-    command makes before loading torch applies, as it does for users)."""
+    (--jobs 1; its own process so that the OpenMP setting the command makes before loading
+    torch applies, as it does for users)."""
     pid: list[int] = []
     records = sweep(tmp_path_factory.mktemp("jobs1"), subprocess_pid=pid)
     assert {r["pid"] for r in records.values()} == set(pid)  # trained by the sweep itself
@@ -66,12 +66,12 @@ def test_jobs_two_uses_worker_processes_and_matches_jobs_one(tmp_path, sequentia
     records = sweep(tmp_path / "results", "--jobs", "2")
     pids = {r["pid"] for r in records.values()}
     assert len(pids) == 2 and os.getpid() not in pids  # two worker processes trained them
-    assert {r["environment"]["torch_threads"] for r in records.values()} == {threads_per_job(2)}
     assert "2 completed, 0 skipped" in capsys.readouterr().out
     # Determinism: identical metrics, and the same training bit for bit, whether run
-    # sequentially with torch's default threads or in parallel with one thread per run.
-    assert {r["environment"]["torch_threads"] for r in sequential.values()} != {threads_per_job(2)} \
-        or threads_per_job(2) == threads_per_job(1)
+    # sequentially or in parallel: every run computes with the same fixed thread count.
+    for record in [*records.values(), *sequential.values()]:
+        assert record["environment"]["torch_threads"] == FIXED_THREADS
+        assert record["numerics"]["threads"] == FIXED_THREADS and record["numerics"]["path"] == "fast"
     assert metrics_of(records) == metrics_of(sequential)
     assert losses_of(records) == losses_of(sequential)
     assert {r["split"]["digest"] for r in records.values()} == {
@@ -104,7 +104,32 @@ def test_dask_without_address_starts_a_local_cluster(tmp_path, sequential, capsy
     records = sweep(tmp_path / "results", "--backend", "dask", "--jobs", "2")
     pids = {r["pid"] for r in records.values()}
     assert len(pids) == 2 and os.getpid() not in pids  # the cluster's two worker processes
-    assert {r["environment"]["torch_threads"] for r in records.values()} == {threads_per_job(2)}
+    assert {r["environment"]["torch_threads"] for r in records.values()} == {FIXED_THREADS}
     assert metrics_of(records) == metrics_of(sequential)
     assert losses_of(records) == losses_of(sequential)
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_legacy_path_divides_the_cores_and_keeps_native_kernels(tmp_path):
+    """BENCH_FAST=0 is the loop as it was: native kernels, cores / jobs threads per worker."""
+    from bench.parallel import threads_per_job
+
+    command = [sys.executable, "-m", "bench", "run", *SPECS, "--results", str(tmp_path), "--jobs", "2"]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "BENCH_FAST": "0"})
+    assert done.returncode == 0, done.stderr + done.stdout
+    records = [read_record(p) for p in sorted((tmp_path / "runs" / "synthetic" / "csq").glob("*.json"))]
+    assert len(records) == 2
+    for record in records:
+        assert record["numerics"]["path"] == "legacy" and record["numerics"]["onednn"] is False
+        assert record["environment"]["torch_threads"] == threads_per_job(2)
+        assert record["environment"]["mkldnn"] is False
+
+
+def test_bad_bench_fast_value_is_refused(tmp_path):
+    command = [sys.executable, "-m", "bench", "run", *SPECS, "--results", str(tmp_path)]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "BENCH_FAST": "maybe"})
+    assert done.returncode == 2
+    assert done.stderr.strip() == ("error: BENCH_FAST='maybe' is not valid; use 1 (fast path, "
+                                   "default) or 0 (legacy path)")

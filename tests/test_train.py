@@ -111,3 +111,73 @@ def test_bad_numbers_exit_2(tmp_path: Path, capsys, flag) -> None:
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and len(err.splitlines()) == 1
+
+
+# ----------------------------------------------------------------------------- numerics (issue 15)
+def run_with(results: Path, numerics, **overrides) -> dict:
+    spec = RunSpec("csq", "synthetic", 16, seed=0, protocol="harmonised",
+                   overrides=tuple(sorted(overrides.items())))
+    return train_and_evaluate(spec, results_dir=results, device="cpu", progress_bars=False,
+                              numerics=numerics)
+
+
+def test_record_names_its_numerics_and_the_legacy_path_still_runs(tmp_path: Path) -> None:
+    from bench.numerics import resolve
+
+    fast = run_with(tmp_path, resolve("cpu", fast=True), epochs=2)
+    legacy = run_with(tmp_path, resolve("cpu", threads=1, fast=False), epochs=2)
+    assert fast["numerics"] == {
+        "path": "fast", "device": "cpu", "threads": 1, "onednn": True, "channels_last": True,
+        "amp": None, "cached_images": True, "fuse_bn": True, "inference_mode": True,
+        "encode_batch": 128, "non_blocking": False}
+    assert legacy["numerics"]["path"] == "legacy" and not legacy["numerics"]["onednn"]
+    for body in (fast, legacy):
+        assert body["metrics"]["mAP"] > 0.2 and 0 <= body["timings"]["validation_encode"] \
+            <= body["timings"]["validation"]
+    assert torch.get_num_threads() >= 1 and torch.backends.mkldnn.enabled  # restored afterwards
+
+
+def test_pre_normalised_images_change_no_bit(tmp_path: Path) -> None:
+    """The image cache holds exactly what per-batch normalisation computes: the whole record
+    is the same with and without it."""
+    from bench.numerics import resolve
+
+    cached = run_with(tmp_path, resolve("cpu", fast=True), epochs=2, eval_every=1)
+    uncached = run_with(tmp_path, resolve("cpu", fast=True, cached_images=False), epochs=2, eval_every=1)
+    assert cached["metrics"] == uncached["metrics"]
+    assert [h["loss"] for h in cached["history"]] == [h["loss"] for h in uncached["history"]]
+
+
+def test_image_cache_returns_the_sources_own_batches() -> None:
+    from bench.data import load_card, open_dataset
+    from bench.numerics import ImageCache, resolve
+
+    source = open_dataset(load_card("synthetic"))
+    assert ImageCache.usable(source)
+    cache = ImageCache(source, np.array([5, 3, 9, 3]), torch.device("cpu"), resolve("cpu", fast=True))
+    expected = torch.stack([source.batch(np.array([i]), False)[0] for i in (9, 3, 5)])  # one by one
+    assert torch.equal(cache.take(np.array([9, 3, 5])), expected)
+    assert cache.take(np.array([9, 4])) is None  # 4 was never cached: the caller gathers it
+
+
+def test_folded_encoding_matches_the_trained_network_and_leaves_it_alone() -> None:
+    from bench.backbones import HashNetwork, build_backbone
+    from bench.data import load_card, open_dataset
+    from bench.numerics import resolve
+    from bench.train import encode
+
+    source = open_dataset(load_card("synthetic"))
+    torch.manual_seed(0)
+    model = HashNetwork(build_backbone("tiny_cnn", 1), 16)
+    model.train()
+    for _ in range(3):  # give BatchNorm non-trivial running statistics
+        model(source.batch(np.arange(64), True))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fast = encode(model, source, np.arange(100), torch.device("cpu"), numerics=resolve("cpu", fast=True))
+    plain = encode(model, source, np.arange(100), torch.device("cpu"), numerics=resolve("cpu", fast=False))
+    model.eval()
+    with torch.no_grad():  # the literal definition: eval-mode network, one image batch
+        literal = model(source.batch(np.arange(100), False)).numpy()
+    assert np.allclose(plain, literal, rtol=0, atol=1e-6)
+    assert np.allclose(fast, literal, rtol=1e-4, atol=1e-5)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

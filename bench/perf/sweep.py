@@ -11,16 +11,16 @@ The default runs (CSQ on the synthetic dataset: tiny CNN, 12x12 images, `--set b
 little work for torch to split over two threads (measured on the 2-core machine: a run with 2
 threads is about as fast as with 1; at batch 64 a 2nd thread gives ~1.3x, and small_cnn on
 fashion-mnist-mini ~1.65x). Running two such runs side by side is how a sweep of them gets
-faster. Control variants separate the effects: `--jobs 1 --threads 1` (process parallelism
-versus torch's thread count) and `--jobs 1 --onednn` (the fastest sequential CPU kernels,
-whose numbers depend on the thread count). On a machine shared with other work, every
-variant slows down and torch's default two threads per run can be many times slower than one
-(its OpenMP threads wait for each other when another process holds a core): `--wait-idle`
-waits for a quiet machine before each variant, and the load average is printed with the
-results.
+faster. Every run on the fast path (the default, `bench.numerics`) computes with one thread,
+whatever `--jobs` is, so `--jobs 1`, `--jobs 2` and Dask must give the same metrics. Control
+variants, whose numbers differ by design and are compared apart: `--jobs 1 --threads 2`
+(oneDNN splits its reductions by thread count) and `BENCH_FAST=0 --jobs 1 --threads 1`
+(the legacy loop: native kernels, unfused encoding). On a machine shared with other work,
+every variant slows down: `--wait-idle` waits for a quiet machine before each variant, and
+the load average is printed with the results.
 
-    python -m bench.perf_sweep                     # or, once registered: python -m bench perf sweep
-    python -m bench.perf_sweep --epochs 10 --dataset fashion-mnist-mini
+    python -m bench.perf.sweep                     # or, once registered: python -m bench perf sweep
+    python -m bench.perf.sweep --epochs 10 --dataset fashion-mnist-mini
 """
 
 from __future__ import annotations
@@ -37,9 +37,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
-VARIANTS = ("jobs1", "jobs1-onednn", "jobs1-1thread", "jobsN", "daskN")
+VARIANTS = ("jobs1", "jobs1-2threads", "legacy-jobs1", "jobsN", "daskN")
+# Variants whose numbers differ from the others by design (another thread count or path).
+APART = ("jobs1-2threads", "legacy-jobs1")
 # Batch 32: each step is too little work for torch to split over two threads (measured on
 # the 2-core machine: a run with 2 threads is about as fast as with 1), i.e. runs that do
 # not already use both cores; batch 64 gains ~1.3x from a 2nd thread, small_cnn on
@@ -50,12 +52,16 @@ DEFAULT_SETTINGS = ("batch_size=32",)
 def variant_flags(name: str, jobs: int) -> tuple[list[str], str]:
     """The flags of one variant and its label, for `jobs` parallel runs."""
     return {
-        "jobs1": (["--jobs", "1"], "--jobs 1 (sequential, torch default threads)"),
-        "jobs1-onednn": (["--jobs", "1", "--onednn"], "--jobs 1 --onednn (sequential, oneDNN kernels)"),
-        "jobs1-1thread": (["--jobs", "1", "--threads", "1"], "--jobs 1 --threads 1 (sequential, 1 thread)"),
+        "jobs1": (["--jobs", "1"], "--jobs 1 (sequential, 1 thread per run)"),
+        "jobs1-2threads": (["--jobs", "1", "--threads", "2"], "--jobs 1 --threads 2 (sequential)"),
+        "legacy-jobs1": (["--jobs", "1", "--threads", "1"], "BENCH_FAST=0 --jobs 1 --threads 1 (legacy)"),
         "jobsN": (["--jobs", str(jobs)], f"--jobs {jobs} (joblib, {jobs} processes)"),
         "daskN": (["--backend", "dask", "--jobs", str(jobs)], f"--backend dask --jobs {jobs} (LocalCluster)"),
     }[name]
+
+
+def variant_environment(name: str) -> dict[str, str]:
+    return {**os.environ, "BENCH_FAST": "0" if name == "legacy-jobs1" else "1"}
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -137,7 +143,7 @@ def sweep_benchmark(dataset: str = "synthetic", methods: str = "csq", bits: str 
             cpu_before = _children_cpu()
             started = time.perf_counter()
             done = subprocess.run(_sweep_command(options, results, variant), cwd=REPO_ROOT,
-                                  capture_output=True, text=True)
+                                  capture_output=True, text=True, env=variant_environment(name))
             wall = time.perf_counter() - started
             cpu = _children_cpu() - cpu_before
             records = _records(results)
@@ -162,18 +168,17 @@ def sweep_benchmark(dataset: str = "synthetic", methods: str = "csq", bits: str 
             shutil.rmtree(workdir, ignore_errors=True)
     by_name = {row["variant"]: row for row in rows}
     for row in rows:
-        for base in ("jobs1", "jobs1-1thread"):
+        for base in ("jobs1", "legacy-jobs1"):
             if base in by_name:
                 row[f"speedup_vs_{base}"] = by_name[base]["wall_s"] / row["wall_s"]
-    # --onednn trades bit-reproducibility across thread counts for speed: compared apart.
-    reproducible = [row for row in rows if row["variant"] != "jobs1-onednn"]
+    reproducible = [row for row in rows if row["variant"] not in APART]
     reference = reproducible[0]["metrics"] if reproducible else {}
     return {
         "runs": expected, "cores": os.cpu_count(), "dataset": dataset, "methods": methods, "bits": bits,
         "seeds": seeds, "epochs": epochs, "jobs": jobs, "settings": list(settings), "rows": rows,
         "identical_metrics": all(row["metrics"] == reference for row in reproducible),
-        "onednn_metrics_identical": (by_name["jobs1-onednn"]["metrics"] == reference
-                                     if "jobs1-onednn" in by_name and reproducible else None),
+        "apart_metrics_identical": {name: by_name[name]["metrics"] == reference
+                                    for name in APART if name in by_name and reproducible},
         "load_after": os.getloadavg()[0],
     }
 
@@ -184,22 +189,22 @@ def format_report(result: dict[str, Any]) -> str:
         f"{result['seeds']} on {result['dataset']}, {result['epochs']} epochs, "
         f"{' '.join(result['settings']) or 'no --set'}, cpu; {result['cores']} cores",
         f"{'variant':48s} {'wall s':>7s} {'cpu s':>6s} {'runs s':>7s} {'threads':>7s} {'procs':>5s} "
-        f"{'vs jobs 1':>9s} {'vs 1 thread':>11s}",
+        f"{'vs jobs 1':>9s} {'vs legacy':>11s}",
     ]
     for row in result["rows"]:
         first = f"{row['speedup_vs_jobs1']:.2f}x" if "speedup_vs_jobs1" in row else "-"
-        second = f"{row['speedup_vs_jobs1-1thread']:.2f}x" if "speedup_vs_jobs1-1thread" in row else "-"
+        second = f"{row['speedup_vs_legacy-jobs1']:.2f}x" if "speedup_vs_legacy-jobs1" in row else "-"
         threads = ",".join(map(str, row["threads"]))
         lines.append(f"{row['label']:48s} {row['wall_s']:7.1f} {row['cpu_s']:6.1f} {row['run_s']:7.1f} "
                      f"{threads:>7s} {row['processes']:5d} {first:>9s} {second:>11s}")
     lines.append("wall s: the whole command (start-up, data, all runs, report); cpu s: CPU time of the "
                  "command and its worker processes; runs s: sum of the runs' own timings.total; "
                  "threads: torch threads per run; procs: processes that trained")
-    lines.append(f"identical metrics in every variant without --onednn: "
+    lines.append(f"identical metrics with --jobs 1, --jobs N and Dask (1 thread per run): "
                  f"{'yes' if result['identical_metrics'] else 'NO'}")
-    if result.get("onednn_metrics_identical") is not None:
-        lines.append(f"--onednn run's metrics equal to them: {result['onednn_metrics_identical']} "
-                     "(oneDNN's numbers depend on the thread count)")
+    for name, same in result.get("apart_metrics_identical", {}).items():
+        lines.append(f"{name} metrics equal to them: {same} (another thread count or path: "
+                     "expected to differ in the last bits)")
     loads = ", ".join(f"{row['variant']} {row['load_before']:.1f}" for row in result["rows"])
     lines.append(f"1-min load average before each variant: {loads}; after: {result['load_after']:.1f} "
                  "(other work on the machine slows every variant and blurs the ratios)")
@@ -230,7 +235,7 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     from bench.errors import UserError
 
-    parser = argparse.ArgumentParser(prog="python -m bench.perf_sweep", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.perf.sweep", description=__doc__.splitlines()[0])
     configure(parser)
     try:
         return run(parser.parse_args(argv))

@@ -2,9 +2,11 @@
 PyTorch loop with the same backbone, batch size, loss and data, measured in one process.
 
 The bare loop is what a hand-written script would do: pre-normalised float images in
-memory, a shuffled index per epoch, forward / loss / backward / step. The suite's loop adds
-per-batch gathering and normalisation from uint8, the method hook, NaN checks and code
-collection; the target is to stay within 5 % of the bare loop.
+memory, a shuffled index per epoch, forward / loss / backward / step. Both loops compute
+with the numerics of the path `BENCH_FAST` selects (`bench.numerics`: threads, kernels,
+memory format). The suite's loop adds batching through its image cache, the method hook, NaN
+checks and code collection; the target is to stay within 5 % of the bare loop. `perf run`
+times a whole run, validation and encoding included.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
 
     from bench.backbones import HashNetwork, build_backbone
     from bench.data import load_card, open_dataset
+    from bench.numerics import applied, resolve
     from bench.spec import RunSpec, resolve_config
     from bench.splits import make_split
     from bench.train import train_and_evaluate
@@ -71,7 +74,9 @@ def run(args: argparse.Namespace) -> int:
     source = open_dataset(card, args.data_root)
     split = make_split(card, source, 0, None)
     train_index = split.train
-    images = source.batch(train_index, train=True)  # pre-normalised floats, as a bare script holds
+    numerics = resolve("cpu", threads=torch.get_num_threads())
+    # pre-normalised floats, as a bare script holds, in the network's memory format
+    images = numerics.images(source.batch(train_index, train=True))
     labels = torch.from_numpy(source.labels[train_index]).float()
     batch = int(config["batch_size"])
     task = Task(bits=args.bits, num_classes=card.num_classes, multi_label=card.multi_label, seed=0,
@@ -80,22 +85,23 @@ def run(args: argparse.Namespace) -> int:
 
     def bare() -> float:
         torch.manual_seed(0)
-        model = HashNetwork(build_backbone(card.backbone, card.channels), args.bits)
-        return bare_loop_images_per_second(
-            images, labels, model, lambda h, y: method.loss(h, y, None), batch, args.epochs,
-            float(config["lr"]), 0,
-        )
+        model = numerics.module(HashNetwork(build_backbone(card.backbone, card.channels), args.bits))
+        with applied(numerics):
+            return bare_loop_images_per_second(
+                images, labels, model, lambda h, y: method.loss(h, y, None), batch, args.epochs,
+                float(config["lr"]), 0,
+            )
 
     def suite() -> float:
         with TemporaryDirectory() as tmp:
             body = train_and_evaluate(spec, results_dir=Path(tmp), data_root=args.data_root,
-                                      device="cpu", progress_bars=False)
+                                      device="cpu", progress_bars=False, numerics=numerics)
         return len(train_index) * args.epochs / body["timings"]["train"]
 
     print(f"training-loop throughput: {args.method} {args.bits} bits on {args.dataset} "
           f"({len(train_index)} train images, batch {batch}, {args.epochs} epochs, "
-          f"{torch.get_num_threads()} threads, oneDNN kernels "
-          f"{'on' if torch.backends.mkldnn.enabled else 'off'} in both loops)")
+          f"{numerics.path} path in both loops: {numerics.threads} threads, oneDNN "
+          f"{'on' if numerics.onednn else 'off'}, channels_last {'on' if numerics.channels_last else 'off'})")
     bare_rates, suite_rates = [], []
     for repeat in range(args.repeats):
         # Alternate which loop goes first so warm-up and drift do not favour either.
