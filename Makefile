@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: setup data reproduce test lint bench-perf clean-venv
+.PHONY: setup data reproduce test lint bench-perf clean-venv mutants
 
 setup: $(STAMP) data
 
@@ -38,6 +38,11 @@ test: setup
 	$(VENV)/bin/ruff check bench methods tests
 	$(PY) -m pytest -q
 	$(PY) -m bench check
+
+# Deliberate breakages (tools/mutants.yaml), each in a temporary copy of the tree: every one
+# must be caught by the fast tests or the regression gate. Not part of CI (about 15 min).
+mutants: setup
+	$(PY) tools/mutants.py --workers 2
 
 bench-perf: setup
 	$(PY) -m bench perf evaluator
