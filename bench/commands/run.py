@@ -52,11 +52,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     how.add_argument("--scheduler", metavar="ADDRESS",
                      help="Dask scheduler address, e.g. tcp://10.0.0.1:8786 (implies --backend dask)")
     how.add_argument("--threads", type=int, default=None,
-                     help="torch threads per run (default: the machine's cores divided by --jobs; "
-                          "a cluster worker's own default)")
+                     help="torch threads per run (default: 1, fixed, so records do not depend on "
+                          "--jobs; parallelise with --jobs instead. BENCH_FAST=0 (legacy path): "
+                          "the machine's cores divided by --jobs)")
     how.add_argument("--onednn", action="store_true",
-                     help="use oneDNN CPU kernels: up to ~1.6x faster with several threads per run, "
-                          "but metrics then depend slightly on the thread count (so on --jobs)")
+                     help="legacy path only (BENCH_FAST=0): oneDNN CPU kernels; the default fast "
+                          "path always uses them, at a fixed thread count")
     how.add_argument("--workers", type=int, default=0, help="DataLoader workers for image files")
     how.add_argument("--quiet", action="store_true", help="no progress bars")
     how.add_argument("--dry-run", action="store_true", help="list the runs and whether they are done")
