@@ -6,15 +6,14 @@ images, never from the generator itself. One test uses the real Fashion-MNIST if
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
-import struct
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+from fake_idx import write_idx
 
 from bench.data import ground_truth_record, load_card, open_dataset
 from bench.errors import UserError
@@ -30,16 +29,6 @@ from bench.split_groups import draw_by_group, group_members
 N_TRAIN, N_TEST = 1000, 200  # 100 / 20 images per class
 REAL = Path("/usr/share/datasets/fashion-mnist")
 TOPS, SHOES = {0, 2, 4, 6}, {5, 7, 9}
-
-
-def write_idx(path: Path, array: np.ndarray, gz: bool) -> None:
-    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(struct.pack(">I", d) for d in array.shape)
-    payload = header + array.astype(np.uint8).tobytes()
-    if gz:
-        with gzip.open(str(path) + ".gz", "wb") as handle:
-            handle.write(payload)
-    else:
-        path.write_bytes(payload)
 
 
 @pytest.fixture

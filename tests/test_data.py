@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import gzip
 import pickle
-import struct
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+from fake_idx import write_idx
 
 from bench.data import (
     load_card,
@@ -21,16 +20,6 @@ from bench.data import (
     read_idx,
 )
 from bench.errors import UserError
-
-
-def write_idx(path: Path, array: np.ndarray, gz: bool = True) -> None:
-    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(struct.pack(">I", d) for d in array.shape)
-    payload = header + array.astype(np.uint8).tobytes()
-    if gz:
-        with gzip.open(str(path) + ".gz", "wb") as handle:
-            handle.write(payload)
-    else:
-        path.write_bytes(payload)
 
 
 def write_fake_fashion_mnist(root: Path, n_train: int = 40, n_test: int = 20) -> None:

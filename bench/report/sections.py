@@ -71,9 +71,10 @@ def training_curves(doc: Doc, a: Analysis) -> None:
     if not a.main:
         doc.p("No complete main-comparison runs: no training curves.")
         return
-    doc.p("Validation mAP (validation queries against the training set, the model-selection "
-           "criterion) at each evaluation epoch, mean over seeds. A run whose best epoch is its last "
-           "evaluation may still have been improving.")
+    doc.p("Validation mAP (the model-selection criterion: validation queries against the held-out "
+           "validation database under protocol v2, against the training set under v1; each record's "
+           "`selection` says which) at each evaluation epoch, mean over seeds. A run whose best epoch "
+           "is its last evaluation may still have been improving.")
     for scope, table in a.main.items():
         cells = [c for c in table.cells.values() if c.complete]
         if not cells:
