@@ -75,16 +75,11 @@ def planted_similarity(num_classes: int, rng: np.random.Generator, block: int = 
 
 def distance_stats(centers: np.ndarray) -> tuple[int, float, int]:
     """(minimum, mean) pairwise Hamming distance over distinct pairs, and duplicate rows
-    (rows equal to an earlier row)."""
-    from methods.centers import hamming_distances
+    (rows equal to an earlier row): `methods.centers.distance_summary` as a row's columns."""
+    from methods.centers import distance_summary
 
-    centers = np.asarray(centers)
-    count = len(centers)
-    if count < 2:
-        return int(centers.shape[1]), float(centers.shape[1]), 0
-    upper = hamming_distances(centers, centers)[np.triu_indices(count, k=1)]
-    duplicates = count - len(np.unique(centers, axis=0))
-    return int(upper.min()), float(upper.mean()), int(duplicates)
+    summary = distance_summary(centers)
+    return summary["min_distance"], summary["mean_distance"], summary["duplicate_rows"]
 
 
 class _Context:

@@ -85,12 +85,30 @@ def hamming_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return ((a.shape[1] - a @ b.T) // 2).astype(np.int64)
 
 
+def distance_summary(centers: np.ndarray) -> dict[str, Any]:
+    """Minimum and mean pairwise Hamming distance and the number of duplicate rows of a set of
+    ±1 centers (a single center: distance K, no duplicates): what every generator records."""
+    centers = np.asarray(centers)
+    count, bits = centers.shape
+    if count < 2:
+        return {"min_distance": int(bits), "mean_distance": float(bits), "duplicate_rows": 0}
+    upper = hamming_distances(centers, centers)[np.triu_indices(count, k=1)]
+    return {"min_distance": int(upper.min()), "mean_distance": float(upper.mean()),
+            "duplicate_rows": int(count - len(np.unique(centers, axis=0)))}
+
+
 def min_pairwise_distance(centers: np.ndarray) -> int:
     if len(centers) < 2:
         return int(centers.shape[1])
     distances = hamming_distances(centers, centers)
     np.fill_diagonal(distances, centers.shape[1] + 1)
     return int(distances.min())
+
+
+def tie_breaker(rng: np.random.Generator, bits: int) -> np.ndarray:
+    """The fixed random ±1 vector whose bit a composed multi-label center takes where the sum
+    of its classes' centers is 0 (drawn from the method's seeded stream, after its centers)."""
+    return np.where(rng.random(bits) < 0.5, 1.0, -1.0)
 
 
 def multi_label_targets(labels: torch.Tensor, centers: torch.Tensor,

@@ -43,7 +43,7 @@ from torch import nn
 
 from bench.errors import UserError
 from methods.base import HARMONISED, HashMethod, Param, Task, TrainContext
-from methods.centers import hamming_distances, min_pairwise_distance
+from methods.centers import distance_summary
 
 _SEED_TAG = 0x48434C4D  # "HCLM"
 
@@ -223,11 +223,7 @@ def hclm_proxies(num_classes: int, bits: int, rng: np.random.Generator,
         codes = codes[perm]
     else:
         summary["assignment"] = "none (Tammes order)"
-    distances = hamming_distances(codes, codes)[np.triu_indices(num_classes, k=1)]
-    summary.update(min_distance=min_pairwise_distance(codes),
-                   mean_distance=float(distances.mean()) if distances.size else float(bits),
-                   duplicate_rows=int(num_classes - len(np.unique(codes, axis=0))),
-                   seconds=time.perf_counter() - started)
+    summary.update(**distance_summary(codes), seconds=time.perf_counter() - started)
     return codes, summary
 
 

@@ -28,7 +28,7 @@ from torch import nn
 
 from bench.errors import UserError
 from methods.base import HashMethod, Param, Task, TrainContext
-from methods.centers import bernoulli_centers, hadamard_centers, hamming_distances, min_pairwise_distance
+from methods.centers import bernoulli_centers, distance_summary, hadamard_centers
 
 CODEBOOKS = ("bernoulli", "maxhd", "hadamard")
 RELEASED_CODE_SCALE = 8.0  # kamwoh/orthohash hard-codes s = 8 for every bit length
@@ -110,13 +110,7 @@ def orthohash_targets(num_classes: int, bits: int, kind: str, rng: np.random.Gen
                    else "CSQ fallback: Bernoulli resampled for >= K/4 bits (C > 2K or K not a power of 2)"}
     else:
         raise UserError(f"orthohash: codebook={kind!r} is not valid; choose from {', '.join(CODEBOOKS)}")
-    distances = hamming_distances(targets, targets)[np.triu_indices(num_classes, k=1)]
-    summary.update(
-        min_distance=min_pairwise_distance(targets),
-        mean_distance=float(distances.mean()) if distances.size else float(bits),
-        duplicate_rows=int(num_classes - len(np.unique(targets, axis=0))),
-        seconds=time.perf_counter() - started,
-    )
+    summary.update(**distance_summary(targets), seconds=time.perf_counter() - started)
     return targets.astype(np.int8), summary
 
 
