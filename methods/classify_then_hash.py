@@ -21,7 +21,13 @@ from torch import nn
 
 from bench.errors import UserError
 from methods.base import HARMONISED, HashMethod, Param, Task, TrainContext
-from methods.centers import bernoulli_centers, hadamard_centers, min_pairwise_distance, multi_label_targets
+from methods.centers import (
+    bernoulli_centers,
+    hadamard_centers,
+    min_pairwise_distance,
+    multi_label_targets,
+    tie_breaker,
+)
 
 
 def classifier_loss(logits: torch.Tensor, labels: torch.Tensor, multi_label: bool) -> torch.Tensor:
@@ -80,7 +86,7 @@ class ClassifyThenHash(HashMethod):
             centers = hadamard_centers(task.num_classes, task.bits, rng, tries)
         else:
             centers = bernoulli_centers(task.num_classes, task.bits, rng, task.bits / 4, tries)
-        tie = np.where(rng.random(task.bits) < 0.5, 1.0, -1.0)
+        tie = tie_breaker(rng, task.bits)
         device = task.device if task.device is not None else torch.device("cpu")
         self.centers = torch.as_tensor(centers, dtype=torch.float32, device=device)
         self.tie_breaker = torch.as_tensor(tie, dtype=torch.float32, device=device)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from methods.base import HashMethod, Param, Task
-from methods.centers import hadamard_centers, multi_label_targets
+from methods.centers import hadamard_centers, multi_label_targets, tie_breaker
 
 
 def central_similarity_loss(
@@ -60,7 +60,7 @@ class CSQ(HashMethod):
         """Fix the class centers (SHC reuses this loss with its own optimised centers)."""
         device = self.task.device
         self.centers = torch.as_tensor(centers, dtype=torch.float32, device=device)
-        tie = np.where(rng.random(self.task.bits) < 0.5, 1.0, -1.0)
+        tie = tie_breaker(rng, self.task.bits)
         self.tie_breaker = torch.as_tensor(tie, dtype=torch.float32, device=device)
 
     def loss(self, h: torch.Tensor, labels: torch.Tensor, ctx: Any) -> torch.Tensor:

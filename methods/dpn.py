@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from methods.base import HashMethod, Param, Task
-from methods.centers import bernoulli_centers, multi_label_targets
+from methods.centers import bernoulli_centers, multi_label_targets, tie_breaker
 
 
 def polarization_loss(h: torch.Tensor, targets: torch.Tensor, margin: float) -> torch.Tensor:
@@ -71,7 +71,7 @@ class DPN(HashMethod):
         # One Bernoulli(0.5) draw per class and bit, seeded by the run's seed.
         targets = bernoulli_centers(task.num_classes, task.bits, rng)
         self.targets = torch.as_tensor(targets, dtype=torch.float32, device=task.device)
-        tie = np.where(rng.random(task.bits) < 0.5, 1.0, -1.0)
+        tie = tie_breaker(rng, task.bits)
         self.tie_breaker = torch.as_tensor(tie, dtype=torch.float32, device=task.device)
 
     def loss(self, h: torch.Tensor, labels: torch.Tensor, ctx: Any) -> torch.Tensor:

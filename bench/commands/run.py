@@ -80,15 +80,21 @@ def parse_int_list(text: str, flag: str, minimum: int, example: str = "16,32,64"
     return values
 
 
-def parse_seed(text: str | int, flag: str) -> int:
-    """One seed: a non-negative integer (numpy's generators refuse negative seeds)."""
+def parse_int(text: str | int, flag: str, minimum: int, example: str) -> int:
+    """One integer flag value >= minimum, or a one-line UserError naming it and an example."""
     try:
         value = int(str(text).strip())
     except ValueError:
         value = None
-    if value is None or value < 0:
-        raise UserError(f"{flag} '{text}' is not valid; give a non-negative integer, e.g. 0")
+    if value is None or value < minimum:
+        kind = "a positive integer" if minimum > 0 else "a non-negative integer"
+        raise UserError(f"{flag} '{text}' is not valid; give {kind}, e.g. {example}")
     return value
+
+
+def parse_seed(text: str | int, flag: str) -> int:
+    """One seed: a non-negative integer (numpy's generators refuse negative seeds)."""
+    return parse_int(text, flag, 0, "0")
 
 
 def parse_settings(items: list[str]) -> dict[str, str]:

@@ -42,21 +42,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     how.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def _positive(text: str, flag: str, example: str) -> int:
-    try:
-        value = int(str(text).strip())
-    except ValueError:
-        value = None
-    if value is None or value < 1:
-        raise UserError(f"{flag} '{text}' is not valid; give a positive integer, e.g. {example}")
-    return value
-
-
 def execute(args: argparse.Namespace) -> int:
     import sys
 
     from bench.backbones import PRETRAINABLE
-    from bench.commands.run import parse_seed
+    from bench.commands.run import parse_int, parse_seed
     from bench.data import load_card
     from bench.parallel import check_executor
     from bench.records import DEFAULT_RESULTS_DIR
@@ -71,9 +61,9 @@ def execute(args: argparse.Namespace) -> int:
         get_method(name)
     if "," in str(args.bits):
         raise UserError(f"--bits '{args.bits}' is not valid; tuning uses one code length, e.g. 32")
-    bits = _positive(args.bits, "--bits", "32")
-    trials = _positive(args.trials, "--trials", "12")
-    epochs = _positive(args.epochs, "--epochs", "30") if args.epochs is not None else None
+    bits = parse_int(args.bits, "--bits", 1, "32")
+    trials = parse_int(args.trials, "--trials", 1, "12")
+    epochs = parse_int(args.epochs, "--epochs", 1, "30") if args.epochs is not None else None
     seed = parse_seed(args.seed, "--seed")
     split_seed = parse_seed(args.split_seed, "--split-seed")
     card = load_card(args.dataset or "fashion-mnist")
