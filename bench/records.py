@@ -214,6 +214,9 @@ def environment(device: str) -> dict[str, Any]:
         # reproducible only on the same kind of processor: record which one this was.
         "cpu": cpu_model(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        # Wall times are comparable only at similar load: keep the 1/5/15-minute load average
+        # as the run ended beside them (the run log holds the load at each sweep's start).
+        "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
     }
     if device.startswith("cuda") and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(torch.device(device))
