@@ -80,10 +80,26 @@ def run_all(todo: list[PlannedRun], options: RunOptions, jobs: int, backend: str
         for run in todo:
             yield run, compute_record(run, options)
         return
+    todo = longest_first(todo)
     if backend == "local":
         yield from _run_on_joblib(todo, options, min(jobs, len(todo)))
         return
     yield from _run_on_dask(todo, options, jobs, scheduler)
+
+
+def longest_first(todo: list[PlannedRun]) -> list[PlannedRun]:
+    """Runs with a larger `epochs` override first, the order otherwise kept. With several
+    workers, a mixed-budget sweep (budget curves: 15/30/60 epochs) that reaches its 60-epoch
+    runs last ends with idle workers waiting on them; starting the longest first shortens
+    that tail (longest-processing-time-first scheduling)."""
+    def epochs(run: PlannedRun) -> int:
+        value = dict(run.spec.overrides).get("epochs")
+        try:
+            return int(value) if value is not None else 0
+        except (TypeError, ValueError):
+            return 0
+
+    return sorted(todo, key=lambda run: -epochs(run))
 
 
 def _run_on_joblib(todo: list[PlannedRun], options: RunOptions,

@@ -133,3 +133,18 @@ def test_bad_bench_fast_value_is_refused(tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip() == ("error: BENCH_FAST='maybe' is not valid; use 1 (fast path, "
                                    "default) or 0 (legacy path)")
+
+
+def test_parallel_sweeps_start_the_longest_runs_first():
+    from bench.jobs import PlannedRun
+    from bench.parallel import longest_first
+    from bench.spec import RunSpec
+
+    def planned(name: str, epochs: int | None) -> PlannedRun:
+        overrides = (("epochs", epochs),) if epochs is not None else ()
+        spec = RunSpec(method="csq", dataset="synthetic", bits=16, overrides=overrides)
+        return PlannedRun(spec=spec, run_id=name, path=Path(name))
+
+    runs = [planned("a15", 15), planned("b", None), planned("c60", 60), planned("d30", 30),
+            planned("e60", 60), planned("f15", 15)]
+    assert [r.run_id for r in longest_first(runs)] == ["c60", "e60", "d30", "a15", "f15", "b"]
