@@ -72,7 +72,6 @@ if [ "$failed" = 0 ]; then
     stamp "end --experiment $experiment rc=$?"
   done
 fi
-pkill -f "bench (run|tune)" 2>/dev/null
 [ -n "${SMOKE:-}" ] && { kill "$SMOKE" 2>/dev/null; wait "$SMOKE" 2>/dev/null; }
 stamp "batch end"
 find "$RESULTS" bench/tuned -type f -newer "$LOGS/start-marker" > "$LOGS/new-files.txt"
