@@ -35,6 +35,10 @@ class RunOptions:
     torch_threads: int | None = None  # None: the path's rule (fast: 1 per run; legacy: cores / jobs)
     onednn: bool = False  # legacy path only: oneDNN kernels (the fast path always uses them)
     fast: bool | None = None  # None: BENCH_FAST (default fast); see bench.numerics
+    # Where records go under results_dir. `bench tune` keeps its trials in "tuning/runs", apart
+    # from the tables: a trial is a normal record, but its searched values would otherwise
+    # show up in the report as one variant per trial.
+    runs_folder: str = "runs"
 
 
 @dataclass

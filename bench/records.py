@@ -28,8 +28,8 @@ REQUIRED_KEYS = ("schema", "run_id", "status", "spec", "config")
 CORRUPT_SUFFIX = ".corrupt"
 
 
-def record_path(results_dir: Path, spec: RunSpec, run_id: str) -> Path:
-    return Path(results_dir) / "runs" / spec.dataset / spec.method / f"{run_id}.json"
+def record_path(results_dir: Path, spec: RunSpec, run_id: str, runs_folder: str = "runs") -> Path:
+    return Path(results_dir) / runs_folder / spec.dataset / spec.method / f"{run_id}.json"
 
 
 def _clean(value: Any) -> Any:
@@ -127,10 +127,11 @@ def set_aside(path: Path) -> Path:
     return target
 
 
-def load_records(results_dir: Path, include_failed: bool = True) -> tuple[list[dict], list[str]]:
-    """Every record under results_dir/runs, plus a list of problems (corrupt files)."""
+def load_records(results_dir: Path, include_failed: bool = True,
+                 runs_folder: str = "runs") -> tuple[list[dict], list[str]]:
+    """Every record under results_dir/<runs_folder>, plus a list of problems (corrupt files)."""
     records, problems = [], []
-    runs = Path(results_dir) / "runs"
+    runs = Path(results_dir) / runs_folder
     for path in sorted(runs.rglob("*.json")) if runs.is_dir() else []:
         try:
             record = read_record(path)

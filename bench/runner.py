@@ -67,7 +67,7 @@ def plan_runs(specs: list[RunSpec], options: RunOptions) -> list[PlannedRun]:
                     seed=spec.seed, epochs=int(config["epochs"]), device=None)  # type: ignore[arg-type]
         method.check(config, task)
         identifier = run_id(spec, config)
-        path = record_path(options.results_dir, spec, identifier)
+        path = record_path(options.results_dir, spec, identifier, options.runs_folder)
         planned.setdefault(path, PlannedRun(spec, identifier, path))
     return list(planned.values())
 

@@ -229,7 +229,7 @@ def tuned_values(card: DatasetCard, method: str) -> tuple[dict[str, Any], dict[s
         )
     entry = setting.methods[method]
     return values, {"file": setting.shown_path, "sha256": setting.sha256, "method": method,
-                    "bits": entry.get("bits"), "trials": entry.get("trials")}
+                    "bits": entry.get("bits"), "trials": entry.get("trials"), "values": dict(values)}
 
 
 def card_protocol(card: DatasetCard) -> str:

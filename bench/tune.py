@@ -11,11 +11,13 @@ the space), so the tuned value is never worse than the default on validation, an
 default's score is kept beside the tuned one.
 
 Trials are normal runs (harmonised protocol plus the trial's values as overrides) executed by
-`bench.runner.execute_runs`, so every trial is a run record in RESULTS/runs and a trial whose
-record exists is reused. The study lives in SQLite (RESULTS/tuning/<card>-<method>-<bits>b.db,
-Optuna's TPE sampler); a killed tuning run resumes: trials left running are finished with
-their own values, and the sampler is re-seeded from (seed, trial number) before each new
-trial, so a resumed study proposes exactly what an uninterrupted one would have.
+`bench.runner.execute_runs`, so every trial is a run record and a trial whose record exists is
+reused. Trial records live in RESULTS/tuning/runs, apart from RESULTS/runs: the report's tables
+group records by their settings, and each trial's searched values would be a variant of its own.
+The study lives in SQLite (RESULTS/tuning/<card>-<method>-<bits>b.db, Optuna's TPE sampler);
+a killed tuning run resumes: trials left running are finished with their own values, and the
+sampler is re-seeded from (seed, trial number) before each new trial, so a resumed study
+proposes exactly what an uninterrupted one would have.
 The chosen values are merged into a committed setting (bench/tuned/<card>.yaml) with their
 provenance; `run --protocol tuned` applies them.
 """
@@ -23,6 +25,7 @@ provenance; `run --protocol tuned` applies them.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import math
 import time
@@ -42,6 +45,7 @@ from methods.base import HARMONISED, HashMethod
 SPACE_KINDS = ("log", "float", "int", "choice")
 DEFAULT_SEARCH_SPACE: dict[str, tuple] = {"lr": ("log", 1e-4, 3e-3)}
 BASE_PROTOCOL = "harmonised"
+TRIALS_FOLDER = "tuning/runs"  # trial records, under the results directory, apart from the tables
 N_STARTUP_TRIALS = 5  # TPE's random start: with 12 trials, 5 random (incl. the default) + 7 guided
 OBJECTIVE = "selection.best_val_mAP of each trial's record (validation only; its test mAP is never read)"
 
@@ -198,6 +202,7 @@ def tune_method(method: str, request: TuneRequest, options: Any,
     space = search_space(method)
     name = study_name(request.card.name, method, request.bits)
     folder = Path(options.results_dir) / "tuning"
+    options = dataclasses.replace(options, runs_folder=TRIALS_FOLDER)
     storage_path = folder / f"{name}.db"
     with _exclusive(folder / f"{name}.lock", name):
         study = optuna.create_study(
@@ -298,7 +303,7 @@ def write_setting(path: Path | None, request: TuneRequest, outcomes: list[TuneOu
             "objective": OBJECTIVE,
             "study": result.study,
             "storage": _shown(result.storage),
-            "results": _shown(Path(results_dir)),
+            "results": _shown(Path(results_dir) / TRIALS_FOLDER),
             "sampler": f"optuna {optuna.__version__} TPESampler(seed={request.seed}, "
                        f"n_startup_trials={N_STARTUP_TRIALS}), re-seeded per trial",
             "code": {"commit": code.get("commit"), "dirty": code.get("dirty"),

@@ -117,6 +117,26 @@ def test_different_settings_and_splits_are_separate_tables(make_record):
     assert all("split " in label for label in labels)  # two digests for one dataset: say which
 
 
+def test_the_headline_table_prefers_complete_then_tuned_then_more_seeds(make_record):
+    def table(protocol, seeds, methods=("crh", "csq")):
+        return [r for m in methods for r in cell(make_record, m, 16, 0.6, seeds=seeds, protocol=protocol)]
+
+    # Equally complete: tuned heads the card over harmonised, with as many seeds or fewer,
+    # whichever order the records come in.
+    for tuned_seeds in (SEEDS, (0, 1)):
+        for records in (table("harmonised", SEEDS) + table("tuned", tuned_seeds),
+                        table("tuned", tuned_seeds) + table("harmonised", SEEDS)):
+            assert analyze(records).primary["fashion-mnist"].protocol == "tuned"
+    # Same protocol and completeness, different settings: more seeds per cell lead.
+    analysis = analyze(table("harmonised", SEEDS) + [
+        r for m in ("crh", "csq")
+        for r in cell(make_record, m, 16, 0.6, seeds=range(5), epochs=3, protocol="harmonised")])
+    assert dict(analysis.primary["fashion-mnist"].settings).get("epochs") == "3"
+    # A tuned table with fewer complete cells does not take the headline.
+    analysis = analyze(table("harmonised", SEEDS, methods=("crh", "csq", "dpn")) + table("tuned", range(5)))
+    assert analysis.primary["fashion-mnist"].protocol == "harmonised"
+
+
 def test_longer_schedule_is_compared_on_common_seeds_only(make_record):
     short = cell(make_record, "crh", 32, 0.70) + cell(make_record, "csq", 32, 0.60)
     long = (cell(make_record, "crh", 32, 0.75, seeds=(0,), epochs=20, overrides={"eval_every": 4})

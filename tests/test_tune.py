@@ -35,7 +35,7 @@ def tune(results: Path, trials: int, *extra: str) -> int:
 
 
 def records(results: Path) -> dict[str, dict]:
-    folder = results / "runs" / "synthetic" / "csq"
+    folder = results / "tuning" / "runs" / "synthetic" / "csq"
     return {p.name: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))}
 
 
@@ -92,9 +92,19 @@ def test_tune_resumes_scores_validation_only_and_writes_the_setting(tmp_path, tu
     # `run --protocol tuned` now trains with exactly those values and names the file.
     assert main(["run", "--methods", "csq", "--protocol", "tuned", "--bits", "16", "--dataset",
                  "synthetic", "--epochs", "1", "--device", "cpu", "--quiet", "--results", str(results)]) == 0
-    tuned = [r for r in records(results).values() if r["spec"]["protocol"] == "tuned"]
-    assert len(tuned) == 1 and searched(tuned[0]) == searched(best)
-    assert tuned[0]["config"]["tuned_setting"]["file"] == str(tuned_dir / "synthetic.yaml")
+    from bench.records import load_records
+    from bench.report.groups import variant_of
+
+    tables, _ = load_records(results)  # what the report reads: the tuned run, no trial
+    assert [r["spec"]["protocol"] for r in tables] == ["tuned"]
+    tuned = tables[0]
+    assert searched(tuned) == searched(best)
+    assert tuned["config"]["tuned_setting"]["file"] == str(tuned_dir / "synthetic.yaml")
+    assert tuned["config"]["tuned_setting"]["values"] == entry["values"]
+    # The tuned values are the run's baseline, not a variant; a change on top of them is one.
+    assert variant_of(tuned) == ()
+    changed = {**tuned, "config": {**tuned["config"], "lambda_q": 0.5}}
+    assert [k for k, _ in variant_of(changed)] == ["lambda_q"]
 
 
 def test_a_trial_left_running_is_finished_with_its_own_values(tmp_path, one_thread):
@@ -126,7 +136,7 @@ def test_tune_killed_by_a_signal_resumes(tmp_path, tuned_dir):
                "--results", str(results)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    folder = results / "runs" / "synthetic" / "csq"
+    folder = results / "tuning" / "runs" / "synthetic" / "csq"
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and process.poll() is None and not list(folder.glob("*.json")):
         time.sleep(0.2)

@@ -195,6 +195,18 @@ def _failed_key(scope: Scope, method: Any, bits: int, variant: tuple) -> tuple:
     return (scope.dataset, scope.protocol, scope.settings, method, bits, variant)
 
 
+PROTOCOL_PREFERENCE = {"tuned": 2, "harmonised": 1, "native": 0}
+
+
+def _primary_rank(table: MainTable) -> tuple:
+    """A card's headline table: the most complete cells; among equally complete tables the
+    tuned protocol (every method at its own searched values) over harmonised over native,
+    then more seeds, then the fewest extra settings."""
+    cells = table.cells.values()
+    return (sum(c.complete for c in cells), PROTOCOL_PREFERENCE.get(table.scope.protocol, -1),
+            max((len(seeds) for seeds in table.expected.values()), default=0), -len(table.scope.settings))
+
+
 def analyze(records: Sequence[dict], problems: Sequence[str] = (),
             results_version: Any = RESULTS_VERSION) -> Analysis:
     """Sort records into what counts and what is shown apart, and group what counts."""
@@ -234,10 +246,9 @@ def analyze(records: Sequence[dict], problems: Sequence[str] = (),
         if ablations is not None:
             crh[scope] = ablations
     primary: dict[str, Scope] = {}
-    for scope, table in main.items():
-        rank = (sum(c.complete for c in table.cells.values()), -len(scope.settings))
+    for scope in main:
         best = primary.get(scope.dataset)
-        if best is None or rank > (sum(c.complete for c in main[best].cells.values()), -len(best.settings)):
+        if best is None or _primary_rank(main[scope]) > _primary_rank(main[best]):
             primary[scope.dataset] = scope
     return Analysis(included, older, failed, problems, groups, conflicts, main, crh, multi_digest, primary,
                     results_version)

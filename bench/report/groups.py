@@ -110,12 +110,24 @@ def variant_of(record: dict) -> Variant:
 
     spec, config = record.get("spec") or {}, record.get("config") or {}
     defaults = method_defaults(str(spec.get("method")), str(spec.get("protocol")))
+    if defaults is not None and spec.get("protocol") == "tuned":
+        # A tuned run's baseline is the method's defaults plus the tuned values it trained
+        # with (kept in its provenance): only what was changed on top of them is a variant.
+        defaults = {**defaults, **tuned_values_of(record)}
     if defaults is not None:
         diff = {k: config[k] for k in sorted(defaults) if k in config and config[k] != defaults[k]}
     else:  # unknown method: trust the overrides the run was started with
         diff = {k: config[k] for k in sorted(spec.get("overrides") or {})
                 if k in config and k not in TRAINING_PARAMS}
     return tuple((k, jsonable(v)) for k, v in sorted(diff.items()))
+
+
+def tuned_values_of(record: dict) -> dict[str, Any]:
+    """The tuned values a run of the tuned protocol applied, as its provenance recorded them
+    (config.tuned_setting.values); empty when the record predates that field."""
+    provenance = get(record, "config", "tuned_setting", default=None) or {}
+    values = provenance.get("values") if isinstance(provenance, dict) else None
+    return dict(values) if isinstance(values, dict) else {}
 
 
 def describe_variant(variant: Variant) -> str:
