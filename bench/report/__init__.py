@@ -46,6 +46,7 @@ from bench.report.sections import (
 )
 from bench.report.stats import holm, paired_test
 from bench.report.tables import claims_section, headline_figure, main_comparison, verdict_table
+from bench.report.tuning import tuning_section
 from bench.report.util import CLAIMS_FILE, PUBLISHED_FILE, get
 from bench.report.verdicts import CONSISTENT, CONTRADICTED, GRADES, MIXED, NOT_MEASURABLE, SUPPORTED
 
@@ -56,8 +57,8 @@ __all__ = [
     "schedule_comparisons", "write_report",
 ]
 
-SECTIONS = ("Claims and verdicts", "Main comparison", "Retrieval curves", "Training curves", "CRH ablations",
-            "Hash centers", "Training cost", "Published numbers", "Data quality",
+SECTIONS = ("Claims and verdicts", "Main comparison", "Tuning", "Retrieval curves", "Training curves",
+            "CRH ablations", "Hash centers", "Training cost", "Published numbers", "Data quality",
             "Appendix: run ids per cell")
 
 
@@ -101,8 +102,10 @@ def _header(doc: Doc, a: Analysis, verdicts: list[ClaimResult]) -> None:
 
 
 def build_report(records: Sequence[dict], problems: Sequence[str] = (), claims: Sequence[dict] | None = None,
-                 published: Sequence[dict] | None = None, results_version: Any = RESULTS_VERSION) -> Report:
-    """The whole report as data: a pure function of its arguments."""
+                 published: Sequence[dict] | None = None, results_version: Any = RESULTS_VERSION,
+                 trials: Sequence[dict] = (), tuned: dict[str, dict] | None = None) -> Report:
+    """The whole report as data: a pure function of its arguments (`trials`: tuning trial
+    records; `tuned`: card -> parsed tuned setting)."""
     claims = load_claims() if claims is None else claims
     published = load_published() if published is None else list(published)
     analysis = analyze(records, problems, results_version)
@@ -112,6 +115,7 @@ def build_report(records: Sequence[dict], problems: Sequence[str] = (), claims: 
     _header(doc, analysis, verdicts)
     claims_section(doc, verdicts)
     main_comparison(doc, analysis, list(published))
+    tuning_section(doc, trials, tuned or {})
     curves(doc, analysis)
     training_curves(doc, analysis)
     ablations(doc, analysis)
@@ -127,13 +131,13 @@ def render_figures(report: Report) -> dict[str, bytes]:
     return {name: render_figure(plan) for name, plan in sorted(report.figures.items())}
 
 
-def load_for_report(results_dir: Path) -> tuple[list[dict], list[str]]:
+def load_for_report(results_dir: Path, runs_folder: str = "runs") -> tuple[list[dict], list[str]]:
     """Records and corrupt-file problems, with paths relative to results_dir (so the report
     does not depend on where the results folder lives)."""
     from bench.records import load_records
 
     results_dir = Path(results_dir)
-    records, problems = load_records(results_dir)
+    records, problems = load_records(results_dir, runs_folder=runs_folder)
     prefix, plain = str(results_dir.resolve()) + "/", str(results_dir) + "/"
 
     def relative(text: str) -> str:
@@ -186,5 +190,22 @@ def generate(results_dir: Path, out_dir: Path, claims_file: Path = CLAIMS_FILE,
     if not records and not problems:
         raise UserError(f"no run records under {Path(results_dir) / 'runs'}: nothing to report "
                         "(run `python -m bench run ...` first, or pass --results DIR)")
-    report = build_report(records, problems, load_claims(claims_file), load_published(published_file))
+    from bench.tune import TRIALS_FOLDER
+
+    trials, trial_problems = load_for_report(results_dir, TRIALS_FOLDER)
+    report = build_report(records, problems + trial_problems, load_claims(claims_file),
+                          load_published(published_file), trials=trials, tuned=load_tuned_settings())
     return write_report(report, out_dir)
+
+
+def load_tuned_settings(folder: Path | None = None) -> dict[str, dict]:
+    """card -> parsed tuned setting, for every bench/tuned/<card>.yaml (or `folder`'s)."""
+    from bench.spec import read_yaml, tuned_dir
+
+    folder = Path(folder) if folder is not None else tuned_dir()
+    settings = {}
+    for path in sorted(folder.glob("*.yaml")) if folder.is_dir() else []:
+        raw = read_yaml(path)
+        if isinstance(raw, dict) and isinstance(raw.get("methods"), dict):
+            settings[str(raw.get("dataset") or path.stem)] = raw
+    return settings
