@@ -269,7 +269,7 @@ def test_ablation_experiments_plan(name: str, tmp_path: Path, capsys: pytest.Cap
 
     experiment = load_experiment(name)
     assert experiment.description and experiment.varies and experiment.fixed
-    assert experiment.dataset == "fashion-mnist" and experiment.protocol == "harmonised"
+    assert experiment.dataset == "fashion-mnist" and experiment.protocol == "tuned"
     assert experiment.seeds == (0, 1, 2)
     assert main(["run", "--experiment", name, "--dry-run", "--results", str(tmp_path)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
