@@ -27,6 +27,7 @@ import pandas as pd
 from bench import RESULTS_VERSION
 from bench.errors import UserError
 from bench.report.analysis import Analysis, analyze, schedule_comparisons
+from bench.report.budget import budget_section
 from bench.report.claims import ClaimResult, evaluate_claims, load_claims
 from bench.report.document import Block, Doc, FigurePlan, anchor
 from bench.report.figures import render_figure
@@ -57,7 +58,8 @@ __all__ = [
     "schedule_comparisons", "write_report",
 ]
 
-SECTIONS = ("Claims and verdicts", "Main comparison", "Tuning", "Retrieval curves", "Training curves",
+SECTIONS = ("Claims and verdicts", "Main comparison", "Tuning", "Budget curves", "Retrieval curves",
+            "Training curves",
             "CRH ablations", "Hash centers", "Training cost", "Published numbers", "Data quality",
             "Appendix: run ids per cell")
 
@@ -116,6 +118,7 @@ def build_report(records: Sequence[dict], problems: Sequence[str] = (), claims: 
     claims_section(doc, verdicts)
     main_comparison(doc, analysis, list(published))
     tuning_section(doc, trials, tuned or {})
+    budget_section(doc, analysis)
     curves(doc, analysis)
     training_curves(doc, analysis)
     ablations(doc, analysis)
