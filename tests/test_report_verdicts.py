@@ -215,3 +215,20 @@ def test_headline_comparisons_are_the_primary_tables(make_record, claims):
     result = verdict(records, claims, "crh-beats-baselines")
     assert [c.headline for c in result.comparisons] == [True, True, False]
     assert "epochs=20" in result.comparisons[2].where
+
+
+def test_each_card_gets_its_own_grade_under_the_same_rule(make_record, claims):
+    """Card A: CRH ahead at both lengths (five seeds); card B: clearly behind at 32 bits. The
+    claim as a whole is contradicted; A alone is supported, B alone contradicted; a card with
+    runs but no CRH comparison is not measurable."""
+    records = (runs(make_record, "crh", 16, AHEAD[0]) + runs(make_record, "csq", 16, AHEAD[1])
+               + runs(make_record, "crh", 32, AHEAD[0]) + runs(make_record, "csq", 32, AHEAD[1]))
+    records += [r for r in _beats(make_record, CONTRADICTED)
+                for r in [make_record(r["spec"]["method"], r["spec"]["bits"], r["spec"]["seed"],
+                                      r["metrics"]["mAP"], dataset="synthetic")]]
+    records += runs(make_record, "csq", 16, AHEAD[1], dataset="synthetic-196")
+    result = verdict(records, claims, "crh-beats-baselines")
+    grades = {card: grade for card, grade, _ in result.by_card}
+    assert result.verdict == CONTRADICTED
+    assert grades == {"fashion-mnist": SUPPORTED, "synthetic": CONTRADICTED, "synthetic-196": NOT_MEASURABLE}
+    assert result.to_dict()["by_card"]["synthetic"]["verdict"] == CONTRADICTED

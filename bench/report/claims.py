@@ -183,6 +183,7 @@ class ClaimResult:
     notes: tuple[str, ...]
     regime: tuple[str, ...]
     paper_regime: str
+    by_card: tuple[tuple[str, str, str], ...] = ()  # (card, grade, reason): the same rule per card
 
     @property
     def evidence(self) -> tuple[str, ...]:
@@ -193,7 +194,9 @@ class ClaimResult:
                 "source": self.source, "alpha": ALPHA,
                 "correction": "Holm over the claim's counted comparisons",
                 "comparisons": [c.to_dict() for c in self.comparisons], "notes": list(self.notes),
-                "regime": {"ours": list(self.regime), "paper": self.paper_regime}}
+                "regime": {"ours": list(self.regime), "paper": self.paper_regime},
+                "by_card": {card: {"verdict": verdict, "summary": summary}
+                            for card, verdict, summary in self.by_card}}
 
 
 def evaluate_claims(frame: pd.DataFrame, claims: Sequence[dict]) -> list[ClaimResult]:
@@ -210,11 +213,17 @@ def evaluate_claims(frame: pd.DataFrame, claims: Sequence[dict]) -> list[ClaimRe
             summary += f"; {checked.extra}"
         counted = [c for c in comparisons if c.counted] or comparisons
         regime = tuple(sorted({r for c in counted for r in c.regime}))
+        # The same grade per dataset card, on that card's comparisons (p-values keep the
+        # claim-wide Holm adjustment, so a card's grade is never looser than the claim's rule).
+        cards = sorted((set(frame["card"]) if not frame.empty else set()) | {c.card for c in comparisons})
+        by_card = tuple((card, *grade([c for c in comparisons if c.card == card],
+                                      int(params["headline_min_seeds"]), f"nothing to compare on {card}"))
+                        for card in cards)
         results.append(ClaimResult(str(claim.get("id")), str(claim.get("claim", "")),
                                    str(claim.get("source", "")),
                                    " ".join(str(claim.get("how", "")).split()), verdict, summary,
                                    tuple(comparisons), tuple(checked.notes), regime,
-                                   str(claim.get("paper_regime") or DEFAULT_PAPER_REGIME)))
+                                   str(claim.get("paper_regime") or DEFAULT_PAPER_REGIME), by_card))
     return results
 
 

@@ -110,8 +110,9 @@ def verdict_table(doc: Doc, verdicts: list[ClaimResult]) -> None:
     if not verdicts:
         doc.p("No claims are listed in bench/claims.yaml.")
         return
-    doc.table(("claim", "verdict", "why (details under Claims and verdicts)"),
-              ((v.claim, f"**{v.verdict}**", short(v.summary, 330)) for v in verdicts), css="verdicts")
+    doc.table(("claim", "verdict", "per card", "why (details under Claims and verdicts)"),
+              ((v.claim, f"**{v.verdict}**", "; ".join(f"{card}: {grade}" for card, grade, _ in v.by_card),
+                short(v.summary, 330)) for v in verdicts), css="verdicts")
 
 
 def headline_figure(doc: Doc, analysis: Analysis) -> None:
@@ -305,6 +306,8 @@ def claims_section(doc: Doc, verdicts: list[ClaimResult]) -> None:
         doc.p(f"*Claim:* {v.claim} *Source:* {v.source}.")
         doc.p(f"*How it is checked:* {v.how}")
         doc.p(f"*Verdict:* **{v.verdict}** — {v.summary}.")
+        if v.by_card:
+            doc.bullets(f"*{card}:* **{grade}** — {summary}" for card, grade, summary in v.by_card)
         rows = []
         for c in v.comparisons:
             digits = 3 if c.unit == "Spearman ρ" else 2
