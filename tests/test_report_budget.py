@@ -34,6 +34,10 @@ def test_flattened_at_and_the_chosen_budget_on_hand_worked_numbers(make_record):
            "| +0.50 (1.00) | 30 epochs |")
     assert row in section
     assert "Every method has flattened at 30 epochs" in section
+    report = build_report(records(make_record, CURVES))
+    (plan,) = [p for name, p in report.figures.items() if name.startswith("budget-")]
+    crh = next(s for s in plan.data if s.key == "crh")
+    assert [(e, round(m, 9)) for e, m, _, _ in crh.points] == [(15, 71), (30, 75), (60, 75.5)]
 
 
 def test_a_curve_still_rising_at_the_longest_budget_chooses_nothing(make_record):

@@ -14,7 +14,8 @@ import math
 from dataclasses import dataclass
 
 from bench.report.analysis import Analysis, _schedule_free
-from bench.report.document import Doc
+from bench.report.document import Doc, FigurePlan
+from bench.report.figures import Series, draw_headline
 from bench.report.groups import Cell
 from bench.report.stats import Stat
 from bench.report.util import fmt_signed, method_name, method_sort_key, metric_points
@@ -122,8 +123,21 @@ def budget_section(doc: Doc, a: Analysis) -> None:
           "budget, on the seeds both have, is no larger than the seeds' spread (the larger std of the two "
           "cells); a method has flattened at the smallest budget after which every step has. The main "
           "table's budget is the smallest at which every method has flattened.")
-    for curve in curves:
+    for number, curve in enumerate(curves):
         doc.h(3, f"{curve.label}, {curve.bits} bits")
+        series = []
+        for method in curve.methods:
+            points = []
+            for epochs in curve.budgets:
+                stat = curve.cells[(method, epochs)].stat(_MAP)
+                half = stat.half_width if stat.n >= 2 else math.nan
+                points.append((epochs, stat.mean, stat.mean - half, stat.mean + half))
+            series.append(Series(method_name(method), method, "method", tuple(points)))
+        doc.figure(FigurePlan(f"budget-{number}-{curve.bits}b", (7.4, 3.6),
+                              draw_headline([(f"{curve.label}, {curve.bits} bits", curve.budgets, series)],
+                                            xlabel="training epochs (log scale)", ylim=None), series),
+                   "Validation-selected test mAP (%) against the training budget, mean over seeds with 95 % "
+                   "t intervals.")
         header = (["method"] + [f"{e} epochs" for e in curve.budgets]
                   + [f"gain {s} → {t} (spread)"
                      for s, t in zip(curve.budgets, curve.budgets[1:], strict=False)]

@@ -57,10 +57,12 @@ class Series:
     points: tuple[tuple[int, float, float, float], ...]
 
 
-def draw_headline(panels: Sequence[tuple[str, Sequence[int], Sequence[Series]]]) -> Callable[[Any], None]:
+def draw_headline(panels: Sequence[tuple[str, Sequence[int], Sequence[Series]]], xlabel: str = "bits",
+                  ylim: tuple[float, float] | None = (0, 100)) -> Callable[[Any], None]:
     """mAP against bits per method with 95 % intervals, one panel per dataset card; the
     classify-then-hash floor (dashed) and chance (dotted) drawn apart from the methods. Series
-    at one bit length are dodged sideways so their intervals do not hide each other."""
+    at one bit length are dodged sideways so their intervals do not hide each other. The x
+    axis is log2-spaced, so it serves any doubling series (the budget curves' epochs too)."""
     def draw(fig: Any) -> None:
         axes = np.atleast_1d(fig.subplots(1, len(panels), sharey=False))
         keys = [s.key for _, _, series in panels for s in series if s.kind == "method"]
@@ -91,8 +93,9 @@ def draw_headline(panels: Sequence[tuple[str, Sequence[int], Sequence[Series]]])
             ax.set_xticklabels([str(b) for b in bits_list])
             ax.set_xlim(min(ticks) - 0.5, max(ticks) + 0.5)
             ax.set_title(title, fontsize=9)
-            ax.set(xlabel="bits", ylabel="mAP (%)")
-            ax.set_ylim(0, 100)
+            ax.set(xlabel=xlabel, ylabel="mAP (%)")
+            if ylim is not None:
+                ax.set_ylim(*ylim)
             ax.grid(True, alpha=0.3)
         fig.legend(list(handles.values()), list(handles), loc="outside right upper", fontsize=8)
 
