@@ -137,6 +137,19 @@ def test_the_headline_table_prefers_complete_then_tuned_then_more_seeds(make_rec
     assert analysis.primary["fashion-mnist"].protocol == "harmonised"
 
 
+def test_an_override_equal_to_the_cards_cadence_does_not_split_a_table(make_record):
+    """Budget-curve runs set eval_every=5 explicitly; main-table runs get it from the card
+    (fashion-mnist: 5). Same runs, same table; another cadence is another table."""
+    same = cell(make_record, "crh", 16, 0.7, overrides={"eval_every": 5}, epochs=60)
+    plain = [make_record("crh", 16, seed, 0.7, epochs=60) for seed in (3, 4)]
+    for record in plain:
+        record["config"]["eval_every"] = 5
+    analysis = analyze(same + plain)
+    assert len(analysis.main) == 1 and main_cell(analysis, "crh", 16).group.seeds == (0, 1, 2, 3, 4)
+    other = cell(make_record, "crh", 16, 0.7, overrides={"eval_every": 2}, epochs=60)
+    assert len(analyze(same + other).main) == 2
+
+
 def test_longer_schedule_is_compared_on_common_seeds_only(make_record):
     short = cell(make_record, "crh", 32, 0.70) + cell(make_record, "csq", 32, 0.60)
     long = (cell(make_record, "crh", 32, 0.75, seeds=(0,), epochs=20, overrides={"eval_every": 4})

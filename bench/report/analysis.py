@@ -201,10 +201,10 @@ PROTOCOL_PREFERENCE = {"tuned": 2, "harmonised": 1, "native": 0}
 def _primary_rank(table: MainTable) -> tuple:
     """A card's headline table: the most complete cells; among equally complete tables the
     tuned protocol (every method at its own searched values) over harmonised over native,
-    then more seeds, then the fewest extra settings."""
+    then more runs in complete cells (seeds x cells), then the fewest extra settings."""
     cells = table.cells.values()
     return (sum(c.complete for c in cells), PROTOCOL_PREFERENCE.get(table.scope.protocol, -1),
-            max((len(seeds) for seeds in table.expected.values()), default=0), -len(table.scope.settings))
+            sum(len(c.used) for c in cells), -len(table.scope.settings))
 
 
 def analyze(records: Sequence[dict], problems: Sequence[str] = (),

@@ -70,6 +70,8 @@ def scope_of(record: dict) -> Scope:
     settings: dict[str, Any] = {"epochs": config.get("epochs")}
     for key in sorted(spec.get("overrides") or {}):
         if key in TRAINING_PARAMS and key in config:
+            if key == "eval_every" and config[key] == _schedule_eval_every(spec, config):
+                continue  # an override equal to the card's cadence changes nothing: same table
             settings[key] = config[key]
     for key, default in _SCOPE_SPEC_DEFAULTS:
         if spec.get(key, default) != default:
@@ -77,6 +79,18 @@ def scope_of(record: dict) -> Scope:
     digest = str(get(record, "split", "digest", default="") or "")
     return Scope(str(spec.get("dataset")), str(spec.get("protocol")),
                  tuple(sorted((k, jsonable(v)) for k, v in settings.items())), digest[:12])
+
+
+def _schedule_eval_every(spec: dict, config: dict) -> Any:
+    """The validation cadence a run gets without an override: its card's schedule, else one
+    fifth of its epochs (the loop's rule); None for a card this code does not know."""
+    from bench.data import load_card
+
+    try:
+        value = load_card(str(spec.get("dataset"))).schedule.get("eval_every")
+    except UserError:
+        return None
+    return value if value is not None else max(1, int(config.get("epochs") or 0) // 5)
 
 
 _DEFAULTS_CACHE: dict[tuple[str, str], dict[str, Any] | None] = {}
