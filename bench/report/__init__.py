@@ -202,13 +202,17 @@ def generate(results_dir: Path, out_dir: Path, claims_file: Path = CLAIMS_FILE,
 
 
 def load_tuned_settings(folder: Path | None = None) -> dict[str, dict]:
-    """card -> parsed tuned setting, for every bench/tuned/<card>.yaml (or `folder`'s)."""
-    from bench.spec import read_yaml, tuned_dir
+    """card -> {"methods": ...} for every bench/tuned/<card>.yaml (or `folder`'s), read by the
+    loader the tuned protocol uses; a file that loader refuses is left out of the report."""
+    from bench.spec import load_tuned, tuned_dir
 
     folder = Path(folder) if folder is not None else tuned_dir()
     settings = {}
     for path in sorted(folder.glob("*.yaml")) if folder.is_dir() else []:
-        raw = read_yaml(path)
-        if isinstance(raw, dict) and isinstance(raw.get("methods"), dict):
-            settings[str(raw.get("dataset") or path.stem)] = raw
+        try:
+            setting = load_tuned(path.stem, path)
+        except UserError:
+            continue
+        if setting is not None:
+            settings[path.stem] = {"dataset": path.stem, "methods": setting.methods}
     return settings

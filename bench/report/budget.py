@@ -9,9 +9,8 @@ can only help a method as far as validation sees it."""
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from bench.report.analysis import Analysis, _schedule_free
 from bench.report.document import Doc, FigurePlan
@@ -105,9 +104,8 @@ def budget_curves(a: Analysis) -> list[BudgetCurves]:
                     cells.update({(method, e): c for e, c in zip(budgets, row, strict=True)})  # type: ignore[misc]
             if len(steps) >= 2:
                 scope = tables[0].scope
-                label = " · ".join([scope.dataset, f"{scope.protocol} protocol"]
-                                   + [f"{k}={json.loads(v)}" for k, v in scope.settings if k != "epochs"])
-                out.append(BudgetCurves(label, bits, budgets, cells, steps))
+                unscheduled = replace(scope, settings=tuple(kv for kv in scope.settings if kv[0] != "epochs"))
+                out.append(BudgetCurves(unscheduled.describe(), bits, budgets, cells, steps))
     return out
 
 

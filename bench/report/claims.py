@@ -201,6 +201,7 @@ class ClaimResult:
 
 def evaluate_claims(frame: pd.DataFrame, claims: Sequence[dict]) -> list[ClaimResult]:
     results = []
+    measured_cards = set(frame["card"]) if not frame.empty else set()
     for claim in claims:
         params = {"min_seeds": 2, "headline_min_seeds": 5, **dict(claim.get("params") or {})}
         check = CHECKS.get(str(claim.get("check")))
@@ -215,7 +216,7 @@ def evaluate_claims(frame: pd.DataFrame, claims: Sequence[dict]) -> list[ClaimRe
         regime = tuple(sorted({r for c in counted for r in c.regime}))
         # The same grade per dataset card, on that card's comparisons (p-values keep the
         # claim-wide Holm adjustment, so a card's grade is never looser than the claim's rule).
-        cards = sorted((set(frame["card"]) if not frame.empty else set()) | {c.card for c in comparisons})
+        cards = sorted(measured_cards | {c.card for c in comparisons})
         by_card = tuple((card, *grade([c for c in comparisons if c.card == card],
                                       int(params["headline_min_seeds"]), f"nothing to compare on {card}"))
                         for card in cards)

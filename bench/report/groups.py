@@ -84,13 +84,21 @@ def scope_of(record: dict) -> Scope:
 def _schedule_eval_every(spec: dict, config: dict) -> Any:
     """The validation cadence a run gets without an override: its card's schedule, else one
     fifth of its epochs (the loop's rule); None for a card this code does not know."""
-    from bench.data import load_card
+    dataset = str(spec.get("dataset"))
+    if dataset not in _CADENCE_CACHE:  # one card read per dataset, not one per record
+        from bench.data import load_card
 
-    try:
-        value = load_card(str(spec.get("dataset"))).schedule.get("eval_every")
-    except UserError:
+        try:
+            _CADENCE_CACHE[dataset] = (True, load_card(dataset).schedule.get("eval_every"))
+        except UserError:
+            _CADENCE_CACHE[dataset] = (False, None)
+    known, value = _CADENCE_CACHE[dataset]
+    if not known:
         return None
     return value if value is not None else max(1, int(config.get("epochs") or 0) // 5)
+
+
+_CADENCE_CACHE: dict[str, tuple[bool, Any]] = {}
 
 
 _DEFAULTS_CACHE: dict[tuple[str, str], dict[str, Any] | None] = {}
