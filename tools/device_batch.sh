@@ -6,6 +6,8 @@
 #            writes bench/tuned/<card>.yaml from the stored studies (it trains nothing);
 #   phase B  the budget curves under the tuned setting (longest runs first);
 #   phase C  the tuned main table, until the deadline (a later `bench run` resumes it).
+# TUNE=0 skips phase A (the stored tuned setting is used); PHASES names the experiments to run;
+# RUN_DEVICE=cuda runs them on the GPU, RUN_JOBS processes sharing it.
 # Every phase stops at DEADLINE seconds after the start; what finished is packed into
 # $OUT/results.tar.gz (new records, studies, the tuned setting, logs) for the 2-core machine
 # to unpack into results/.  Set-up (SETUP=1): Optuna's wheels from .whl/, Fashion-MNIST from
@@ -48,8 +50,8 @@ if [ "${CUDA_SMOKE:-1}" = 1 ] && $PY -c "import torch,sys; sys.exit(0 if torch.c
   SMOKE=$!
 fi
 
-stamp "phase A: tune $METHODS, $TRIALS trials"
 pids=()
+[ "${TUNE:-1}" = 1 ] && stamp "phase A: tune $METHODS, $TRIALS trials" || METHODS=""
 for m in ${METHODS//,/ }; do
   timeout -k 10 "$(left)" $PY -m bench tune --methods "$m" --bits 32 --trials "$TRIALS" --dataset "$DATASET" \
       --jobs "$JOBS" --device cpu --quiet --results "$RESULTS" --output "/tmp/tuned-part-$m.yaml" \
@@ -60,14 +62,14 @@ failed=0
 for p in "${pids[@]}"; do wait "$p" || failed=$((failed + 1)); done
 stamp "phase A done, $failed tune processes failed or stopped"
 if [ "$failed" = 0 ]; then
-  $PY -m bench tune --methods "$METHODS" --bits 32 --trials "$TRIALS" --dataset "$DATASET" --jobs 1 \
+  [ "${TUNE:-1}" = 1 ] && $PY -m bench tune --methods "$METHODS" --bits 32 --trials "$TRIALS" --dataset "$DATASET" --jobs 1 \
       --device cpu --quiet --results "$RESULTS" ${EPOCHS_TUNE:+--epochs $EPOCHS_TUNE} > "$LOGS/tune-merge.log" 2>&1
-  stamp "merged tuned setting rc=$?"
+  [ "${TUNE:-1}" = 1 ] && stamp "merged tuned setting rc=$?"
   for experiment in ${PHASES:-budget-curves main-table}; do
     [ "$(left)" -gt 30 ] || break
     stamp "start --experiment $experiment"
     timeout -k 10 "$(left)" $PY -m bench run --experiment "$experiment" --jobs "${RUN_JOBS:-$(nproc)}" \
-        --device cpu --quiet --results "$RESULTS" --dataset "$DATASET" ${RUN_METHODS:+--methods $RUN_METHODS} \
+        --device "${RUN_DEVICE:-cpu}" --quiet --results "$RESULTS" --dataset "$DATASET" ${RUN_METHODS:+--methods $RUN_METHODS} \
         $EXTRA > "$LOGS/run-$experiment.log" 2>&1
     stamp "end --experiment $experiment rc=$?"
   done
