@@ -7,7 +7,7 @@
 #   phase B  the budget curves under the tuned setting (longest runs first);
 #   phase C  the tuned main table, until the deadline (a later `bench run` resumes it).
 # TUNE=0 skips phase A (the stored tuned setting is used); PHASES names the experiments to run;
-# RUN_DEVICE=cuda runs them on the GPU, RUN_JOBS processes sharing it.
+# RUN_DEVICE=cuda runs the search and the experiments on the GPU, processes sharing it.
 # Every phase stops at DEADLINE seconds after the start; what finished is packed into
 # $OUT/results.tar.gz (new records, studies, the tuned setting, logs) for the 2-core machine
 # to unpack into results/.  Set-up (SETUP=1): Optuna's wheels from .whl/, Fashion-MNIST from
@@ -54,7 +54,7 @@ pids=()
 [ "${TUNE:-1}" = 1 ] && stamp "phase A: tune $METHODS, $TRIALS trials" || METHODS=""
 for m in ${METHODS//,/ }; do
   timeout -k 10 "$(left)" $PY -m bench tune --methods "$m" --bits 32 --trials "$TRIALS" --dataset "$DATASET" \
-      --jobs "$JOBS" --device cpu --quiet --results "$RESULTS" --output "/tmp/tuned-part-$m.yaml" \
+      --jobs "$JOBS" --device "${RUN_DEVICE:-cpu}" --quiet --results "$RESULTS" --output "/tmp/tuned-part-$m.yaml" \
       ${EPOCHS_TUNE:+--epochs $EPOCHS_TUNE} > "$LOGS/tune-$m.log" 2>&1 &
   pids+=($!)
 done
