@@ -8,6 +8,9 @@
 #   phase C  the tuned main table, until the deadline (a later `bench run` resumes it).
 # TUNE=0 skips phase A (the stored tuned setting is used); PHASES names the experiments to run;
 # RUN_DEVICE=cuda runs the search and the experiments on the GPU, processes sharing it.
+# The committed records alone are near the device tool's 64 MiB limit on the tree it sends, and
+# .fmnist/ adds 26 MB: move results/ out of the checkout for the call (the batch needs none of
+# it, only bench/tuned/), carry .whl and .fmnist, and unpack the tarball into results/ after.
 # Every phase stops at DEADLINE seconds after the start; what finished is packed into
 # $OUT/results.tar.gz (new records, studies, the tuned setting, logs) for the 2-core machine
 # to unpack into results/.  Set-up (SETUP=1): Optuna's wheels from .whl/, Fashion-MNIST from
