@@ -17,6 +17,7 @@ reason), 2 bad input (nothing trained, nothing stored changed).
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +35,7 @@ from bench.records import (
     set_aside,
     write_json_atomic,
 )
-from bench.spec import RunSpec, resolve_config, run_id
+from bench.spec import PROVENANCE_KEYS, RunSpec, resolve_config, run_id
 from methods import get_method
 from methods.base import Task
 
@@ -68,8 +69,42 @@ def plan_runs(specs: list[RunSpec], options: RunOptions) -> list[PlannedRun]:
         method.check(config, task)
         identifier = run_id(spec, config)
         path = record_path(options.results_dir, spec, identifier, options.runs_folder)
+        if not path.exists():
+            path = made_under_other_torch(path, spec, config) or path
+            identifier = path.stem
         planned.setdefault(path, PlannedRun(spec, identifier, path))
     return list(planned.values())
+
+
+def _identity(config: dict[str, Any]) -> str:
+    return json.dumps({k: v for k, v in config.items() if k not in PROVENANCE_KEYS},
+                      sort_keys=True, default=str)
+
+
+def made_under_other_torch(path: Path, spec: RunSpec, config: dict[str, Any]) -> Path | None:
+    """The record of this very run made under another torch version, if one is stored.
+
+    A run id hashes the backbone's module repr, and torch's repr wording differs between
+    versions: a GPU machine's image (torch 2.11) gives the same network another id than the
+    pinned torch here. A stored record with this run's spec and resolved configuration, made
+    under a different torch, is this run: without this, a sweep would train it again beside
+    its record. Under the same torch a different id means a real change (an edited
+    architecture), so that record is not taken."""
+    import torch
+
+    prefix = path.stem.rsplit("-", 1)[0]
+    wanted_spec, wanted_config = spec.to_dict(), _identity(json.loads(_identity(config)))
+    for candidate in sorted(path.parent.glob(f"{prefix}-*.json")):
+        try:
+            record = read_record(candidate)
+        except CorruptRecord:
+            continue
+        environment = record.get("environment") or {}
+        if (record.get("status") == "complete" and environment.get("torch") not in (None, torch.__version__)
+                and record.get("spec") == wanted_spec
+                and _identity(record.get("config") or {}) == wanted_config):
+            return candidate
+    return None
 
 
 RunState = str  # "todo" (no record), "done", "failed" (redone), "corrupt" (set aside, redone)

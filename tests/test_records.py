@@ -220,3 +220,32 @@ def test_failed_runs_are_recorded_and_the_sweep_goes_on(tmp_path):
 
 def _no_constants(name: str) -> None:
     pytest.fail(f"{name} in a record: not strict JSON")
+
+
+@pytest.mark.parametrize("torch_of_record, config_change, taken", [
+    ("2.11.0+cu130", {}, True),            # the same run, made under the GPU image's torch
+    (None, {}, False),                     # None: this machine's torch, so another id is a real change
+    ("2.11.0+cu130", {"lr": 0.5}, False),  # another torch and another configuration: another run
+])
+def test_a_record_made_under_another_torch_counts_as_this_run(tmp_path, torch_of_record, config_change, taken):
+    import torch
+
+    from bench.jobs import RunOptions
+    from bench.records import record_path
+    from bench.runner import plan_runs
+    from bench.spec import RunSpec, resolve_config, run_id
+
+    spec = RunSpec(method="csq", dataset="synthetic", bits=16, seed=0, protocol="harmonised")
+    config = resolve_config(spec)
+    own_path = record_path(tmp_path, spec, run_id(spec, config))
+    other_path = own_path.with_name(f"csq-16b-s0-harmonised-{'f' * 10}.json")
+    assert other_path != own_path
+    record = {"schema": 1, "run_id": other_path.stem, "status": "complete", "spec": spec.to_dict(),
+              "config": {**json.loads(json.dumps(config, default=str)), **config_change},
+              "environment": {"torch": torch_of_record or torch.__version__}, "metrics": {"mAP": 0.5}}
+    write_json_atomic(other_path, record)
+
+    [planned] = plan_runs([spec], RunOptions(results_dir=tmp_path))
+
+    assert planned.path == (other_path if taken else own_path)
+    assert planned.run_id == planned.path.stem
