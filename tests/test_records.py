@@ -227,7 +227,8 @@ def _no_constants(name: str) -> None:
     (None, {}, False),                     # None: this machine's torch, so another id is a real change
     ("2.11.0+cu130", {"lr": 0.5}, False),  # another torch and another configuration: another run
 ])
-def test_a_record_made_under_another_torch_counts_as_this_run(tmp_path, torch_of_record, config_change, taken):
+def test_a_record_made_under_another_torch_counts_as_this_run(tmp_path, torch_of_record, config_change,
+                                                            taken):
     import torch
 
     from bench.jobs import RunOptions
