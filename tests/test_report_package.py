@@ -108,6 +108,7 @@ def written(tmp_path_factory):
         records += cell(make_record, "classify-then-hash", bits, 0.62)
     records += cell(make_record, "shc", 16, 0.66, stages={"classifier": 5.0, "centers": 1.0})
     records += cell(make_record, "crh", 32, 0.67, settings={"reassign": "never"})
+    records += cell(make_record, "crh", 16, 0.69, epochs=20, hook_seconds=0.2)  # no ablation series here
     records.append(make_record("dpn", 16, 0, status="failed"))
     records.append(make_record("dpn", 16, 1, 0.5, results_version=-1))
     base = tmp_path_factory.mktemp("report")
@@ -145,6 +146,9 @@ def test_report_command_writes_identical_files_twice(written):
     assert b"Software" not in b"".join(first[f] for f in figures)  # no matplotlib version stamp
     verdicts = json.loads(first["verdicts.json"])
     assert [v["verdict"] for v in verdicts] and all("comparisons" in v and "regime" in v for v in verdicts)
+    ablations = md.split("## CRH ablations", 1)[1].split("\n## ", 1)[0]
+    assert ablations.count("\n### ") == 1  # only the table with a series gets a section
+    assert "no ablation data, in: " in ablations and "epochs=20" in ablations.rsplit("### ", 1)[1]
 
 
 def test_runs_csv_is_one_tidy_row_per_run(written):

@@ -124,8 +124,12 @@ def ablations(doc: Doc, a: Analysis) -> None:
            "codebook size) come from each run's own record where the configuration left the default "
            "rule. Error bars: sample std over seeds.")
     getter = metric_points("mAP")
+    without = []  # tables with one setting per dimension: named once, not given a section each
     for scope, ablations in sorted(a.crh.items()):
         label = a.scope_label(scope)
+        if not ablations.unplaced and not any(ablations.varied(dim) for dim in ablations.dims):
+            without.append(label)
+            continue
         doc.h(3, label)
         drawn = []
         for dim, (_, title) in ablations.dims.items():
@@ -158,6 +162,8 @@ def ablations(doc: Doc, a: Analysis) -> None:
                        ((g.bits, describe_variant(g.variant),
                          Stat.of(getter(r) for r in g.runs.values()).text(), fmt_seeds(g.seeds))
                         for g in ablations.unplaced))
+    if without:
+        doc.p("One setting of each dimension only, so no ablation data, in: " + "; ".join(without) + ".")
 
 # -- centers
 def _center_cells(a: Analysis, table: MainTable, bits: int) -> list[tuple[str, Group]]:
