@@ -53,21 +53,25 @@ if [ "${CUDA_SMOKE:-1}" = 1 ] && $PY -c "import torch,sys; sys.exit(0 if torch.c
   SMOKE=$!
 fi
 
-pids=()
-[ "${TUNE:-1}" = 1 ] && stamp "phase A: tune $METHODS, $TRIALS trials" || METHODS=""
-for m in ${METHODS//,/ }; do
-  timeout -k 10 "$(left)" $PY -m bench tune --methods "$m" --bits 32 --trials "$TRIALS" --dataset "$DATASET" \
-      --jobs "$JOBS" --device "${RUN_DEVICE:-cpu}" --quiet --results "$RESULTS" --output "/tmp/tuned-part-$m.yaml" \
-      ${EPOCHS_TUNE:+--epochs $EPOCHS_TUNE} > "$LOGS/tune-$m.log" 2>&1 &
-  pids+=($!)
-done
 failed=0
-for p in "${pids[@]}"; do wait "$p" || failed=$((failed + 1)); done
-stamp "phase A done, $failed tune processes failed or stopped"
+if [ "${TUNE:-1}" = 1 ]; then
+  stamp "phase A: tune $METHODS, $TRIALS trials"
+  pids=()
+  for m in ${METHODS//,/ }; do
+    timeout -k 10 "$(left)" $PY -m bench tune --methods "$m" --bits 32 --trials "$TRIALS" --dataset "$DATASET" \
+        --jobs "$JOBS" --device "${RUN_DEVICE:-cpu}" --quiet --results "$RESULTS" --output "/tmp/tuned-part-$m.yaml" \
+        ${EPOCHS_TUNE:+--epochs $EPOCHS_TUNE} > "$LOGS/tune-$m.log" 2>&1 &
+    pids+=($!)
+  done
+  for p in "${pids[@]}"; do wait "$p" || failed=$((failed + 1)); done
+  stamp "phase A done, $failed tune processes failed or stopped"
+  if [ "$failed" = 0 ]; then
+    $PY -m bench tune --methods "$METHODS" --bits 32 --trials "$TRIALS" --dataset "$DATASET" --jobs 1 \
+        --device cpu --quiet --results "$RESULTS" ${EPOCHS_TUNE:+--epochs $EPOCHS_TUNE} > "$LOGS/tune-merge.log" 2>&1
+    stamp "merged tuned setting rc=$?"
+  fi
+fi
 if [ "$failed" = 0 ]; then
-  [ "${TUNE:-1}" = 1 ] && $PY -m bench tune --methods "$METHODS" --bits 32 --trials "$TRIALS" --dataset "$DATASET" --jobs 1 \
-      --device cpu --quiet --results "$RESULTS" ${EPOCHS_TUNE:+--epochs $EPOCHS_TUNE} > "$LOGS/tune-merge.log" 2>&1
-  [ "${TUNE:-1}" = 1 ] && stamp "merged tuned setting rc=$?"
   for experiment in ${PHASES:-budget-curves main-table}; do
     [ "$(left)" -gt 30 ] || break
     stamp "start --experiment $experiment"
