@@ -35,7 +35,7 @@ from bench.records import (
     set_aside,
     write_json_atomic,
 )
-from bench.spec import PROVENANCE_KEYS, RunSpec, resolve_config, run_id
+from bench.spec import RunSpec, config_identity, resolve_config, run_id
 from methods import get_method
 from methods.base import Task
 
@@ -77,8 +77,8 @@ def plan_runs(specs: list[RunSpec], options: RunOptions) -> list[PlannedRun]:
 
 
 def _identity(config: dict[str, Any]) -> str:
-    return json.dumps({k: v for k, v in config.items() if k not in PROVENANCE_KEYS},
-                      sort_keys=True, default=str)
+    """The identifying configuration as stored JSON gives it back (tuples read as lists)."""
+    return json.dumps(json.loads(json.dumps(config_identity(config), default=str)), sort_keys=True)
 
 
 def made_under_other_torch(path: Path, spec: RunSpec, config: dict[str, Any]) -> Path | None:
@@ -93,7 +93,7 @@ def made_under_other_torch(path: Path, spec: RunSpec, config: dict[str, Any]) ->
     import torch
 
     prefix = path.stem.rsplit("-", 1)[0]
-    wanted_spec, wanted_config = spec.to_dict(), _identity(json.loads(_identity(config)))
+    wanted_spec, wanted_config = spec.to_dict(), _identity(config)
     for candidate in sorted(path.parent.glob(f"{prefix}-*.json")):
         try:
             record = read_record(candidate)

@@ -313,6 +313,11 @@ def backbone_architecture(name: str, channels: int) -> str:
     return hashlib.sha256(repr(module).encode()).hexdigest()[:12]
 
 
+def config_identity(config: dict[str, Any]) -> dict[str, Any]:
+    """The part of a resolved configuration that identifies a run: provenance notes left out."""
+    return {k: v for k, v in config.items() if k not in PROVENANCE_KEYS}
+
+
 def run_id(spec: RunSpec, config: dict[str, Any], card: DatasetCard | None = None) -> str:
     """Readable prefix plus a hash of everything that determines the run's numbers: the spec,
     the resolved config (without provenance notes), the results version of the code, and the
@@ -321,7 +326,7 @@ def run_id(spec: RunSpec, config: dict[str, Any], card: DatasetCard | None = Non
     backbone = resolved_backbone(spec, card)
     identity = {
         **spec.to_dict(), "overrides": None,
-        "config": {k: v for k, v in config.items() if k not in PROVENANCE_KEYS},
+        "config": config_identity(config),
         "results_version": RESULTS_VERSION,
         "backbone_architecture": [backbone, backbone_architecture(backbone, card.channels)],
     }
