@@ -27,6 +27,25 @@ except ImportError:  # pragma: no cover
         return function
 
 
+# ----------------------------------------------------------------------------- near-ties
+NEAR_TIE_TOLERANCE = 1e-9
+
+
+def argmin_near_tie(values: np.ndarray, tolerance: float = NEAR_TIE_TOLERANCE) -> int:
+    """Flat index of the minimum, with near-ties broken by the lowest index.
+
+    Every entry within `tolerance * max(1, |min|)` of the minimum counts as tied with it and
+    the first of them (in C order) wins. Float kernels differ between CPUs (AVX2 and AVX-512
+    sum in different orders), so two candidates a few ulps apart can swap places; a plain
+    argmin would then pick a different one on each machine, and a greedy search that follows
+    it would end somewhere else. Infinite entries never tie with a finite minimum."""
+    flat = np.asarray(values, dtype=np.float64).ravel()
+    lowest = flat.min()
+    if not np.isfinite(lowest):
+        return int(np.argmin(flat))
+    return int(np.flatnonzero(flat <= lowest + tolerance * max(1.0, abs(lowest)))[0])
+
+
 # ----------------------------------------------------------------------------- CSQ centers
 def hadamard_centers(num_classes: int, bits: int, rng: np.random.Generator,
                      max_tries: int = 1000) -> np.ndarray:

@@ -43,7 +43,7 @@ from torch import nn
 
 from bench.errors import UserError
 from methods.base import HARMONISED, HashMethod, Param, Task, TrainContext
-from methods.centers import distance_summary
+from methods.centers import argmin_near_tie, distance_summary
 
 _SEED_TAG = 0x48434C4D  # "HCLM"
 
@@ -182,7 +182,7 @@ def greedy_assignment(similarity: np.ndarray, codes: np.ndarray, rng: np.random.
     while swaps < budget and num >= 2:
         deltas = swap_deltas(s, m, sm, pair_term)  # symmetric: (a, b), (b, a) are one swap
         deltas[diagonal] = np.inf
-        index = int(np.argmin(deltas))
+        index = argmin_near_tie(deltas)  # near-ties: lowest (a, b), the same on every CPU
         if not deltas.flat[index] < -tolerance:
             exact = s @ m
             if np.allclose(exact, sm):
@@ -407,7 +407,7 @@ class HCLM(HashMethod):
                               "native_source": self.native_source},
             "similarity": {"measure": self.similarity_measure,
                            "matrix": None if self.similarity is None
-                           else self.similarity.round(6).tolist()},
+                           else self.similarity.tolist()},  # full precision: the swap search follows it
             "proxies_summary": self.proxy_summary,
             "tag_frequency": None if self.frequency is None else self.frequency.cpu().tolist(),
             "proxies": None if self.proxies is None else self.proxies.to(torch.int8).cpu().tolist(),

@@ -21,8 +21,9 @@ arXiv 2507.08404, ACM TOIS 2025). A three-stage pipeline; stages 1-2 run in `set
 2. Semantic centers. H in {-1,+1}^{C x K} minimising ||S - (1/K) H H^T||_F^2 subject to every
    pair of rows being at least d_min bits apart, found by steepest-descent single-bit flips
    from the stage-0 centers: each step takes the flip with the most negative objective change
-   among those that keep every pairwise distance >= d_min (all C x K flips scored at once,
-   kept up to date after each flip in O(C K)), until no flip improves or `max_flips` is spent.
+   (near-ties within 1e-9 go to the lowest row, then bit: `argmin_near_tie`) among those that
+   keep every pairwise distance >= d_min (all C x K flips scored at once, kept up to date
+   after each flip in O(C K)), until no flip improves or `max_flips` is spent.
 3. Hash network. CSQ's loss against the fixed optimised centers (this class is a CSQ).
 """
 
@@ -42,6 +43,7 @@ from bench.errors import UserError
 from methods.base import HashMethod, Param, Task, TrainContext
 from methods.centers import (
     DEFAULT_PATIENCE,
+    argmin_near_tie,
     gilbert_varshamov_target,
     hamming_distances,
     mds_centers,
@@ -176,7 +178,7 @@ def optimise_centers(similarity: np.ndarray, start: np.ndarray, min_distance: in
     while flips < budget:
         deltas = (8.0 / bits) * h * (s_h - g_h / bits) + constant
         deltas[tight_count[:, None] - h * tight_h > 0] = np.inf  # a tight partner differs there
-        index = int(np.argmin(deltas))
+        index = argmin_near_tie(deltas)  # near-ties: lowest (row, bit), the same on every CPU
         if not deltas.flat[index] < -1e-12:
             converged = True
             break
@@ -390,7 +392,9 @@ class SHC(CSQ):
                               "start": "mds l_p-box ADMM centers", "mds": self.start_summary}
 
     def record(self) -> dict[str, Any]:
-        similarity = None if self.similarity is None else self.similarity.round(6).tolist()
+        # Full precision (JSON floats round-trip exactly): stage 2 is a greedy search whose
+        # path a 6-digit rounding can change, and the record must let anyone redo it.
+        similarity = None if self.similarity is None else self.similarity.tolist()
         return {
             **(super().record() if self.centers is not None else {}),
             "similarity": {"measure": "classifier softmax with own class masked, summed per class, "

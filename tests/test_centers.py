@@ -369,3 +369,15 @@ def test_mds_reports_a_target_it_cannot_reach() -> None:
     centers, summary = mds_centers(5, 4, np.random.default_rng(0), target=3, max_sweeps=2)
     assert not summary["reached"] and summary["sweeps"] == 2
     assert summary["achieved_min_distance"] == min_pairwise_distance(centers) < 3
+
+
+def test_argmin_near_tie_takes_the_lowest_index_among_near_ties() -> None:
+    from methods.centers import argmin_near_tie
+
+    values = np.array([[0.5, -2.0 + 1e-12], [-2.0, 3.0]])  # the later one is 1e-12 lower
+    assert argmin_near_tie(values) == 1  # a plain argmin says 2
+    assert int(np.argmin(values)) == 2
+    assert argmin_near_tie(np.array([0.0, -1.0, -1.0 - 1e-6])) == 2  # a real gap still wins
+    assert argmin_near_tie(np.array([np.inf, 4.0, np.inf])) == 1
+    assert argmin_near_tie(np.array([1e6 + 1e-4, 1e6])) == 0  # relative to the magnitude
+

@@ -162,7 +162,8 @@ def literal_steepest_descent(similarity: np.ndarray, start: np.ndarray, d_min: i
     while flips < budget:
         deltas = flip_deltas(similarity, h)
         deltas[blocked_flips(h, d_min)] = np.inf
-        index = int(np.argmin(deltas))
+        flat = deltas.ravel()  # the documented near-tie rule: first index within 1e-9 of the min
+        index = int(np.flatnonzero(flat <= flat.min() + 1e-9 * max(1.0, abs(flat.min())))[0])
         if not deltas.flat[index] < -1e-12:
             break
         h.flat[index] *= -1
@@ -182,6 +183,28 @@ def test_incremental_search_takes_the_literal_steps(classes: int, bits: int, see
         got, summary = optimise_centers(similarity, start, d_min, budget)
         assert summary["flips"] == flips and np.array_equal(got, expected)
     assert summary["converged"] and flips > 3
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_last_bit_noise_does_not_change_the_centers(seed: int) -> None:
+    """A planted block similarity has many exactly tied flips; noise of 1e-13 (what another
+    CPU's summation order gives) must not reorder them (a plain argmin does, on every seed)."""
+    similarity = planted_blocks(12, 3, np.random.default_rng(seed))
+    d_min = gilbert_varshamov_target(12, 16)
+    start, _ = mds_centers(12, 16, np.random.default_rng(seed))
+    noise = np.random.default_rng(99).normal(0.0, 1e-13, similarity.shape)
+    clean, _ = optimise_centers(similarity, start, d_min)
+    noisy, _ = optimise_centers(similarity + noise, start, d_min)
+    assert np.array_equal(clean, noisy)
+
+
+def test_record_keeps_the_similarity_at_full_precision() -> None:
+    method = SHC.__new__(SHC)
+    method.similarity = np.array([[1.0, 1 / 3], [1 / 3, 1.0]])
+    method.centers, method.classifier_summary, method.stage_summary = None, {}, {}
+    method.config = {"row_normalisation": "centre_maxabs"}
+    stored = json.loads(json.dumps(method.record()))["similarity"]["matrix"]
+    assert np.array_equal(np.asarray(stored), method.similarity)
 
 
 def planted_blocks(classes: int, block: int, rng: np.random.Generator) -> np.ndarray:
