@@ -37,6 +37,7 @@ reproduce: setup
 test: setup
 	$(VENV)/bin/ruff check bench methods tests
 	$(PY) -m pytest -q
+	ATEN_CPU_CAPABILITY=avx2 $(PY) -m pytest -q -m float_sensitive
 	$(PY) -m bench check
 
 # Deliberate breakages (tools/mutants.yaml), each in a temporary copy of the tree: every one

@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "evaluate": "Evaluate retrieval for codes produced anywhere (.npy files).",
     "perf": "Benchmarks that print a figure next to its comparison.",
     "centers": "Center generators only (no training): min/mean Hamming distance, GV bound, time.",
+    "records": "Maintain stored records: `records migrate` rewrites old ones in the current format.",
 }
 
 

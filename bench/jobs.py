@@ -17,7 +17,7 @@ from typing import Any
 
 from bench.errors import UserError
 from bench.numerics import Numerics, applied, pick_device, resolve
-from bench.records import code_version, environment
+from bench.records import RECORD_SCHEMA, code_version, environment, portable_text
 from bench.spec import RunSpec, resolve_config
 
 
@@ -87,7 +87,7 @@ def _compute_record(run: PlannedRun, options: RunOptions, numerics: Numerics) ->
     splits_home = options.results_dir if Path(options.results_dir).is_dir() else None
     started = time.perf_counter()
     base = {
-        "schema": 1,
+        "schema": RECORD_SCHEMA,
         "run_id": run.run_id,
         "spec": run.spec.to_dict(),
         "code": code_version(),
@@ -114,12 +114,12 @@ def _compute_record(run: PlannedRun, options: RunOptions, numerics: Numerics) ->
 def failed_record(run: PlannedRun, reason: str, options: RunOptions, base: dict[str, Any] | None = None,
                   trace: str = "", seconds: float | None = None) -> dict[str, Any]:
     """A record saying the run failed and why (also used when a worker process dies)."""
-    base = base or {"schema": 1, "run_id": run.run_id, "spec": run.spec.to_dict(),
+    base = base or {"schema": RECORD_SCHEMA, "run_id": run.run_id, "spec": run.spec.to_dict(),
                     "code": code_version(), "host": None}
     return {
         **base, "status": "failed", "config": resolve_config(run.spec),
         "environment": environment(options.device or "auto"),
-        "failure": reason, "traceback": trace,
+        "failure": reason, "traceback": portable_text(trace),
         "timings": {"total": seconds} if seconds is not None else {},
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

@@ -20,7 +20,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from bench.errors import UserError
@@ -73,18 +73,24 @@ def _local_options(options: RunOptions, workers: int) -> RunOptions:
 
 
 def run_all(todo: list[PlannedRun], options: RunOptions, jobs: int, backend: str,
-            scheduler: str | None) -> Iterator[tuple[PlannedRun, dict]]:
-    """Yield (run, record) as runs finish, in completion order."""
+            scheduler: str | None, claim: Callable[[PlannedRun], bool] | None = None,
+            ) -> Iterator[tuple[PlannedRun, dict]]:
+    """Yield (run, record) as runs finish, in completion order. `claim(run)` is asked just
+    before a run is handed to an executor (False: leave it out; see runner.RunClaims)."""
     check_executor(jobs, backend, scheduler)
+    claim = claim or (lambda run: True)
     if backend == "local" and (jobs == 1 or len(todo) == 1):
         for run in todo:
-            yield run, compute_record(run, options)
+            if claim(run):
+                yield run, compute_record(run, options)
         return
     todo = longest_first(todo)
     if backend == "local":
-        yield from _run_on_joblib(todo, options, min(jobs, len(todo)))
+        yield from _run_on_joblib(todo, options, min(jobs, len(todo)), claim)
         return
-    yield from _run_on_dask(todo, options, jobs, scheduler)
+    claimed = [run for run in todo if claim(run)]
+    if claimed:
+        yield from _run_on_dask(claimed, options, jobs, scheduler)
 
 
 def longest_first(todo: list[PlannedRun]) -> list[PlannedRun]:
@@ -102,8 +108,8 @@ def longest_first(todo: list[PlannedRun]) -> list[PlannedRun]:
     return sorted(todo, key=lambda run: -epochs(run))
 
 
-def _run_on_joblib(todo: list[PlannedRun], options: RunOptions,
-                   workers: int) -> Iterator[tuple[PlannedRun, dict]]:
+def _run_on_joblib(todo: list[PlannedRun], options: RunOptions, workers: int,
+                   claim: Callable[[PlannedRun], bool]) -> Iterator[tuple[PlannedRun, dict]]:
     from joblib import Parallel, delayed
     from joblib.externals.loky.process_executor import TerminatedWorkerError
 
@@ -111,7 +117,8 @@ def _run_on_joblib(todo: list[PlannedRun], options: RunOptions,
     parallel = Parallel(n_jobs=workers, backend="loky", return_as="generator_unordered")
     finished = 0
     try:
-        for pair in parallel(delayed(_paired_local)(run, worker_options) for run in todo):
+        # A generator: joblib draws (and so claims) runs only as workers are about to be free.
+        for pair in parallel(delayed(_paired_local)(run, worker_options) for run in todo if claim(run)):
             finished += 1
             yield pair
     except TerminatedWorkerError as error:

@@ -1,12 +1,21 @@
-"""Run records: one JSON file per run, written atomically, validated when read.
+"""Run records: one gzip-compressed compact JSON file per run, written atomically, validated
+when read.
 
 A record holds everything needed to trust or redo its numbers: the spec and the fully
 resolved configuration, the split digest, metrics, per-epoch history, timings, the code
-version (git commit and dirty flag) and the environment.
+version (git commit and dirty flag) and the environment. Nothing in it names a place on the
+machine that made it: the split file is named relative to the results folder.
+
+Format (record schema 2): `<run id>.json.gz`, the record as JSON with sorted keys and no
+whitespace, gzip level 9 with a zero timestamp. Compression keeps every float exact (the
+per-query APs and the class similarity included) at about a third of the size of the
+pretty-printed JSON of schema 1 (`<run id>.json`), which is still read;
+`python -m bench records migrate` rewrites such records in place (`bench.migrate`).
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import os
@@ -14,6 +23,7 @@ import platform
 import subprocess
 import sys
 import tempfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +33,66 @@ from bench.errors import UserError
 from bench.spec import RunSpec
 
 DEFAULT_RESULTS_DIR = REPO_ROOT / "results"
-RECORD_SCHEMA = 1
+RECORD_SCHEMA = 2
 REQUIRED_KEYS = ("schema", "run_id", "status", "spec", "config")
 CORRUPT_SUFFIX = ".corrupt"
+RECORD_SUFFIX = ".json.gz"
+LEGACY_SUFFIX = ".json"  # schema 1: pretty-printed, uncompressed
 
 
 def record_path(results_dir: Path, spec: RunSpec, run_id: str, runs_folder: str = "runs") -> Path:
-    return Path(results_dir) / runs_folder / spec.dataset / spec.method / f"{run_id}.json"
+    return Path(results_dir) / runs_folder / spec.dataset / spec.method / record_file_name(run_id)
+
+
+def record_file_name(run_id: str) -> str:
+    return f"{run_id}{RECORD_SUFFIX}"
+
+
+def record_stem(path: Path) -> str:
+    """The run id a record file is named after (either suffix)."""
+    name = Path(path).name
+    for suffix in (RECORD_SUFFIX, LEGACY_SUFFIX):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def legacy_path(path: Path) -> Path:
+    """Where the schema-1 file of the record at `path` would be."""
+    return Path(path).with_name(record_stem(path) + LEGACY_SUFFIX)
+
+
+def stored_path(path: Path) -> Path | None:
+    """The file that holds the record meant by `path`: the current one, else a schema-1 file
+    not migrated yet, else None."""
+    path = Path(path)
+    if path.exists():
+        return path
+    old = legacy_path(path)
+    return old if old.exists() else None
+
+
+def record_files(folder: Path) -> list[Path]:
+    """Every record file under `folder`, sorted; where a migration was interrupted between
+    writing `<id>.json.gz` and removing `<id>.json`, only the new file counts."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    current = set(folder.rglob("*" + RECORD_SUFFIX))
+    legacy = {p for p in folder.rglob("*" + LEGACY_SUFFIX)
+              if p.with_name(p.name[: -len(LEGACY_SUFFIX)] + RECORD_SUFFIX) not in current}
+    return sorted(current | legacy)
+
+
+def encode_record(payload: Any) -> bytes:
+    """Compact, key-sorted JSON, gzip-compressed with no timestamp (same record, same bytes)."""
+    text = json.dumps(_clean(payload), sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return gzip.compress(text.encode(), compresslevel=9, mtime=0)
+
+
+def write_record(path: Path, payload: Any) -> None:
+    """Write one record atomically in the current format (see `write_bytes_atomic`)."""
+    write_bytes_atomic(Path(path), encode_record(payload))
 
 
 def _clean(value: Any) -> Any:
@@ -53,18 +116,24 @@ def _umask() -> int:
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:
+    """Pretty-printed JSON (files people read and diff, such as the gate's baseline), written
+    atomically (see `write_bytes_atomic`)."""
+    text = json.dumps(_clean(payload), indent=1, sort_keys=True, allow_nan=False) + "\n"
+    write_bytes_atomic(Path(path), text.encode())
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
     """Write to a temp file in the same folder, fsync, then rename: a reader (or a crash,
     SIGKILL included) sees either the old file, no file, or the whole new file, never half
     of one. A crash can leave only a hidden `.<name>.<random>.tmp` file, which no reader
     looks at."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(_clean(payload), indent=1, sort_keys=True, allow_nan=False) + "\n"
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
     try:
         os.fchmod(handle, 0o666 & ~_umask())  # mkstemp's 0600 would hide records from a team
-        with os.fdopen(handle, "w") as stream:
-            stream.write(text)
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(tmp, path)
@@ -99,8 +168,11 @@ def read_record(path: Path) -> dict[str, Any]:
     """Parse and sanity-check one record; anything unusable raises CorruptRecord naming the
     file (truncated or empty JSON, binary garbage, a JSON value that is not a record)."""
     try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raw = Path(path).read_bytes()
+        if str(path).endswith(".gz"):
+            raw = gzip.decompress(raw)
+        data = json.loads(raw.decode())
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise CorruptRecord(f"{path}: {error}") from None
     if not isinstance(data, dict):
         raise CorruptRecord(f"{path}: not a run record (a JSON {type(data).__name__}, not an object)")
@@ -131,8 +203,7 @@ def load_records(results_dir: Path, include_failed: bool = True,
                  runs_folder: str = "runs") -> tuple[list[dict], list[str]]:
     """Every record under results_dir/<runs_folder>, plus a list of problems (corrupt files)."""
     records, problems = [], []
-    runs = Path(results_dir) / runs_folder
-    for path in sorted(runs.rglob("*.json")) if runs.is_dir() else []:
+    for path in record_files(Path(results_dir) / runs_folder):
         try:
             record = read_record(path)
         except CorruptRecord as error:
@@ -161,6 +232,31 @@ def check_writable(results_dir: Path) -> None:
                 f"results directory {folder} is not writable ({error.strerror or error}); "
                 "pass --results DIR"
             ) from None
+
+
+def portable_text(text: str) -> str:
+    """Text for a record (a failure's traceback) without this machine's folders: the
+    repository becomes `<repo>/`, the Python installation `<python>/`."""
+    folders = {str(Path(sys.prefix)): "<python>", str(Path(sys.base_prefix)): "<python>",
+               str(REPO_ROOT): "<repo>"}
+    for folder in sorted(folders, key=len, reverse=True):  # a venv inside the repo is <python>
+        text = text.replace(folder + os.sep, folders[folder] + "/")
+    return text
+
+
+def relative_to_results(path: str | Path, results_dir: Path | None = None) -> str:
+    """A file under the results folder named relative to it ("splits/x.npz"), so a record
+    reads the same on every machine; a file elsewhere keeps only its name."""
+    if not path:
+        return ""
+    path = Path(path)
+    if results_dir is not None:
+        try:
+            return path.resolve().relative_to(Path(results_dir).resolve()).as_posix()
+        except ValueError:
+            pass
+    parent = path.parent.name
+    return f"{parent}/{path.name}" if parent == "splits" else path.name
 
 
 _GIT_CACHE: dict[str, Any] = {}

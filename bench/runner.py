@@ -11,13 +11,16 @@ The order of a sweep, so that bad input is refused before anything is written or
      in local worker processes or on a Dask cluster (`bench.parallel`). Workers only
      compute; this process writes every record, atomically, as each run finishes, so a
      sweep killed at any moment leaves complete records or none, and a rerun resumes.
+  6. Before a run starts, this process takes the run's lock (`RunClaims`): two sweeps on one
+     results folder (two terminals, two cluster jobs) never train the same run. A sweep that
+     meets a run locked by another skips it, and at its end waits for that lock: the run is
+     then done by the other sweep (reported so) or, if that sweep died, trained here.
 Exit codes of `bench run`: 0 every run complete, 1 some runs failed (recorded, with the
 reason), 2 bad input (nothing trained, nothing stored changed).
 """
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,12 +33,16 @@ from bench.parallel import check_executor, check_scheduler, run_all
 from bench.records import (
     CorruptRecord,
     check_writable,
+    legacy_path,
     read_record,
+    record_files,
     record_path,
+    record_stem,
     set_aside,
-    write_json_atomic,
+    stored_path,
+    write_record,
 )
-from bench.spec import RunSpec, config_identity, resolve_config, run_id
+from bench.spec import RunSpec, resolve_config, run_id
 from methods import get_method
 from methods.base import Task
 
@@ -47,6 +54,7 @@ __all__ = ["PlannedRun", "RunOptions", "SweepAborted", "SweepOutcome", "compute_
 class SweepOutcome:
     completed: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    elsewhere: list[str] = field(default_factory=list)  # finished by another process meanwhile
     failed: list[tuple[str, str]] = field(default_factory=list)
     set_aside: list[str] = field(default_factory=list)
     aborted: str = ""
@@ -69,40 +77,29 @@ def plan_runs(specs: list[RunSpec], options: RunOptions) -> list[PlannedRun]:
         method.check(config, task)
         identifier = run_id(spec, config)
         path = record_path(options.results_dir, spec, identifier, options.runs_folder)
-        if not path.exists():
-            path = made_under_other_torch(path, spec, config) or path
-            identifier = path.stem
+        if stored_path(path) is None and not options.force:
+            path = stored_under_other_id(path, identifier) or path
+            identifier = record_stem(path)
         planned.setdefault(path, PlannedRun(spec, identifier, path))
     return list(planned.values())
 
 
-def _identity(config: dict[str, Any]) -> str:
-    """The identifying configuration as stored JSON gives it back (tuples read as lists)."""
-    return json.dumps(json.loads(json.dumps(config_identity(config), default=str)), sort_keys=True)
+def stored_under_other_id(path: Path, identifier: str) -> Path | None:
+    """The record of this very run stored under an id an older scheme gave it, if any.
 
-
-def made_under_other_torch(path: Path, spec: RunSpec, config: dict[str, Any]) -> Path | None:
-    """The record of this very run made under another torch version, if one is stored.
-
-    A run id hashes the backbone's module repr, and torch's repr wording differs between
-    versions: a GPU machine's image (torch 2.11) gives the same network another id than the
-    pinned torch here. A stored record with this run's spec and resolved configuration, made
-    under a different torch, is this run: without this, a sweep would train it again beside
-    its record. Under the same torch a different id means a real change (an edited
-    architecture), so that record is not taken."""
-    import torch
-
-    prefix = path.stem.rsplit("-", 1)[0]
-    wanted_spec, wanted_config = spec.to_dict(), _identity(config)
-    for candidate in sorted(path.parent.glob(f"{prefix}-*.json")):
+    Run ids once hashed torch's repr of the backbone, which torch words differently between
+    releases, so runs made under another torch (a GPU image's 2.11) carry another id than the
+    same run gets now. `bench records migrate` writes the id the canonical scheme gives into
+    such a record (`identity.run_id`) and keeps its file name and stored id; this finds it."""
+    prefix = identifier.rsplit("-", 1)[0]
+    for candidate in record_files(path.parent):
+        if not candidate.name.startswith(prefix + "-"):
+            continue
         try:
             record = read_record(candidate)
         except CorruptRecord:
             continue
-        environment = record.get("environment") or {}
-        if (record.get("status") == "complete" and environment.get("torch") not in (None, torch.__version__)
-                and record.get("spec") == wanted_spec
-                and _identity(record.get("config") or {}) == wanted_config):
+        if (record.get("identity") or {}).get("run_id") == identifier:
             return candidate
     return None
 
@@ -112,10 +109,11 @@ RunState = str  # "todo" (no record), "done", "failed" (redone), "corrupt" (set 
 
 def run_state(run: PlannedRun, options: RunOptions) -> tuple[RunState, str]:
     """The state of a run's record and, for a corrupt one, why; reads, never writes."""
-    if not run.path.exists():
+    path = stored_path(run.path)
+    if path is None:
         return "todo", ""
     try:
-        record = read_record(run.path)
+        record = read_record(path)
     except CorruptRecord as error:
         return "corrupt", str(error)
     if record.get("status") != "complete":
@@ -128,7 +126,7 @@ def needs_running(run: PlannedRun, options: RunOptions, outcome: SweepOutcome | 
     never deleted, and reported with its path on stderr)."""
     state, why = run_state(run, options)
     if state == "corrupt":
-        moved = set_aside(run.path)
+        moved = set_aside(stored_path(run.path) or run.path)
         print(f"warning: corrupt record {why}; moved to {moved}; its run will be redone",
               file=sys.stderr, flush=True)
         if outcome is not None:
@@ -158,7 +156,9 @@ def prepare_data(todo: list[PlannedRun], options: RunOptions) -> None:
 def store(run: PlannedRun, record: dict[str, Any], outcome: SweepOutcome, total: int = 0) -> None:
     """Write one finished run's record (only the sweep's own process calls this)."""
     try:
-        write_json_atomic(run.path, record)
+        write_record(run.path, record)
+        if run.path.name.endswith(".gz"):
+            legacy_path(run.path).unlink(missing_ok=True)  # a redone run's schema-1 file
     except OSError as error:  # e.g. the disk filled up mid-sweep: stop, keep what is stored
         raise SweepAborted(f"cannot write {run.path}: {error.strerror or error}") from None
     done = len(outcome.completed) + len(outcome.failed) + 1
@@ -202,10 +202,86 @@ def execute_runs(specs: list[RunSpec], options: RunOptions, jobs: int = 1,
             todo.append(run)
         else:
             outcome.skipped.append(run.run_id)
-    if todo:
-        try:
-            for run, record in run_all(todo, options, jobs, backend, scheduler):
-                store(run, record, outcome, len(todo))
-        except SweepAborted as error:
-            outcome.aborted = str(error)
+    claims = RunClaims(options)
+    try:
+        while todo and not outcome.aborted:
+            try:
+                for run, record in run_all(todo, options, jobs, backend, scheduler, claim=claims.claim):
+                    store(run, record, outcome, len(todo))
+                    claims.release(run)
+            except SweepAborted as error:
+                outcome.aborted = str(error)
+            todo = claims.wait_for_others(outcome)
+    finally:
+        claims.release_all()
     return outcome
+
+
+class RunClaims:
+    """Per-run locks for sweeps that share a results folder.
+
+    A lock is a `filelock.FileLock` on `.<run id>.lock` beside the record, taken by the
+    sweep's own process before the run is handed to a worker and released once its record
+    is written. On POSIX it is an fcntl lock, which the kernel drops when its process dies,
+    so a killed sweep leaves no lock that blocks anyone (the empty file stays; it is
+    ignored by git and by every reader). Runs are claimed lazily, as workers become free,
+    so two sweeps started together share the work instead of one taking all of it."""
+
+    def __init__(self, options: RunOptions) -> None:
+        self.options = options
+        self.held: dict[Path, Any] = {}
+        self.busy: list[PlannedRun] = []
+
+    @staticmethod
+    def lock_path(run: PlannedRun) -> Path:
+        return run.path.with_name(f".{record_stem(run.path)}.lock")
+
+    def _lock(self, run: PlannedRun) -> Any:
+        from filelock import FileLock
+
+        return FileLock(self.lock_path(run), thread_local=False)
+
+    def claim(self, run: PlannedRun) -> bool:
+        """Take the run's lock if it is free and the run still needs training; otherwise
+        note it for `wait_for_others` and return False."""
+        from filelock import Timeout
+
+        lock = self._lock(run)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            self.busy.append(run)
+            return False
+        if not self.options.force and run_state(run, self.options)[0] == "done":
+            lock.release()  # finished by another sweep since this one planned
+            self.busy.append(run)
+            return False
+        self.held[run.path] = lock
+        return True
+
+    def release(self, run: PlannedRun) -> None:
+        lock = self.held.pop(run.path, None)
+        if lock is not None:
+            lock.release()
+
+    def release_all(self) -> None:
+        for lock in self.held.values():
+            lock.release()
+        self.held.clear()
+
+    def wait_for_others(self, outcome: SweepOutcome) -> list[PlannedRun]:
+        """Wait for each run another process held; return those it left without a complete
+        record (that process died or failed), to be run here."""
+        busy, self.busy = self.busy, []
+        if busy:
+            print(f"waiting for {len(busy)} runs another process is training", flush=True)
+        left = []
+        for run in busy:
+            with self._lock(run):  # blocks until the other process is done or gone
+                state = run_state(run, self.options)[0]
+            if state == "done":
+                outcome.elsewhere.append(run.run_id)
+                print(f"done by another process: {run.spec.label()}", flush=True)
+            else:
+                left.append(run)
+        return left

@@ -18,7 +18,6 @@ Which protocol a bare `bench run` uses is the card's choice (`default_protocol`)
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import math
@@ -30,6 +29,7 @@ from typing import Any
 from bench import RESULTS_VERSION
 from bench.data import REPO_ROOT, DatasetCard, load_card, read_yaml
 from bench.errors import UserError
+from bench.identity import architecture_token, identity_digest
 from methods import get_method
 from methods.base import HARMONISED, TRAINING_PARAMS, HashMethod, Param
 
@@ -299,20 +299,6 @@ def resolved_backbone(spec: RunSpec, card: DatasetCard | None = None) -> str:
     return spec.backbone or (card or load_card(spec.dataset)).backbone
 
 
-@functools.cache
-def backbone_architecture(name: str, channels: int) -> str:
-    """sha256 (12 hex) of the backbone's module structure (layer types, widths, kernels), so
-    editing an architecture changes run ids even where its name stays. Built on the meta
-    device: no weights are allocated or drawn, so the global RNG is untouched."""
-    import torch
-
-    from bench.backbones import build_backbone
-
-    with torch.device("meta"):
-        module = build_backbone(name, channels, pretrained=False)
-    return hashlib.sha256(repr(module).encode()).hexdigest()[:12]
-
-
 def config_identity(config: dict[str, Any]) -> dict[str, Any]:
     """The part of a resolved configuration that identifies a run: provenance notes left out."""
     return {k: v for k, v in config.items() if k not in PROVENANCE_KEYS}
@@ -321,14 +307,15 @@ def config_identity(config: dict[str, Any]) -> dict[str, Any]:
 def run_id(spec: RunSpec, config: dict[str, Any], card: DatasetCard | None = None) -> str:
     """Readable prefix plus a hash of everything that determines the run's numbers: the spec,
     the resolved config (without provenance notes), the results version of the code, and the
-    backbone's name and architecture."""
+    backbone's name and architecture token, in the canonical form of `bench.identity` (the
+    same id on every machine and under every torch)."""
     card = card or load_card(spec.dataset)
     backbone = resolved_backbone(spec, card)
     identity = {
         **spec.to_dict(), "overrides": None,
         "config": config_identity(config),
         "results_version": RESULTS_VERSION,
-        "backbone_architecture": [backbone, backbone_architecture(backbone, card.channels)],
+        "backbone_architecture": [backbone, architecture_token(backbone, card.channels)],
     }
-    digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
+    digest = identity_digest(identity)
     return f"{spec.method}-{spec.bits}b-s{spec.seed}-{spec.protocol}-{digest[:10]}"

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -327,9 +328,15 @@ def make_split(
                 raise UserError(f"saved split {target} does not match its digest; move it aside")
         else:
             target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(target.name + ".tmp.npz")
-            np.savez(tmp, **parts, data_sha256=np.array(data["sha256"]))
-            tmp.replace(target)
+            # A temp name of its own: two sweeps sharing a results folder may both write it.
+            handle, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.", suffix=".npz")
+            os.close(handle)
+            tmp = Path(tmp_name)
+            try:
+                np.savez(tmp, **parts, data_sha256=np.array(data["sha256"]))
+                tmp.replace(target)
+            finally:
+                tmp.unlink(missing_ok=True)
         path = str(target)
     return Split(**parts, digest=digest, path=path, held_out=held_out,
                  selection_protocol=describe_selection(held_out, len(parts["validation_database"])),

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from bench.backbones import HashNetwork, build_backbone
 from bench.data import DatasetCard, ImageSource, ground_truth_record, load_card, open_dataset
 from bench.numerics import ImageCache, Numerics, applied, fused_for_inference, pick_device, resolve
+from bench.records import relative_to_results
 from bench.retrieval import evaluate_retrieval
 from bench.spec import RunSpec, resolve_config, run_id
 from bench.splits import Split, make_split, selection_description, selection_reference
@@ -507,7 +508,7 @@ def _train_and_evaluate(
         "task": {"num_classes": card.num_classes, "multi_label": card.multi_label,
                  "class_names": list(card.class_names),
                  **({"ground_truth_similarity": truth} if (truth := ground_truth_record(source)) else {})},
-        "split": {"digest": split.digest, "path": split.path, "sizes": split.sizes(),
+        "split": {"digest": split.digest, "path": relative_to_results(split.path), "sizes": split.sizes(),
                   "seed": spec.split_seed, "data": source.identity},
         "selection": {**selection, "best_epoch": best["epoch"], "best_val_mAP": best["val_mAP"]},
         "metrics": metrics,

@@ -4,7 +4,7 @@ Record builders: `make_record(...)` fabricates a run record in the exact format 
 `bench.runner.compute_record` writes (the body of `bench.train.train_and_evaluate` plus schema,
 status, code, environment, times), with full control over the numbers, so report and verdict
 tests need no training. `write_results(dir, records, corrupt=...)` lays them out as
-`results/runs/<dataset>/<method>/<run id>.json`.
+`results/runs/<dataset>/<method>/<run id>.json.gz`.
 """
 
 from __future__ import annotations
@@ -202,12 +202,12 @@ def build_record(
 
 def write_result_files(results_dir: Path, records: list[dict], corrupt: dict[str, str] | None = None) -> Path:
     """Write records (and optional corrupt files: relative path -> text) under results_dir/runs."""
-    from bench.records import write_json_atomic
+    from bench.records import record_file_name, write_record
 
     for record in records:
         spec = record["spec"]
         folder = Path(results_dir) / "runs" / spec["dataset"] / spec["method"]
-        write_json_atomic(folder / f"{record['run_id']}.json", record)
+        write_record(folder / record_file_name(record["run_id"]), record)
     for relative, text in (corrupt or {}).items():
         path = Path(results_dir) / "runs" / relative
         path.parent.mkdir(parents=True, exist_ok=True)

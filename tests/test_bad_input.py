@@ -6,6 +6,7 @@ minus interpreter start-up); two run the real command to show the whole process 
 
 from __future__ import annotations
 
+import gzip
 import os
 import subprocess
 import sys
@@ -247,12 +248,13 @@ def test_corrupt_record_shown_by_dry_run_and_left_in_place(capsys, results):
     line = capsys.readouterr().out.strip().splitlines()[0]
     assert line.startswith("todo ")
     path = Path(line.split()[-1])
-    path.write_text('{"schema": 1, "run_id": "cs')
+    truncated = gzip.compress(b'{"schema": 2, "run_id": "cs')
+    path.write_bytes(truncated)
     assert main(["run", "--methods", "csq", "--bits", "16", *FAST, "--results", str(results),
                  "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("corrupt ") and f"({path}: Unterminated string" in out
-    assert path.read_text() == '{"schema": 1, "run_id": "cs'  # a dry run changes nothing
+    assert path.read_bytes() == truncated  # a dry run changes nothing
     path.unlink()  # leave the results fixture as it was
 
 

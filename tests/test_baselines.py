@@ -3,7 +3,6 @@ HashNet's continuation schedules, and the native vs harmonised protocols."""
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import torch
 
 from bench.cli import main
 from bench.data import load_card
+from bench.records import read_record
 from bench.spec import RunSpec, resolve_config
 from methods import available_methods, get_method
 from methods.base import HARMONISED, Task
@@ -274,8 +274,8 @@ def test_record_says_which_protocol(tmp_path: Path, one_thread: None) -> None:
     code = main(["run", "--methods", "dpn", "--bits", "8", "--dataset", "synthetic", "--epochs", "1",
                  "--protocol", "harmonised", "--results", str(tmp_path), "--quiet"])
     assert code == 0
-    (path,) = (tmp_path / "runs" / "synthetic" / "dpn").glob("*.json")
-    record = json.loads(path.read_text())
+    (path,) = (tmp_path / "runs" / "synthetic" / "dpn").glob("*.json.gz")
+    record = read_record(path)
     assert record["status"] == "complete"
     assert record["spec"]["protocol"] == "harmonised"
     assert "harmonised" in record["run_id"]

@@ -381,3 +381,7 @@ def test_argmin_near_tie_takes_the_lowest_index_among_near_ties() -> None:
     assert argmin_near_tie(np.array([np.inf, 4.0, np.inf])) == 1
     assert argmin_near_tie(np.array([1e6 + 1e-4, 1e6])) == 0  # relative to the magnitude
 
+
+
+# Compares floats with a stored record or another process: also run under AVX2 kernels (Makefile).
+pytestmark = pytest.mark.float_sensitive

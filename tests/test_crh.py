@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from bench.errors import UserError
+from bench.records import read_record
 from methods.base import Task
 from methods.crh import CRH, margin_cosine_loss, quantization_loss, resolve_settings
 
@@ -248,9 +249,9 @@ def test_end_to_end_synthetic(tmp_path: Path) -> None:
     code = main(["run", "--methods", "crh", "--bits", "16", "--dataset", "synthetic",
                  "--results", str(tmp_path), "--quiet"])
     assert code == 0
-    records = list((tmp_path / "runs" / "synthetic" / "crh").glob("*.json"))
+    records = list((tmp_path / "runs" / "synthetic" / "crh").glob("*.json.gz"))
     assert len(records) == 1
-    record = json.loads(records[0].read_text())
+    record = read_record(records[0])
     method = record["method"]
     assert record["config"]["codebook_ratio"] == 2.0 and record["config"]["solver"] == "hungarian"
     used = method["settings_used"]

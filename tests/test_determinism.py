@@ -51,7 +51,7 @@ def sweep(results: Path, jobs: int) -> dict[str, dict]:
                           env={**_environment(), "BENCH_FAST": "1"})
     assert done.returncode == 0, done.stderr[-2000:] + done.stdout[-2000:]
     records = {}
-    for path in sorted((results / "runs" / "synthetic").rglob("*.json")):
+    for path in sorted((results / "runs" / "synthetic").rglob("*.json.gz")):
         record = read_record(path)
         records[record["spec"]["method"]] = record
     assert sorted(records) == METHODS
@@ -118,3 +118,7 @@ def test_cuda_numerics_use_bf16_autocast_and_non_blocking_copies(monkeypatch) ->
     assert resolve("cuda", fast=False).amp is None  # the legacy path stays float32
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     assert resolve("cuda", fast=True).amp is None  # a GPU without bf16 trains in float32
+
+
+# Compares floats with a stored record or another process: also run under AVX2 kernels (Makefile).
+pytestmark = pytest.mark.float_sensitive

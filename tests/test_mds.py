@@ -4,7 +4,6 @@ retrieval output and an end-to-end run with the pairwise term switched on."""
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import torch
 from bench.backbones import HashNetwork, build_backbone
 from bench.cli import main
 from bench.errors import UserError
+from bench.records import read_record
 from bench.spec import RunSpec, resolve_config
 from methods.base import Batch, Task
 from methods.centers import gilbert_varshamov_target, min_pairwise_distance
@@ -274,8 +274,8 @@ def test_end_to_end_with_the_pairwise_term(tmp_path: Path, one_thread: None) -> 
     code = main(["run", "--methods", "mds", "--bits", "16", "--dataset", "synthetic", "--epochs", "2",
                  "--set", "pair_start_epoch=1", "--results", str(tmp_path), "--quiet"])
     assert code == 0
-    (path,) = (tmp_path / "runs" / "synthetic" / "mds").glob("*.json")
-    record = json.loads(path.read_text())
+    (path,) = (tmp_path / "runs" / "synthetic" / "mds").glob("*.json.gz")
+    record = read_record(path)
     assert record["status"] == "complete"
     first, second = record["history"]
     assert "loss_pair" not in first and second["loss_pair"] > 0

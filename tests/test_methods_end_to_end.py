@@ -193,3 +193,7 @@ def test_crh_reassigns_and_its_centers_follow_the_assignment() -> None:
     assert np.array_equal(as_int(record["centers"]), compose(codebook, as_int(selected["assignment"])))
     for step in state["reassignments"]:  # a reassignment never makes the fit worse
         assert sum(step["cost"]) <= sum(step["cost_before"]) + 1e-6
+
+
+# Compares floats with a stored record or another process: also run under AVX2 kernels (Makefile).
+pytestmark = pytest.mark.float_sensitive

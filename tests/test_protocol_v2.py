@@ -3,7 +3,6 @@ records name their selection protocol and validation database, seeds are checked
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -11,6 +10,7 @@ import pytest
 from bench.cli import main
 from bench.data import load_card, open_dataset
 from bench.errors import UserError
+from bench.records import read_record
 
 
 @pytest.fixture(autouse=True)
@@ -50,10 +50,10 @@ def test_bare_run_records_fair_protocol_and_held_out_selection(capsys, tmp_path,
         pytest.skip("Fashion-MNIST files are not installed")
     assert main(["run", "--methods", "crh,csq", "--bits", "16", "--dataset", "fashion-mnist-mini",
                  "--epochs", "1", "--device", "cpu", "--quiet", "--results", str(tmp_path)]) == 0
-    files = sorted((tmp_path / "runs" / "fashion-mnist-mini").glob("*/*.json"))
+    files = sorted((tmp_path / "runs" / "fashion-mnist-mini").glob("*/*.json.gz"))
     assert len(files) == 2
     for path in files:
-        record = json.loads(path.read_text())
+        record = read_record(path)
         assert record["spec"]["protocol"] == "harmonised"
         assert record["split"]["sizes"]["validation_database"] == 1500
         selection = record["selection"]

@@ -4,6 +4,7 @@ their reason and the sweep goes on (exit code 1)."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import re
@@ -141,7 +142,7 @@ def test_sigkilled_sweep_resumes_only_unfinished_runs(tmp_path):
     sweep = subprocess.Popen([sys.executable, "-m", "bench", "run", *args, "--jobs", "2"], cwd=REPO,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
-    while not list(runs.glob("*.json")):
+    while not list(runs.glob("*.json.gz")):
         assert sweep.poll() is None, sweep.stderr.read().decode()
         assert time.monotonic() < deadline, "no record appeared within 120 s"
         time.sleep(0.02)
@@ -149,27 +150,27 @@ def test_sigkilled_sweep_resumes_only_unfinished_runs(tmp_path):
     sweep.wait()
     sweep.stderr.close()
     time.sleep(2)  # orphaned workers, if any, must not write anything
-    survived = sorted(runs.glob("*.json"))
+    survived = sorted(runs.glob("*.json.gz"))
     assert 1 <= len(survived) < 6
     for path in survived:  # never half a record; strict JSON (no NaN); trained elsewhere
-        record = json.loads(path.read_text(), parse_constant=_no_constants)
+        record = json.loads(gzip.decompress(path.read_bytes()), parse_constant=_no_constants)
         assert read_record(path)["status"] == "complete" and record["pid"] != sweep.pid
 
     # Truncate one finished record as a crash of a non-atomic writer would have.
     victim = survived[0]
-    truncated = victim.read_text()[:100]
-    victim.write_text(truncated)
+    truncated = victim.read_bytes()[:100]
+    victim.write_bytes(truncated)
     untouched = {p: p.read_bytes() for p in survived[1:]}
 
     rerun = bench_run(*args)
     assert rerun.returncode == 0, rerun.stderr
     assert f"corrupt record {victim}" in rerun.stderr  # reported with its path
     aside = victim.with_name(victim.name + ".corrupt")
-    assert aside.read_text() == truncated  # set aside, not deleted
+    assert aside.read_bytes() == truncated  # set aside, not deleted
     redone = 6 - len(untouched)
     assert f"{redone} completed, {len(untouched)} skipped" in rerun.stdout
     assert f"corrupt record set aside: {aside}" in rerun.stdout
-    final = sorted(runs.glob("*.json"))
+    final = sorted(runs.glob("*.json.gz"))
     assert len(final) == 6 and all(read_record(p)["status"] == "complete" for p in final)
     assert all(p.read_bytes() == content for p, content in untouched.items())  # skipped, not redone
 
@@ -224,14 +225,13 @@ def _no_constants(name: str) -> None:
 
 @pytest.mark.parametrize("torch_of_record, config_change, taken", [
     ("2.11.0+cu130", {}, True),            # the same run, made under the GPU image's torch
-    (None, {}, False),                     # None: this machine's torch, so another id is a real change
+    ("2.14.1+cu130", {}, False),           # the legacy tokens' torch: another id is a real change
     ("2.11.0+cu130", {"lr": 0.5}, False),  # another torch and another configuration: another run
 ])
-def test_a_record_made_under_another_torch_counts_as_this_run(tmp_path, torch_of_record, config_change,
-                                                            taken):
-    import torch
-
+def test_a_migrated_record_made_under_another_torch_counts_as_this_run(tmp_path, torch_of_record,
+                                                                      config_change, taken):
     from bench.jobs import RunOptions
+    from bench.migrate import migrate
     from bench.records import record_path
     from bench.runner import plan_runs
     from bench.spec import RunSpec, resolve_config, run_id
@@ -239,14 +239,18 @@ def test_a_record_made_under_another_torch_counts_as_this_run(tmp_path, torch_of
     spec = RunSpec(method="csq", dataset="synthetic", bits=16, seed=0, protocol="harmonised")
     config = resolve_config(spec)
     own_path = record_path(tmp_path, spec, run_id(spec, config))
-    other_path = own_path.with_name(f"csq-16b-s0-harmonised-{'f' * 10}.json")
-    assert other_path != own_path
-    record = {"schema": 1, "run_id": other_path.stem, "status": "complete", "spec": spec.to_dict(),
-              "config": {**json.loads(json.dumps(config, default=str)), **config_change},
-              "environment": {"torch": torch_of_record or torch.__version__}, "metrics": {"mAP": 0.5}}
-    write_json_atomic(other_path, record)
+    other_id = f"csq-16b-s0-harmonised-{'f' * 10}"
+    legacy = own_path.with_name(f"{other_id}.json")  # schema 1, as the GPU machine wrote it
+    record = {"schema": 1, "run_id": other_id, "status": "complete", "spec": spec.to_dict(),
+              "config": {**json.loads(json.dumps(config)), **config_change},
+              "environment": {"torch": torch_of_record}, "metrics": {"mAP": 0.5}}
+    write_json_atomic(legacy, record)
+    [before] = plan_runs([spec], RunOptions(results_dir=tmp_path))
+    assert before.path == own_path  # an unmigrated record is not guessed at
 
+    report = migrate(tmp_path)
+    assert bool(report.mapped_ids) == torch_of_record.startswith("2.11")  # its own canonical id
     [planned] = plan_runs([spec], RunOptions(results_dir=tmp_path))
 
-    assert planned.path == (other_path if taken else own_path)
-    assert planned.run_id == planned.path.stem
+    assert planned.path == (legacy.with_name(f"{other_id}.json.gz") if taken else own_path)
+    assert planned.run_id == (other_id if taken else own_path.name.removesuffix(".json.gz"))

@@ -15,6 +15,7 @@ import torch
 
 from bench.cli import main
 from bench.errors import UserError
+from bench.records import read_record
 from bench.spec import RunSpec, resolve_config
 from methods.base import Task
 from methods.centers import (
@@ -374,10 +375,10 @@ def test_end_to_end_records_stage_times(tmp_path: Path, one_thread: None) -> Non
                  "--results", str(tmp_path), "--quiet"])
     assert code == 0
     for name in ("dpn", "hashnet"):
-        (path,) = (tmp_path / "runs" / "synthetic" / name).glob("*.json")
-        assert json.loads(path.read_text())["status"] == "complete"
-    (path,) = (tmp_path / "runs" / "synthetic" / "shc").glob("*.json")
-    record = json.loads(path.read_text())
+        (path,) = (tmp_path / "runs" / "synthetic" / name).glob("*.json.gz")
+        assert read_record(path)["status"] == "complete"
+    (path,) = (tmp_path / "runs" / "synthetic" / "shc").glob("*.json.gz")
+    record = read_record(path)
     assert record["status"] == "complete"
     stages = record["timings"]["method_stages"]
     assert set(stages) >= {"classifier", "centers"} and all(v > 0 for v in stages.values())
@@ -397,8 +398,8 @@ def test_end_to_end_with_196_classes(tmp_path: Path, one_thread: None) -> None:
     code = main(["run", "--methods", "shc", "--bits", "16", "--dataset", "synthetic-196", "--epochs", "1",
                  "--set", "classifier_epochs=1", "--results", str(tmp_path), "--quiet"])
     assert code == 0
-    (path,) = (tmp_path / "runs" / "synthetic-196" / "shc").glob("*.json")
-    record = json.loads(path.read_text())
+    (path,) = (tmp_path / "runs" / "synthetic-196" / "shc").glob("*.json.gz")
+    record = read_record(path)
     assert record["status"] == "complete"
     optimisation = record["method"]["center_optimisation"]
     assert optimisation["d_star"] == optimisation["min_distance_required"] == 4
@@ -407,3 +408,7 @@ def test_end_to_end_with_196_classes(tmp_path: Path, one_thread: None) -> None:
     centers = np.array(record["centers"])
     assert centers.shape == (196, 16) and min_pairwise_distance(centers) >= 4
     assert set(record["timings"]["method_stages"]) >= {"mds_start", "classifier", "centers"}
+
+
+# Compares floats with a stored record or another process: also run under AVX2 kernels (Makefile).
+pytestmark = pytest.mark.float_sensitive

@@ -241,7 +241,7 @@ def test_in_memory_data_content_enters_the_digest(synthetic) -> None:
 def test_run_id_covers_results_version_and_backbone_architecture(monkeypatch) -> None:
     import bench.backbones
     import bench.spec
-    from bench.spec import backbone_architecture
+    from bench.identity import architecture_fingerprint as backbone_architecture
 
     card = load_card("synthetic")
     spec = RunSpec("csq", "synthetic", 16, protocol="harmonised")

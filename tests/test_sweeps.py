@@ -36,8 +36,8 @@ def sweep(results: Path, *extra: str, subprocess_pid: list[int] | None = None) -
         assert command.returncode == 0, err + out
         subprocess_pid.append(command.pid)
     folder = results / "runs" / "synthetic" / "csq"
-    assert not [p.name for p in folder.iterdir() if not p.name.endswith(".json")]  # no temp files
-    records = {r["run_id"]: r for r in (read_record(p) for p in sorted(folder.glob("*.json")))}
+    assert not [p.name for p in folder.iterdir() if not p.name.endswith(".json.gz")]  # no temp files
+    records = {r["run_id"]: r for r in (read_record(p) for p in sorted(folder.glob("*.json.gz")))}
     assert len(records) == 2 and all(r["status"] == "complete" for r in records.values())
     return records
 
@@ -118,7 +118,7 @@ def test_legacy_path_divides_the_cores_and_keeps_native_kernels(tmp_path):
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "BENCH_FAST": "0"})
     assert done.returncode == 0, done.stderr + done.stdout
-    records = [read_record(p) for p in sorted((tmp_path / "runs" / "synthetic" / "csq").glob("*.json"))]
+    records = [read_record(p) for p in sorted((tmp_path / "runs" / "synthetic" / "csq").glob("*.json.gz"))]
     assert len(records) == 2
     for record in records:
         assert record["numerics"]["path"] == "legacy" and record["numerics"]["onednn"] is False

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +9,7 @@ import pytest
 import torch
 
 from bench.cli import main
+from bench.records import read_record
 from bench.spec import RunSpec
 from bench.train import center_semantics, class_feature_similarity, iterate_batches, train_and_evaluate
 
@@ -56,9 +56,9 @@ def test_cli_run_writes_record_and_skips_it_next_time(tmp_path: Path, capsys) ->
     argv = ["run", "--methods", "csq", "--bits", "8", "--dataset", "synthetic", "--epochs", "1",
             "--results", str(tmp_path), "--quiet"]
     assert main(argv) == 0
-    records = list((tmp_path / "runs" / "synthetic" / "csq").glob("*.json"))
+    records = list((tmp_path / "runs" / "synthetic" / "csq").glob("*.json.gz"))
     assert len(records) == 1
-    record = json.loads(records[0].read_text())
+    record = read_record(records[0])
     assert record["status"] == "complete" and record["spec"]["bits"] == 8
     assert {"commit", "dirty", "results_version"} <= set(record["code"])
     assert record["environment"]["torch"] == torch.__version__

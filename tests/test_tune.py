@@ -4,7 +4,6 @@ Every trial trains tiny_cnn on the synthetic card for one epoch (about a second)
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -16,6 +15,7 @@ import pytest
 import yaml
 
 from bench.cli import main
+from bench.records import read_record
 
 REPO = Path(__file__).resolve().parent.parent
 FAST = ["--dataset", "synthetic", "--epochs", "1", "--bits", "16", "--device", "cpu", "--quiet"]
@@ -36,7 +36,7 @@ def tune(results: Path, trials: int, *extra: str) -> int:
 
 def records(results: Path) -> dict[str, dict]:
     folder = results / "tuning" / "runs" / "synthetic" / "csq"
-    return {p.name: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))}
+    return {p.name: read_record(p) for p in sorted(folder.glob("*.json.gz"))}
 
 
 def study(results: Path):
@@ -52,10 +52,10 @@ def searched(record: dict) -> tuple[float, float]:
 
 def test_tune_resumes_scores_validation_only_and_writes_the_setting(tmp_path, tuned_dir, one_thread):
     results = tmp_path / "results"
-    assert tune(results, 2) == 0
+    assert tune(results, 2, "--commit") == 0
     first = records(results)
     assert len(first) == 2
-    assert tune(results, 3) == 0  # one more trial, the first two reused from the study
+    assert tune(results, 3, "--commit") == 0  # one more trial, the first two reused from the study
     after = records(results)
     assert len(after) == 3 and set(first) <= set(after)
     assert tune(results, 3) == 0  # nothing left to do
@@ -138,13 +138,13 @@ def test_tune_killed_by_a_signal_resumes(tmp_path, tuned_dir):
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     folder = results / "tuning" / "runs" / "synthetic" / "csq"
     deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and process.poll() is None and not list(folder.glob("*.json")):
+    while time.monotonic() < deadline and process.poll() is None and not list(folder.glob("*.json.gz")):
         time.sleep(0.2)
     assert process.poll() is None, process.stderr.read().decode()
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert not (tuned_dir / "synthetic.yaml").exists()
-    assert tune(results, 3) == 0
+    assert tune(results, 3, "--commit") == 0
 
     from optuna.trial import TrialState
 
@@ -153,6 +153,22 @@ def test_tune_killed_by_a_signal_resumes(tmp_path, tuned_dir):
     assert {(t.params["lr"], t.params["lambda_q"]) for t in complete} == {searched(r) for r in
                                                                            records(results).values()}
     assert yaml.safe_load((tuned_dir / "synthetic.yaml").read_text())["methods"]["csq"]["trials"] == 3
+
+
+def test_without_a_named_file_the_committed_setting_is_left_alone(tmp_path, tuned_dir, one_thread, capsys):
+    committed = tuned_dir / "synthetic.yaml"
+    tuned_dir.mkdir()
+    committed.write_text("dataset: synthetic\nmethods:\n  csq:\n    values: {lr: 0.002}\n")
+    before = committed.read_bytes()
+    results = tmp_path / "results"
+    assert tune(results, 1) == 0
+    assert committed.read_bytes() == before  # a study never rewrites the committed file unasked
+    beside = results / "tuning" / "synthetic.yaml"
+    assert yaml.safe_load(beside.read_text())["methods"]["csq"]["trials"] == 1
+    out = capsys.readouterr().out
+    assert f"tuned setting written: {beside}" in out and "--commit" in out
+    assert main(["tune", "--methods", "csq", "--trials", "1", *FAST, "--results", str(results),
+                 "--commit", "--output", str(tmp_path / "x.yaml")]) == 2  # one or the other
 
 
 def test_output_flag_and_merge_keep_other_methods(tmp_path, one_thread):

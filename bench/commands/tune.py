@@ -1,5 +1,10 @@
 """`python -m bench tune`: search each method's learning rate and main knobs with the same
-number of trials, on validation only, and commit the chosen values (see `bench/tune.py`).
+number of trials, on validation only, and write the chosen values (see `bench/tune.py`).
+
+Where the chosen values go: beside the studies, `<results>/tuning/<card>.yaml`, unless the
+user names a file (`--output FILE`) or asks for the committed setting that `--protocol tuned`
+reads (`--commit`: bench/tuned/<card>.yaml). A trial search never overwrites the committed
+setting by default.
 
 Exit codes: 0 tuned and written; 1 the executor broke mid-batch (finished trials are stored;
 rerun to resume); 2 bad input (one line on stderr; nothing trained, nothing written).
@@ -28,7 +33,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--seed", default="0",
                       help="training seed of every trial and the sampler's seed (default 0)")
     what.add_argument("--split-seed", default="0", help="seed of the data split (default 0)")
-    what.add_argument("--output", help="tuned setting to write or update (default: bench/tuned/<card>.yaml)")
+    where = what.add_mutually_exclusive_group()
+    where.add_argument("--output", help="tuned setting to write or update (default: "
+                                        "<results>/tuning/<card>.yaml, beside the studies)")
+    where.add_argument("--commit", action="store_true",
+                       help="write the committed setting bench/tuned/<card>.yaml, which "
+                            "`bench run --protocol tuned` reads")
     how = parser.add_argument_group("how to run")
     how.add_argument("--results", default=None,
                      help="results directory: trials are run records in DIR/runs, studies in "
@@ -51,6 +61,7 @@ def execute(args: argparse.Namespace) -> int:
     from bench.parallel import check_executor
     from bench.records import DEFAULT_RESULTS_DIR
     from bench.runner import RunOptions
+    from bench.spec import tuned_path
     from bench.tune import TuneRequest, TuningAborted, search_space, tune_method, write_setting
     from methods import get_method
 
@@ -76,6 +87,7 @@ def execute(args: argparse.Namespace) -> int:
                           split_seed=split_seed, jobs=args.jobs,
                           pretrained=card.backbone in PRETRAINABLE and not args.no_pretrained)
     results = Path(args.results) if args.results else DEFAULT_RESULTS_DIR
+    output = setting_path(args, card.name, results)
     options = RunOptions(results_dir=results, data_root=args.data_root, device=args.device,
                          progress_bars=not args.quiet, torch_threads=args.threads)
     outcomes = []
@@ -91,9 +103,25 @@ def execute(args: argparse.Namespace) -> int:
                               for k, v in outcome.values.items()), flush=True)
     except TuningAborted as error:
         if outcomes:
-            write_setting(args.output, request, outcomes, results)
+            write_setting(output, request, outcomes, results)
         print(f"error: tuning stopped early: {error}; rerun the same command to resume", file=sys.stderr)
         return 1
-    path = write_setting(args.output and Path(args.output), request, outcomes, results)
+    path = write_setting(output, request, outcomes, results)
     print(f"tuned setting written: {path} ({', '.join(methods)} at {bits} bits, {trials} trials each)")
+    if not args.commit and not args.output:
+        print(f"  `--protocol tuned` reads {tuned_path(card.name)}: rerun with --commit to write it "
+              f"there, or set BENCH_TUNED_DIR={path.parent} to use this file")
     return 0
+
+
+def setting_path(args: argparse.Namespace, card: str, results: Path) -> Path:
+    """The file the chosen values go to: named by the user, the committed one on --commit,
+    else beside the studies under the results folder (never a tracked file by default)."""
+    from bench.spec import tuned_path
+    from bench.tune import TRIALS_FOLDER
+
+    if args.output:
+        return Path(args.output)
+    if args.commit:
+        return tuned_path(card)
+    return Path(results) / Path(TRIALS_FOLDER).parts[0] / f"{card}.yaml"
