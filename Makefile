@@ -37,6 +37,7 @@ reproduce: setup
 test: setup
 	$(VENV)/bin/ruff check bench methods tests
 	$(PY) -m pytest -q
+	$(PY) -m bench readme --check
 	$(PY) -m bench check
 
 # Deliberate breakages (tools/mutants.yaml), each in a temporary copy of the tree: every one
