@@ -159,12 +159,37 @@ def center_semantics(frame: pd.DataFrame, p: dict) -> Checked:
             lcb=test.lcb, sd=test.sd, extra={"mantel_p_per_run": [round(x, 6) for x in result.run_p],
                                              "permutations": result.permutations}))
         out.notes.append(f"{table} · {bits} bits: class similarity from {cell.source_text()}")
-        for method, label in (("csq", "CSQ"), ("shc", "SHC")):
+        card = str(crh.card.iloc[0])
+        for method, label in (("csq", "CSQ"), ("shc", "SHC"), ("hclm", "HCLM")):
             rows = main[(main.table == table) & (main.bits == bits) & (main.method == method)]
             if len(rows):
+                contrast = semantics_of_cell(rows, in_table, label)
                 out.notes.append(f"{table} · {bits} bits: contrast (not counted), {label} ρ = "
-                                 f"{fmt_rho(semantics_of_cell(rows, in_table, label))}")
+                                 f"{fmt_rho(contrast)}")
+                if contrast.result is not None and bool(crh.primary.iloc[0]):
+                    out.details.setdefault("numbers", {})[f"{_card_short(card)}.{method}.{bits}.rho"] = (
+                        f"{contrast.result.observed:.2f}")
     return out
+
+
+CARD_SHORT = {"fashion-mnist": "FM", "fashion-mnist-multi": "multi", "fashion-mnist-pairs": "pairs"}
+
+
+def _card_short(card: str) -> str:
+    return CARD_SHORT.get(card, card)
+
+
+def _shares(rows: pd.DataFrame) -> dict[str, float]:
+    """Each stage's share of the runs' counted work, in percent."""
+    works = [record_work(r) for r in rows.record]
+    works = [w for w in works if w is not None and w.get("stages")]
+    if not works:
+        return {}
+    from bench.work import stage_flops
+
+    names = sorted({s for w in works for s in w["stages"]})
+    return {name: float(np.mean([stage_flops(w["stages"][name]) / w["total_flops"] * 100
+                                 for w in works if name in w["stages"]])) for name in names}
 
 
 def _work(rows: pd.DataFrame) -> float:
@@ -193,7 +218,8 @@ def two_stage_cost(frame: pd.DataFrame, p: dict) -> Checked:
             w_two / 1e12, w_crh / 1e12, (w_two - w_crh) / 1e12, math.nan, math.nan, "counted (no sampling)",
             math.nan, bool(crh.primary.iloc[0]), counted, "" if counted else "not counted: no work count",
             p.get("paper", ""), "TFLOPs", regime=regime_of(pd.concat([other, crh])), table=str(table),
-            ratio=ratio))
+            ratio=ratio, extra={"shares": {**{f"{two}_{k}": v for k, v in _shares(other).items()},
+                                           **{f"crh_{k}": v for k, v in _shares(crh).items()}}}))
         walls.append(float(other.cost.mean() / crh.cost.mean()))
     if walls:
         out.notes.append(f"context only: committed wall-time ratios x{min(walls):.2f} to x{max(walls):.2f}, "

@@ -14,13 +14,14 @@ import re
 from collections.abc import Sequence
 
 from bench.report.analysis import Analysis, MainTable
-from bench.report.claims import ClaimResult
+from bench.report.claims import CARD_SHORT, ClaimResult
 from bench.report.grading import power_rows
-from bench.report.stats import Stat
+from bench.report.groups import Cell
+from bench.report.stats import ALPHA, Stat, equivalence_test, paired_test
 from bench.report.tables import chance_value
-from bench.report.util import FLOOR_METHOD, fmt_p, metric_points
+from bench.report.util import FLOOR_METHOD, fmt_p, method_name, metric_points
 
-CARD_SHORT = {"fashion-mnist": "FM", "fashion-mnist-multi": "multi", "fashion-mnist-pairs": "pairs"}
+EQUIVALENCE_MARGIN = 0.5  # mAP points (spec section 4: the CI gate's floor, under a third of 1.76)
 POWER_COLUMNS = ("claim", "card", "bits", "comparison", "key", "n", "delta", "sd", "power_now", "n80")
 
 
@@ -62,11 +63,70 @@ def table_numbers(analysis: Analysis) -> dict[str, str]:
             spread = f" ± {stat.std:.2f}" if stat.n > 1 else ""
             out[key] = f"{stat.mean:.2f}{spread} ({stat.n})"
             out[key + ".mean"] = _plain(stat.mean)
+        for method in table.methods:  # cells without complete records say so
+            for bits in table.bits:
+                key = f"{prefix}{_method_key(method)}.{bits}"
+                if key not in out:
+                    cell = table.cell(method, bits)
+                    out[key] = out[key + ".mean"] = "not run" if cell is None else "incomplete"
         for bits in table.bits:
+            means = [(table.complete(m, bits).stat(metric_points("mAP")).mean, m) for m in table.methods
+                     if m != FLOOR_METHOD and table.complete(m, bits) is not None]
+            if means:
+                out[f"{prefix}best.{bits}"] = method_name(max(means)[1])
             value = chance_value(table, bits, "mAP")
             if not math.isnan(value):
                 out[f"{prefix}chance.{bits}"] = _plain(value)
     return out
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower().replace("*", "")).strip("-")
+
+
+def ablation_numbers(analysis: Analysis) -> dict[str, str]:
+    """`ablation.<card>.[<setting>.]<dimension>.<setting>[.<context>].<bits>` = "mean ± sd" of
+    every CRH ablation point, plus a TOST phrase for each point against the dimension's
+    default (`.vs_default`, section 4: a phrase of no difference only where TOST passes)."""
+    out: dict[str, str] = {}
+    for scope, ablations in analysis.crh.items():
+        table = analysis.main.get(scope)
+        tag = table_tag(analysis, table) if table is not None else (
+            re.sub(r"[^a-z0-9]+", "-", analysis.scope_label(scope).split(" · ", 1)[-1].lower()
+                   .replace(" protocol", "")).strip("-") + ".")
+        for dim, panels in ablations.panels.items():
+            for panel in panels:
+                context = f".{_slug(panel.context)}" if panel.context else ""
+                default = next((pt for pt in panel.points if pt.is_default), None)
+                never = next((pt for pt in panel.points if pt.label.rstrip("*") == "never"), None)
+                for point in panel.points:
+                    stat = point.cell.stat(metric_points("mAP"))
+                    key = (f"ablation.{card_key(scope.dataset)}.{tag}{_slug(dim)}.{_slug(point.label)}"
+                           f"{context}.{panel.bits}")
+                    out[key] = f"{stat.mean:.2f} ± {stat.std:.2f}" if stat.n > 1 else f"{stat.mean:.2f}"
+                    out[key + ".mean"] = _plain(stat.mean)
+                    if default is not None and point is not default:
+                        out[key + ".vs_default"] = _tost_phrase(point.cell, default.cell)
+                    if never is not None and point is not never:
+                        out[key + ".vs_never"] = _tost_phrase(point.cell, never.cell)
+    return out
+
+
+def _tost_phrase(cell: Cell, default: Cell) -> str:
+    """"level within ±0.5 points (TOST p 0.004, n=3)" when the equivalence test passes; the
+    signed difference when a paired t finds one; else "no significant difference (n=3)"."""
+    values, base = cell.group.runs, default.group.runs
+    seeds = sorted(set(cell.used) & set(default.used))
+    a = [metric_points("mAP")(values[s]) for s in seeds]
+    b = [metric_points("mAP")(base[s]) for s in seeds]
+    result = equivalence_test(a, b, EQUIVALENCE_MARGIN)
+    if result.shown:
+        return (f"level within ±{EQUIVALENCE_MARGIN} points (TOST p {fmt_p(result.p)}, "
+                f"n={result.n})")
+    test = paired_test(dict(enumerate(a)), dict(enumerate(b)))
+    if not math.isnan(test.p) and test.p < ALPHA:
+        return f"{test.mean_diff:+.2f} points (p {fmt_p(test.p)}, n={test.n})"
+    return f"no significant difference (n={result.n})"
 
 
 def claim_numbers(verdicts: Sequence[ClaimResult]) -> dict[str, str]:
@@ -82,6 +142,11 @@ def claim_numbers(verdicts: Sequence[ClaimResult]) -> dict[str, str]:
             out[f"{card}.family_size"] = str(len(g.family))
             out[f"{card}.n80"] = ("unattainable" if math.isinf(g.n80) else
                                   "n/a" if math.isnan(g.n80) else str(int(g.n80)))
+            family = [c for c in v.comparisons if c.card == g.card and c.in_family and c.counted]
+            out[f"{card}.n_significant"] = str(sum(c.significant for c in family))
+            out[f"{card}.n_favour"] = str(sum(c.favours for c in family))
+            out[f"{card}.n_cells"] = str(len(family))
+            out[f"{card}.n"] = "/".join(map(str, g.n)) or "0"
         for c in v.comparisons:
             if not c.in_family:
                 continue
@@ -89,6 +154,8 @@ def claim_numbers(verdicts: Sequence[ClaimResult]) -> dict[str, str]:
             digits = 3 if c.unit == "Spearman ρ" else 2
             if not math.isnan(c.ratio):
                 out[f"{key}.ratio"] = f"{c.ratio:.3f}"
+                for name, share in c.extra.get("shares", {}).items():
+                    out[f"{key}.share.{name}"] = f"{share:.2f}"
                 continue
             out[f"{key}.diff"] = _signed(c.difference, digits)
             out[f"{key}.low"] = _signed(c.low, digits)
@@ -101,7 +168,10 @@ def claim_numbers(verdicts: Sequence[ClaimResult]) -> dict[str, str]:
 
 def report_numbers(analysis: Analysis, verdicts: Sequence[ClaimResult]) -> dict[str, str]:
     """Every key the README template may use, sorted."""
-    numbers = {**table_numbers(analysis), **claim_numbers(verdicts)}
+    numbers = {**table_numbers(analysis), **ablation_numbers(analysis), **claim_numbers(verdicts)}
+    for v in verdicts:
+        for name, value in dict(v.details).get("numbers", {}).items():
+            numbers[f"claim.{v.id}.{name}"] = value
     return dict(sorted(numbers.items()))
 
 
