@@ -70,3 +70,25 @@ def test_readme_command_check_exit_codes(tmp_path, capsys):
     assert "table.FM.crh.32" in capsys.readouterr().err
     assert readme.read_text() == before  # --check writes nothing
     assert main([*args[:-2], "--readme", str(readme), "--numbers", str(tmp_path / "missing.json")]) == 2
+
+
+def test_numbers_json_holds_table_cells_and_claim_grades(make_record):
+    """Hand-made table: CRH and CSQ at 16 bits (five seeds), CSQ alone at 32 bits."""
+    import numpy as np
+
+    from bench.report import build_report
+    from bench.report.numbers import report_numbers
+
+    crh, csq = [0.70, 0.71, 0.69, 0.72, 0.70], [0.60, 0.62, 0.61, 0.60, 0.61]
+    records = [make_record("crh", 16, s, v) for s, v in enumerate(crh)]
+    records += [make_record("csq", 16, s, v) for s, v in enumerate(csq)]
+    records += [make_record("csq", 32, s, v) for s, v in enumerate(csq)]
+    report = build_report(records, published=[])
+    numbers = report_numbers(report.analysis, report.verdicts)
+    values = np.array(crh) * 100
+    assert numbers["table.FM.crh.16"] == f"{values.mean():.2f} ± {values.std(ddof=1):.2f} (5)"
+    assert numbers["table.FM.crh.32"] == "not run"
+    assert numbers["table.FM.best.16"] == "CRH"
+    assert numbers["claim.crh-beats-baselines.FM.grade"] == "supported"
+    gain = (values - np.array(csq) * 100).mean()
+    assert numbers["cmp.crh-beats-baselines.FM.csq.16.diff"] == f"{gain:+.2f}"

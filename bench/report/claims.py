@@ -20,7 +20,6 @@ from bench.report.semantics import fmt_rho, semantics_of_cell
 from bench.report.stats import ALPHA
 from bench.report.util import CLAIMS_FILE, FLOOR_METHOD, method_name, read_yaml
 from bench.report.verdicts import (
-    CI_SEEDS,
     NOT_MEASURABLE,
     Checked,
     Comparison,
@@ -153,7 +152,8 @@ def center_semantics(frame: pd.DataFrame, p: dict) -> Checked:
         out.comparisons.append(Comparison(
             f"{table} · {bits} bits", "CRH centers vs random assignment", str(crh.card.iloc[0]), int(bits),
             result.n, cell.seeds, result.observed, result.null_mean, test.mean_diff, test.low, test.high,
-            CI_SEEDS + f"; per-run Mantel p over {result.permutations} assignments: {run_p} (not graded)",
+            f"t over seeds of rho minus its permutation-null mean; per-run Mantel p over "
+            f"{result.permutations} assignments: {run_p} (not graded)",
             test.p, bool(crh.primary.iloc[0]), counted, note, p.get("paper", ""), "Spearman ρ",
             regime=regime_of(crh), table=str(table), p_for=test.p_greater, p_against=test.p_less,
             lcb=test.lcb, sd=test.sd, extra={"mantel_p_per_run": [round(x, 6) for x in result.run_p],
@@ -305,11 +305,14 @@ def evaluate_claims(frame: pd.DataFrame, claims: Sequence[dict]) -> list[ClaimRe
         empty = "no complete run of the current code" if frame.empty else checked.empty
         cards = sorted(measured_cards | {c.card for c in comparisons})
         by_card = tuple(grade_card(card, [c for c in comparisons if c.card == card], checked.rule,
-                                   f"nothing to compare on {card}") for card in cards)
+                                   f"nothing to compare on {card}" if comparisons else empty)
+                        for card in cards)
         if claim.get("check") == "reassignment_gain":
             high = float((params.get("paper_range") or [0, math.nan])[1])
             by_card = tuple(_with_range(g, comparisons, high) for g in by_card)
         verdict, summary, provisional = overall(by_card, empty)
+        if not comparisons:
+            summary = empty
         if checked.extra and comparisons:
             summary += f"; {checked.extra}"
         counted = [c for c in comparisons if c.counted] or comparisons
