@@ -47,7 +47,13 @@ from bench.report.sections import (
     training_curves,
 )
 from bench.report.stats import holm_adjusted, paired_test
-from bench.report.tables import claims_section, headline_figure, main_comparison, verdict_table
+from bench.report.tables import (
+    VERDICT_LEGEND,
+    claims_section,
+    headline_figure,
+    main_comparison,
+    verdict_table,
+)
 from bench.report.tuning import tuning_section
 from bench.report.util import CLAIMS_FILE, PUBLISHED_FILE, get
 from bench.report.verdicts import CONSISTENT, CONTRADICTED, GRADES, MIXED, NOT_MEASURABLE, SUPPORTED
@@ -97,6 +103,8 @@ def _header(doc: Doc, a: Analysis, verdicts: list[ClaimResult]) -> None:
     dirty = sum(1 for r in a.included if get(r, "code", "dirty"))
     if dirty:
         doc.p(f"{dirty} run(s) came from a working tree with uncommitted changes.")
+    unit = verdicts[0].replication if verdicts else ""
+    doc.p(f"{VERDICT_LEGEND} Unit of replication: {unit}.")
     doc.p("Conventions: mAP, tie-aware mAP and P@r≤2 in percent; cells are means over the table's seeds "
           "with 95 % t intervals; every table names n; reference rows (the classify-then-hash floor and "
           "chance) are set apart below the methods. Machine-readable: verdicts.json (every comparison) "

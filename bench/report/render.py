@@ -71,10 +71,13 @@ def _inline_html(text: str) -> str:
 
 
 def _grade_class(text: str) -> str:
-    plain = text.strip("*")
-    if plain not in GRADES:
+    """A cell that is a grade, or starts with one (e.g. "mixed (provisional) · IUT p 0.96")."""
+    plain = text.replace("*", "")
+    grade = next((g for g in sorted(GRADES, key=len, reverse=True)
+                  if plain == g or plain.startswith((g + " ", g + " ·"))), None)
+    if grade is None:
         return ""
-    slug = plain.split(",")[0].replace(" ", "-")
+    slug = grade.split(",")[0].replace(" ", "-")
     return f' class="grade g-{slug}"'
 
 

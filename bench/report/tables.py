@@ -15,6 +15,7 @@ from bench.report.analysis import Analysis, MainTable
 from bench.report.claims import ClaimResult
 from bench.report.document import Doc, FigurePlan
 from bench.report.figures import Series, draw_headline
+from bench.report.grading import CardGrade
 from bench.report.groups import Cell
 from bench.report.stats import query_bootstrap_ci
 from bench.report.util import (
@@ -31,7 +32,7 @@ from bench.report.util import (
     per_query_ap,
     short,
 )
-from bench.report.verdicts import CI_BOOTSTRAP, difference_text, n80_text
+from bench.report.verdicts import CI_BOOTSTRAP, NOT_MEASURABLE, difference_text, n80_text
 
 FLOOR_NAME, CHANCE_NAME = "classify-then-hash (floor)", "chance (random codes)"
 FLOOR_LABEL, CHANCE_LABEL = f"*{FLOOR_NAME}*", f"*{CHANCE_NAME}*"  # italic in tables
@@ -107,22 +108,38 @@ def chance_how(table: MainTable) -> str:
 
 
 def verdict_table(doc: Doc, verdicts: list[ClaimResult]) -> None:
-    """One row per claim and card: grade, family, IUT p, power, provisional."""
+    """One row per claim, one column per card: grade (provisional), IUT p, family size and the
+    seeds for 80 % power; the family's table is named under Claims and verdicts."""
     if not verdicts:
         doc.p("No claims are listed in bench/claims.yaml.")
         return
+    cards = sorted({g.card for v in verdicts for g in v.by_card})
     rows = []
     for v in verdicts:
-        for index, g in enumerate(v.by_card):
-            rows.append((short(v.claim, 90) if index == 0 else "", f"**{v.label}**" if index == 0 else "",
-                         g.card, g.label, f"{len(g.family)} in {short(g.table, 60)}" if g.family else "–",
-                         fmt_p(g.iut_p) if not math.isnan(g.iut_p) else "–", g.power_text))
-    doc.table(("claim", "overall", "card", "card grade", "family (cells · table)", "IUT p", "power"), rows,
-              css="verdicts")
-    unit = verdicts[0].replication
-    doc.p(f"Unit of replication: {unit}. Overall = the weakest card grade; \"provisional\" = decisive at "
-          "fewer than 5 seeds. Details and the rule under Claims and verdicts; seeds for 80 % power per cell "
-          "in power.csv.")
+        grades = {g.card: g for g in v.by_card}
+        rows.append((short(v.claim, 90), f"**{v.label}**",
+                     *(_card_cell(grades[c]) if c in grades else "–" for c in cards)))
+    doc.table(("claim", "overall", *cards), rows, css="verdicts")
+
+
+VERDICT_LEGEND = ("Verdict table: per card, grade · IUT p (the largest one-sided p of the card's family) · "
+                  "family size · seeds for 80 % power (cost: the work ratio); overall = the weakest card "
+                  "grade; \"provisional\" = decisive at fewer than 5 seeds; power per cell in power.csv.")
+
+
+def _card_cell(g: CardGrade) -> str:
+    if g.grade == NOT_MEASURABLE:
+        return g.label
+    parts = [f"**{g.label}**"]
+    if not math.isnan(g.iut_p):
+        parts.append(f"IUT p {fmt_p(g.iut_p)}")
+    parts.append(f"{len(g.family)} cells")
+    if "work ratio" in g.reason:
+        parts.append(g.reason.split(" over ")[0])
+    elif not math.isnan(g.n80):
+        parts.append(f"80 %: {n80_text(g.n80).split(' (')[0]} seeds" if not math.isinf(g.n80)
+                     else "80 %: unattainable")
+    return " · ".join(parts)
 
 
 def headline_figure(doc: Doc, analysis: Analysis) -> None:
