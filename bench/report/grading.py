@@ -165,7 +165,8 @@ def _grade_ratio(card: str, family: Sequence[Comparison], table: str, names: tup
     ratios = [c.ratio for c in family if c.counted and not math.isnan(c.ratio)]
     if not ratios:
         return CardGrade(card, NOT_MEASURABLE, "no cell with counted work on both sides", table, names)
-    span = f"work ratio x{min(ratios):.3f}" + ("" if len(ratios) == 1 else f" to x{max(ratios):.3f}")
+    low, high = f"x{min(ratios):.3f}", f"x{max(ratios):.3f}"
+    span = f"work ratio {low}" + ("" if low == high else f" to {high}")
     text = f"{span} over {plural(len(ratios), 'cell')} in {table}"
     if all(r >= RATIO_MARGIN for r in ratios):
         grade = SUPPORTED

@@ -30,6 +30,7 @@ from bench.report.util import (
     method_name,
     metric_points,
     per_query_ap,
+    plural,
     short,
 )
 from bench.report.verdicts import CI_BOOTSTRAP, NOT_MEASURABLE, difference_text, n80_text
@@ -133,7 +134,7 @@ def _card_cell(g: CardGrade) -> str:
     parts = [f"**{g.label}**"]
     if not math.isnan(g.iut_p):
         parts.append(f"IUT p {fmt_p(g.iut_p)}")
-    parts.append(f"{len(g.family)} cells")
+    parts.append(plural(len(g.family), "cell"))
     if "work ratio" in g.reason:
         parts.append(g.reason.split(" over ")[0])
     elif not math.isnan(g.n80):
