@@ -38,6 +38,7 @@ test: setup
 	$(VENV)/bin/ruff check bench methods tests
 	$(PY) -m pytest -q
 	ATEN_CPU_CAPABILITY=avx2 $(PY) -m pytest -q -m float_sensitive
+	$(PY) -m bench readme --check
 	$(PY) -m bench check
 
 # Deliberate breakages (tools/mutants.yaml), each in a temporary copy of the tree: every one

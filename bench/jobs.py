@@ -107,8 +107,12 @@ def _compute_record(run: PlannedRun, options: RunOptions, numerics: Numerics) ->
     except Exception as error:  # recorded, not raised: one bad run must not stop a sweep
         return failed_record(run, f"{type(error).__name__}: {error}", options, base,
                              traceback.format_exc(limit=8), time.perf_counter() - started)
-    return {**base, **body, "environment": environment(body["device"]), "status": "complete",
-            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    record = {**base, **body, "environment": environment(body["device"]), "status": "complete",
+              "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    from bench.work import work_of
+
+    record["work"] = work_of(record)  # counted work per stage: what the cost claim is graded on
+    return record
 
 
 def failed_record(run: PlannedRun, reason: str, options: RunOptions, base: dict[str, Any] | None = None,

@@ -11,21 +11,75 @@ from scipy.stats import spearmanr, ttest_rel
 
 from bench.report.stats import (
     Stat,
-    bootstrap_mean_ci,
     center_similarity,
-    holm,
+    centers_test,
+    equivalence_test,
+    holm_adjusted,
+    mantel_run,
     paired_test,
-    permutation_spearman,
+    power_at,
+    query_bootstrap_ci,
+    seeds_for_power,
+    shifted_test,
     spearman_pairs,
 )
 
 
 def test_holm_hand_worked():
     # sorted: 0.005 x4 = 0.02; 0.01 x3 = 0.03; 0.03 x2 = 0.06; 0.04 x1 = 0.04 -> monotone 0.06
-    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
-    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])  # capped at 1
-    out = holm([0.02, math.nan, 0.01])  # NaN is not part of the family
+    assert holm_adjusted([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm_adjusted([0.5, 0.9]) == pytest.approx([1.0, 1.0])  # capped at 1
+    out = holm_adjusted([0.02, math.nan, 0.01])  # NaN is not part of the family
     assert out[0] == pytest.approx(0.02) and math.isnan(out[1]) and out[2] == pytest.approx(0.02)
+
+
+def test_holm_is_holm_not_holm_sidak():
+    """statsmodels' default is Holm-Sidak: 1 - (1 - 0.01)^3 = 0.029701, Holm gives 0.03."""
+    assert holm_adjusted([0.01, 0.5, 0.6])[0] == pytest.approx(0.03, abs=1e-12)
+
+
+def test_one_sided_and_shifted_tests_hand_worked():
+    """Differences 1, 2, 3: mean 2, sd 1, se 1/sqrt(3); t against 0 is 2 sqrt(3); against the
+    shifted null 1.5 it is 0.5 sqrt(3)."""
+    test = paired_test({0: 3.0, 1: 5.0, 2: 7.0}, {0: 2.0, 1: 3.0, 2: 4.0})
+    t = 2 * math.sqrt(3)
+    from scipy.stats import t as t_dist
+
+    assert test.p_greater == pytest.approx(t_dist.sf(t, 2)) and test.p_less == pytest.approx(t_dist.cdf(t, 2))
+    assert test.lcb == pytest.approx(2 - 2.919985580355516 / math.sqrt(3))  # t(0.95, 2)
+    shifted = shifted_test([1.0, 2.0, 3.0], 1.5)
+    assert shifted.p_greater == pytest.approx(t_dist.sf(0.5 * math.sqrt(3), 2))
+    assert shifted.p_less == pytest.approx(t_dist.cdf(0.5 * math.sqrt(3), 2))
+
+
+def test_seeds_for_power_matches_the_noncentral_t():
+    """Effect 0.3017/0.4101 (spec section 2): the smallest n whose one-sided power at alpha .05
+    reaches 0.8, by the noncentral t with a literal loop."""
+    from scipy.stats import nct
+    from scipy.stats import t as t_dist
+
+    effect = 0.3017 / 0.4101
+    n = next(k for k in range(2, 200)
+             if nct.sf(t_dist.ppf(0.95, k - 1), k - 1, effect * math.sqrt(k)) >= 0.8)
+    assert seeds_for_power(0.3017, 0.4101) == n
+    assert power_at(0.3017, 0.4101, n) >= 0.8 > power_at(0.3017, 0.4101, n - 1)
+    assert math.isinf(seeds_for_power(-0.5, 1.0))
+    assert seeds_for_power(20.0, 0.1) == 2  # off the solver's bracket: two seeds suffice
+
+
+def test_equivalence_needs_both_one_sided_tests():
+    """TOST at +-0.5: differences near 0 with small spread pass; a mean of 0.4 with spread does not."""
+    a = [1.0, 2.0, 3.0, 4.0, 5.0]
+    near = [0.05, -0.05, 0.0, 0.02, -0.02]
+    inside = equivalence_test(a, [x - d for x, d in zip(a, near, strict=True)], 0.5)
+    outside = equivalence_test(a, [x - d for x, d in zip(a, [0.1, 0.7, 0.4, 0.2, 0.6], strict=True)], 0.5)
+    assert inside.shown and not outside.shown
+    from scipy.stats import ttest_1samp
+
+    d = np.array([0.1, 0.7, 0.4, 0.2, 0.6])
+    expected = max(ttest_1samp(d, -0.5, alternative="greater").pvalue,
+                   ttest_1samp(d, 0.5, alternative="less").pvalue)
+    assert outside.p == pytest.approx(expected)
 
 
 def test_paired_interval_hand_worked_and_test_matches_scipy():
@@ -48,13 +102,13 @@ def test_stat_interval_and_text():
 
 def test_bootstrap_interval_is_seeded_and_about_the_normal_one():
     values = np.random.default_rng(1).normal(0.6, 0.2, 500)
-    first, again = bootstrap_mean_ci(values, "x"), bootstrap_mean_ci(values, "x")
+    first, again = query_bootstrap_ci(values, "x"), query_bootstrap_ci(values, "x")
     assert first == again  # the same label draws the same resamples
     se = values.std(ddof=1) / math.sqrt(len(values))
     assert first[0] < values.mean() < first[1]
     assert first[1] - first[0] == pytest.approx(2 * 1.96 * se, rel=0.1)
     with_gaps = np.concatenate([values, [math.nan] * 10])  # queries left out under "drop"
-    assert bootstrap_mean_ci(with_gaps, "x") == first
+    assert query_bootstrap_ci(with_gaps, "x") == first
 
 
 def test_spearman_over_class_pairs_matches_scipy():
@@ -84,10 +138,28 @@ def test_permutation_test_against_exhaustive_enumeration():
         null.append(spearmanr(permuted[i, j], similarity[i, j]).statistic)
     null = np.array(null)
     exact_upper = np.mean(null >= observed - 1e-12)
-    result = permutation_spearman([(centers, similarity)], "five", permutations=4000)
-    assert result.observed == pytest.approx(observed)
-    assert result.p_upper == pytest.approx(exact_upper, abs=0.015)
-    assert result.null_mean == pytest.approx(null.mean(), abs=0.03)
+    # five classes have 120 assignments: scipy enumerates them all (an exact test)
+    result = mantel_run(centers, similarity, "five", permutations=4000)
+    assert result.rho == pytest.approx(observed)
+    assert result.p == pytest.approx(exact_upper, abs=1e-9)
+    assert result.null_mean == pytest.approx(null.mean(), abs=1e-9)
+
+
+def test_centers_are_graded_over_seeds_not_over_permutations():
+    """Three runs with strongly planted similarity: the graded p is the one-sample t of
+    rho - null mean over the runs, not a permutation p floored at 1/(B+1)."""
+    rng = np.random.default_rng(7)
+    runs = []
+    for _ in range(3):
+        centers = np.where(rng.random((8, 16)) < 0.5, 1, -1)
+        similarity = center_similarity(centers) + rng.normal(0, 0.02, (8, 8))
+        runs.append((centers, (similarity + similarity.T) / 2))
+    result = centers_test(runs, "planted", permutations=999)
+    from scipy.stats import ttest_1samp
+
+    shifts = [r.rho - r.null_mean for r in result.runs]
+    assert result.test.p_greater == pytest.approx(ttest_1samp(shifts, 0, alternative="greater").pvalue)
+    assert result.n == 3 and all(p <= 2 / 1000 for p in result.run_p)
 
 
 def test_permutation_test_is_undefined_for_equidistant_centers():
@@ -95,4 +167,5 @@ def test_permutation_test_is_undefined_for_equidistant_centers():
 
     centers = hadamard(16)[:10]
     similarity = np.random.default_rng(0).random((10, 10))
-    assert permutation_spearman([(centers, similarity)], "csq") is None
+    assert mantel_run(centers, similarity, "csq") is None
+    assert centers_test([(centers, similarity)], "csq") is None

@@ -1,6 +1,6 @@
-"""Graded verdicts (fair-comparison spec, section 5) on fabricated records: every grade is
-reached, Holm runs over a claim's comparisons, and each comparison carries its difference,
-95 % interval, raw and adjusted p, n and the paper's figure."""
+"""Graded verdicts (verdicts v3) on fabricated records: every grade is reached, Holm runs over a
+card's family (against the claim), and each comparison carries its difference, 95 % interval,
+one-sided and adjusted p, n and the paper's figure."""
 
 from __future__ import annotations
 
@@ -65,20 +65,22 @@ def test_beats_baselines_reaches_every_grade(make_record, claims):
 
 
 def test_consistent_names_the_seed_requirement(make_record, claims):
-    """Three seeds with a large, significant gain: not 'supported', which needs five."""
+    """Three seeds with a large, significant gain: not 'supported', which needs five; the
+    grade says provisional."""
     result = verdict(_beats(make_record, CONSISTENT), claims, "crh-beats-baselines")
     assert all(c.significant for c in result.comparisons)
-    assert "needs at least 5 seeds" in result.summary
+    assert result.provisional and result.label.endswith("(provisional)")
+    assert "n < 5" in result.by_card[0].reason
 
 
 def test_mixed_and_contradicted_differ_by_significance(make_record, claims):
     mixed = verdict(_beats(make_record, MIXED), claims, "crh-beats-baselines")
     against = next(c for c in mixed.comparisons if c.bits == 32)
-    assert against.difference < 0 and not against.significant
+    assert against.difference < 0 and not against.significant_against
     contradicted = verdict(_beats(make_record, CONTRADICTED), claims, "crh-beats-baselines")
     against = next(c for c in contradicted.comparisons if c.bits == 32)
-    assert against.difference < 0 and against.significant
-    assert "significantly against" in contradicted.summary
+    assert against.difference < 0 and against.significant_against
+    assert "significantly against" in contradicted.by_card[0].reason
 
 
 def test_comparison_numbers_are_the_paired_statistics(make_record, claims):
@@ -91,31 +93,34 @@ def test_comparison_numbers_are_the_paired_statistics(make_record, claims):
     half = 2.7764451051977987 * diffs.std(ddof=1) / math.sqrt(5)  # t(0.975, 4)
     assert (c32.low, c32.high) == pytest.approx((diffs.mean() - half, diffs.mean() + half))
     assert c32.p == pytest.approx(ttest_rel(a, b).pvalue)
-    # Holm over the two comparisons: the smaller p doubled, the larger kept (made monotone)
-    small, large = sorted([c16.p, c32.p])
-    adjusted = {c16.p: None, c32.p: None}
-    adjusted[small] = min(1.0, 2 * small)
+    assert c32.p_for == pytest.approx(ttest_rel(a, b, alternative="greater").pvalue)
+    assert c32.p_against == pytest.approx(ttest_rel(a, b, alternative="less").pvalue)
+    # Holm over the family's p against the claim: the smaller doubled, the larger kept (monotone)
+    small, large = sorted([c16.p_against, c32.p_against])
+    adjusted = {small: min(1.0, 2 * small)}
     adjusted[large] = max(adjusted[small], large)
-    assert c16.p_holm == pytest.approx(adjusted[c16.p]) and c32.p_holm == pytest.approx(adjusted[c32.p])
-    assert c16.relative == pytest.approx((np.mean(AHEAD[0]) - np.mean(AHEAD[1])) / np.mean(AHEAD[1]) * 100)
+    assert c16.p_holm == pytest.approx(adjusted[c16.p_against])
+    assert c32.p_holm == pytest.approx(adjusted[c32.p_against])
+    assert math.isnan(c16.relative)  # no classify-then-hash floor in the table: no relative gain
     assert "6.6 %" in c16.paper
 
 
-def test_holm_turns_raw_significance_into_none(make_record, claims):
-    """Four comparisons each at raw p just under 0.05: after Holm none is significant."""
-    values = ([0.70, 0.72, 0.71], [0.68, 0.69, 0.70])  # differences 2, 3, 1 points: p ~ 0.07
+def test_a_conjunction_is_an_intersection_union_test(make_record, claims):
+    """Four cells, each one-sided p < .05 at five seeds: the IUT rejects without adjustment
+    (IUT p = the largest one-sided p). The old rule (Holm over all four) would not reject."""
+    values = ([0.700, 0.705, 0.724, 0.697, 0.713], [0.690, 0.700, 0.704, 0.696, 0.705])
     records = []
     for bits in (16, 32):
         records += runs(make_record, "crh", bits, values[0])
         for baseline in ("csq", "dpn"):
             records += runs(make_record, baseline, bits, values[1])
     result = verdict(records, claims, "crh-beats-baselines")
-    raw = ttest_rel(np.array(values[0]), np.array(values[1])).pvalue
-    assert all(c.p == pytest.approx(raw) for c in result.comparisons)
-    assert raw < 0.1
-    # four equal p-values: Holm multiplies the smallest by 4 and keeps the rest monotone
-    assert all(c.p_holm == pytest.approx(min(1, raw * 4)) for c in result.comparisons)
-    assert result.verdict == CONSISTENT
+    a, b = np.array(values[0]) * 100, np.array(values[1]) * 100
+    one_sided = ttest_rel(a, b, alternative="greater").pvalue
+    assert 0.0125 < one_sided < 0.05  # significant alone, not after Holm x4
+    (card,) = result.by_card
+    assert card.iut_p == pytest.approx(one_sided) and len(card.family) == 4
+    assert result.verdict == SUPPORTED, card.reason
 
 
 def test_one_seed_and_failed_seeds_are_listed_not_counted(make_record, claims):
@@ -124,7 +129,8 @@ def test_one_seed_and_failed_seeds_are_listed_not_counted(make_record, claims):
     records += runs(make_record, "dpn", 16, AHEAD[1][:4])
     records.append(make_record("dpn", 16, 4, status="failed"))
     result = verdict(records, claims, "crh-beats-baselines")
-    assert result.verdict == SUPPORTED, result.summary
+    # a family cell that cannot be tested cannot reject: the conjunction is not supported
+    assert result.verdict == CONSISTENT and "not counted" in result.by_card[0].reason, result.summary
     single = next(c for c in result.comparisons if c.bits == 64)
     assert not single.counted and "1 common seed" in single.note and math.isnan(single.p_holm)
     assert "no per-query data" in single.interval
@@ -167,19 +173,29 @@ def _heads(make_record, grade):
     return records
 
 
+def _with_work(record, total):
+    from bench.work import WORK_VERSION
+
+    record["work"] = {"version": WORK_VERSION, "stages": {}, "total_flops": float(total)}
+    return record
+
+
 def _cost(make_record, grade):
-    crh = [make_record("crh", 16, s, 0.7, train_seconds=20.0 + s) for s in FIVE]
+    """Counted work: SHC 1.10 x CRH (supported), 0.90 x (contradicted), 1.02 x (mixed). The
+    wall times point the other way, so a grade on wall time would differ."""
+    crh = [_with_work(make_record("crh", 16, s, 0.7, train_seconds=20.0 + s), 1e12) for s in FIVE]
     if grade == NOT_MEASURABLE:
         return crh + runs(make_record, "csq", 16, AHEAD[1])
-    train = [30.0, 31.5, 33.0, 30.5, 32.0] if grade == SUPPORTED else [10.0, 11.5, 9.0, 10.5, 12.0]
-    return crh + [make_record("shc", 16, s, 0.6, train_seconds=train[s], stages={"classifier": 2.0})
-                  for s in FIVE]
+    ratio = {SUPPORTED: 1.10, CONTRADICTED: 0.90, MIXED: 1.02}[grade]
+    train = [10.0, 11.5, 9.0, 10.5, 12.0] if grade == SUPPORTED else [30.0, 31.5, 33.0, 30.5, 32.0]
+    shc = [make_record("shc", 16, s, 0.6, train_seconds=train[s], stages={"classifier": 2.0}) for s in FIVE]
+    return crh + [_with_work(r, ratio * 1e12) for r in shc]
 
 
 @pytest.mark.parametrize("claim_id, scenario, grades", [
     ("reassignment-gain", _reassignment, (SUPPORTED, CONSISTENT, CONTRADICTED, NOT_MEASURABLE)),
     ("multi-head-helps", _heads, (SUPPORTED, CONTRADICTED, NOT_MEASURABLE)),
-    ("two-stage-costs-more", _cost, (SUPPORTED, CONTRADICTED, NOT_MEASURABLE)),
+    ("two-stage-costs-more", _cost, (SUPPORTED, CONTRADICTED, MIXED, NOT_MEASURABLE)),
 ])
 def test_ablation_and_cost_claims_reach_their_grades(make_record, claims, claim_id, scenario, grades):
     for grade in grades:
@@ -214,6 +230,7 @@ def test_headline_comparisons_are_the_primary_tables(make_record, claims):
     records += runs(make_record, "csq", 16, AHEAD[1], epochs=20)
     result = verdict(records, claims, "crh-beats-baselines")
     assert [c.headline for c in result.comparisons] == [True, True, False]
+    assert [c.in_family for c in result.comparisons] == [True, True, False]  # also measured only
     assert "epochs=20" in result.comparisons[2].where
 
 
@@ -228,7 +245,7 @@ def test_each_card_gets_its_own_grade_under_the_same_rule(make_record, claims):
                                       r["metrics"]["mAP"], dataset="synthetic")]]
     records += runs(make_record, "csq", 16, AHEAD[1], dataset="synthetic-196")
     result = verdict(records, claims, "crh-beats-baselines")
-    grades = {card: grade for card, grade, _ in result.by_card}
+    grades = {g.card: g.grade for g in result.by_card}
     assert result.verdict == CONTRADICTED
     assert grades == {"fashion-mnist": SUPPORTED, "synthetic": CONTRADICTED, "synthetic-196": NOT_MEASURABLE}
     assert result.to_dict()["by_card"]["synthetic"]["verdict"] == CONTRADICTED

@@ -4,10 +4,10 @@ records.
     records (+ corrupt-file problems, claims.yaml, published.yaml)
       -> analysis.analyze()        which runs count, grouped into comparable tables
       -> frame.claims_frame()      a tidy frame of the counted runs
-      -> claims.evaluate_claims()  comparisons per claim, Holm-adjusted, graded (verdicts.py)
+      -> claims.evaluate_claims()  comparisons per claim, graded per card family (grading.py)
       -> build_report()            document blocks (tables.py, sections.py) + figure plans
       -> write_report()            report.md, report.html (self-contained), figures/*.png,
-                                   verdicts.json, runs.csv
+                                   verdicts.json, runs.csv, power.csv, numbers.json
 
 Nothing here reads the clock, the environment or absolute paths, and every random draw
 (bootstrap, permutations) is seeded from a label, so the same records give byte-identical
@@ -33,6 +33,7 @@ from bench.report.document import Block, Doc, FigurePlan, anchor
 from bench.report.figures import render_figure
 from bench.report.frame import claims_frame, runs_csv
 from bench.report.groups import expected_seed_set
+from bench.report.numbers import power_csv, report_numbers
 from bench.report.published import load_published
 from bench.report.render import render_html, render_markdown
 from bench.report.sections import (
@@ -45,15 +46,21 @@ from bench.report.sections import (
     quality,
     training_curves,
 )
-from bench.report.stats import holm, paired_test
-from bench.report.tables import claims_section, headline_figure, main_comparison, verdict_table
+from bench.report.stats import holm_adjusted, paired_test
+from bench.report.tables import (
+    VERDICT_LEGEND,
+    claims_section,
+    headline_figure,
+    main_comparison,
+    verdict_table,
+)
 from bench.report.tuning import tuning_section
 from bench.report.util import CLAIMS_FILE, PUBLISHED_FILE, get
 from bench.report.verdicts import CONSISTENT, CONTRADICTED, GRADES, MIXED, NOT_MEASURABLE, SUPPORTED
 
 __all__ = [
     "CONSISTENT", "CONTRADICTED", "GRADES", "MIXED", "NOT_MEASURABLE", "SUPPORTED", "Analysis", "Report",
-    "analyze", "build_report", "claims_frame", "evaluate", "expected_seed_set", "generate", "holm",
+    "analyze", "build_report", "claims_frame", "evaluate", "expected_seed_set", "generate", "holm_adjusted",
     "load_claims", "load_for_report", "load_published", "paired_test", "render_figures",
     "schedule_comparisons", "write_report",
 ]
@@ -96,6 +103,8 @@ def _header(doc: Doc, a: Analysis, verdicts: list[ClaimResult]) -> None:
     dirty = sum(1 for r in a.included if get(r, "code", "dirty"))
     if dirty:
         doc.p(f"{dirty} run(s) came from a working tree with uncommitted changes.")
+    unit = verdicts[0].replication if verdicts else ""
+    doc.p(f"{VERDICT_LEGEND} Unit of replication: {unit}.")
     doc.p("Conventions: mAP, tie-aware mAP and P@r≤2 in percent; cells are means over the table's seeds "
           "with 95 % t intervals; every table names n; reference rows (the classify-then-hash floor and "
           "chance) are set apart below the methods. Machine-readable: verdicts.json (every comparison) "
@@ -183,6 +192,10 @@ def write_report(report: Report, out_dir: Path, images: dict[str, bytes] | None 
                                            + "\n")
     runs = out_dir / "runs.csv"
     runs.write_text(runs_csv(report.analysis))
+    (out_dir / "power.csv").write_text(power_csv(report.verdicts))
+    numbers = report_numbers(report.analysis, report.verdicts)
+    (out_dir / "numbers.json").write_text(json.dumps(numbers, indent=1, sort_keys=True, ensure_ascii=False)
+                                          + "\n")
     return Written(markdown, page, tuple(written), tuple(report.verdicts), runs)
 
 

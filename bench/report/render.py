@@ -54,7 +54,7 @@ tr.ref-first td{border-top:3px double #8c959f}
 td.grade{font-weight:600;white-space:nowrap}
 td.g-supported{background:#dafbe1}td.g-consistent{background:#eef6e8}td.g-mixed{background:#fff4d1}
 td.g-contradicted{background:#ffe0e0}td.g-not-measurable{background:#eeeeee}
-table.verdicts{font-size:.9em;width:100%}
+table.verdicts{font-size:.9em;width:100%}table.verdicts td:first-child{min-width:16em}
 code{background:#f6f8fa;padding:0 .25em;border-radius:3px;font-size:.92em}
 img{max-width:100%;height:auto;border:1px solid #eee}
 figure{margin:.8em 0}figcaption{font-size:.85em;color:#57606a}
@@ -71,11 +71,15 @@ def _inline_html(text: str) -> str:
 
 
 def _grade_class(text: str) -> str:
-    plain = text.strip("*")
-    if plain not in GRADES:
+    """A cell that is a grade, or starts with one (e.g. "mixed (provisional) · IUT p 0.96")."""
+    plain = text.replace("*", "")
+    grade = next((g for g in sorted(GRADES, key=len, reverse=True)
+                  if plain == g or plain.startswith((g + " ", g + " ·"))), None)
+    if grade is None:
         return ""
-    slug = plain.split(",")[0].replace(" ", "-")
-    return f' class="grade g-{slug}"'
+    slug = grade.split(",")[0].replace(" ", "-")
+    # a bare grade is set bold on one line; a grade with its figures wraps like text
+    return f' class="grade g-{slug}"' if plain == grade else f' class="g-{slug}"'
 
 
 def _table_html(block: Table) -> str:

@@ -193,9 +193,10 @@ def centers(doc: Doc, a: Analysis, frame: pd.DataFrame) -> None:
           "Hamming similarity (1 − d/K) and a class similarity the judged network did not produce: a "
           "ground truth where the card or record declares one, else the class-mean backbone features of "
           "another seed's run of the same method and bits (the next seed, cyclically), else of another "
-          "run in the table. p: permutation test of the mean ρ over the cell's runs against random "
-          "center-to-class assignments (two-sided; one-sided = P(random ≥ observed)). CSQ's Hadamard "
-          "centers are equidistant, so ρ is undefined for them.")
+          "run in the table. p over seeds: one-sided t of each run's ρ minus the mean of its permutation "
+          "null (random center-to-class assignments) — the graded test; per-run Mantel p: the one-sided "
+          "permutation p of each run (9,999 assignments; shown, not graded). CSQ's Hadamard centers are "
+          "equidistant, so ρ is undefined for them.")
     for table in tables:
         label = a.scope_label(table.scope)
         doc.h(3, label)
@@ -209,8 +210,8 @@ def centers(doc: Doc, a: Analysis, frame: pd.DataFrame) -> None:
                 result = semantics_of_cell(cell_rows, in_table, name)
                 results.append((name, group, cell_rows, result))
                 r = result.result
-                rows.append((bits, name, fmt_rho(result), fmt_p(r.p) if r else "–",
-                             fmt_p(r.p_upper) if r else "–",
+                mantel = ", ".join(fmt_p(p) for p in r.run_p) if r else "–"
+                rows.append((bits, name, fmt_rho(result), fmt_p(r.test.p_greater) if r else "–", mantel,
                              result.source_text()))
             shown = [(g, cr) for name, g, cr, _ in results if "never" not in name]
             cells = [Cell(g, g.seeds) for g, _ in shown][:4]
@@ -222,9 +223,9 @@ def centers(doc: Doc, a: Analysis, frame: pd.DataFrame) -> None:
                                   draw_centers(cells, similarity, f"{label} · {bits} bits"))
                 doc.figure(plan, f"Center distances at {bits} bits — {label}; left: the class similarity "
                                  f"the first run is judged against ({found[2] if found else 'none'})")
-        doc.p("**Center semantics** (independent class similarity; permutation test)")
-        doc.table(("bits", "centers", "Spearman ρ (mean ± sd over runs)", "p (two-sided)", "p (ρ higher)",
-                   "class similarity used"), rows)
+        doc.p("**Center semantics** (independent class similarity; t over seeds, Mantel p per run)")
+        doc.table(("bits", "centers", "Spearman ρ (mean ± sd over runs)", "p over seeds (one-sided)",
+                   "per-run Mantel p", "class similarity used"), rows)
         reassignment_section(doc, table, label)
 
 

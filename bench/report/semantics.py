@@ -1,5 +1,6 @@
 """Do centers reflect class similarity? Judged against a similarity the judged network did not
-produce, with a permutation test against random center-to-class assignments.
+produce: per run, rho against its permutation null (random center-to-class assignments);
+over runs, a one-sample t of rho minus the null mean.
 
 The class similarity for a run comes, in this order of preference, from
 1. a ground truth: `record["task"]["ground_truth_similarity"]` (a C x C matrix, or a mapping
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from bench.report.stats import PermutationResult, Stat, permutation_spearman
+from bench.report.stats import CentersTest, Stat, centers_test
 from bench.report.util import card_info, get, method_name, method_sort_key
 
 GROUND_TRUTH = "ground truth"
@@ -103,7 +104,7 @@ class Semantics:
     seeds: tuple[int, ...]
     kind: str
     sources: tuple[str, ...]
-    result: PermutationResult | None
+    result: CentersTest | None
     note: str = ""
 
     @property
@@ -117,7 +118,7 @@ class Semantics:
 
 
 def semantics_of_cell(rows: pd.DataFrame, table_rows: pd.DataFrame, label: str) -> Semantics:
-    """Permutation test of the mean Spearman correlation over a cell's runs (one per seed)."""
+    """Per-run Mantel tests of a cell's runs (one per seed), graded over seeds."""
     first = rows.iloc[0]
     runs, seeds, sources, kinds = [], [], [], set()
     for _, row in rows.sort_values("seed").iterrows():
@@ -136,7 +137,7 @@ def semantics_of_cell(rows: pd.DataFrame, table_rows: pd.DataFrame, label: str) 
         reason = ("no centers stored" if centers_of(first.record) is None
                   else "no independent class similarity (one run only, no ground truth)")
         return Semantics(result=None, note=reason, **base)
-    result = permutation_spearman(runs, f"{label}|{first.table}|{first.bits}")
+    result = centers_test(runs, f"{label}|{first.table}|{first.bits}")
     if result is None:
         return Semantics(result=None, note="undefined (equidistant centers or constant similarity)", **base)
     return Semantics(result=result, **base)

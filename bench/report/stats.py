@@ -1,27 +1,38 @@
-"""Statistics of the report: per-cell summaries, paired tests with 95 % intervals over seeds,
-Holm's correction, a bootstrap over queries for one-seed cells, and a permutation test of a
-rank correlation against random center-to-class assignments.
+"""Statistics of the report, on the libraries made for them: per-cell summaries, paired and
+shifted t-tests (one- or two-sided) with their intervals, Holm's correction, power, TOST, a
+bootstrap over queries for one-seed cells, and the Mantel permutation test of a rank
+correlation against random center-to-class assignments (scipy.stats, statsmodels).
 
 Every random draw uses a fixed seed, so the report stays a pure function of the records."""
 
 from __future__ import annotations
 
 import math
+import warnings
 import zlib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import stats as sps
+from statsmodels.stats.multitest import multipletests
+from statsmodels.stats.power import TTestPower
+from statsmodels.stats.weightstats import ttost_paired
 
 ALPHA = 0.05
+POWER = 0.8
 BOOTSTRAP_RESAMPLES = 2000
-PERMUTATIONS = 2000
+PERMUTATIONS = 9999
 
 
 def stable_seed(text: str) -> int:
     """A seed derived from a label (crc32: the same on every machine and Python run)."""
     return zlib.crc32(text.encode("utf-8"))
+
+
+def _constant(values: np.ndarray) -> bool:
+    """Zero spread: t is undefined (scipy would return NaN with a warning)."""
+    return float(np.ptp(values)) <= 1e-12 * max(1.0, float(np.abs(values).max(initial=0.0)))
 
 
 @dataclass(frozen=True)
@@ -31,22 +42,28 @@ class Stat:
     mean: float
     std: float
     n: int
+    values: tuple[float, ...] = field(default=(), compare=False, repr=False)
 
     @classmethod
     def of(cls, values: Iterable[float]) -> Stat:
-        finite = [v for v in values if not math.isnan(v)]
+        finite = [float(v) for v in values if not math.isnan(v)]
         if not finite:
             return cls(math.nan, math.nan, 0)
         array = np.asarray(finite, dtype=np.float64)
         std = float(array.std(ddof=1)) if len(array) > 1 else math.nan
-        return cls(float(array.mean()), std, len(array))
+        return cls(float(array.mean()), std, len(array), tuple(finite))
 
     @property
     def half_width(self) -> float:
-        """Half the 95 % t interval of the mean (NaN below two values)."""
+        """Half the 95 % t interval of the mean (ttest_1samp's interval; NaN below two values,
+        0 when every value is the same)."""
         if self.n < 2 or math.isnan(self.std):
             return math.nan
-        return float(sps.t.ppf(1 - ALPHA / 2, self.n - 1) * self.std / math.sqrt(self.n))
+        array = np.asarray(self.values)
+        if _constant(array):
+            return 0.0
+        ci = sps.ttest_1samp(array, 0.0).confidence_interval(1 - ALPHA)
+        return float(ci.high - ci.low) / 2
 
     def text(self, digits: int = 2, show_n: bool = True) -> str:
         """"80.74 ± 1.23 (n=3)": mean ± sample std over seeds."""
@@ -69,7 +86,10 @@ class Stat:
 
 @dataclass(frozen=True)
 class PairedTest:
-    """Paired t over matching seeds of a - b, with the 95 % interval of the mean difference."""
+    """t over matching seeds of the differences d = a - b against a null value `null`: the
+    two-sided p with its 95 % interval of the mean difference, the one-sided p of each
+    direction (p_greater: H1 mean d > null; p_less: H1 mean d < null) and the one-sided 95 %
+    lower confidence bound."""
 
     n: int
     mean_diff: float
@@ -78,6 +98,11 @@ class PairedTest:
     low: float
     high: float
     note: str = ""
+    p_greater: float = math.nan
+    p_less: float = math.nan
+    lcb: float = math.nan
+    sd: float = math.nan
+    null: float = 0.0
 
     def text(self) -> str:
         if self.note:
@@ -89,68 +114,124 @@ def _p(p: float) -> str:
     return "n/a" if math.isnan(p) else ("<0.001" if p < 0.001 else f"{p:.3f}")
 
 
+def shifted_test(diffs: Sequence[float], null: float = 0.0) -> PairedTest:
+    """ttest_1samp of per-seed differences against `null` in both directions (a shifted null
+    tests a magnitude, e.g. a gain of at least the paper's lower bound). Fewer than two values
+    or identical values give no t (the note says why)."""
+    d = np.asarray([v for v in diffs if not math.isnan(v)], dtype=np.float64)
+    n, nan = len(d), math.nan
+    mean = float(d.mean()) if n else nan
+    if n < 2:
+        return PairedTest(n, mean, nan, nan, nan, nan, "n<2: not testable", null=null)
+    sd = float(d.std(ddof=1))
+    if _constant(d):
+        return PairedTest(n, mean, nan, nan, mean, mean, "identical differences on every seed: t undefined",
+                          sd=0.0, lcb=mean, null=null)
+    two = sps.ttest_1samp(d, null)
+    ci = two.confidence_interval(1 - ALPHA)
+    greater = sps.ttest_1samp(d, null, alternative="greater")
+    less = sps.ttest_1samp(d, null, alternative="less")
+    return PairedTest(n, mean, float(two.statistic), float(two.pvalue), float(ci.low), float(ci.high), "",
+                      float(greater.pvalue), float(less.pvalue),
+                      float(greater.confidence_interval(1 - ALPHA).low), sd, null)
+
+
 def paired_test(a: dict[int, float], b: dict[int, float]) -> PairedTest:
-    """scipy.stats.ttest_rel over the seeds both sides have; the interval is the t interval of
-    the mean per-seed difference (what the test is about)."""
+    """scipy.stats.ttest_rel over the seeds both sides have (two-sided and both one-sided p);
+    the interval is ttest_rel's interval of the mean per-seed difference."""
     seeds = sorted(s for s in set(a) & set(b) if not (math.isnan(a[s]) or math.isnan(b[s])))
-    diffs = np.asarray([a[s] - b[s] for s in seeds], dtype=np.float64)
-    mean = float(diffs.mean()) if len(diffs) else math.nan
-    nan = math.nan
-    if len(seeds) < 2:
-        return PairedTest(len(seeds), mean, nan, nan, nan, nan, "n<2: not testable")
-    if float(np.ptp(diffs)) <= 1e-12 * max(1.0, abs(mean)):
-        return PairedTest(len(seeds), mean, nan, nan, mean, mean,
-                          "identical differences on every seed: t undefined")
-    result = sps.ttest_rel([a[s] for s in seeds], [b[s] for s in seeds])
-    half = float(sps.t.ppf(1 - ALPHA / 2, len(seeds) - 1) * diffs.std(ddof=1) / math.sqrt(len(seeds)))
-    return PairedTest(len(seeds), mean, float(result.statistic), float(result.pvalue), mean - half,
-                      mean + half)
+    diffs = [a[s] - b[s] for s in seeds]
+    base = shifted_test(diffs)
+    if base.note:
+        return base
+    xa, xb = [a[s] for s in seeds], [b[s] for s in seeds]
+    two = sps.ttest_rel(xa, xb)
+    ci = two.confidence_interval(1 - ALPHA)
+    greater = sps.ttest_rel(xa, xb, alternative="greater")
+    less = sps.ttest_rel(xa, xb, alternative="less")
+    return PairedTest(len(seeds), base.mean_diff, float(two.statistic), float(two.pvalue), float(ci.low),
+                      float(ci.high), "", float(greater.pvalue), float(less.pvalue),
+                      float(greater.confidence_interval(1 - ALPHA).low), base.sd)
 
 
-def holm(p_values: Sequence[float]) -> list[float]:
-    """Holm's step-down adjusted p-values (NaN stays NaN and is not counted in the family):
-    sorted ascending, p_(i) * (m - i + 1), made monotone, capped at 1."""
-    indexed = sorted((p, i) for i, p in enumerate(p_values) if not math.isnan(p))
-    m = len(indexed)
+def holm_adjusted(p_values: Sequence[float]) -> list[float]:
+    """statsmodels' Holm step-down adjustment (method named: its default is Holm-Sidak); NaN
+    entries are dropped first, stay NaN and do not count in the family size."""
+    kept = [i for i, p in enumerate(p_values) if not math.isnan(p)]
     adjusted = [math.nan] * len(p_values)
-    running = 0.0
-    for rank, (p, i) in enumerate(indexed):
-        running = max(running, min(1.0, (m - rank) * p))
-        adjusted[i] = running
+    if kept:
+        values = multipletests([p_values[i] for i in kept], alpha=ALPHA, method="holm")[1]
+        for i, value in zip(kept, values, strict=True):
+            adjusted[i] = float(value)
     return adjusted
 
 
-def bootstrap_mean_ci(values: np.ndarray, label: str, resamples: int = BOOTSTRAP_RESAMPLES
-                      ) -> tuple[float, float]:
-    """95 % percentile interval of the mean of per-query values, resampling queries (NaN
-    entries, i.e. queries left out of the mean, are dropped). The seed comes from `label`."""
+def seeds_for_power(delta: float, sd: float, power: float = POWER) -> float:
+    """Seeds a one-sided paired t (alpha .05) needs to reach `power` at effect delta/sd
+    (statsmodels TTestPower); inf when the effect is not in the claim's direction, NaN when
+    sd is unknown."""
+    if math.isnan(delta) or math.isnan(sd):
+        return math.nan
+    if delta <= 0:
+        return math.inf
+    if sd <= 0:
+        return 2.0
+    effect = delta / sd
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the root finder warns below n = 2 and returns NaN there
+        n = float(np.asarray(TTestPower().solve_power(effect_size=effect, alpha=ALPHA, power=power,
+                                                      alternative="larger")).item())
+    if math.isnan(n):  # off the solver's bracket: count up from two seeds
+        n = next((float(k) for k in range(2, 100_001) if power_at(delta, sd, k) >= power), math.inf)
+    return float(max(2.0, math.ceil(n - 1e-9))) if math.isfinite(n) else math.inf
+
+
+def power_at(delta: float, sd: float, n: int) -> float:
+    """Power of a one-sided t at n seeds for effect delta/sd (NaN when not computable)."""
+    if n < 2 or math.isnan(delta) or math.isnan(sd) or sd <= 0:
+        return math.nan
+    return float(TTestPower().power(effect_size=delta / sd, nobs=n, alpha=ALPHA, alternative="larger"))
+
+
+@dataclass(frozen=True)
+class Equivalence:
+    """TOST of paired values within +-margin: p is the larger of the two one-sided p."""
+
+    n: int
+    mean_diff: float
+    p: float
+    margin: float
+
+    @property
+    def shown(self) -> bool:
+        return not math.isnan(self.p) and self.p < ALPHA
+
+
+def equivalence_test(a: Sequence[float], b: Sequence[float], margin: float) -> Equivalence:
+    """statsmodels ttost_paired on a - b with bounds -margin, +margin (a 90 % interval inside
+    the margin is what p < .05 means)."""
+    xa, xb = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    n = len(xa)
+    mean = float((xa - xb).mean()) if n else math.nan
+    if n < 2 or _constant(xa - xb):
+        return Equivalence(n, mean, math.nan, margin)
+    p = float(ttost_paired(xa, xb, -margin, margin)[0])
+    return Equivalence(n, mean, p, margin)
+
+
+def query_bootstrap_ci(values: np.ndarray, label: str, resamples: int = BOOTSTRAP_RESAMPLES
+                       ) -> tuple[float, float]:
+    """95 % percentile interval of the mean of per-query values (scipy.stats.bootstrap,
+    resampling queries; NaN entries, i.e. queries left out of the mean, are dropped). The
+    generator is seeded from `label`."""
     values = np.asarray(values, dtype=np.float64)
     values = values[~np.isnan(values)]
     if len(values) < 2:
         return math.nan, math.nan
-    rng = np.random.default_rng(stable_seed(label))
-    means = np.empty(resamples)
-    step = max(1, 2_000_000 // len(values))
-    for start in range(0, resamples, step):
-        stop = min(resamples, start + step)
-        draws = rng.integers(0, len(values), size=(stop - start, len(values)))
-        means[start:stop] = values[draws].mean(axis=1)
-    low, high = np.quantile(means, [ALPHA / 2, 1 - ALPHA / 2])
-    return float(low), float(high)
-
-
-@dataclass(frozen=True)
-class PermutationResult:
-    """Mean Spearman correlation over runs, against the same statistic when each run's centers
-    are assigned to classes at random (independently per run)."""
-
-    n: int
-    observed: float          # mean over runs of Spearman's rho
-    per_run: tuple[float, ...]
-    null_mean: float
-    p_upper: float           # P(null >= observed)
-    p: float                 # two-sided: 2 * min(upper, lower), capped at 1
-    permutations: int
+    result = sps.bootstrap((values,), np.mean, n_resamples=resamples, method="percentile",
+                           confidence_level=1 - ALPHA, rng=np.random.default_rng(stable_seed(label)),
+                           batch=max(1, 2_000_000 // len(values)))
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
 def _pairs(size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -173,44 +254,98 @@ def center_similarity(centers: np.ndarray) -> np.ndarray:
     return (bits + centers @ centers.T) / (2.0 * bits)
 
 
-def permutation_spearman(runs: Sequence[tuple[np.ndarray, np.ndarray]], label: str,
-                         permutations: int = PERMUTATIONS) -> PermutationResult | None:
-    """Test the mean Spearman correlation (center Hamming similarity vs class similarity) of
-    several runs against random center-to-class assignments. Each run is (centers [C, K],
-    class similarity [C, C]). Permuting which class gets which center permutes the class pairs
-    of the center similarity, so the ranks are computed once and only re-indexed. None when a
-    run's centers are equidistant or its similarity is constant (the correlation is undefined)."""
-    prepared = []
-    for centers, similarity in runs:
-        size = len(centers)
-        i, j = _pairs(size)
-        sim_c = center_similarity(centers)
-        x, y = sim_c[i, j], np.asarray(similarity, dtype=np.float64)[i, j]
-        if len(x) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
+@dataclass(frozen=True)
+class MantelRun:
+    """One run: Spearman's rho over class pairs, the mean of its permutation null (random
+    center-to-class assignments) and the one-sided permutation p (descriptive, not graded)."""
+
+    rho: float
+    null_mean: float
+    p: float
+    permutations: int
+
+    @property
+    def shift(self) -> float:
+        return self.rho - self.null_mean
+
+
+def mantel_run(centers: np.ndarray, similarity: np.ndarray, label: str,
+               permutations: int = PERMUTATIONS) -> MantelRun | None:
+    """scipy.stats.permutation_test over the order of classes (one sample, "pairings"):
+    permuting which class gets which center re-indexes rows and columns of the center
+    similarity together (a Mantel test). The ranks are computed once and only re-indexed.
+    None when the centers are equidistant or the similarity constant (rho undefined)."""
+    size = len(centers)
+    i, j = _pairs(size)
+    x, y = center_similarity(centers)[i, j], np.asarray(similarity, dtype=np.float64)[i, j]
+    if len(x) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return None
+    rank_x = np.zeros((size, size))
+    rank_x[i, j] = sps.rankdata(x)
+    rank_x = rank_x + rank_x.T
+    ry = sps.rankdata(y)
+    ry = (ry - ry.mean()) / np.linalg.norm(ry - ry.mean())
+    mean_x = float(rank_x[i, j].mean())
+    norm_x = float(np.linalg.norm(rank_x[i, j] - mean_x))
+
+    def statistic(order: np.ndarray, axis: int = -1) -> np.ndarray:
+        order = np.asarray(order, dtype=np.intp)
+        return (rank_x[order[..., i], order[..., j]] - mean_x) @ ry / norm_x
+
+    result = sps.permutation_test((np.arange(size),), statistic, permutation_type="pairings",
+                                  vectorized=True, n_resamples=permutations, alternative="greater",
+                                  rng=np.random.default_rng(stable_seed(label)),
+                                  batch=max(1, 4_000_000 // max(1, len(i))))
+    return MantelRun(float(result.statistic), float(np.mean(result.null_distribution)),
+                     float(result.pvalue), permutations)
+
+
+@dataclass(frozen=True)
+class CentersTest:
+    """Runs of one cell: per-run rho and Mantel null mean; graded over seeds by a one-sided
+    ttest_1samp of rho minus its null mean against 0 (the runs are the replication unit, not
+    the permutations)."""
+
+    runs: tuple[MantelRun, ...]
+    test: PairedTest
+
+    @property
+    def n(self) -> int:
+        return len(self.runs)
+
+    @property
+    def per_run(self) -> tuple[float, ...]:
+        return tuple(r.rho for r in self.runs)
+
+    @property
+    def observed(self) -> float:
+        return float(np.mean(self.per_run))
+
+    @property
+    def null_mean(self) -> float:
+        return float(np.mean([r.null_mean for r in self.runs]))
+
+    @property
+    def shifts(self) -> tuple[float, ...]:
+        return tuple(r.shift for r in self.runs)
+
+    @property
+    def permutations(self) -> int:
+        return self.runs[0].permutations
+
+    @property
+    def run_p(self) -> tuple[float, ...]:
+        return tuple(r.p for r in self.runs)
+
+
+def centers_test(runs: Sequence[tuple[np.ndarray, np.ndarray]], label: str,
+                 permutations: int = PERMUTATIONS) -> CentersTest | None:
+    """Each run is (centers [C, K], class similarity [C, C]); None when any run's correlation
+    is undefined."""
+    done = []
+    for index, (centers, similarity) in enumerate(runs):
+        run = mantel_run(centers, similarity, f"{label}|{index}", permutations)
+        if run is None:
             return None
-        rank_x = np.zeros((size, size))
-        rank_x[i, j] = sps.rankdata(x)
-        rank_x = rank_x + rank_x.T
-        ry = sps.rankdata(y)
-        ry = (ry - ry.mean()) / np.linalg.norm(ry - ry.mean())
-        mean_x = float(rank_x[i, j].mean())
-        norm_x = float(np.linalg.norm(rank_x[i, j] - mean_x))
-        prepared.append((size, i, j, rank_x, ry, mean_x, norm_x))
-    rng = np.random.default_rng(stable_seed(label))
-    observed = []
-    null = np.zeros(permutations)
-    for size, i, j, rank_x, ry, mean_x, norm_x in prepared:
-        observed.append(float((rank_x[i, j] - mean_x) @ ry / norm_x))
-        chunk = max(1, 4_000_000 // max(1, len(i)))
-        for start in range(0, permutations, chunk):
-            stop = min(permutations, start + chunk)
-            perm = rng.permuted(np.tile(np.arange(size), (stop - start, 1)), axis=1)
-            values = rank_x[perm[:, i], perm[:, j]]
-            null[start:stop] += (values - mean_x) @ ry / norm_x
-    null /= len(prepared)
-    mean_obs = float(np.mean(observed))
-    tol = 1e-12
-    upper = (1 + int(np.sum(null >= mean_obs - tol))) / (permutations + 1)
-    lower = (1 + int(np.sum(null <= mean_obs + tol))) / (permutations + 1)
-    return PermutationResult(len(observed), mean_obs, tuple(observed), float(null.mean()), upper,
-                             min(1.0, 2 * min(upper, lower)), permutations)
+        done.append(run)
+    return CentersTest(tuple(done), shifted_test([r.shift for r in done]))

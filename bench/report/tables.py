@@ -15,8 +15,9 @@ from bench.report.analysis import Analysis, MainTable
 from bench.report.claims import ClaimResult
 from bench.report.document import Doc, FigurePlan
 from bench.report.figures import Series, draw_headline
+from bench.report.grading import CardGrade
 from bench.report.groups import Cell
-from bench.report.stats import bootstrap_mean_ci
+from bench.report.stats import query_bootstrap_ci
 from bench.report.util import (
     FLOOR_METHOD,
     MAIN_METRICS,
@@ -29,9 +30,10 @@ from bench.report.util import (
     method_name,
     metric_points,
     per_query_ap,
+    plural,
     short,
 )
-from bench.report.verdicts import CI_BOOTSTRAP, difference_text
+from bench.report.verdicts import CI_BOOTSTRAP, NOT_MEASURABLE, difference_text, n80_text
 
 FLOOR_NAME, CHANCE_NAME = "classify-then-hash (floor)", "chance (random codes)"
 FLOOR_LABEL, CHANCE_LABEL = f"*{FLOOR_NAME}*", f"*{CHANCE_NAME}*"  # italic in tables
@@ -61,7 +63,7 @@ def interval(cell: Cell, key: str) -> tuple[float, float, float, str]:
     values = per_query(cell.records()[0], key) if stat.n == 1 else None
     if values is None:
         return stat.mean, math.nan, math.nan, "none"
-    low, high = bootstrap_mean_ci(values * 100, f"{cell.group.method}|{cell.group.bits}|{key}|{cell.used}")
+    low, high = query_bootstrap_ci(values * 100, f"{cell.group.method}|{cell.group.bits}|{key}|{cell.used}")
     return stat.mean, low, high, "bootstrap"
 
 
@@ -107,12 +109,38 @@ def chance_how(table: MainTable) -> str:
 
 
 def verdict_table(doc: Doc, verdicts: list[ClaimResult]) -> None:
+    """One row per claim, one column per card: grade (provisional), IUT p, family size and the
+    seeds for 80 % power; the family's table is named under Claims and verdicts."""
     if not verdicts:
         doc.p("No claims are listed in bench/claims.yaml.")
         return
-    doc.table(("claim", "verdict", "per card", "why (details under Claims and verdicts)"),
-              ((v.claim, f"**{v.verdict}**", "; ".join(f"{card}: {grade}" for card, grade, _ in v.by_card),
-                short(v.summary, 330)) for v in verdicts), css="verdicts")
+    cards = sorted({g.card for v in verdicts for g in v.by_card})
+    rows = []
+    for v in verdicts:
+        grades = {g.card: g for g in v.by_card}
+        rows.append((short(v.claim, 90), f"**{v.label}**",
+                     *(_card_cell(grades[c]) if c in grades else "–" for c in cards)))
+    doc.table(("claim", "overall", *cards), rows, css="verdicts")
+
+
+VERDICT_LEGEND = ("Verdict table: per card, grade · IUT p (the largest one-sided p of the card's family) · "
+                  "family size · seeds for 80 % power (cost: the work ratio); overall = the weakest card "
+                  "grade; \"provisional\" = decisive at fewer than 5 seeds; power per cell in power.csv.")
+
+
+def _card_cell(g: CardGrade) -> str:
+    if g.grade == NOT_MEASURABLE:
+        return g.label
+    parts = [f"**{g.label}**"]
+    if not math.isnan(g.iut_p):
+        parts.append(f"IUT p {fmt_p(g.iut_p)}")
+    parts.append(plural(len(g.family), "cell"))
+    if "work ratio" in g.reason:
+        parts.append(g.reason.split(" over ")[0])
+    elif not math.isnan(g.n80):
+        parts.append(f"80 %: {n80_text(g.n80).split(' (')[0]} seeds" if not math.isinf(g.n80)
+                     else "80 %: unattainable")
+    return " · ".join(parts)
 
 
 def headline_figure(doc: Doc, analysis: Analysis) -> None:
@@ -292,33 +320,38 @@ def published_next_to(doc: Doc, table: MainTable, published: list[dict]) -> None
 
 def claims_section(doc: Doc, verdicts: list[ClaimResult]) -> None:
     doc.h(2, "Claims and verdicts")
-    doc.p("Grades (shared/specs/fair-comparison.md, section 5): **supported** = every comparison favours "
-          "the claim and the headline ones are significant after Holm's correction over the claim's "
-          "comparisons (α = 0.05) with at least 5 seeds; **consistent, not significant** = every "
-          "comparison favours the claim, not all headline ones are significant; **mixed** = comparisons "
-          "disagree, none significantly against; **contradicted** = at least one significantly against; "
-          "**not measurable** = no comparison could be counted. A comparison counts with at least 2 "
-          "common seeds and no failed seed on either side. Headline comparisons are those in each card's "
-          "primary table at default settings. Intervals are 95 % t intervals of the mean per-seed "
-          "difference; p is the two-sided paired t-test (a permutation test for the centers claim).")
+    doc.p("Design (shared/specs/verdicts-v3.md): each claim is graded per dataset card on one *family*, "
+          "the claim's default-settings comparisons in the card's designated table (its primary table, "
+          "else the table with the most counted comparisons of the claim); other tables are *also "
+          "measured* and never graded. Tests are one-sided t over seeds (α = 0.05). **supported** = every "
+          "cell rejects its null (intersection-union test: IUT p = the largest one-sided p of the family) "
+          "with at least 5 seeds; **contradicted** = a cell significantly against the claim after Holm over "
+          "the family, with at least 5 seeds; **consistent, not significant** = every estimate favours the "
+          "claim; **mixed** = otherwise; **not measurable** = no counted cell. A decisive result with fewer "
+          "than 5 seeds keeps the weaker grade and reads *provisional*. The overall grade is the weakest "
+          "card grade. The reassignment claim is tested against the paper's range (a cell favours it at a "
+          "gain of at least the lower bound); the cost claim is graded on counted work (ratio ≥ 1.05).")
     for v in verdicts:
-        doc.h(3, f"{v.id}: {v.verdict}")
+        doc.h(3, f"{v.id}: {v.label}")
         doc.p(f"*Claim:* {v.claim} *Source:* {v.source}.")
         doc.p(f"*How it is checked:* {v.how}")
-        doc.p(f"*Verdict:* **{v.verdict}** — {v.summary}.")
+        doc.p(f"*Verdict:* **{v.label}** — {v.summary}. *Unit of replication:* {v.replication}.")
         if v.by_card:
-            doc.bullets(f"*{card}:* **{grade}** — {summary}" for card, grade, summary in v.by_card)
+            doc.bullets(f"*{g.card}:* **{g.label}** — {g.reason}; {g.power_text}" for g in v.by_card)
+        timing = dict(v.details).get("timing")
+        if timing:
+            doc.p(f"*Isolated timing:* **{timing['verdict']}** — {timing['summary']}.")
         rows = []
         for c in v.comparisons:
             digits = 3 if c.unit == "Spearman ρ" else 2
             n = str(c.n) + ("" if c.counted else f" ({c.note})")
             rows.append((c.where.rsplit(" · ", 1)[0], c.bits, c.what, f"{c.a:.{digits}f} vs {c.b:.{digits}f}",
-                         difference_text(c), fmt_p(c.p), fmt_p(c.p_holm), n, "yes" if c.headline else "",
-                         c.paper or "–"))
+                         difference_text(c), fmt_p(c.p_for), fmt_p(c.p_holm), n80_text(c.n80), n,
+                         "family" if c.in_family else "also measured"))
         unit = v.comparisons[0].unit if v.comparisons else ""
         doc.table(("table", "bits", "comparison", "ours (claim side vs other)",
-                   f"difference [95 % CI] ({unit})",
-                   "p", "Holm p", "n", "headline", "paper"), rows)
+                   f"difference [95 % CI] ({unit})", "p for (one-sided)", "Holm p against", "seeds for 80 %",
+                   "n", "role"), rows)
         if any(c.interval == CI_BOOTSTRAP for c in v.comparisons):
             doc.p(DAGGER_NOTE)
         doc.bullets(v.notes)

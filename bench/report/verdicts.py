@@ -1,16 +1,10 @@
-"""Graded verdicts (shared/specs/fair-comparison.md, section 5).
+"""Comparisons of a claim (verdicts v3, shared/specs/verdicts-v3.md; grading in
+bench/report/grading.py).
 
 A claim check returns comparisons; each says how far the claim's side is ahead of the other
-(positive favours the claim) with a 95 % interval, a raw p and n. Holm's correction runs over
-the claim's counted comparisons, and the grade follows:
-
-- supported: every counted comparison favours the claim, and every headline comparison is
-  significant after Holm (alpha 0.05) with at least `headline_min_seeds` seeds;
-- consistent, not significant: every comparison favours the claim, not all headline ones
-  are significant (or they rest on too few seeds);
-- mixed: comparisons disagree, none significantly against;
-- contradicted: at least one comparison significantly against after Holm;
-- not measurable: no comparison could be counted.
+(difference = claim side - other side) with a 95 % interval, the one-sided p of each
+direction against the claim's null value (0, or the paper's lower bound for a magnitude
+claim), n and the seeds needed for 80 % power.
 
 A comparison is *counted* when both sides have at least `min_seeds` common seeds and no seed
 failed on either side (a diverged run must not drop out silently); the others are listed
@@ -21,14 +15,13 @@ never counted."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from bench.report.stats import ALPHA, bootstrap_mean_ci, holm, paired_test
+from bench.report.stats import ALPHA, paired_test, query_bootstrap_ci, seeds_for_power, shifted_test
 from bench.report.util import fmt_ci, fmt_p, fmt_signed, per_query_ap, plural
 
 SUPPORTED = "supported"
@@ -45,7 +38,10 @@ NO_PER_QUERY = "one seed, no per-query data: no interval"
 
 @dataclass(frozen=True)
 class Comparison:
-    """One comparison of a claim: `a` is the claim's side, `b` the other; difference = a - b."""
+    """One comparison of a claim: `a` is the claim's side, `b` the other; difference = a - b.
+    `null` is the value the claim must exceed (0, or a magnitude claim's lower bound);
+    p_for tests H0 difference <= null, p_against H0 difference >= null (one-sided t over
+    seeds); p_holm is p_against adjusted by Holm over the card's family (grading.py)."""
 
     where: str
     what: str
@@ -65,44 +61,76 @@ class Comparison:
     note: str = ""
     paper: str = ""
     unit: str = "points"
-    relative: float = math.nan          # difference / b in percent (where meaningful)
+    relative: float = math.nan          # difference / b in percent (credible baselines only)
     regime: tuple[str, ...] = ()
     p_holm: float = math.nan
+    table: str = ""
+    defaults: bool = True               # the claim's default settings (no extra context)
+    null: float = 0.0
+    p_for: float = math.nan
+    p_against: float = math.nan
+    lcb: float = math.nan               # one-sided 95 % lower bound of the difference
+    sd: float = math.nan                # SD of the per-seed differences
+    p_above: float = math.nan           # magnitude claims: H0 difference <= upper bound
+    ratio: float = math.nan             # work claims: a / b
+    in_family: bool = False
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def favours(self) -> bool:
-        return self.difference > 0
+        if not math.isnan(self.ratio):
+            return self.ratio > 1
+        return self.difference > self.null if self.null else self.difference > 0
 
     @property
     def significant(self) -> bool:
+        """Significant for the claim (one-sided p_for < alpha, no adjustment: IUT)."""
+        return not math.isnan(self.p_for) and self.p_for < ALPHA
+
+    @property
+    def significant_against(self) -> bool:
         return not math.isnan(self.p_holm) and self.p_holm < ALPHA
+
+    @property
+    def n80(self) -> float:
+        """Seeds for 80 % power at the observed effect (difference - null) and sd."""
+        return seeds_for_power(self.difference - self.null, self.sd)
 
     def ci_text(self) -> str:
         return fmt_ci(self.low, self.high, signed=True)
 
     def to_dict(self) -> dict[str, Any]:
         def clean(value: float) -> float | None:
-            return None if math.isnan(value) else round(float(value), 6)
+            return None if math.isnan(value) or math.isinf(value) else round(float(value), 6)
 
         return {"where": self.where, "comparison": self.what, "card": self.card, "bits": self.bits,
                 "n": self.n, "seeds": list(self.seeds), "ours_claim_side": clean(self.a),
                 "ours_other_side": clean(self.b), "difference": clean(self.difference),
                 "ci95": [clean(self.low), clean(self.high)], "interval": self.interval,
-                "p_raw": clean(self.p), "p_holm": clean(self.p_holm), "unit": self.unit,
+                "p_raw": clean(self.p), "p_for": clean(self.p_for), "p_against": clean(self.p_against),
+                "p_holm": clean(self.p_holm), "lcb95": clean(self.lcb), "null": self.null,
+                "n80": "unattainable" if math.isinf(self.n80) else clean(self.n80), "unit": self.unit,
                 "relative_percent": clean(self.relative), "headline": self.headline, "counted": self.counted,
-                "favours_claim": bool(self.favours), "significant_after_holm": self.significant,
-                "note": self.note, "paper": self.paper}
+                "in_family": self.in_family, "table": self.table, "favours_claim": bool(self.favours),
+                "significant": self.significant, "significant_against_after_holm": self.significant_against,
+                "note": self.note, "paper": self.paper,
+                **({"work_ratio": clean(self.ratio)} if not math.isnan(self.ratio) else {}),
+                **({"p_above_range": clean(self.p_above)} if not math.isnan(self.p_above) else {}),
+                **self.extra}
 
 
 @dataclass
 class Checked:
     """What a claim check found: its comparisons, extra evidence lines, and why nothing could
-    be measured when that is so."""
+    be measured when that is so. `rule` is "t" (graded by tests over seeds) or "ratio"
+    (graded on a deterministic ratio, the cost claim)."""
 
     comparisons: list[Comparison] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     empty: str = "no complete comparison in the records"
     extra: str = ""  # one clause for the summary (e.g. the largest gain against the paper's)
+    rule: str = "t"
+    details: dict[str, Any] = field(default_factory=dict)
 
 
 def regime_of(rows: pd.DataFrame) -> tuple[str, ...]:
@@ -121,14 +149,17 @@ def regime_of(rows: pd.DataFrame) -> tuple[str, ...]:
 
 
 def compare(a: pd.DataFrame, b: pd.DataFrame, column: str, *, what: str, min_seeds: int, headline: bool,
-            paper: str = "", unit: str = "points", relative: bool = True) -> Comparison:
-    """Pair the runs of two groups on their common seeds and compare `column` (a - b)."""
+            paper: str = "", unit: str = "points", relative: bool = True, null: float = 0.0,
+            upper: float = math.nan, defaults: bool = True) -> Comparison:
+    """Pair the runs of two groups on their common seeds and compare `column` (a - b) against
+    `null` (and, for a magnitude claim, against `upper`)."""
     first_a, first_b = a.iloc[0], b.iloc[0]
     where = f"{first_a.table} · {first_a.bits} bits"
     seeds = tuple(sorted(set(a.seed) & set(b.seed)))
     failed = sorted((set(first_a.failed_seeds) & set(b.seed)) | (set(first_b.failed_seeds) & set(a.seed)))
     va, vb = dict(zip(a.seed, a[column], strict=True)), dict(zip(b.seed, b[column], strict=True))
     test = paired_test({s: va[s] for s in seeds}, {s: vb[s] for s in seeds})
+    shifted = shifted_test([va[s] - vb[s] for s in seeds], null) if null else test
     mean_a = float(np.mean([va[s] for s in seeds])) if seeds else math.nan
     mean_b = float(np.mean([vb[s] for s in seeds])) if seeds else math.nan
     low, high, interval = test.low, test.high, CI_SEEDS
@@ -140,11 +171,15 @@ def compare(a: pd.DataFrame, b: pd.DataFrame, column: str, *, what: str, min_see
         counted, note = False, f"not counted: {plural(len(seeds), 'common seed')}, needs {min_seeds}"
     else:
         counted, note = True, test.note
+    diffs = [va[s] - vb[s] for s in seeds]
+    above = shifted_test(diffs, upper).p_greater if not math.isnan(upper) else math.nan
     diff = mean_a - mean_b
     rel = diff / mean_b * 100 if relative and mean_b else math.nan
     return Comparison(where, what, str(first_a.card), int(first_a.bits), len(seeds), seeds, mean_a, mean_b,
                       diff, low, high, interval, test.p, headline, counted, note, paper, unit, rel,
-                      regime_of(pd.concat([a, b])))
+                      regime_of(pd.concat([a, b])), table=str(first_a.table), defaults=defaults, null=null,
+                      p_for=shifted.p_greater, p_against=shifted.p_less, lcb=shifted.lcb, sd=test.sd,
+                      p_above=above)
 
 
 def _query_bootstrap(a: pd.DataFrame, b: pd.DataFrame, seed: int, column: str, label: str
@@ -157,61 +192,20 @@ def _query_bootstrap(a: pd.DataFrame, b: pd.DataFrame, seed: int, column: str, l
     qa, qb = per_query_ap(ra), per_query_ap(rb)
     if qa is None or qb is None or len(qa) != len(qb):
         return math.nan, math.nan, NO_PER_QUERY
-    low, high = bootstrap_mean_ci((qa - qb) * 100, label)
+    low, high = query_bootstrap_ci((qa - qb) * 100, label)
     return low, high, CI_BOOTSTRAP
 
 
-def with_holm(comparisons: Sequence[Comparison]) -> list[Comparison]:
-    """Holm over the claim's counted comparisons that have a p-value."""
-    family = [c.p if c.counted else math.nan for c in comparisons]
-    return [replace(c, p_holm=p) for c, p in zip(comparisons, holm(family), strict=True)]
-
-
-def _all(count: int) -> str:
-    return "the one comparison favours" if count == 1 else f"all {count} comparisons favour"
-
-
-def grade(comparisons: Sequence[Comparison], headline_min_seeds: int, empty: str) -> tuple[str, str]:
-    """(grade, one-line reason) for Holm-adjusted comparisons."""
-    counted = [c for c in comparisons if c.counted]
-    if not counted:
-        if not comparisons:
-            return NOT_MEASURABLE, empty
-        reasons = sorted({c.note.removeprefix("not counted: ") for c in comparisons})
-        return NOT_MEASURABLE, (f"{plural(len(comparisons), 'comparison')} listed, none counted "
-                                f"({'; '.join(reasons)})")
-    favour = sum(c.favours for c in counted)
-    significant = sum(c.significant and c.favours for c in counted)
-    sig_text = f"{significant} of {len(counted)} significant after Holm"
-    n_text = "n = " + "/".join(map(str, sorted({c.n for c in counted})))
-    against = sorted((c for c in counted if c.significant and not c.favours), key=lambda c: c.p_holm)
-    if against:
-        worst = against[0]
-        return CONTRADICTED, (f"{plural(len(against), 'comparison')} significantly against the claim "
-                              "after Holm "
-                              f"({worst.what}, {worst.where}: {fmt_signed(worst.difference)} {worst.unit}, "
-                              f"Holm p={fmt_p(worst.p_holm)}); {favour} of {len(counted)} favour it; "
-                              f"{n_text}")
-    if favour == len(counted):
-        headline = [c for c in counted if c.headline] or counted
-        few = [c for c in headline if c.n < headline_min_seeds]
-        if all(c.significant for c in headline) and not few:
-            return SUPPORTED, (f"{_all(len(counted))} the claim; the {len(headline)} headline one(s) "
-                               f"significant after Holm; {n_text}")
-        reason = f"{_all(len(counted))} the claim; {sig_text}; {n_text}"
-        if all(c.significant for c in headline) and few:
-            reason += (f"; significant, but 'supported' needs at least {headline_min_seeds} seeds in the "
-                       "headline cells")
-        return CONSISTENT, reason
-    return MIXED, (f"{favour} of {len(counted)} comparisons favour the claim, {len(counted) - favour} "
-                   f"{'does' if len(counted) - favour == 1 else 'do'} not (none significantly against); "
-                   f"{sig_text}; {n_text}")
+def _digits(c: Comparison) -> int:
+    return 3 if c.unit == "Spearman ρ" else 2
 
 
 def difference_text(c: Comparison) -> str:
     """"+1.89 [-1.13, +4.92] (+2.4 %)": the difference, its 95 % interval (marked † when it is a
     bootstrap over queries) or why there is none, and the relative difference."""
-    digits = 3 if c.unit == "Spearman ρ" else 2
+    if not math.isnan(c.ratio):
+        return f"x{c.ratio:.3f}"
+    digits = _digits(c)
     text = fmt_signed(c.difference, digits)
     if not math.isnan(c.low):
         text += " " + fmt_ci(c.low, c.high, digits, signed=True) + ("†" if c.interval == CI_BOOTSTRAP else "")
@@ -222,12 +216,23 @@ def difference_text(c: Comparison) -> str:
     return text
 
 
+def n80_text(value: float) -> str:
+    """Seeds for 80 % power as shown beside a grade."""
+    if math.isnan(value):
+        return "n/a"
+    return "unattainable (estimate against the claim)" if math.isinf(value) else f"{int(value)}"
+
+
 def comparison_line(c: Comparison) -> str:
     """One evidence line: where, what, the two sides, the difference with its interval and p."""
-    digits = 3 if c.unit == "Spearman ρ" else 2
+    digits = _digits(c)
     sides = f"{c.a:.{digits}f} vs {c.b:.{digits}f}" if not math.isnan(c.a) else "n/a"
+    if not math.isnan(c.ratio):
+        return f"{c.where}: {c.what} {sides} {c.unit}: ratio x{c.ratio:.3f}"
     interval = f"95 % CI {fmt_ci(c.low, c.high, digits, signed=True)} ({c.interval})"
-    head = "headline; " if c.headline else ""
+    family = "family member; " if c.in_family else "also measured (not graded); "
     status = "" if c.counted else f" — {c.note}"
+    null = f" against {c.null:+.2f}" if c.null else ""
     return (f"{c.where}: {c.what} {sides}: {fmt_signed(c.difference, digits)} {c.unit}, {interval}; "
-            f"{head}p={fmt_p(c.p)}, Holm p={fmt_p(c.p_holm)}, n={c.n}{status}")
+            f"{family}one-sided p{null} for={fmt_p(c.p_for)}, against={fmt_p(c.p_against)}, "
+            f"Holm p against={fmt_p(c.p_holm)}, n={c.n}, seeds for 80 % power={n80_text(c.n80)}{status}")

@@ -1,0 +1,186 @@
+"""The numbers the README quotes, as the report computes them (reports/numbers.json), and the
+seeds-for-power table (reports/power.csv).
+
+README.md is rendered from docs/README.template.md by `python -m bench readme`, which fills
+each `{{key}}` from numbers.json: a hand-typed number cannot drift from the records. Values
+are strings formatted as the README shows them."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import re
+from collections.abc import Sequence
+
+from bench.report.analysis import Analysis, MainTable
+from bench.report.claims import CARD_SHORT, ClaimResult
+from bench.report.grading import power_rows
+from bench.report.groups import Cell
+from bench.report.stats import ALPHA, Stat, equivalence_test, paired_test
+from bench.report.tables import chance_value
+from bench.report.util import FLOOR_METHOD, fmt_p, method_name, metric_points
+
+EQUIVALENCE_MARGIN = 0.5  # mAP points (spec section 4: the CI gate's floor, under a third of 1.76)
+POWER_COLUMNS = ("claim", "card", "bits", "comparison", "key", "n", "delta", "sd", "power_now", "n80")
+
+
+def card_key(card: str) -> str:
+    return CARD_SHORT.get(card, re.sub(r"[^a-z0-9]+", "-", card.lower()).strip("-"))
+
+
+def table_tag(analysis: Analysis, table: MainTable) -> str:
+    """"" for a card's primary table, else its setting as a slug (e.g. harmonised-epochs-60)."""
+    if analysis.is_primary(table.scope):
+        return ""
+    label = analysis.scope_label(table.scope).split(" · ", 1)[-1]
+    return re.sub(r"[^a-z0-9]+", "-", label.lower().replace(" protocol", "")).strip("-") + "."
+
+
+def _method_key(method: str) -> str:
+    return "floor" if method == FLOOR_METHOD else method
+
+
+def _signed(value: float, digits: int = 2) -> str:
+    return "n/a" if math.isnan(value) else f"{value:+.{digits}f}"
+
+
+def _plain(value: float, digits: int = 2) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.{digits}f}"
+
+
+def table_numbers(analysis: Analysis) -> dict[str, str]:
+    """`table.<card>.[<setting>.]<method>.<bits>` = "mean ± sd (n)" of every complete cell,
+    `.mean` the mean alone, and `chance` per bit length."""
+    out: dict[str, str] = {}
+    for scope, table in analysis.main.items():
+        prefix = f"table.{card_key(scope.dataset)}.{table_tag(analysis, table)}"
+        for (method, bits), cell in table.cells.items():
+            if not cell.complete:
+                continue
+            stat: Stat = cell.stat(metric_points("mAP"))
+            key = f"{prefix}{_method_key(method)}.{bits}"
+            spread = f" ± {stat.std:.2f}" if stat.n > 1 else ""
+            out[key] = f"{stat.mean:.2f}{spread} ({stat.n})"
+            out[key + ".mean"] = _plain(stat.mean)
+        for method in table.methods:  # cells without complete records say so
+            for bits in table.bits:
+                key = f"{prefix}{_method_key(method)}.{bits}"
+                if key not in out:
+                    cell = table.cell(method, bits)
+                    out[key] = out[key + ".mean"] = "not run" if cell is None else "incomplete"
+        for bits in table.bits:
+            means = [(table.complete(m, bits).stat(metric_points("mAP")).mean, m) for m in table.methods
+                     if m != FLOOR_METHOD and table.complete(m, bits) is not None]
+            if means:
+                out[f"{prefix}best.{bits}"] = method_name(max(means)[1])
+            value = chance_value(table, bits, "mAP")
+            if not math.isnan(value):
+                out[f"{prefix}chance.{bits}"] = _plain(value)
+    return out
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower().replace("*", "")).strip("-")
+
+
+def ablation_numbers(analysis: Analysis) -> dict[str, str]:
+    """`ablation.<card>.[<setting>.]<dimension>.<setting>[.<context>].<bits>` = "mean ± sd" of
+    every CRH ablation point, plus a TOST phrase for each point against the dimension's
+    default (`.vs_default`, section 4: a phrase of no difference only where TOST passes)."""
+    out: dict[str, str] = {}
+    for scope, ablations in analysis.crh.items():
+        table = analysis.main.get(scope)
+        tag = table_tag(analysis, table) if table is not None else (
+            re.sub(r"[^a-z0-9]+", "-", analysis.scope_label(scope).split(" · ", 1)[-1].lower()
+                   .replace(" protocol", "")).strip("-") + ".")
+        for dim, panels in ablations.panels.items():
+            for panel in panels:
+                context = f".{_slug(panel.context)}" if panel.context else ""
+                default = next((pt for pt in panel.points if pt.is_default), None)
+                never = next((pt for pt in panel.points if pt.label.rstrip("*") == "never"), None)
+                for point in panel.points:
+                    stat = point.cell.stat(metric_points("mAP"))
+                    key = (f"ablation.{card_key(scope.dataset)}.{tag}{_slug(dim)}.{_slug(point.label)}"
+                           f"{context}.{panel.bits}")
+                    out[key] = f"{stat.mean:.2f} ± {stat.std:.2f}" if stat.n > 1 else f"{stat.mean:.2f}"
+                    out[key + ".mean"] = _plain(stat.mean)
+                    if default is not None and point is not default:
+                        out[key + ".vs_default"] = _tost_phrase(point.cell, default.cell)
+                    if never is not None and point is not never:
+                        out[key + ".vs_never"] = _tost_phrase(point.cell, never.cell)
+    return out
+
+
+def _tost_phrase(cell: Cell, default: Cell) -> str:
+    """"level within ±0.5 points (TOST p 0.004, n=3)" when the equivalence test passes; the
+    signed difference when a paired t finds one; else "no significant difference (n=3)"."""
+    values, base = cell.group.runs, default.group.runs
+    seeds = sorted(set(cell.used) & set(default.used))
+    a = [metric_points("mAP")(values[s]) for s in seeds]
+    b = [metric_points("mAP")(base[s]) for s in seeds]
+    result = equivalence_test(a, b, EQUIVALENCE_MARGIN)
+    if result.shown:
+        return (f"level within ±{EQUIVALENCE_MARGIN} points (TOST p {fmt_p(result.p)}, "
+                f"n={result.n})")
+    test = paired_test(dict(enumerate(a)), dict(enumerate(b)))
+    if not math.isnan(test.p) and test.p < ALPHA:
+        return f"{test.mean_diff:+.2f} points (p {fmt_p(test.p)}, n={test.n})"
+    return f"no significant difference (n={result.n})"
+
+
+def claim_numbers(verdicts: Sequence[ClaimResult]) -> dict[str, str]:
+    """Grades, IUT p, power and every family comparison of every claim."""
+    out: dict[str, str] = {}
+    for v in verdicts:
+        base = f"claim.{v.id}"
+        out[f"{base}.grade"] = v.label
+        for g in v.by_card:
+            card = f"{base}.{card_key(g.card)}"
+            out[f"{card}.grade"] = g.label
+            out[f"{card}.iut_p"] = fmt_p(g.iut_p)
+            out[f"{card}.family_size"] = str(len(g.family))
+            out[f"{card}.n80"] = ("unattainable" if math.isinf(g.n80) else
+                                  "n/a" if math.isnan(g.n80) else str(int(g.n80)))
+            family = [c for c in v.comparisons if c.card == g.card and c.in_family and c.counted]
+            out[f"{card}.n_significant"] = str(sum(c.significant for c in family))
+            out[f"{card}.n_favour"] = str(sum(c.favours for c in family))
+            out[f"{card}.n_cells"] = str(len(family))
+            out[f"{card}.n"] = "/".join(map(str, g.n)) or "0"
+        for c in v.comparisons:
+            if not c.in_family:
+                continue
+            key = f"cmp.{v.id}.{card_key(c.card)}.{c.extra.get('key', 'cell')}.{c.bits}"
+            digits = 3 if c.unit == "Spearman ρ" else 2
+            if not math.isnan(c.ratio):
+                out[f"{key}.ratio"] = f"{c.ratio:.3f}"
+                for name, share in c.extra.get("shares", {}).items():
+                    out[f"{key}.share.{name}"] = f"{share:.2f}"
+                continue
+            out[f"{key}.diff"] = _signed(c.difference, digits)
+            out[f"{key}.low"] = _signed(c.low, digits)
+            out[f"{key}.high"] = _signed(c.high, digits)
+            out[f"{key}.a"] = _plain(c.a, digits)
+            out[f"{key}.p_for"] = fmt_p(c.p_for)
+            out[f"{key}.p_holm"] = fmt_p(c.p_holm)
+    return out
+
+
+def report_numbers(analysis: Analysis, verdicts: Sequence[ClaimResult]) -> dict[str, str]:
+    """Every key the README template may use, sorted."""
+    numbers = {**table_numbers(analysis), **ablation_numbers(analysis), **claim_numbers(verdicts)}
+    for v in verdicts:
+        for name, value in dict(v.details).get("numbers", {}).items():
+            numbers[f"claim.{v.id}.{name}"] = value
+    return dict(sorted(numbers.items()))
+
+
+def power_csv(verdicts: Sequence[ClaimResult]) -> str:
+    """One row per counted family cell: observed delta and sd, power now, seeds for 80 %."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=POWER_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for v in verdicts:
+        for row in power_rows(v.id, v.comparisons):
+            writer.writerow({**row, "card": card_key(str(row["card"]))})
+    return buffer.getvalue()
