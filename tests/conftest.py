@@ -215,6 +215,14 @@ def write_result_files(results_dir: Path, records: list[dict], corrupt: dict[str
     return Path(results_dir)
 
 
+@pytest.fixture(scope="module")
+def claims():
+    """The committed claims file (bench/claims.yaml), parsed once per module."""
+    from bench.report import load_claims
+
+    return load_claims()
+
+
 @pytest.fixture
 def make_record():
     """Factory fixture: make_record(method, bits, seed, mAP, **options) -> record dict."""

@@ -12,25 +12,15 @@ import numpy as np
 import pytest
 from scipy.stats import nct, ttest_1samp
 from scipy.stats import t as t_dist
+from test_report_verdicts import runs, verdict
 
-from bench.report import CONSISTENT, CONTRADICTED, MIXED, SUPPORTED, evaluate, load_claims
+from bench.report import CONSISTENT, CONTRADICTED, MIXED, SUPPORTED
 from bench.report.numbers import power_csv
 
 FIVE_AHEAD = ([0.70, 0.71, 0.69, 0.72, 0.70], [0.60, 0.62, 0.61, 0.60, 0.61])
 FIVE_BEHIND = (FIVE_AHEAD[1], FIVE_AHEAD[0])
 
 
-@pytest.fixture(scope="module")
-def claims():
-    return load_claims()
-
-
-def runs(make_record, method, bits, values, **options):
-    return [make_record(method, bits, seed, value, **options) for seed, value in enumerate(values)]
-
-
-def verdict(records, claims, claim_id):
-    return {v.id: v for v in evaluate(records, claims)}[claim_id]
 
 
 def test_other_tables_are_also_measured_never_graded(make_record, claims):

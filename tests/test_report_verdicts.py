@@ -17,15 +17,9 @@ from bench.report import (
     NOT_MEASURABLE,
     SUPPORTED,
     evaluate,
-    load_claims,
 )
 
 FIVE = (0, 1, 2, 3, 4)
-
-
-@pytest.fixture(scope="module")
-def claims():
-    return load_claims()
 
 
 def runs(make_record, method, bits, values, **options):
