@@ -203,6 +203,11 @@ class RunContext:
         backbone = backbone.to(self.device)
         return self.numerics.module(backbone) if self.numerics is not None else backbone
 
+    def new_optimizer(self, backbone: torch.nn.Module, head: torch.nn.Module,
+                      epochs: int) -> tuple[torch.optim.Optimizer, Any]:
+        """The run's optimizer and schedule for another network (see `stage_optimizer`)."""
+        return stage_optimizer(backbone, head, self.config, epochs)
+
     def train_batches(
         self, generator: torch.Generator, batch_size: int | None = None
     ) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
@@ -219,10 +224,17 @@ def build_optimizer(model: HashNetwork, config: dict[str, Any],
     lr = float(config["lr"])
     decay = float(config["weight_decay"])
     owned = method.parameter_groups(lr, decay) if method is not None else []
+    return _optimizer(model.backbone, model.hash_layer, owned, config)
+
+
+def _optimizer(backbone: torch.nn.Module, head: torch.nn.Module, owned: list[dict[str, Any]],
+               config: dict[str, Any]) -> torch.optim.Optimizer:
+    lr = float(config["lr"])
+    decay = float(config["weight_decay"])
     groups = [
-        {"params": list(model.backbone.parameters()), "lr": lr * float(config["backbone_lr_scale"])},
+        {"params": list(backbone.parameters()), "lr": lr * float(config["backbone_lr_scale"])},
         *owned,
-        {"params": list(model.hash_layer.parameters()), "lr": lr},
+        {"params": list(head.parameters()), "lr": lr},
     ]
     name = config["optimizer"]
     if name == "adam":
@@ -232,6 +244,15 @@ def build_optimizer(model: HashNetwork, config: dict[str, Any],
         return torch.optim.SGD(groups, lr=lr, momentum=float(config["momentum"]), weight_decay=decay)
     # RMSprop without momentum, as in the CSQ re-implementation whose defaults it serves.
     return torch.optim.RMSprop(groups, lr=lr, weight_decay=decay)
+
+
+def stage_optimizer(backbone: torch.nn.Module, head: torch.nn.Module, config: dict[str, Any],
+                    epochs: int) -> tuple[torch.optim.Optimizer, Any]:
+    """The run's optimizer and schedule for a network other than the hash network (a method's
+    own stage, e.g. SHC's classifier), its schedule spread over `epochs`."""
+    settings = {**config, "epochs": int(epochs)}
+    optimizer = _optimizer(backbone, head, [], settings)
+    return optimizer, build_scheduler(optimizer, settings)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, config: dict[str, Any]):
@@ -337,7 +358,8 @@ def _train_and_evaluate(
     config = resolve_config(spec, card)
     method_cls = get_method(spec.method)
     task = Task(bits=spec.bits, num_classes=card.num_classes, multi_label=card.multi_label,
-                seed=spec.seed, epochs=int(config["epochs"]), device=torch_device)
+                seed=spec.seed, epochs=int(config["epochs"]), device=torch_device,
+                pretrained=spec.pretrained)
     method_cls.check(config, task)
 
     source = open_dataset(card, data_root)
