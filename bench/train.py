@@ -304,6 +304,18 @@ def center_semantics(centers: np.ndarray, similarity: np.ndarray) -> dict[str, f
     return {"pearson": float(pearsonr(a, b)[0]), "spearman": float(spearmanr(a, b)[0])}
 
 
+def code_ties(codes: np.ndarray) -> dict[str, Any]:
+    """How many distinct sign codes the database holds and how large its groups of identical
+    codes are: a classify-then-hash ranking has at most C codes, so its order within a tie
+    group is arbitrary (what the tie-aware mAP accounts for)."""
+    signs = np.asarray(codes) > 0
+    _, counts = np.unique(np.packbits(signs, axis=1), axis=0, return_counts=True)
+    total = int(counts.sum())
+    return {"items": total, "distinct": int(len(counts)),
+            "mean_tie_group_size": round(total / max(1, len(counts)), 4),  # per group
+            "mean_tie_group_size_per_item": round(float((counts**2).sum()) / max(1, total), 4)}
+
+
 def _rounded(values: list[float | None]) -> list[float | None]:
     return [None if v is None else round(float(v), 6) for v in values]
 
@@ -506,7 +518,7 @@ def _train_and_evaluate(
     metrics["per_query_ap_tie_aware"] = _rounded(metrics.pop("ap_tie_aware_per_query"))
     timings["evaluate"] = time.perf_counter() - eval_start
 
-    extras: dict[str, Any] = {}
+    extras: dict[str, Any] = {"database_codes": code_ties(db_codes)}
     centers = selected_method.class_centers()
     if centers is not None:
         train_features = encode(model, source, split.train, torch_device, features=True,

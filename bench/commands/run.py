@@ -8,6 +8,7 @@ its reason and listed at the end; rerunning redoes only those and any unfinished
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +108,23 @@ def parse_settings(items: list[str]) -> dict[str, str]:
     return settings
 
 
+def budget_epochs(args: argparse.Namespace, experiment: Any, card: Any) -> int | None:
+    """The epochs every run of the command will have when one value applies to all (--epochs,
+    --set epochs=, the experiment's settings, else the card's), for choosing tuned values;
+    None when a grid varies them (each run is then checked when its config is built)."""
+    if args.epochs is not None:
+        return int(args.epochs)
+    given = parse_settings(args.settings).get("epochs")
+    if given is None and experiment is not None:
+        if any("epochs" in entry for entry in experiment.grid):
+            return None
+        given = experiment.settings.get("epochs")
+    try:
+        return int(given) if given is not None else card.schedule.get("epochs")
+    except ValueError:
+        return None  # refused with the other settings, naming where it came from
+
+
 def build_specs(args: argparse.Namespace) -> list:
     """Expand CLI flags (and an optional experiment) into RunSpecs; validates everything."""
     from bench.backbones import PRETRAINABLE as PRETRAINABLE_BACKBONES
@@ -137,14 +155,25 @@ def build_specs(args: argparse.Namespace) -> list:
     dataset = args.dataset or (experiment.dataset if experiment else "fashion-mnist")
     card = load_card(dataset)
     protocol = args.protocol or (experiment.protocol if experiment else None)
+    epochs = budget_epochs(args, experiment, card)
     if protocol is None:
-        protocol, why = default_protocol(card, methods)
+        protocol, why = default_protocol(card, methods, bits, epochs)
         args.protocol_note = f"protocol: {protocol} ({why}; choose with --protocol)"
     if protocol not in PROTOCOLS:
         raise UserError(f"protocol '{protocol}' is not valid; choose from {', '.join(PROTOCOLS)}")
     if protocol == "tuned":
+        refusals = []
         for name in methods:
-            tuned_values(card, name)  # refuse now, naming the file, if any method lacks values
+            for bit in bits:  # refuse now, naming the file, a method without values at this budget
+                try:
+                    tuned_values(card, name, bit, epochs)
+                except UserError as error:
+                    if not getattr(args, "dry_run", False) or "no tuned values" in str(error):
+                        raise
+                    refusals.append(str(error))
+        if refusals:  # a dry run still lists the records, with the first refusal named
+            more = f" ({len(refusals) - 1} more (method, bits) refused alike)" if len(refusals) > 1 else ""
+            args.budget_note = f"note: a real run would refuse: {refusals[0]}{more}"
     backbone = args.backbone or (experiment.backbone if experiment else None)
     if backbone is not None:
         from bench.backbones import BACKBONES
@@ -201,7 +230,14 @@ def execute(args: argparse.Namespace) -> int:
         torch_threads=args.threads, onednn=args.onednn,
     )
     if args.dry_run:  # reads records, changes nothing
-        for run in plan_runs(specs, options):
+        budget_note = getattr(args, "budget_note", None)
+        if budget_note:
+            print(budget_note)
+        from bench.spec import budget_check_off
+
+        with budget_check_off() if budget_note else contextlib.nullcontext():
+            planned = plan_runs(specs, options)
+        for run in planned:
             state, why = run_state(run, options)
             if args.force and state == "done":
                 state = "redo"
