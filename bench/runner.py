@@ -73,7 +73,8 @@ def plan_runs(specs: list[RunSpec], options: RunOptions) -> list[PlannedRun]:
         config = resolve_config(spec, card)
         method = get_method(spec.method)
         task = Task(bits=spec.bits, num_classes=card.num_classes, multi_label=card.multi_label,
-                    seed=spec.seed, epochs=int(config["epochs"]), device=None)  # type: ignore[arg-type]
+                    seed=spec.seed, epochs=int(config["epochs"]), device=None,  # type: ignore[arg-type]
+                    pretrained=spec.pretrained)
         method.check(config, task)
         identifier = run_id(spec, config)
         path = record_path(options.results_dir, spec, identifier, options.runs_folder)

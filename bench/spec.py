@@ -5,8 +5,9 @@ The configuration a run trains with is resolved in one place, in this order (lat
      method's own parameters,
   2. the protocol: "native" applies the method's published training settings,
      "harmonised" applies one shared optimizer and schedule to every method, "tuned" is
-     harmonised plus the values `bench tune` chose for (card, method), read from the
-     committed setting bench/tuned/<card>.yaml (named, with its sha256, in the config),
+     harmonised plus the values `bench tune` chose for (card, method) at the run's bit length
+     and epoch budget, read from the committed setting bench/tuned/<card>.yaml (named, with its
+     sha256, in the config); a setting searched at another budget is refused (`tuned_entry`),
   3. the dataset card's schedule (epochs, eval_every) where 1-2 left them unset,
   4. explicit overrides (experiment files, `--set KEY=VALUE`, `--epochs`).
 The run's identity is a hash of the fully resolved configuration, the results version and
@@ -18,10 +19,12 @@ Which protocol a bare `bench run` uses is the card's choice (`default_protocol`)
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +42,10 @@ TUNED_ENV_VAR = "BENCH_TUNED_DIR"  # another folder of tuned settings (tests, ex
 # Config keys that describe where values came from, not values: kept out of the run id so
 # re-committing a setting with the same values does not orphan finished runs.
 PROVENANCE_KEYS = ("tuned_setting",)
+# Entries written before tuned settings were keyed by budget: every one was searched at 32 bits
+# and 30 epochs (bench/tuned/README.md), which is how an entry without bits or epochs is read.
+LEGACY_BUDGET = (32, 30)
+_BUDGET_CHECK = [True]  # False only inside `budget_check_off` (a dry run that lists old records)
 
 
 @dataclass(frozen=True)
@@ -184,9 +191,60 @@ class TunedSetting:
         except ValueError:
             return str(self.path)
 
-    def values(self, method: str) -> dict[str, Any] | None:
+    def entries(self, method: str) -> list[dict[str, Any]]:
+        """The method's entries, one per (bits, epochs) searched (a single mapping or a list)."""
         entry = self.methods.get(method)
-        return dict(entry["values"]) if entry else None
+        return [] if entry is None else list(entry) if isinstance(entry, list) else [entry]
+
+    def values(self, method: str) -> dict[str, Any] | None:
+        """Values of the method's first entry (any budget; `tuned_entry` picks by budget)."""
+        entries = self.entries(method)
+        return dict(entries[0]["values"]) if entries else None
+
+
+def entry_budget(entry: dict[str, Any]) -> tuple[int, int]:
+    """(bits, epochs) an entry was searched at; LEGACY_BUDGET where it does not say."""
+    bits, epochs = entry.get("bits"), entry.get("epochs")
+    return (int(bits) if bits is not None else LEGACY_BUDGET[0],
+            int(epochs) if epochs is not None else LEGACY_BUDGET[1])
+
+
+def transfer_checked(entry: dict[str, Any], bits: int) -> bool:
+    """The entry carries a passed transfer check to `bits`: its top configurations rerun at that
+    length on several seeds, the chosen one within the seeds' spread of the best there
+    (`transfer: {BITS: {within_spread: true, ...}}`)."""
+    check = (entry.get("transfer") or {}).get(bits) or (entry.get("transfer") or {}).get(str(bits))
+    return isinstance(check, dict) and check.get("within_spread") is True
+
+
+def tuned_entry(setting: TunedSetting, method: str, bits: int,
+                epochs: int) -> tuple[dict[str, Any] | None, str]:
+    """(entry, "") for the run's budget, or (None, why not) in one line: an entry applies at its
+    own (bits, epochs), or at other bits with the same epochs when it carries a transfer check."""
+    entries = setting.entries(method)
+    for entry in entries:
+        if entry_budget(entry) == (bits, epochs):
+            return entry, ""
+    for entry in entries:
+        if entry_budget(entry)[1] == epochs and transfer_checked(entry, bits):
+            return entry, ""
+    searched = ", ".join(f"{b} bits/{e} epochs" for b, e in sorted(entry_budget(x) for x in entries))
+    return None, (f"protocol tuned: {setting.shown_path} has values for '{method}' searched at "
+                  f"{searched}, not at this run's {bits} bits/{epochs} epochs (and no transfer check "
+                  f"to {bits} bits); search at this budget (python -m bench tune --methods {method} "
+                  f"--dataset {setting.path.stem} --bits {bits} --epochs {epochs} ...) or use "
+                  f"--protocol harmonised")
+
+
+@contextlib.contextmanager
+def budget_check_off() -> Iterator[None]:
+    """Let `resolve_config` apply a tuned entry searched at another budget, noting it in the
+    provenance (which is not part of the run id): only for listing existing records."""
+    _BUDGET_CHECK[0] = False
+    try:
+        yield
+    finally:
+        _BUDGET_CHECK[0] = True
 
 
 def tuned_dir() -> Path:
@@ -204,19 +262,24 @@ def load_tuned(card_name: str, path: Path | None = None) -> TunedSetting | None:
         return None
     raw = read_yaml(path)
     methods = raw.get("methods") if isinstance(raw, dict) else None
-    if not isinstance(methods, dict) or not all(
-        isinstance(e, dict) and isinstance(e.get("values"), dict) for e in methods.values()
-    ):
-        raise UserError(f"tuned setting {path} must map methods: {{METHOD: {{values: {{KEY: VALUE}}}}}}")
+    def well_formed(entry: Any) -> bool:
+        entries = entry if isinstance(entry, list) and entry else [entry]
+        return all(isinstance(e, dict) and isinstance(e.get("values"), dict) for e in entries)
+
+    if not isinstance(methods, dict) or not all(well_formed(e) for e in methods.values()):
+        raise UserError(f"tuned setting {path} must map methods: {{METHOD: {{values: {{KEY: VALUE}}, "
+                        f"bits: B, epochs: E}}}} (or a list of such entries)")
     if raw.get("dataset", card_name) != card_name:
         raise UserError(f"tuned setting {path} is for dataset '{raw.get('dataset')}', not '{card_name}'")
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     return TunedSetting(path=path, sha256=digest, methods={str(k): v for k, v in methods.items()})
 
 
-def tuned_values(card: DatasetCard, method: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(values, provenance for the record) of the tuned protocol for (card, method);
-    UserError naming the file when there is none."""
+def tuned_values(card: DatasetCard, method: str, bits: int | None = None,
+                 epochs: int | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(values, provenance for the record) of the tuned protocol for (card, method) at the
+    run's bits and epochs (both None: any entry); UserError naming the file when there is
+    none, and when the only entries were searched at another budget (see `tuned_entry`)."""
     setting = load_tuned(card.name)
     values = setting.values(method) if setting else None
     if setting is None or values is None:
@@ -227,9 +290,21 @@ def tuned_values(card: DatasetCard, method: str) -> tuple[dict[str, Any], dict[s
             f"{where} (tuned methods: {covered}); run `python -m bench tune --methods {method} "
             f"--dataset {card.name}` or use --protocol harmonised"
         )
-    entry = setting.methods[method]
-    return values, {"file": setting.shown_path, "sha256": setting.sha256, "method": method,
-                    "bits": entry.get("bits"), "trials": entry.get("trials"), "values": dict(values)}
+    entry, mismatch = (setting.entries(method)[0], "") if bits is None or epochs is None else (
+        tuned_entry(setting, method, bits, epochs))
+    if entry is None:
+        if _BUDGET_CHECK[0]:
+            raise UserError(mismatch)
+        entry = setting.entries(method)[0]
+    searched_bits, searched_epochs = entry_budget(entry)
+    provenance = {"file": setting.shown_path, "sha256": setting.sha256, "method": method,
+                  "bits": entry.get("bits"), "trials": entry.get("trials"),
+                  "values": dict(entry["values"])}
+    if bits is not None and epochs is not None:
+        provenance["searched_at"] = {"bits": searched_bits, "epochs": searched_epochs}
+        if mismatch:
+            provenance["budget_mismatch"] = mismatch
+    return dict(entry["values"]), provenance
 
 
 def card_protocol(card: DatasetCard) -> str:
@@ -249,12 +324,22 @@ def card_protocol(card: DatasetCard) -> str:
     return str(value)
 
 
-def default_protocol(card: DatasetCard, methods: list[str]) -> tuple[str, str]:
+def default_protocol(card: DatasetCard, methods: list[str], bits: list[int] | None = None,
+                     epochs: int | None = None) -> tuple[str, str]:
     """(protocol, why) for a run that names none. Tuned when the committed setting covers
-    every requested method (a table never mixes tuned and untuned methods), else the card's
-    own protocol; a card that asks for tuned without a covering setting gets harmonised."""
+    every requested method (a table never mixes tuned and untuned methods), at every bit length
+    and the epoch budget when given, else the card's own protocol; a card that asks for tuned
+    without a covering setting gets harmonised."""
     setting = load_tuned(card.name)
-    missing = [m for m in methods if setting is None or setting.values(m) is None]
+
+    def covered(method: str) -> bool:
+        if setting is None or setting.values(method) is None:
+            return False
+        if bits is None or epochs is None:
+            return True
+        return all(tuned_entry(setting, method, b, epochs)[0] is not None for b in bits)
+
+    missing = [m for m in methods if not covered(m)]
     if not missing:
         return "tuned", f"default: {setting.shown_path} covers {', '.join(methods)}"
     own = card_protocol(card)
@@ -274,7 +359,7 @@ def resolve_config(spec: RunSpec, card: DatasetCard | None = None) -> dict[str, 
     config = {key: param.default for key, param in params.items()}
     config.update(method.native if spec.protocol == "native" else HARMONISED)
     if spec.protocol == "tuned":
-        values, provenance = tuned_values(card, spec.method)
+        values, provenance = tuned_values(card, spec.method, spec.bits, run_epochs(spec, config, card))
         where = f"tuned setting {provenance['file']} ({spec.method})"
         for key, raw in values.items():
             if key not in params:
@@ -288,11 +373,23 @@ def resolve_config(spec: RunSpec, card: DatasetCard | None = None) -> dict[str, 
         if key not in params:
             continue  # a sweep's override for another method in the same sweep
         config[key] = coerce_value(key, raw, params[key], f"method {spec.method}")
+    config = method.resolve_rules(config, spec.pretrained)
     if config["epochs"] is None:
         raise UserError(f"no epoch count: set --epochs or schedule.epochs in {card.path}")
     if config["eval_every"] is None:
         config["eval_every"] = max(1, int(config["epochs"]) // 5)
     return config
+
+
+def run_epochs(spec: RunSpec, config: dict[str, Any], card: DatasetCard) -> int | None:
+    """The epoch budget the run will have (an override, else the protocol's, else the card's),
+    known before the tuned values are chosen for it."""
+    params = method_params(get_method(spec.method))
+    for key, raw in spec.overrides:
+        if key == "epochs":
+            return coerce_value(key, raw, params[key], f"method {spec.method}")
+    value = config.get("epochs")
+    return int(value) if value is not None else card.schedule.get("epochs")
 
 
 def resolved_backbone(spec: RunSpec, card: DatasetCard | None = None) -> str:

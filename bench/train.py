@@ -204,6 +204,11 @@ class RunContext:
         backbone = backbone.to(self.device)
         return self.numerics.module(backbone) if self.numerics is not None else backbone
 
+    def new_optimizer(self, backbone: torch.nn.Module, head: torch.nn.Module,
+                      epochs: int) -> tuple[torch.optim.Optimizer, Any]:
+        """The run's optimizer and schedule for another network (see `stage_optimizer`)."""
+        return stage_optimizer(backbone, head, self.config, epochs)
+
     def train_batches(
         self, generator: torch.Generator, batch_size: int | None = None
     ) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
@@ -220,10 +225,17 @@ def build_optimizer(model: HashNetwork, config: dict[str, Any],
     lr = float(config["lr"])
     decay = float(config["weight_decay"])
     owned = method.parameter_groups(lr, decay) if method is not None else []
+    return _optimizer(model.backbone, model.hash_layer, owned, config)
+
+
+def _optimizer(backbone: torch.nn.Module, head: torch.nn.Module, owned: list[dict[str, Any]],
+               config: dict[str, Any]) -> torch.optim.Optimizer:
+    lr = float(config["lr"])
+    decay = float(config["weight_decay"])
     groups = [
-        {"params": list(model.backbone.parameters()), "lr": lr * float(config["backbone_lr_scale"])},
+        {"params": list(backbone.parameters()), "lr": lr * float(config["backbone_lr_scale"])},
         *owned,
-        {"params": list(model.hash_layer.parameters()), "lr": lr},
+        {"params": list(head.parameters()), "lr": lr},
     ]
     name = config["optimizer"]
     if name == "adam":
@@ -233,6 +245,15 @@ def build_optimizer(model: HashNetwork, config: dict[str, Any],
         return torch.optim.SGD(groups, lr=lr, momentum=float(config["momentum"]), weight_decay=decay)
     # RMSprop without momentum, as in the CSQ re-implementation whose defaults it serves.
     return torch.optim.RMSprop(groups, lr=lr, weight_decay=decay)
+
+
+def stage_optimizer(backbone: torch.nn.Module, head: torch.nn.Module, config: dict[str, Any],
+                    epochs: int) -> tuple[torch.optim.Optimizer, Any]:
+    """The run's optimizer and schedule for a network other than the hash network (a method's
+    own stage, e.g. SHC's classifier), its schedule spread over `epochs`."""
+    settings = {**config, "epochs": int(epochs)}
+    optimizer = _optimizer(backbone, head, [], settings)
+    return optimizer, build_scheduler(optimizer, settings)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, config: dict[str, Any]):
@@ -282,6 +303,18 @@ def center_semantics(centers: np.ndarray, similarity: np.ndarray) -> dict[str, f
     if len(a) < 3 or np.std(a) == 0 or np.std(b) == 0:
         return {"pearson": float("nan"), "spearman": float("nan")}
     return {"pearson": float(pearsonr(a, b)[0]), "spearman": float(spearmanr(a, b)[0])}
+
+
+def code_ties(codes: np.ndarray) -> dict[str, Any]:
+    """How many distinct sign codes the database holds and how large its groups of identical
+    codes are: a classify-then-hash ranking has at most C codes, so its order within a tie
+    group is arbitrary (what the tie-aware mAP accounts for)."""
+    signs = np.asarray(codes) > 0
+    _, counts = np.unique(np.packbits(signs, axis=1), axis=0, return_counts=True)
+    total = int(counts.sum())
+    return {"items": total, "distinct": int(len(counts)),
+            "mean_tie_group_size": round(total / max(1, len(counts)), 4),  # per group
+            "mean_tie_group_size_per_item": round(float((counts**2).sum()) / max(1, total), 4)}
 
 
 def _rounded(values: list[float | None]) -> list[float | None]:
@@ -338,7 +371,8 @@ def _train_and_evaluate(
     config = resolve_config(spec, card)
     method_cls = get_method(spec.method)
     task = Task(bits=spec.bits, num_classes=card.num_classes, multi_label=card.multi_label,
-                seed=spec.seed, epochs=int(config["epochs"]), device=torch_device)
+                seed=spec.seed, epochs=int(config["epochs"]), device=torch_device,
+                pretrained=spec.pretrained)
     method_cls.check(config, task)
 
     source = open_dataset(card, data_root)
@@ -485,7 +519,7 @@ def _train_and_evaluate(
     metrics["per_query_ap_tie_aware"] = _rounded(metrics.pop("ap_tie_aware_per_query"))
     timings["evaluate"] = time.perf_counter() - eval_start
 
-    extras: dict[str, Any] = {}
+    extras: dict[str, Any] = {"database_codes": code_ties(db_codes)}
     centers = selected_method.class_centers()
     if centers is not None:
         train_features = encode(model, source, split.train, torch_device, features=True,

@@ -6,9 +6,12 @@ Each method declares its search space next to its params, as a ClassVar
   ("int", low, high)    integer, uniform        ("choice", (a, b, ...)) one of the values.
 Every method gets the same number of trials at one bit length and seed 0, scored on the
 validation metric only (the run record's `selection.best_val_mAP`); the test metrics each
-record also holds are never read. Trial 0 is the method's harmonised default (when it lies in
-the space), so the tuned value is never worse than the default on validation, and the
-default's score is kept beside the tuned one.
+record also holds are never read. Trial 0 is the method's harmonised default with rule defaults
+resolved for the card's C and the study's K (e.g. OrthoHash's s = sqrt(K)), so the tuned value
+is never worse than the default on validation, and the default's score is kept beside the tuned
+one. Knobs several methods share are searched on one range (`methods.base.SHARED_SEARCH`).
+A chosen value within EDGE_FRACTION of a range edge that is not a hard bound is an edge hit
+(`edge_hits`): the range is widened (`widen`) and every method runs the same extra trials.
 
 Trials are normal runs (harmonised protocol plus the trial's values as overrides) executed by
 `bench.runner.execute_runs`, so every trial is a run record and a trial whose record exists is
@@ -27,6 +30,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import hashlib
+import json
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -38,15 +43,17 @@ import yaml
 
 from bench.data import DatasetCard
 from bench.errors import UserError
-from bench.spec import RunSpec, load_tuned, method_params, tuned_path
+from bench.spec import RunSpec, entry_budget, load_tuned, method_params, tuned_path
 from methods import get_method
-from methods.base import HARMONISED, HashMethod
+from methods.base import HARD_EDGES, HARMONISED, HashMethod, Task
 
 SPACE_KINDS = ("log", "float", "int", "choice")
 DEFAULT_SEARCH_SPACE: dict[str, tuple] = {"lr": ("log", 1e-4, 3e-3)}
 BASE_PROTOCOL = "harmonised"
 TRIALS_FOLDER = "tuning/runs"  # trial records, under the results directory, apart from the tables
 N_STARTUP_TRIALS = 5  # TPE's random start: with 12 trials, 5 random (incl. the default) + 7 guided
+EDGE_FRACTION = 0.05  # within 5 % of the range (in the knob's scale) of an edge: widen it
+MIN_TRIALS, MANY_KNOB_TRIALS = 12, 24  # R5: 24 trials for all when any method searches 3+ knobs
 OBJECTIVE = "selection.best_val_mAP of each trial's record (validation only; its test mAP is never read)"
 
 
@@ -93,23 +100,100 @@ def suggest(trial: Any, space: dict[str, tuple]) -> dict[str, Any]:
     return values
 
 
-def default_point(method: str, space: dict[str, tuple]) -> dict[str, Any] | None:
-    """The harmonised protocol's value of every searched key, when all lie in the space."""
+def representative_task(bits: int = 32, num_classes: int = 10, multi_label: bool = False) -> Task:
+    """A task to resolve rule defaults with when no study is at hand (32 bits, 10 classes)."""
+    return Task(bits=bits, num_classes=num_classes, multi_label=multi_label, seed=0, epochs=1,
+                device=None)  # type: ignore[arg-type]
+
+
+def resolved_defaults(method: str, space: dict[str, tuple], task: Task | None = None) -> dict[str, Any]:
+    """The harmonised protocol's value of every searched key, rule defaults (None, "sqrt_k",
+    "10/K"...) resolved to numbers for the task's C and K."""
     cls = get_method(method)
+    task = task or representative_task()
     defaults = {key: param.default for key, param in method_params(cls).items()}
     defaults.update(HARMONISED)
-    point = {}
+    return {key: cls.resolve_default(key, defaults.get(key), task) for key in space}
+
+
+def outside(space: dict[str, tuple], point: dict[str, Any]) -> list[str]:
+    """The keys of `point` whose value lies outside its range in `space`."""
+    keys = []
     for key, spec in space.items():
-        value = defaults.get(key)
+        value = point.get(key)
         if spec[0] == "choice":
             ok = value in spec[1]
         else:
             number = isinstance(value, (int, float)) and not isinstance(value, bool)
             ok = number and spec[1] <= value <= spec[2]
         if not ok:
-            return None
-        point[key] = value
+            keys.append(key)
+    return keys
+
+
+def default_point(method: str, space: dict[str, tuple], task: Task | None = None) -> dict[str, Any]:
+    """Trial 0 of every study: the resolved default. A default outside its range (a method
+    whose rule gives a value no other method has, e.g. CRH's lambda_q 0 on multi-label data)
+    is put at the nearest edge, and `outside` names it for the study's record."""
+    point = resolved_defaults(method, space, task)
+    for key in outside(space, point):
+        spec = space[key]
+        value = point[key]
+        if spec[0] == "choice" or not isinstance(value, (int, float)):
+            point[key] = spec[1][0] if spec[0] == "choice" else spec[1]
+        else:
+            point[key] = min(max(value, spec[1]), spec[2])
     return point
+
+
+def edge_hits(values: dict[str, Any], space: dict[str, tuple]) -> list[tuple[str, str]]:
+    """(key, "low" | "high") for each chosen value within EDGE_FRACTION of an edge, measured
+    in the knob's scale (log10 for log ranges); hard bounds (HARD_EDGES) are exempt."""
+    hits = []
+    for key, spec in space.items():
+        if spec[0] not in ("log", "float", "int") or key not in values:
+            continue
+        low, high, value = float(spec[1]), float(spec[2]), float(values[key])
+        if spec[0] == "log":
+            low, high, value = math.log10(low), math.log10(high), math.log10(value)
+        margin = EDGE_FRACTION * (high - low)
+        hard_low, hard_high = HARD_EDGES.get(key, (None, None))
+        if value <= low + margin and not (hard_low is not None and float(spec[1]) <= hard_low):
+            hits.append((key, "low"))
+        elif value >= high - margin and not (hard_high is not None and float(spec[2]) >= hard_high):
+            hits.append((key, "high"))
+    return hits
+
+
+def widen(space: dict[str, tuple], hits: list[tuple[str, str]]) -> dict[str, tuple]:
+    """The space with each hit edge moved out: x3 (or /3) on a log range, by half the range
+    on a linear one, never past a hard bound."""
+    wider = dict(space)
+    for key, side in hits:
+        kind, low, high = space[key]
+        if kind == "log":
+            low, high = (low / 3, high) if side == "low" else (low, high * 3)
+        else:
+            step = (high - low) / 2
+            low, high = (low - step, high) if side == "low" else (low, high + step)
+            hard_low, hard_high = HARD_EDGES.get(key, (None, None))
+            low = max(low, hard_low) if hard_low is not None else low
+            high = min(high, hard_high) if hard_high is not None else high
+            if kind == "int":
+                low, high = math.floor(low), math.ceil(high)
+        wider[key] = (kind, low, high)
+    return wider
+
+
+def knob_counts(methods: list[str]) -> dict[str, int]:
+    """How many settings each method's search varies (reported beside its tuned table)."""
+    return {method: len(search_space(method)) for method in methods}
+
+
+def trial_budget(methods: list[str]) -> int:
+    """R5: the same trial count for all, 12, or 24 when any method searches 3 or more knobs."""
+    counts = knob_counts(methods)
+    return MANY_KNOB_TRIALS if counts and max(counts.values()) >= 3 else MIN_TRIALS
 
 
 def space_for_yaml(space: dict[str, tuple]) -> dict[str, list]:
@@ -117,8 +201,15 @@ def space_for_yaml(space: dict[str, tuple]) -> dict[str, list]:
             for key, spec in space.items()}
 
 
-def study_name(card: str, method: str, bits: int) -> str:
-    return f"{card}-{method}-{bits}b"
+def study_name(card: str, method: str, bits: int, epochs: int | None = None,
+               space: dict[str, tuple] | None = None) -> str:
+    """<card>-<method>-<bits>b[-<epochs>e-<space digest>]: a search at another epoch budget or
+    on other ranges is another study (studies from before budgets were keyed keep their name)."""
+    name = f"{card}-{method}-{bits}b"
+    if epochs is None or space is None:
+        return name
+    digest = hashlib.sha256(json.dumps(space_for_yaml(space), sort_keys=True).encode()).hexdigest()
+    return f"{name}-{epochs}e-{digest[:6]}"
 
 
 @dataclass
@@ -200,7 +291,8 @@ def tune_method(method: str, request: TuneRequest, options: Any,
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     space = search_space(method)
-    name = study_name(request.card.name, method, request.bits)
+    epochs = request.epochs if request.epochs is not None else request.card.schedule.get("epochs")
+    name = study_name(request.card.name, method, request.bits, epochs, space)
     folder = Path(options.results_dir) / "tuning"
     options = dataclasses.replace(options, runs_folder=TRIALS_FOLDER)
     storage_path = folder / f"{name}.db"
@@ -210,9 +302,13 @@ def tune_method(method: str, request: TuneRequest, options: Any,
             load_if_exists=True, sampler=optuna.samplers.TPESampler(seed=request.seed),
         )
         if not study.trials:
-            point = default_point(method, space)
-            if point is not None:
-                study.enqueue_trial(point, user_attrs={"default": True})
+            card = request.card
+            task = Task(bits=request.bits, num_classes=card.num_classes, multi_label=card.multi_label,
+                        seed=request.seed, epochs=request.epochs or card.schedule.get("epochs") or 1,
+                        device=None)  # type: ignore[arg-type]
+            point = default_point(method, space, task)
+            moved = outside(space, resolved_defaults(method, space, task))
+            study.enqueue_trial(point, user_attrs={"default": True, "default_moved_to_edge": moved})
         finished = (TrialState.COMPLETE, TrialState.FAIL)
         new_trials = 0
         while True:
@@ -269,6 +365,11 @@ def tune_method(method: str, request: TuneRequest, options: Any,
         best_value=float(best.value), best_trial=best.number, best_run_id=best_run.run_id,
         default_value=float(defaults[0].value) if defaults else None, finished=len(budget),
         failed=len(budget) - len(complete), new_trials=new_trials,
+        extra={"default_point": dict(trials[0].params) if trials else None,
+               "default_moved_to_edge": list(trials[0].user_attrs.get("default_moved_to_edge", []))
+               if trials else [],
+               "edge_hits": [list(hit) for hit in edge_hits(dict(best.params), space)],
+               "knobs": len(space)},
     )
 
 
@@ -285,8 +386,12 @@ def write_setting(path: Path | None, request: TuneRequest, outcomes: list[TuneOu
     existing = load_tuned(card, path)
     methods: dict[str, Any] = dict(existing.methods) if existing else {}
     code = code_version()
+    epochs = request.epochs if request.epochs is not None else request.card.schedule.get("epochs")
     for result in outcomes:
-        methods[result.method] = {
+        # One entry per (bits, epochs): a search at another budget is kept beside this one.
+        kept = [e for e in (existing.entries(result.method) if existing else [])
+                if entry_budget(e) != (request.bits, epochs)]
+        entry = {
             "values": {k: (float(v) if isinstance(v, float) else v) for k, v in result.values.items()},
             "best_val_mAP": round(result.best_value, 6),
             "default_val_mAP": None if result.default_value is None else round(result.default_value, 6),
@@ -296,7 +401,11 @@ def write_setting(path: Path | None, request: TuneRequest, outcomes: list[TuneOu
             "failed_trials": result.failed,
             "search_space": space_for_yaml(result.space),
             "bits": request.bits,
-            "epochs": request.epochs if request.epochs is not None else request.card.schedule.get("epochs"),
+            "epochs": epochs,
+            "knobs": result.extra.get("knobs"),
+            "default_point": result.extra.get("default_point"),
+            "default_moved_to_edge": result.extra.get("default_moved_to_edge"),
+            "edge_hits": result.extra.get("edge_hits"),
             "seed": request.seed,
             "split_seed": request.split_seed,
             "base_protocol": BASE_PROTOCOL,
@@ -310,6 +419,8 @@ def write_setting(path: Path | None, request: TuneRequest, outcomes: list[TuneOu
                      "results_version": code.get("results_version")},
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
+        entries = sorted([*kept, entry], key=entry_budget)
+        methods[result.method] = entries[0] if len(entries) == 1 else entries
     payload = {"dataset": card, "methods": dict(sorted(methods.items()))}
     header = (f"# Tuned setting for dataset card '{card}', written by `python -m bench tune`.\n"
               "# `bench run --protocol tuned` = harmonised protocol + each method's `values`.\n"

@@ -10,14 +10,17 @@ a method is added, and this package never imports the loop: what a hook sees is 
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from bench.errors import UserError
 from methods.context import Batch, Param, Task, TrainContext
 
-__all__ = ["HARMONISED", "TRAINING_PARAMS", "Batch", "HashMethod", "Param", "Task", "TrainContext"]
+__all__ = ["HARMONISED", "SCALE_RULES", "SHARED_SEARCH", "TRAINING_PARAMS", "Batch", "HashMethod",
+           "Param", "Task", "TrainContext", "cosine_scale"]
 
 # Training settings every method has. A method's `native` dict replaces some of these with
 # its paper's values; the "harmonised" protocol replaces them with one shared set.
@@ -53,6 +56,43 @@ HARMONISED: dict[str, Any] = {
     "batch_size": 128,
 }
 
+# One search range per knob that several methods share (issue 26, spec R2), so that no method
+# can reach a value another cannot: the cosine scale s (CRH, OrthoHash, MDS), the cosine margin
+# m (CRH, OrthoHash), the quantization weight (CSQ, SHC, MDS, CRH) and the learning rate (all).
+# Every official default, resolved for C in {10..555} and K in {16, 32, 64}, lies inside.
+SHARED_SEARCH: dict[str, tuple] = {
+    "lr": ("log", 1e-4, 1e-2),
+    "scale": ("log", 1.0, 16.0),
+    "margin": ("float", 0.0, 1.0),
+    "lambda_q": ("log", 1e-5, 1.0),
+}
+# Hard bounds: edges a value cannot pass (a negative margin is another loss), exempt from the
+# edge-widening rule of the tuner.
+HARD_EDGES: dict[str, tuple[float | None, float | None]] = {"margin": (0.0, None)}
+
+# Named rules for a cosine-softmax scale s: sqrt(K) (OrthoHash's supplement Table 1, MDS) and
+# the AdaCos fixed scale sqrt(2) ln(C - 1) (OrthoHash's supplement D.2, CRH's default).
+SCALE_RULES = ("sqrt_k", "adacos")
+
+
+def cosine_scale(value: Any, bits: int, classes: int, default: str) -> tuple[float, str]:
+    """(s, rule) for a `scale` setting: None (the method's `default` rule), a rule name from
+    SCALE_RULES, or a positive number. sqrt(2) ln(C-1) vanishes at C = 2; two classes use C = 3."""
+    rule = default if value is None else value
+    if rule == "sqrt_k":
+        return math.sqrt(bits), "sqrt(K)"
+    if rule == "adacos":
+        return math.sqrt(2) * math.log(max(classes - 1, 2)), (
+            "sqrt(2)*ln(C-1)" if classes > 2 else "sqrt(2)*ln(2) (C=2: ln(C-1)=0)")
+    try:
+        number = float(rule)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if isinstance(rule, bool) or not number > 0 or not math.isfinite(number):
+        raise UserError(f"scale={value!r} is not valid; give a positive number or one of "
+                        f"{', '.join(SCALE_RULES)} (default: {default})")
+    return number, "set"
+
 
 class HashMethod:
     """Base class. Subclasses set the ClassVars and implement `loss`; hooks are optional.
@@ -71,7 +111,7 @@ class HashMethod:
     # What `bench tune` searches, next to the defaults it starts from: setting -> (scale, low,
     # high) with scale "log" / "float" / "int", or ("choice", (values...)). The learning rate is
     # searched for every method so that each gets the same budget on the same knob.
-    search_space: ClassVar[dict[str, tuple]] = {"lr": ("log", 1e-4, 3e-3)}
+    search_space: ClassVar[dict[str, tuple]] = {"lr": SHARED_SEARCH["lr"]}
     # Set to True to receive the sign codes and labels of every training sample seen in the
     # epoch at `on_epoch_end` (collected during the training pass: no extra forward pass).
     collects_codes: ClassVar[bool] = False
@@ -84,6 +124,19 @@ class HashMethod:
         self.config = config
         self.task = task
         self.owned = nn.ModuleDict()
+
+    @classmethod
+    def resolve_rules(cls, config: dict[str, Any], pretrained: bool) -> dict[str, Any]:
+        """Settings whose value follows from the run itself (e.g. HCLM's similarity features
+        from whether the backbone is pretrained), fixed when the configuration is built so that
+        the run id and the record carry the value used. Default: nothing to resolve."""
+        return config
+
+    @classmethod
+    def resolve_default(cls, key: str, value: Any, task: Task) -> Any:
+        """The concrete number behind a rule-valued setting (e.g. scale None -> sqrt(K)), so the
+        tuner can start every study from the resolved default; other values pass unchanged."""
+        return value
 
     @classmethod
     def check(cls, config: dict[str, Any], task: Task) -> None:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.errors import UserError
-from methods.base import HARMONISED, HashMethod, Param, Task, TrainContext
+from methods.base import HARMONISED, SHARED_SEARCH, HashMethod, Param, Task, TrainContext
 from methods.centers import (
     bernoulli_centers,
     hadamard_centers,
@@ -72,7 +72,7 @@ class ClassifyThenHash(HashMethod):
     # used Adam 1e-3 with cosine annealing, the harmonised optimizer).
     native = dict(HARMONISED)
     native_source = "not a published method (reference row): harmonised settings"
-    search_space = {"lr": ("log", 1e-4, 3e-3)}
+    search_space = {"lr": SHARED_SEARCH["lr"]}
     retrieval_output = ("±1 center of the class predicted by the owned linear classifier on the "
                         "backbone features (multi-label: CSQ-composed center of the predicted set, "
                         "logit > 0, else top-1); the shared hash layer is unused")

@@ -36,6 +36,8 @@ class Task:
     seed: int
     epochs: int
     device: torch.device
+    # A pretrained backbone: methods that measure class similarity on features (HCLM) use it.
+    pretrained: bool = False
 
 
 @dataclass
@@ -76,6 +78,12 @@ class TrainContext(Protocol):
     def log(self, name: str, value: float | torch.Tensor) -> None: ...
 
     def new_backbone(self) -> nn.Module: ...
+
+    def new_optimizer(self, backbone: nn.Module, head: nn.Module,
+                      epochs: int) -> tuple[torch.optim.Optimizer, Any]:
+        """The run's optimizer and lr schedule (its protocol's settings) for another network, with
+        the schedule spread over `epochs` (SHC's stage-1 classifier trains as its stage 3)."""
+        ...
 
     def train_batches(
         self, generator: torch.Generator, batch_size: int | None = None

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.errors import UserError
-from methods.base import HashMethod, Param, Task, TrainContext
+from methods.base import SHARED_SEARCH, HashMethod, Param, Task, TrainContext, cosine_scale
 from methods.centers import assignment_cost, compose_centers, head_width, random_codebook, reassign_heads
 
 PAPER_EPOCHS = 300  # single-label schedule the cadence defaults (20 warm-up, every 5th) refer to
@@ -47,6 +47,11 @@ def quantization_loss(h: torch.Tensor) -> torch.Tensor:
     return (torch.tanh(h).abs() - 1).pow(2).mean()
 
 
+def default_lambda_q(task: Task) -> float:
+    """The spec's quantization weight: 0.1 single-label, 0 multi-label (crh.md)."""
+    return 0.0 if task.multi_label else 0.1
+
+
 def resolve_settings(config: dict[str, Any], task: Task) -> dict[str, Any]:
     """The concrete values behind every `None` ("default rule") option, validated. Raises a
     one-line UserError naming the values and a valid alternative for impossible settings."""
@@ -71,18 +76,9 @@ def resolve_settings(config: dict[str, Any], task: Task) -> dict[str, Any]:
             f"heads={heads}); use 0 to disable it"
         )
     margin = float(config["margin"])
-    if config["scale"] is None:
-        # sqrt(2) ln(C - 1) vanishes at C = 2 (no gradient); two classes use the C = 3 value.
-        scale = math.sqrt(2) * math.log(max(classes - 1, 2))
-        scale_rule = "sqrt(2)*ln(C-1)" if classes > 2 else "sqrt(2)*ln(2) (C=2: ln(C-1)=0)"
-    else:
-        scale, scale_rule = float(config["scale"]), "set"
-    if not scale > 0:
-        raise UserError(f"scale={config['scale']} must be positive (default: sqrt(2)*ln(C-1))")
-    if config["lambda_q"] is None:
-        lambda_q = 0.0 if task.multi_label else 0.1
-    else:
-        lambda_q = float(config["lambda_q"])
+    # sqrt(2) ln(C - 1) vanishes at C = 2 (no gradient); two classes use the C = 3 value.
+    scale, scale_rule = cosine_scale(config["scale"], bits, classes, "adacos")
+    lambda_q = default_lambda_q(task) if config["lambda_q"] is None else float(config["lambda_q"])
     if lambda_q < 0:
         raise UserError(f"lambda_q={lambda_q} must be >= 0 (default 0.1 single-label, 0 multi-label)")
     epoch_scale = task.epochs / PAPER_EPOCHS
@@ -117,7 +113,8 @@ class CRH(HashMethod):
         "heads": Param(None, "number of heads H (None: smallest d | K with 2^d >= M, H = K/d)",
                        source=f"{_paper}: H <= K / log2 M"),
         "margin": Param(0.2, "cosine margin m", source=_paper),
-        "scale": Param(None, "logit scale s (None: sqrt(2) ln(C-1); C=2 uses sqrt(2) ln 2)",
+        "scale": Param(None, "logit scale s: a number, adacos (sqrt(2) ln(C-1); C=2 uses sqrt(2) ln 2) "
+                       "or sqrt_k; None: adacos",
                        source="fixed AdaCos scale; spec crh.md"),
         "lambda_q": Param(None, "quantization weight (None: 0.1 single-label, 0 multi-label)",
                           source=_paper),
@@ -132,7 +129,8 @@ class CRH(HashMethod):
         "codebook_min_distance": Param(0, "min Hamming distance between a head's codewords (ablation)",
                                        source="inferred (not in the paper); 0 = distinct only"),
     }
-    search_space = {"lr": ("log", 1e-4, 3e-3), "margin": ("float", 0.0, 0.5)}  # bench tune
+    # bench tune: the shared ranges of the knobs CRH shares with OrthoHash, MDS, CSQ and SHC.
+    search_space = {key: SHARED_SEARCH[key] for key in ("lr", "margin", "scale", "lambda_q")}
     native = {"optimizer": "adam", "lr": 1e-4, "beta1": 0.5, "beta2": 0.999, "weight_decay": 1e-5,
               "lr_schedule": "cosine", "lr_min": 1e-7, "batch_size": 128}
     native_source = (
@@ -140,6 +138,14 @@ class CRH(HashMethod):
         "cosine annealing to 1e-7, batch 128"
     )
     collects_codes = True
+
+    @classmethod
+    def resolve_default(cls, key: str, value: Any, task: Task) -> Any:
+        if key == "scale":
+            return cosine_scale(value, task.bits, task.num_classes, "adacos")[0]
+        if key == "lambda_q" and value is None:
+            return default_lambda_q(task)
+        return value
 
     @classmethod
     def check(cls, config: dict[str, Any], task: Task) -> None:

@@ -29,7 +29,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from methods.base import HashMethod, Param, Task
+from bench.errors import UserError
+from methods.base import SHARED_SEARCH, HashMethod, Param, Task
 
 # Reference epoch schedule of the epoch-form continuation (DeepHash-pytorch HashNet config:
 # step_continuation 20, 150 epochs).
@@ -52,6 +53,22 @@ def epoch_beta(epoch: int, step: int) -> float:
 def default_epoch_step(epochs: int) -> int:
     """E = 20 of a 150-epoch schedule, scaled to `epochs` epochs (at least 1)."""
     return max(1, round(REFERENCE_EPOCH_STEP * int(epochs) / REFERENCE_EPOCHS))
+
+
+ALPHA_RULE = "10/K"  # thuml/HashNet pytorch/src/train.py: sigmoid_param = 10 / bit
+
+
+def resolve_alpha(value: Any, bits: int) -> float:
+    """alpha as a number: the rule "10/K" (the authors' code) or a positive number."""
+    if value == ALPHA_RULE:
+        return 10.0 / bits
+    try:
+        alpha = float(value)
+    except (TypeError, ValueError):
+        alpha = float("nan")
+    if isinstance(value, bool) or not alpha > 0 or not math.isfinite(alpha):
+        raise UserError(f"hashnet: alpha={value!r} is not valid; give a positive number or {ALPHA_RULE}")
+    return alpha
 
 
 def hashnet_pair_loss(u: torch.Tensor, labels: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -78,7 +95,7 @@ class HashNet(HashMethod):
     params = {
         "alpha": Param(0.1, "scale of the inner product in the pair sigmoid sigma(alpha <u_i, u_j>)",
                        source="HashNet paper / DeepHash-pytorch config (alpha 0.1); the authors' "
-                              "PyTorch code uses 10 / K instead (set alpha accordingly)"),
+                              "PyTorch code uses 10 / K, the native protocol's value (alpha: 10/K)"),
         "continuation": Param("iteration", "how beta grows: iteration (paper), epoch "
                               "(DeepHash-pytorch form) or none (beta = 1, ablation)",
                               choices=("iteration", "epoch", "none"),
@@ -94,29 +111,35 @@ class HashNet(HashMethod):
     # The authors' PyTorch release (github.com/thuml/HashNet, pytorch/src/train.py), whose
     # continuation (iteration form) is this method's default: SGD, momentum 0.9, weight decay
     # 5e-4, backbone lr 3e-4 and hash layer 10x that (3e-3), lr x0.5 every 2000 of 10000
-    # iterations (= every 20% of training), two 36-image streams per step (batch 72). The
+    # iterations (= every 20% of training), two 36-image streams per step (batch 72), pair sigmoid
+    # alpha = 10 / K (`sigmoid_param`; 0.625 at 16 bits). The
     # loop's SGD has no Nesterov term (the authors' code sets nesterov=True).
-    search_space = {"lr": ("log", 1e-4, 3e-3), "alpha": ("log", 0.01, 1.0)}  # bench tune
+    search_space = {"lr": SHARED_SEARCH["lr"], "alpha": ("log", 0.01, 1.0)}  # bench tune
     native = {"optimizer": "sgd", "lr": 3e-3, "backbone_lr_scale": 0.1, "momentum": 0.9,
               "weight_decay": 5e-4, "batch_size": 72, "lr_schedule": "step", "lr_step_at": 0.2,
-              "lr_gamma": 0.5}
+              "lr_gamma": 0.5, "alpha": ALPHA_RULE}
     native_source = (
         "authors' PyTorch release thuml/HashNet (the paper's own code, chosen over the RMSprop lr "
         "1e-5 / batch 64 of DeepHash-pytorch because it matches the paper's iteration continuation "
         "and SGD fine-tuning): SGD momentum 0.9 (no Nesterov here), weight decay 5e-4, hash layer "
-        "lr 3e-3 = 10x backbone lr 3e-4, lr x0.5 every 20% of training, batch 72 (2 x 36)"
+        "lr 3e-3 = 10x backbone lr 3e-4, lr x0.5 every 20% of training, batch 72 (2 x 36), "
+        "alpha = 10 / K"
     )
 
     def __init__(self, config: dict[str, Any], task: Task) -> None:
         super().__init__(config, task)
         step = config.get("beta_epoch_step")
         self.epoch_step = int(step) if step is not None else default_epoch_step(task.epochs)
+        self.alpha = resolve_alpha(config["alpha"], task.bits)
         self.beta = 1.0
 
     @classmethod
-    def check(cls, config: dict[str, Any], task: Task) -> None:
-        from bench.errors import UserError
+    def resolve_default(cls, key: str, value: Any, task: Task) -> Any:
+        return resolve_alpha(value, task.bits) if key == "alpha" else value
 
+    @classmethod
+    def check(cls, config: dict[str, Any], task: Task) -> None:
+        resolve_alpha(config["alpha"], task.bits)
         step = config.get("beta_epoch_step")
         if step is not None and (not isinstance(step, int) or isinstance(step, bool) or step < 1):
             raise UserError(f"hashnet: beta_epoch_step={step!r} must be a positive integer (or unset)")
@@ -136,11 +159,11 @@ class HashNet(HashMethod):
         self.beta = self.current_beta(ctx.step, ctx.epoch)
         ctx.log("beta", self.beta)
         u = torch.tanh(self.beta * h)
-        return hashnet_pair_loss(u, labels, float(self.config["alpha"]))
+        return hashnet_pair_loss(u, labels, self.alpha)
 
     def on_epoch_end(self, epoch: int, codes: Any, labels: Any, ctx: Any) -> dict[str, Any]:
         return {"beta": self.beta}
 
     def record(self) -> dict[str, Any]:
-        return {"continuation": self.config["continuation"], "final_beta": self.beta,
+        return {"continuation": self.config["continuation"], "final_beta": self.beta, "alpha": self.alpha,
                 "beta_epoch_step": self.epoch_step if self.config["continuation"] == "epoch" else None}

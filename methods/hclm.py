@@ -15,11 +15,12 @@ Fixed proxies, built once in `setup` (all seeded):
    random assignment, each time taking the swap that lowers sum_{i != j} s_ij (1 - w_i.w_j / K)
    most, until no swap lowers it. Single-label s_ij = exp(-|u_i - u_j|^2 / (2 kappa^2)) from
    class means u (kappa = the mean distance between class means). The paper's u are
-   pretrained backbone features; these runs train from scratch, so what stands in is a setting:
-   `similarity_features: pixels` (default) uses the class means of the training images
-   (average-pooled to at most 16 x 16 per channel, unaugmented), `backbone` the features of
-   the run's backbone before training (the paper's choice when the run is pretrained; random
-   features from scratch). Multi-label s_ij = Dice co-occurrence of tags i and j in the
+   pretrained backbone features. `similarity_features: auto` (default) resolves, when the run's
+   configuration is built, to `backbone` when the run is pretrained (the paper's choice: the
+   features of the run's backbone before training) and to `pixels` otherwise (random features
+   from scratch mean nothing; the class means of the training images, average-pooled to at
+   most 16 x 16 per channel, unaugmented, stand in); the record keeps the resolved value.
+   Multi-label s_ij = Dice co-occurrence of tags i and j in the
    training labels, 2 n_ij / (n_i + n_j).
 Loss: nu = tanh(h), logits = nu W^T (no scale, no margin, no quantization). Single-label:
 softmax cross-entropy. Multi-label: balanced BCE over tags, positive weight 1 - f_k and
@@ -42,7 +43,7 @@ from scipy.linalg import orthogonal_procrustes
 from torch import nn
 
 from bench.errors import UserError
-from methods.base import HARMONISED, HashMethod, Param, Task, TrainContext
+from methods.base import HARMONISED, SHARED_SEARCH, HashMethod, Param, Task, TrainContext
 from methods.centers import argmin_near_tie, distance_summary
 
 _SEED_TAG = 0x48434C4D  # "HCLM"
@@ -285,6 +286,11 @@ def triplet_loss(nu: torch.Tensor, labels: torch.Tensor, margin: float) -> torch
     return (hinge * valid).sum() / count.clamp_min(1)
 
 
+def resolve_features(value: str, pretrained: bool) -> str:
+    """`auto` -> backbone for a pretrained run, pixels otherwise; other values unchanged."""
+    return ("backbone" if pretrained else "pixels") if value == "auto" else value
+
+
 class HCLM(HashMethod):
     name = "hclm"
     summary = ("sHCLM: fixed Tammes + ITQ ±1 proxies assigned by class similarity; CE (or "
@@ -296,10 +302,12 @@ class HCLM(HashMethod):
         "assignment": Param("semantic", "semantic: greedy swaps on class similarity (sHCLM); "
                             "random: Tammes order (HCLM)", choices=("semantic", "random"),
                             source=_paper),
-        "similarity_features": Param("pixels", "single-label class means from: pixels (training "
+        "similarity_features": Param("auto", "single-label class means from: pixels (training "
                                      "images, pooled to <= 16x16) or backbone (features before "
-                                     "training)", choices=("pixels", "backbone"),
-                                     source="not in paper (it uses pretrained features)"),
+                                     "training); auto: backbone when pretrained, else pixels",
+                                     choices=("auto", "pixels", "backbone"),
+                                     source="paper: pretrained features; pixels from scratch is "
+                                            "a stand-in (not in paper)"),
         "kappa": Param(None, "Gaussian similarity width (None: mean distance between class means)",
                        source=_paper),
         "bce_negative_weight": Param("freq", "multi-label BCE weight of negatives: freq = f_k, one = 1",
@@ -313,8 +321,13 @@ class HCLM(HashMethod):
     }
     native = dict(HARMONISED)
     native_source = "not in paper: harmonised settings"
-    search_space = {"lr": ("log", 1e-4, 3e-3)}
+    search_space = {"lr": SHARED_SEARCH["lr"]}
     retrieval_output = "sign(h) (= sign(tanh h)), h = the shared linear hash layer's output"
+
+    @classmethod
+    def resolve_rules(cls, config: dict[str, Any], pretrained: bool) -> dict[str, Any]:
+        return {**config, "similarity_features": resolve_features(config["similarity_features"],
+                                                                  pretrained)}
 
     @classmethod
     def check(cls, config: dict[str, Any], task: Task) -> None:
@@ -348,7 +361,7 @@ class HCLM(HashMethod):
         if self.task.multi_label:
             self.similarity_measure = "Dice co-occurrence of tags (train split)"
             return dice_similarity(labels)
-        if self.config["similarity_features"] == "backbone":
+        if resolve_features(self.config["similarity_features"], self.task.pretrained) == "backbone":
             features = ctx.encode_with(ctx.model.backbone, indices)
             what = "backbone features before training"
         else:

@@ -31,7 +31,6 @@ Read from the official code, Wangld5/Center-Hashing (`optimizeAccel.py`, `loss/o
 from __future__ import annotations
 
 import copy
-import math
 import time
 from typing import Any
 
@@ -41,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.errors import UserError
-from methods.base import HashMethod, Param, Task, TrainContext
+from methods.base import SHARED_SEARCH, HashMethod, Param, Task, TrainContext, cosine_scale
 from methods.centers import DEFAULT_PATIENCE, mds_centers
 
 OFFICIAL_GRAD_CLIP = 5.0
@@ -134,7 +133,8 @@ class MDS(HashMethod):
               "lr_schedule": "constant", "grad_clip": OFFICIAL_GRAD_CLIP}
     native_source = ("official MDS code (Wangld5/Center-Hashing scripts/utils.py): RMSprop lr 1e-5, "
                      "weight decay 1e-5, batch 64, no schedule, grad-norm clip 5")
-    search_space = {"lr": ("log", 1e-4, 3e-3), "lambda_q": ("log", 1e-5, 1e-1),
+    # bench tune: lr, lambda_q and scale on the ranges shared with the other methods (R2).
+    search_space = {**{key: SHARED_SEARCH[key] for key in ("lr", "lambda_q", "scale")},
                     "beta": ("log", 0.1, 10.0)}
     retrieval_output = "sign(BN(h)), BN the method's BatchNorm1d(K) on the hash layer's output, in eval mode"
 
@@ -143,7 +143,7 @@ class MDS(HashMethod):
         self.owned["norm"] = nn.BatchNorm1d(task.bits)
         self.centers: torch.Tensor | None = None
         self.center_summary: dict[str, Any] = {}
-        self.scale = float(config["scale"]) if config.get("scale") is not None else math.sqrt(task.bits)
+        self.scale = cosine_scale(config.get("scale"), task.bits, task.num_classes, "sqrt_k")[0]
         self.pair_active, self.pair_status = self._pair_plan()
 
     def _pair_plan(self) -> tuple[bool, str]:
@@ -158,6 +158,10 @@ class MDS(HashMethod):
         return True, f"momentum encoder + memory bank from 0-based epoch {start}"
 
     @classmethod
+    def resolve_default(cls, key: str, value: Any, task: Task) -> Any:
+        return cosine_scale(value, task.bits, task.num_classes, "sqrt_k")[0] if key == "scale" else value
+
+    @classmethod
     def check(cls, config: dict[str, Any], task: Task) -> None:
         if 2**task.bits < task.num_classes:
             raise UserError(f"mds: {task.num_classes} classes cannot get distinct {task.bits}-bit "
@@ -167,8 +171,10 @@ class MDS(HashMethod):
                 raise UserError(f"mds: {key}={config[key]!r} must be >= 0")
         if not 0.0 <= float(config["key_momentum"]) <= 1.0:
             raise UserError(f"mds: key_momentum={config['key_momentum']!r} must be in [0, 1]")
-        if config.get("scale") is not None and not float(config["scale"]) > 0:
-            raise UserError(f"mds: scale={config['scale']!r} must be > 0 (or unset for sqrt(K))")
+        try:
+            cosine_scale(config.get("scale"), task.bits, task.num_classes, "sqrt_k")
+        except UserError as error:
+            raise UserError(f"mds: {error}") from None
         for key in ("pair_start_epoch", "mds_sweeps", "admm_patience"):
             value = config[key]
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:

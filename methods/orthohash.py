@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.errors import UserError
-from methods.base import HashMethod, Param, Task, TrainContext
+from methods.base import SHARED_SEARCH, HashMethod, Param, Task, TrainContext, cosine_scale
 from methods.centers import bernoulli_centers, distance_summary, hadamard_centers
 
 CODEBOOKS = ("bernoulli", "maxhd", "hadamard")
@@ -143,13 +143,10 @@ def resolve_settings(config: dict[str, Any], task: Task) -> dict[str, Any]:
     margin = float(config["margin"])
     if not margin >= 0:
         raise UserError(f"orthohash: margin={config['margin']} is invalid; valid: m >= 0 (paper: 0.2)")
-    if config["scale"] is None:
-        scale, rule = math.sqrt(task.bits), "sqrt(K)"
-    else:
-        scale, rule = float(config["scale"]), "set"
-    if not scale > 0:
-        raise UserError(f"orthohash: scale={config['scale']} is invalid; valid: s > 0 "
-                        f"(default sqrt(K) = {math.sqrt(task.bits):g})")
+    try:
+        scale, rule = cosine_scale(config["scale"], task.bits, task.num_classes, "sqrt_k")
+    except UserError as error:
+        raise UserError(f"orthohash: {error} (sqrt(K) = {math.sqrt(task.bits):g})") from None
     start, floor = float(config["maxhd_start"]), float(config["maxhd_floor"])
     patience = int(config["maxhd_patience"])
     if not 0 < start <= 1:
@@ -176,8 +173,9 @@ class OrthoHash(HashMethod):
                           source="bernoulli: supplement Table 4; maxhd: official code; hadamard: "
                                  "supplement ablation"),
         "margin": Param(0.2, "cosine margin m subtracted from every positive class", source=_supp),
-        "scale": Param(None, "logit scale s (None: sqrt(K); the released code hard-codes 8)",
-                       source=_supp + " (sqrt(K))"),
+        "scale": Param(None, "logit scale s: a number, sqrt_k or adacos (sqrt(2) ln(C-1)); None: "
+                       "sqrt_k (the released code hard-codes 8)",
+                       source=_supp + " (sqrt(K)); adacos: supplement D.2 / Table 3"),
         "maxhd_start": Param(0.61, "maxhd: initial normalised Hamming distance threshold",
                              source="kamwoh/orthohash"),
         "maxhd_floor": Param(0.2, "maxhd: lowest threshold allowed; refused before training if "
@@ -191,9 +189,12 @@ class OrthoHash(HashMethod):
     native_source = ("OrthoHash supplement Table 1: Adam lr 1e-4, betas (0.9, 0.999), weight decay "
                      "5e-4, lr x0.1 at 80% of training, batch 256, backbone lr x0.1 (100 epochs in "
                      "the paper; the card's schedule here)")
-    search_space = {"lr": ("log", 1e-4, 3e-3), "margin": ("float", 0.0, 0.5),
-                    "scale": ("log", 2.0, 16.0)}
+    search_space = {key: SHARED_SEARCH[key] for key in ("lr", "margin", "scale")}
     retrieval_output = "sign(BN(h)), the owned BatchNorm1d(K) in eval mode"
+
+    @classmethod
+    def resolve_default(cls, key: str, value: Any, task: Task) -> Any:
+        return cosine_scale(value, task.bits, task.num_classes, "sqrt_k")[0] if key == "scale" else value
 
     @classmethod
     def check(cls, config: dict[str, Any], task: Task) -> None:

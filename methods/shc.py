@@ -9,22 +9,30 @@ arXiv 2507.08404, ACM TOIS 2025). A three-stage pipeline; stages 1-2 run in `set
    seed 0) d_min is relaxed to what it reached, and the record says so; a `min_distance` set
    by hand that the generator cannot reach is refused.
 1. Class similarity. A classifier (a fresh backbone of the run's kind + a linear head; softmax
-   cross-entropy, or per-class BCE for multi-label data; its own Adam optimizer) is trained on
-   the training split, on one CPU thread whatever the run's thread count (a float32 head with
-   few output rows otherwise changes bits between thread counts, and with them the centers).
+   cross-entropy, or per-class BCE for multi-label data under `multi_label: csq_sum`) is trained
+   on the training split with the run's own optimizer and schedule (the official code trains it
+   as it trains stage 3) for `classifier_epochs` (default: the stage-3 epochs, the official 1:1
+   ratio), on one CPU thread whatever the run's thread count (a float32 head with few output
+   rows otherwise changes bits between thread counts, and with them the centers).
    For every training sample, the softmax over classes with the sample's own class(es) masked
    out is added to the row of its (each of its) true class(es). The C x C sum P is
-   symmetrised, (P + P^T) / 2, every row's off-diagonal entries are centred and scaled into
-   [-1, 1] (`row_normalisation`: `centre_maxabs` subtracts the row mean and divides by the
-   largest absolute deviation; `minmax` maps the row's min..max onto -1..1), and the diagonal
-   is set to 1.
+   symmetrised, (P + P^T) / 2, and every row is centred and scaled into [-1, 1]
+   (`row_normalisation`: `official` subtracts the mean of the whole row, its zero diagonal
+   included, and divides by the row's largest absolute deviation, as the official code does;
+   `centre_maxabs` does the same over the off-diagonal entries only; `minmax` maps the
+   off-diagonal min..max onto -1..1); the diagonal is then set to 1.
+   Multi-label data (`multi_label`): `argmax` (official, `label2center`) treats a sample as its
+   first positive class in stages 1 and 3; `csq_sum` credits every positive class and trains
+   towards CSQ's sign-of-sum center.
 2. Semantic centers. H in {-1,+1}^{C x K} minimising ||S - (1/K) H H^T||_F^2 subject to every
    pair of rows being at least d_min bits apart, found by steepest-descent single-bit flips
    from the stage-0 centers: each step takes the flip with the most negative objective change
    (near-ties within 1e-9 go to the lowest row, then bit: `argmin_near_tie`) among those that
    keep every pairwise distance >= d_min (all C x K flips scored at once, kept up to date
    after each flip in O(C K)), until no flip improves or `max_flips` is spent.
-3. Hash network. CSQ's loss against the fixed optimised centers (this class is a CSQ).
+3. Hash network. CSQ's loss against the fixed optimised centers (this class is a CSQ), with
+   SHC's own optimizer under the native protocol (RMSprop 1e-4, weight decay 1e-5, cosine to
+   1e-7, batch 64: the official run.py / train.py).
 """
 
 from __future__ import annotations
@@ -51,7 +59,9 @@ from methods.centers import (
 )
 from methods.csq import CSQ
 
-NORMALISATIONS = ("centre_maxabs", "minmax")
+NORMALISATIONS = ("official", "centre_maxabs", "minmax")
+MULTI_LABEL_RULES = ("argmax", "csq_sum")
+_OFFICIAL = "official SHC code (cc752424640/Deep-Hashing-with-Semantic-Hash-Centers-for-Image-Retrieval)"
 CLASSIFIER_THREADS = 1  # stage 1's thread count, whatever the run's (see the module docstring)
 
 
@@ -83,8 +93,20 @@ def masked_softmax_sums(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return positive.T.astype(np.float64) @ probabilities
 
 
-def normalise_similarity(sums: np.ndarray, normalisation: str = "centre_maxabs") -> np.ndarray:
-    """Symmetrise P, centre and scale each row's off-diagonal entries into [-1, 1], diagonal 1."""
+def argmax_labels(labels: np.ndarray) -> np.ndarray:
+    """The official multi-label rule: each sample as its first positive class (one-hot); a
+    sample without a label stays empty."""
+    labels = np.asarray(labels)
+    one_hot = np.zeros_like(labels)
+    rows = np.flatnonzero((labels > 0).any(axis=1))
+    one_hot[rows, (labels[rows] > 0).argmax(axis=1)] = 1
+    return one_hot
+
+
+def normalise_similarity(sums: np.ndarray, normalisation: str = "official") -> np.ndarray:
+    """Symmetrise P, centre and scale each row into [-1, 1], then set the diagonal to 1.
+    `official` takes the row's mean and largest deviation over the whole row (its zero
+    diagonal included); the two alternatives over the off-diagonal entries only."""
     if normalisation not in NORMALISATIONS:
         raise UserError(f"unknown row_normalisation '{normalisation}'; valid: {', '.join(NORMALISATIONS)}")
     symmetric = (np.asarray(sums, dtype=np.float64) + np.asarray(sums, dtype=np.float64).T) / 2
@@ -92,6 +114,12 @@ def normalise_similarity(sums: np.ndarray, normalisation: str = "centre_maxabs")
     similarity = np.eye(count)
     off = ~np.eye(count, dtype=bool)
     for row in range(count):
+        if normalisation == "official":
+            centred = symmetric[row] - symmetric[row].mean()
+            scale = np.abs(centred).max()
+            similarity[row] = centred / scale if scale > 0 else np.zeros_like(centred)
+            similarity[row, row] = 1.0
+            continue
         values = symmetric[row, off[row]]
         if values.size == 0:
             continue
@@ -270,23 +298,36 @@ class SHC(CSQ):
     )
     params = {
         **{key: value for key, value in CSQ.params.items() if key != "center_tries"},
-        "classifier_epochs": Param(5, "stage 1: epochs of classifier training on the train split"),
-        "classifier_lr": Param(1e-3, "stage 1: Adam learning rate of the classifier"),
-        "row_normalisation": Param("centre_maxabs", "stage 1: how each similarity row is put into "
-                                   "[-1, 1]", choices=NORMALISATIONS),
+        "classifier_epochs": Param(None, "stage 1: classifier epochs (None: the stage-3 epochs, "
+                                   "the official 1:1 ratio); optimizer and schedule are the run's",
+                                   source=_OFFICIAL + ": classify_epoch = epochs, same optimizer"),
+        "row_normalisation": Param("official", "stage 1: how each similarity row is put into "
+                                   "[-1, 1]", choices=NORMALISATIONS,
+                                   source=_OFFICIAL + " (GenerateSimilarityMatrix.py)"),
+        "multi_label": Param("csq_sum", "multi-label rule: argmax = first positive class in stages "
+                             "1 and 3 (official); csq_sum = every positive class, CSQ's sign-of-sum "
+                             "center", choices=MULTI_LABEL_RULES,
+                             source="deviation: the official code uses the argmax class (native "
+                                    "sets it); csq_sum treats multi-label data as CSQ and the "
+                                    "other center methods here do"),
         "min_distance": Param(None, "stages 0/2: minimum pairwise Hamming distance d_min (default: "
                               "the Gilbert-Varshamov target d*, SHC's official d_min)"),
-        "max_flips": Param(None, "stage 2: bit-flip budget (default 10 * C * K)"),
+        "max_flips": Param(None, "stage 2: bit-flip budget (default 10 * C * K)",
+                           source="deviation: the official stage 2 runs 30 x 3 ADMM-like sweeps and "
+                                  "keeps the lowest objective; here steepest single-bit flips "
+                                  "(objective / C^2 recorded on the official scale)"),
         "mds_sweeps": Param(50, "stage 0: most Gauss-Seidel sweeps of the MDS generator",
                             source="official MDS code"),
         "admm_patience": Param(DEFAULT_PATIENCE, "stage 0: end a center's ADMM after this many "
                                "outer iterations without a change of sign(b), from rho >= 1e-3 "
                                "(0: the official stopping rules only)", source="not in paper"),
     }
-    # Stage 3 is CSQ training against fixed centers; it uses the CSQ re-implementation's settings.
-    native = dict(CSQ.native)
-    native_source = ("stage 3 trains as CSQ: " + CSQ.native_source + " (the SHC paper's own stage-3 "
-                     "optimizer is not reproduced here); stage 1: Adam lr 1e-3, 5 epochs")
+    # search_space: CSQ's (lr and lambda_q), inherited.
+    native = {"optimizer": "rmsprop", "lr": 1e-4, "weight_decay": 1e-5, "lr_schedule": "cosine",
+              "lr_min": 1e-7, "batch_size": 64, "multi_label": "argmax"}
+    native_source = (_OFFICIAL + ", run.py / train.py: RMSprop lr 1e-4, weight decay 1e-5, cosine "
+                     "to 1e-7 over the epochs (100 in the paper; the card's schedule here), batch 64; "
+                     "stage 1 the same optimizer for as many epochs; multi-label: argmax class")
 
     def __init__(self, config: dict[str, Any], task: Task) -> None:
         HashMethod.__init__(self, config, task)  # not CSQ's: the centers come from setup
@@ -299,8 +340,13 @@ class SHC(CSQ):
 
     @classmethod
     def check(cls, config: dict[str, Any], task: Task) -> None:
-        if int(config["classifier_epochs"]) < 1:
-            raise UserError(f"shc: classifier_epochs={config['classifier_epochs']} must be >= 1")
+        epochs = config.get("classifier_epochs")
+        if epochs is not None and (not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1):
+            raise UserError(f"shc: classifier_epochs={epochs!r} must be an integer >= 1 (or unset: "
+                            f"the stage-3 epochs)")
+        if config.get("multi_label", "csq_sum") not in MULTI_LABEL_RULES:
+            raise UserError(f"shc: multi_label={config.get('multi_label')!r} is not valid; choose from "
+                            f"{', '.join(MULTI_LABEL_RULES)}")
         for key, lowest in (("max_flips", 0), ("min_distance", 1)):
             value = config.get(key)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool)
@@ -330,6 +376,26 @@ class SHC(CSQ):
             self.min_distance = achieved
         return start
 
+    # -- multi-label rule
+    @property
+    def multi_label_rule(self) -> str | None:
+        """The rule in force (None on single-label data, where both rules agree)."""
+        return str(self.config.get("multi_label", "csq_sum")) if self.task.multi_label else None
+
+    def rule_labels(self, labels: np.ndarray) -> np.ndarray:
+        return argmax_labels(labels) if self.multi_label_rule == "argmax" else np.asarray(labels)
+
+    def loss(self, h: torch.Tensor, labels: torch.Tensor, ctx: Any) -> torch.Tensor:
+        if self.multi_label_rule == "argmax":
+            first = F.one_hot(labels.argmax(dim=1), labels.shape[1]).to(labels.dtype)
+            labels = first * (labels > 0).any(dim=1, keepdim=True)
+        return super().loss(h, labels, ctx)
+
+    @property
+    def classifier_epochs(self) -> int:
+        chosen = self.config.get("classifier_epochs")
+        return int(self.task.epochs if chosen is None else chosen)
+
     # -- stage 1
     def train_classifier(self, ctx: TrainContext) -> tuple[np.ndarray, np.ndarray]:
         """Train backbone + linear head on the training split; return (logits, labels) of the
@@ -339,33 +405,44 @@ class SHC(CSQ):
 
     def _train_classifier(self, ctx: TrainContext) -> tuple[np.ndarray, np.ndarray]:
         backbone = ctx.new_backbone()
-        classifier = nn.Sequential(backbone, nn.Linear(backbone.feature_dim, self.task.num_classes))
-        classifier = classifier.to(ctx.device)
-        optimizer = torch.optim.Adam(classifier.parameters(), lr=float(self.config["classifier_lr"]))
+        head = nn.Linear(backbone.feature_dim, self.task.num_classes).to(ctx.device)
+        classifier = nn.Sequential(backbone, head)
+        epochs = self.classifier_epochs
+        optimizer, scheduler = ctx.new_optimizer(backbone, head, epochs)
+        per_class = self.multi_label_rule == "csq_sum"  # BCE per class; else softmax CE
         generator = torch.Generator().manual_seed(self.task.seed)
-        losses = []
-        for _ in range(int(self.config["classifier_epochs"])):
+        losses, steps = [], 0
+        for _ in range(epochs):
             classifier.train()
             epoch_losses = []
             for _, images, labels in ctx.train_batches(generator):
                 logits = classifier(images)
-                if self.task.multi_label:
+                if per_class:
                     loss = F.binary_cross_entropy_with_logits(logits, labels)
-                else:
+                else:  # argmax(labels): the class itself, or the official rule's first positive
                     loss = F.cross_entropy(logits, labels.argmax(dim=1))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                steps += 1
                 epoch_losses.append(float(loss.detach()))
+            scheduler.step()
             losses.append(float(np.mean(epoch_losses)) if epoch_losses else float("nan"))
         indices = ctx.train_indices
         logits = ctx.encode_with(classifier, indices)
-        labels = ctx.labels_of(indices)
-        if self.task.multi_label:
+        labels = self.rule_labels(ctx.labels_of(indices))
+        if per_class:
             accuracy = float(((logits > 0) == (labels > 0)).mean())
         else:
             accuracy = float((logits.argmax(axis=1) == labels.argmax(axis=1)).mean())
-        self.classifier_summary = {"epochs": len(losses), "loss_per_epoch": losses,
+        self.classifier_summary = {"epochs": len(losses), "steps": steps,
+                                   "epoch_rule": ("set" if self.config.get("classifier_epochs") is not None
+                                                  else "stage-3 epochs (official 1:1)"),
+                                   "optimizer": str(optimizer.__class__.__name__).lower(),
+                                   "lr": float(self.config["lr"]),
+                                   "lr_schedule": self.config["lr_schedule"],
+                                   "multi_label_rule": self.multi_label_rule,
+                                   "loss_per_epoch": losses,
                                    "train_accuracy": accuracy, "threads": CLASSIFIER_THREADS,
                                    "accuracy_kind": "bit-wise" if self.task.multi_label else "top-1"}
         return logits, labels
@@ -386,6 +463,9 @@ class SHC(CSQ):
                                             self.config.get("max_flips"))
         self.set_centers(centers, np.random.default_rng(self.task.seed))
         ctx.stage_times["centers"] = time.perf_counter() - started
+        pairs = float(self.task.num_classes) ** 2
+        summary["objective_per_c2_before"] = summary["objective_before"] / pairs  # official scale
+        summary["objective_per_c2_after"] = summary["objective_after"] / pairs
         self.stage_summary = {**summary, "d_star": gilbert_varshamov_target(self.task.num_classes,
                                                                            self.task.bits),
                               "min_distance_rule": self.min_distance_rule,
@@ -401,5 +481,6 @@ class SHC(CSQ):
                                       f"symmetrised, rows {self.config['row_normalisation']}",
                            "matrix": similarity},
             "classifier": self.classifier_summary,
+            "multi_label_rule": self.multi_label_rule,
             "center_optimisation": self.stage_summary,
         }

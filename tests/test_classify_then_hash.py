@@ -149,3 +149,16 @@ def test_run_records_reference_row(tmp_path: Path) -> None:
     assert body["method_api"]["owned_modules"]["classifier"] == {
         "type": "Linear", "parameters": 32 * 6 + 6, "trainable": 32 * 6 + 6}
     assert body["config"]["lr"] == 1e-3 and body["config"]["lr_schedule"] == "cosine"
+    # At most C distinct codes: the record counts them and the size of their tie groups.
+    ties = body["database_codes"]
+    assert 1 <= ties["distinct"] <= 6
+    assert ties["mean_tie_group_size"] == pytest.approx(ties["items"] / ties["distinct"], abs=1e-4)
+
+
+def test_code_ties_on_a_hand_worked_database() -> None:
+    from bench.train import code_ties
+
+    codes = np.array([[1.0, -2.0], [0.5, -1.0], [-1.0, 1.0], [2.0, -0.1], [-3.0, -3.0]])
+    # sign patterns: (+,-) x3, (-,+) x1, (-,-) x1 -> 3 groups; per item (9 + 1 + 1) / 5
+    assert code_ties(codes) == {"items": 5, "distinct": 3, "mean_tie_group_size": round(5 / 3, 4),
+                                "mean_tie_group_size_per_item": 2.2}

@@ -333,3 +333,16 @@ def test_run_records_proxies_similarity_and_settings(tmp_path: Path) -> None:
 
 # Compares floats with a stored record or another process: also run under AVX2 kernels (Makefile).
 pytestmark = pytest.mark.float_sensitive
+
+
+@pytest.mark.parametrize("pretrained", [True, False])
+def test_similarity_features_follow_pretrained(pretrained: bool) -> None:
+    """Spec check 8: the default resolves to the backbone's features for a pretrained run (the
+    paper's choice) and to pixels otherwise, in the configuration the run id and record keep."""
+    spec = RunSpec(method="hclm", dataset="synthetic", bits=16, pretrained=pretrained)
+    resolved = resolve_config(spec)["similarity_features"]
+    assert resolved == ("backbone" if pretrained else "pixels")
+    explicit = RunSpec(method="hclm", dataset="synthetic", bits=16, pretrained=pretrained,
+                       overrides=(("similarity_features", "pixels"),))
+    assert resolve_config(explicit)["similarity_features"] == "pixels"  # a set value stays
+    assert HCLM.params["similarity_features"].default == "auto"

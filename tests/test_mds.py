@@ -258,7 +258,7 @@ def test_retrieval_code_is_bn_in_eval_mode() -> None:
     ({"lambda_q": -1.0}, "lambda_q=-1.0 must be >= 0"),
     ({"beta": -0.5}, "beta=-0.5 must be >= 0"),
     ({"key_momentum": 1.5}, "key_momentum=1.5 must be in [0, 1]"),
-    ({"scale": 0.0}, "scale=0.0 must be > 0"),
+    ({"scale": 0.0}, "scale=0.0 is not valid; give a positive number or one of sqrt_k, adacos"),
     ({"pair_start_epoch": -1}, "pair_start_epoch=-1 must be an integer >= 0"),
     ({"admm_patience": 2.5}, "admm_patience=2.5 must be an integer >= 0"),
 ])

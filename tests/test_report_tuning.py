@@ -35,7 +35,8 @@ def test_section_shows_gains_and_says_when_scores_are_missing():
     trials = [trial("default", 1e-3, 1e-4, 0.75, 0.74), trial("best", 0.002, 0.01, 0.80, 0.78)]
     text = build_report([], trials=trials, tuned=SETTING).markdown()
     section = text.split("## Tuning", 1)[1].split("\n## ", 1)[0]
-    row = "| CSQ | lambda_q, lr | lambda_q=0.01, lr=0.002 | 75.00 | 80.00 | +5.00 | 74.00 | 78.00 | +4.00 |"
+    row = ("| CSQ | 2: lambda_q, lr | lambda_q=0.01, lr=0.002 | 75.00 | 80.00 | +5.00 | 74.00 | 78.00 "
+           "| +4.00 |")
     assert row in section
     text = build_report([], trials=trials[:1], tuned=SETTING).markdown()
     assert "No trial record for the chosen run of csq" in text

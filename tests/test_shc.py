@@ -67,6 +67,12 @@ def similarity_reference(logits: np.ndarray, labels: np.ndarray, normalisation: 
     symmetric = [[(sums[i][j] + sums[j][i]) / 2 for j in range(count)] for i in range(count)]
     result = np.eye(count)
     for i in range(count):
+        if normalisation == "official":  # the whole row, its zero diagonal included
+            mean = sum(symmetric[i]) / count
+            scale = max(abs(v - mean) for v in symmetric[i])
+            for j in range(count):
+                result[i, j] = 1.0 if j == i else ((symmetric[i][j] - mean) / scale if scale > 0 else 0.0)
+            continue
         values = [symmetric[i][j] for j in range(count) if j != i]
         if normalisation == "centre_maxabs":
             mean = sum(values) / len(values)
@@ -81,7 +87,7 @@ def similarity_reference(logits: np.ndarray, labels: np.ndarray, normalisation: 
     return result
 
 
-@pytest.mark.parametrize("normalisation", ["centre_maxabs", "minmax"])
+@pytest.mark.parametrize("normalisation", ["official", "centre_maxabs", "minmax"])
 @pytest.mark.parametrize("multi", [False, True])
 def test_similarity_matches_literal_loop(normalisation: str, multi: bool) -> None:
     rng = np.random.default_rng(0)
@@ -99,7 +105,18 @@ def test_similarity_matches_literal_loop(normalisation: str, multi: bool) -> Non
     assert np.allclose(np.diag(got), 1.0)
     off = ~np.eye(count, dtype=bool)
     assert got[off].min() >= -1 - 1e-12 and got[off].max() <= 1 + 1e-12
-    assert np.isclose(np.abs(got[off]).max(), 1.0)
+    if normalisation != "official":  # official: the largest deviation may be the diagonal's
+        assert np.isclose(np.abs(got[off]).max(), 1.0)
+
+
+def test_official_row_normalisation_on_a_hand_worked_matrix() -> None:
+    """Spec check 2. Row 1 of P = [2, 0, 3]: mean 5/3, deviations (1/3, -5/3, 4/3), largest
+    5/3 (the zero diagonal's), so (0.2, -1, 0.8), and the diagonal set to 1."""
+    sums = np.array([[0, 2, 1], [2, 0, 3], [1, 3, 0]], dtype=float)
+    expected = [[1, 1, 0], [0.2, 1, 0.8], [-0.2, 1, 1]]
+    assert np.allclose(normalise_similarity(sums, "official"), expected, atol=1e-12)
+    assert SHC.params["row_normalisation"].default == "official"
+    assert np.allclose(normalise_similarity(sums), expected, atol=1e-12)  # the default
 
 
 def test_masked_softmax_never_credits_the_own_class() -> None:
@@ -204,6 +221,7 @@ def test_record_keeps_the_similarity_at_full_precision() -> None:
     method.similarity = np.array([[1.0, 1 / 3], [1 / 3, 1.0]])
     method.centers, method.classifier_summary, method.stage_summary = None, {}, {}
     method.config = {"row_normalisation": "centre_maxabs"}
+    method.task = make_task(classes=2)
     stored = json.loads(json.dumps(method.record()))["similarity"]["matrix"]
     assert np.array_equal(np.asarray(stored), method.similarity)
 
@@ -315,6 +333,14 @@ class ClassifierContext:
                                                                                generator=generator)
         self.device = torch.device("cpu")
         self.train_indices = np.arange(count)
+        self.optimizers: list[tuple[str, int]] = []
+
+    def new_optimizer(self, backbone: torch.nn.Module, head: torch.nn.Module, epochs: int):
+        from bench.train import stage_optimizer
+
+        optimizer, scheduler = stage_optimizer(backbone, head, shc_config(), epochs)
+        self.optimizers.append((type(optimizer).__name__, epochs))
+        return optimizer, scheduler
 
     def new_backbone(self) -> torch.nn.Module:
         from bench.backbones import build_backbone
@@ -412,3 +438,65 @@ def test_end_to_end_with_196_classes(tmp_path: Path, one_thread: None) -> None:
 
 # Compares floats with a stored record or another process: also run under AVX2 kernels (Makefile).
 pytestmark = pytest.mark.float_sensitive
+
+
+# ----------------------------------------------------------------------------- fidelity v2
+def test_native_protocol_is_shcs_own_optimizer() -> None:
+    """Spec check 1: stage 3 under native trains with SHC's official settings, not CSQ's."""
+    config = resolve_config(RunSpec(method="shc", dataset="synthetic", bits=16, protocol="native"))
+    got = {key: config[key] for key in ("optimizer", "lr", "weight_decay", "lr_schedule", "lr_min",
+                                        "batch_size", "multi_label")}
+    assert got == {"optimizer": "rmsprop", "lr": 1e-4, "weight_decay": 1e-5, "lr_schedule": "cosine",
+                   "lr_min": 1e-7, "batch_size": 64, "multi_label": "argmax"}
+    assert config["classifier_epochs"] is None  # the stage-3 epochs (official 1:1)
+
+
+def test_every_deviation_is_declared() -> None:
+    declared = {key for key, param in SHC.params.items() if param.source.startswith("deviation:")}
+    assert {"multi_label", "max_flips"} <= declared
+    assert SHC.native["multi_label"] == "argmax"  # native follows the official rule
+
+
+def test_stage_one_uses_the_runs_optimizer_for_the_stage_three_epochs() -> None:
+    context = ClassifierContext()
+    method = SHC(shc_config(), make_task())  # task epochs 4, classifier_epochs unset
+    method.train_classifier(context)
+    assert context.optimizers == [("RMSprop", 4)]  # shc_config: the native protocol
+    assert method.classifier_summary["epochs"] == 4
+    assert method.classifier_summary["epoch_rule"].startswith("stage-3 epochs")
+
+
+def test_argmax_rule_keeps_the_first_positive_class() -> None:
+    from methods.shc import argmax_labels
+
+    labels = np.array([[0, 1, 1, 0], [1, 0, 0, 1], [0, 0, 0, 0]], dtype=np.float32)
+    assert argmax_labels(labels).tolist() == [[0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0]]
+    task = Task(bits=16, num_classes=4, multi_label=True, seed=0, epochs=2, device=torch.device("cpu"))
+    method = SHC(shc_config(multi_label="argmax"), task)
+    method.set_centers(hadamard_centers(4, 16, np.random.default_rng(0)), np.random.default_rng(0))
+    h = torch.randn(3, 16, generator=torch.Generator().manual_seed(0))
+    single = torch.as_tensor(argmax_labels(labels))
+    expected = CSQ.loss(method, h, single, None)
+    assert float(method.loss(h, torch.as_tensor(labels), None)) == pytest.approx(float(expected))
+    summed = SHC(shc_config(multi_label="csq_sum"), task)
+    summed.set_centers(method.centers.numpy(), np.random.default_rng(0))
+    assert float(summed.loss(h, torch.as_tensor(labels), None)) != pytest.approx(float(expected))
+
+
+@pytest.mark.parametrize("protocol", ["native", "harmonised"])
+def test_native_and_multi_label_rule_recorded_end_to_end(tmp_path: Path, one_thread: None,
+                                                         protocol: str) -> None:
+    """Spec check 9: two epochs on the synthetic card; stage 1 runs as many epochs with the
+    protocol's optimizer; the record names the multi-label rule (None: single-label data)."""
+    code = main(["run", "--methods", "shc", "--bits", "16", "--dataset", "synthetic", "--epochs", "2",
+                 "--protocol", protocol, "--results", str(tmp_path), "--quiet"])
+    assert code == 0
+    (path,) = (tmp_path / "runs" / "synthetic" / "shc").glob("*.json.gz")
+    record = read_record(path)
+    classifier = record["method"]["classifier"]
+    assert classifier["epochs"] == 2 and classifier["steps"] >= 2
+    assert classifier["optimizer"] == ("rmsprop" if protocol == "native" else "adam")
+    assert record["config"]["multi_label"] == ("argmax" if protocol == "native" else "csq_sum")
+    assert "multi_label_rule" in record["method"] and record["method"]["multi_label_rule"] is None
+    optimisation = record["method"]["center_optimisation"]
+    assert optimisation["objective_per_c2_after"] == pytest.approx(optimisation["objective_after"] / 36)

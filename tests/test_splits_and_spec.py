@@ -266,7 +266,8 @@ def test_run_id_covers_results_version_and_backbone_architecture(monkeypatch) ->
 
 
 # ----------------------------------------------------------------------------- protocol v2: tuned
-TUNED = "dataset: synthetic\nmethods:\n  csq:\n    values: {lr: 0.0005, lambda_q: 0.01}\n    date: '%s'\n"
+TUNED = ("dataset: synthetic\nmethods:\n  csq:\n    values: {lr: 0.0005, lambda_q: 0.01}\n"
+         "    bits: 16\n    epochs: 4\n    date: '%s'\n")
 
 
 def test_tuned_protocol_applies_committed_values_and_names_the_file(tmp_path, monkeypatch) -> None:

@@ -39,11 +39,17 @@ def records(results: Path) -> dict[str, dict]:
     return {p.name: read_record(p) for p in sorted(folder.glob("*.json.gz"))}
 
 
+def study_id() -> str:
+    from bench.tune import search_space, study_name
+
+    return study_name("synthetic", "csq", 16, 1, search_space("csq"))
+
+
 def study(results: Path):
     import optuna
 
-    return optuna.load_study(study_name="synthetic-csq-16b",
-                             storage=f"sqlite:///{results / 'tuning' / 'synthetic-csq-16b.db'}")
+    return optuna.load_study(study_name=study_id(),
+                             storage=f"sqlite:///{results / 'tuning' / (study_id() + '.db')}")
 
 
 def searched(record: dict) -> tuple[float, float]:
@@ -84,8 +90,9 @@ def test_tune_resumes_scores_validation_only_and_writes_the_setting(tmp_path, tu
     assert (entry["values"]["lr"], entry["values"]["lambda_q"]) == searched(best)
     assert entry["best_run_id"] == best["run_id"]
     assert entry["trials"] == 3 and entry["bits"] == 16 and entry["epochs"] == 1
-    assert entry["study"] == "synthetic-csq-16b"
-    assert entry["search_space"]["lambda_q"] == ["log", 1e-5, 1e-1]
+    assert entry["study"] == study_id() and study_id().startswith("synthetic-csq-16b-1e-")
+    assert entry["search_space"]["lambda_q"] == ["log", 1e-5, 1.0]
+    assert entry["knobs"] == 2 and entry["edge_hits"] is not None
     default = next(r for r in after.values() if searched(r) == (1e-3, 1e-4))
     assert entry["default_val_mAP"] == round(default["selection"]["best_val_mAP"], 6)
 

@@ -8,6 +8,7 @@ its reason and listed at the end; rerunning redoes only those and any unfinished
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +108,23 @@ def parse_settings(items: list[str]) -> dict[str, str]:
     return settings
 
 
+def budget_epochs(args: argparse.Namespace, experiment: Any, card: Any) -> int | None:
+    """The epochs every run of the command will have when one value applies to all (--epochs,
+    --set epochs=, the experiment's settings, else the card's), for choosing tuned values;
+    None when a grid varies them (each run is then checked when its config is built)."""
+    if args.epochs is not None:
+        return int(args.epochs)
+    given = parse_settings(args.settings).get("epochs")
+    if given is None and experiment is not None:
+        if any("epochs" in entry for entry in experiment.grid):
+            return None
+        given = experiment.settings.get("epochs")
+    try:
+        return int(given) if given is not None else card.schedule.get("epochs")
+    except ValueError:
+        return None  # refused with the other settings, naming where it came from
+
+
 def build_specs(args: argparse.Namespace) -> list:
     """Expand CLI flags (and an optional experiment) into RunSpecs; validates everything."""
     from bench.backbones import PRETRAINABLE as PRETRAINABLE_BACKBONES
@@ -137,14 +155,25 @@ def build_specs(args: argparse.Namespace) -> list:
     dataset = args.dataset or (experiment.dataset if experiment else "fashion-mnist")
     card = load_card(dataset)
     protocol = args.protocol or (experiment.protocol if experiment else None)
+    epochs = budget_epochs(args, experiment, card)
     if protocol is None:
-        protocol, why = default_protocol(card, methods)
+        protocol, why = default_protocol(card, methods, bits, epochs)
         args.protocol_note = f"protocol: {protocol} ({why}; choose with --protocol)"
     if protocol not in PROTOCOLS:
         raise UserError(f"protocol '{protocol}' is not valid; choose from {', '.join(PROTOCOLS)}")
     if protocol == "tuned":
+        refusals = []
         for name in methods:
-            tuned_values(card, name)  # refuse now, naming the file, if any method lacks values
+            for bit in bits:  # refuse now, naming the file, a method without values at this budget
+                try:
+                    tuned_values(card, name, bit, epochs)
+                except UserError as error:
+                    if "no tuned values" in str(error):
+                        raise
+                    refusals.append(str(error))
+        if refusals:  # refused in `execute` unless every run's record already exists
+            more = f" ({len(refusals) - 1} more (method, bits) refused alike)" if len(refusals) > 1 else ""
+            args.budget_refusal = f"{refusals[0]}{more}"
     backbone = args.backbone or (experiment.backbone if experiment else None)
     if backbone is not None:
         from bench.backbones import BACKBONES
@@ -181,12 +210,29 @@ def build_specs(args: argparse.Namespace) -> list:
     return specs
 
 
+def plan_under_budget_check(specs: list, options: Any, refusal: str | None) -> tuple[list, str | None]:
+    """The planned runs and the budget refusal, if any: tuned entries searched at another budget
+    are let through for planning only (a grid that varies epochs meets them run by run here)."""
+    from bench.runner import plan_runs
+    from bench.spec import budget_check_off
+
+    try:
+        with budget_check_off() if refusal else contextlib.nullcontext():
+            return plan_runs(specs, options), refusal
+    except UserError as error:
+        if not str(error).startswith("protocol tuned:") or "searched at" not in str(error):
+            raise
+        with budget_check_off():
+            return plan_runs(specs, options), str(error)
+
+
 def execute(args: argparse.Namespace) -> int:
     import sys
 
     from bench.parallel import check_executor
     from bench.records import DEFAULT_RESULTS_DIR
-    from bench.runner import RunOptions, execute_runs, plan_runs, run_state
+    from bench.runner import RunOptions, execute_runs, run_state
+    from bench.spec import budget_check_off
 
     backend = args.backend or ("dask" if args.scheduler else "local")
     check_executor(args.jobs, backend, args.scheduler)
@@ -200,8 +246,12 @@ def execute(args: argparse.Namespace) -> int:
         progress_bars=not args.quiet, num_workers=args.workers, weights_file=args.weights,
         torch_threads=args.threads, onednn=args.onednn,
     )
+    refusal = getattr(args, "budget_refusal", None)
+    planned, refusal = plan_under_budget_check(specs, options, refusal)
     if args.dry_run:  # reads records, changes nothing
-        for run in plan_runs(specs, options):
+        if refusal:
+            print(f"note: a real run would refuse: {refusal}")
+        for run in planned:
             state, why = run_state(run, options)
             if args.force and state == "done":
                 state = "redo"
@@ -211,8 +261,16 @@ def execute(args: argparse.Namespace) -> int:
         return 0
     if note:
         print(note, flush=True)
-    outcome = execute_runs(specs, options, jobs=args.jobs, backend=backend,
-                           scheduler=args.scheduler)
+    if refusal:
+        # Reading a stored record applies no setting: only runs still to train are refused.
+        to_train = [run for run in planned if args.force or run_state(run, options)[0] != "done"]
+        if to_train:
+            raise UserError(refusal)
+        print(f"note: every record exists ({len(planned)}); they were made with tuned values "
+              f"searched at another budget, and nothing is trained: {refusal}", flush=True)
+    with budget_check_off() if refusal else contextlib.nullcontext():
+        outcome = execute_runs(specs, options, jobs=args.jobs, backend=backend,
+                               scheduler=args.scheduler)
     print(
         f"{len(outcome.completed)} completed, {len(outcome.skipped)} skipped (record exists), "
         f"{len(outcome.failed)} failed; records in {options.results_dir / 'runs'}"

@@ -62,7 +62,15 @@ def execute(args: argparse.Namespace) -> int:
     from bench.records import DEFAULT_RESULTS_DIR
     from bench.runner import RunOptions
     from bench.spec import tuned_path
-    from bench.tune import TuneRequest, TuningAborted, search_space, tune_method, write_setting
+    from bench.tune import (
+        TuneRequest,
+        TuningAborted,
+        knob_counts,
+        search_space,
+        trial_budget,
+        tune_method,
+        write_setting,
+    )
     from methods import get_method
 
     methods = [m.strip() for m in args.methods.split(",")]
@@ -83,6 +91,9 @@ def execute(args: argparse.Namespace) -> int:
         raise UserError(f"--threads {args.threads}: must be a positive integer")
     for name in methods:
         search_space(name)  # a malformed space is refused before anything trains
+    counts = knob_counts(methods)
+    print("searched knobs: " + ", ".join(f"{m} {n}" for m, n in counts.items())
+          + f"; equal budget (R5): {trial_budget(methods)} trials each", flush=True)
     request = TuneRequest(card=card, bits=bits, trials=trials, epochs=epochs, seed=seed,
                           split_seed=split_seed, jobs=args.jobs,
                           pretrained=card.backbone in PRETRAINABLE and not args.no_pretrained)
@@ -101,6 +112,9 @@ def execute(args: argparse.Namespace) -> int:
                   f"{outcome.new_trials} trained or read now) with "
                   + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                               for k, v in outcome.values.items()), flush=True)
+            for key, side in outcome.extra.get("edge_hits", []):
+                print(f"  edge hit: {key} at the {side} edge of {outcome.space[key]}: widen it "
+                      f"(bench.tune.widen) and give every method the same extra trials", flush=True)
     except TuningAborted as error:
         if outcomes:
             write_setting(output, request, outcomes, results)

@@ -152,7 +152,8 @@ def bare_run(spec, numerics, data_root: str | None, validations: int) -> dict[st
         seed_everything(spec.seed)
         model = numerics.module(HashNetwork(build_backbone(card.backbone, card.channels), spec.bits))
         task = Task(bits=spec.bits, num_classes=card.num_classes, multi_label=card.multi_label,
-                    seed=spec.seed, epochs=int(config["epochs"]), device=torch.device("cpu"))
+                    seed=spec.seed, epochs=int(config["epochs"]), device=torch.device("cpu"),
+                    pretrained=spec.pretrained)
         method = get_method(spec.method)(config, task)
         context = SimpleNamespace(log=lambda *_: None, batch=None, step=0, epoch=0,
                                   progress=0.0, device=torch.device("cpu"))

@@ -40,8 +40,9 @@ def tuning_rows(trials: Sequence[dict], settings: dict[str, dict]) -> list[dict[
     rows = []
     for card in sorted(settings):
         methods = (settings[card] or {}).get("methods") or {}
-        for method in sorted(methods, key=method_sort_key):
-            entry = methods[method]
+        pairs = [(method, entry) for method in sorted(methods, key=method_sort_key)
+                 for entry in (methods[method] if isinstance(methods[method], list) else [methods[method]])]
+        for method, entry in pairs:  # one entry per (bits, epochs) searched
             best = by_id.get(entry.get("best_run_id"))
             default = default_trial(trials, card, method, entry)
             rows.append({
@@ -78,18 +79,21 @@ def tuning_section(doc: Doc, trials: Sequence[dict], settings: dict[str, dict]) 
               "(`python -m bench tune` writes one).")
         return
     doc.p("`python -m bench tune` gave every method the same number of trials (Optuna's TPE, seeded, "
-          "trial 0 = the harmonised default when the search space holds it), at one bit length and seed 0, "
+          "trial 0 = the harmonised default, rule defaults resolved), at one bit length and seed 0, "
           "each trial a full training run scored on the held-out validation database only. The chosen "
           "values are what the tuned protocol applies. Test mAP is read here after the fact, from the same "
           "single runs: it shows what the search bought, and is not a result (the tuned main table's "
-          "seeds are). Values in percent; — where the default lies outside the space.")
-    for card in sorted({r["card"] for r in rows}):
-        in_card = [r for r in rows if r["card"] == card]
+          "seeds are). 'searched' gives each method's number of knobs. Values in percent; — where no "
+          "default trial was recorded.")
+    budgets = sorted({(r["card"], r["bits"] or 0, r["epochs"] or 0) for r in rows})
+    for card, bits, epochs in budgets:
+        in_card = [r for r in rows if (r["card"], r["bits"] or 0, r["epochs"] or 0) == (card, bits, epochs)]
         doc.h(3, f"{card}: {in_card[0]['trials']} trials per method at {in_card[0]['bits']} bits, "
                  f"{in_card[0]['epochs']} epochs")
         doc.table(("method", "searched", "chosen", "validation: default", "validation: tuned", "gain",
                    "test: default", "test: tuned", "gain"),
-                  ((method_name(r["method"]), ", ".join(sorted(r["space"])), _values(r["values"]),
+                  ((method_name(r["method"]), f"{len(r['space'])}: " + ", ".join(sorted(r["space"])),
+                    _values(r["values"]),
                     _pct(r["val_default"]), _pct(r["val_tuned"]), _gain(r["val_tuned"], r["val_default"]),
                     _pct(r["test_default"]), _pct(r["test_tuned"]), _gain(r["test_tuned"], r["test_default"]))
                    for r in in_card))

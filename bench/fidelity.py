@@ -1,0 +1,104 @@
+"""Checks 5-7 of the methods-fidelity spec (issue 26), as functions and a script:
+
+    python -m bench.fidelity
+
+5. every official default of every searched knob, resolved for C in {10, 100, 196, 555} and
+   K in {16, 32, 64}, lies inside the knob's range;
+6. every experiment of the tuned protocol has, for each (method, bits), a tuned entry searched
+   at its bits and epochs (or carrying a transfer check to those bits);
+7. no chosen value in bench/tuned/*.yaml lies within 5 % of an edge of its searched range that
+   is not a hard bound.
+Each prints one count line ("0 outside", "0 mismatches", "0 edge hits" when all hold) and the
+offending items above it; the exit code is the number of failed checks.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from bench.data import REPO_ROOT, load_card, read_yaml
+from bench.spec import load_tuned, tuned_dir, tuned_entry
+from bench.tune import edge_hits, outside, representative_task, resolved_defaults, search_space
+from methods import available_methods, get_method
+
+TABLE_CLASSES = (10, 100, 196, 555)
+TABLE_BITS = (16, 32, 64)
+# Official values a knob's rule can take besides the method's own default: OrthoHash's
+# supplement (sqrt(K), 8 in the released code, sqrt(2) ln(C-1)) and HashNet's two sources
+# (0.1 in the paper / DeepHash-pytorch, 10 / K in the authors' code).
+OTHER_OFFICIAL: dict[str, tuple[Any, ...]] = {"scale": ("sqrt_k", 8.0, "adacos"), "alpha": (0.1, "10/K")}
+
+
+def defaults_outside() -> list[str]:
+    """'method key=value (C, K)' for each resolved official default outside its range."""
+    found = []
+    for method in available_methods():
+        cls = get_method(method)
+        space = search_space(method)
+        for classes in TABLE_CLASSES:
+            for bits in TABLE_BITS:
+                task = representative_task(bits, classes)
+                points = [resolved_defaults(method, space, task)]
+                for key, rules in OTHER_OFFICIAL.items():
+                    if key in space:
+                        points += [{key: cls.resolve_default(key, rule, task)} for rule in rules]
+                for point in points:
+                    sub = {key: space[key] for key in point}
+                    found += [f"{method} {key}={point[key]!r} (C={classes}, K={bits})"
+                              for key in outside(sub, point)]
+    return found
+
+
+def tuned_mismatches(folder: Path | None = None) -> list[str]:
+    """'experiment method bits/epochs: why' for each (method, bits) of a tuned experiment
+    without an entry at its budget."""
+    folder = Path(folder) if folder is not None else REPO_ROOT / "bench" / "experiments"
+    found = []
+    for path in sorted(folder.glob("*.yaml")):
+        raw = read_yaml(path)
+        if not isinstance(raw, dict) or raw.get("protocol") != "tuned":
+            continue
+        card = load_card(raw.get("dataset", "fashion-mnist"))
+        epochs = int((raw.get("settings") or {}).get("epochs") or card.schedule.get("epochs"))
+        setting = load_tuned(card.name)
+        for method in raw.get("methods", []):
+            for bits in raw.get("bits", TABLE_BITS):
+                entry, why = (None, "no tuned setting") if setting is None else (
+                    tuned_entry(setting, method, int(bits), epochs))
+                if entry is None:
+                    found.append(f"{path.stem} {method} {bits} bits/{epochs} epochs")
+    return found
+
+
+def tuned_edge_hits(folder: Path | None = None) -> list[str]:
+    """'card method key at low|high edge' for each chosen value near a non-hard edge of the
+    range it was searched on (the entry's own `search_space`)."""
+    folder = Path(folder) if folder is not None else tuned_dir()
+    found = []
+    for path in sorted(folder.glob("*.yaml")):
+        setting = load_tuned(path.stem, path)
+        if setting is None:
+            continue
+        for method in sorted(setting.methods):
+            for entry in setting.entries(method):
+                space = {key: tuple(spec) if spec[0] != "choice" else ("choice", tuple(spec[1]))
+                         for key, spec in (entry.get("search_space") or {}).items()}
+                found += [f"{path.stem} {method} {key} at {side} edge ({entry['values'][key]:.4g} in "
+                          f"{list(space[key][1:])})" for key, side in edge_hits(entry["values"], space)]
+    return found
+
+
+def main() -> int:
+    failed = 0
+    for label, items in (("outside", defaults_outside()), ("mismatches", tuned_mismatches()),
+                         ("edge hits", tuned_edge_hits())):
+        for item in items:
+            print(f"  {item}")
+        print(f"{len(items)} {label}")
+        failed += bool(items)
+    return failed
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

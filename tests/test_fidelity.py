@@ -1,0 +1,238 @@
+"""Issue 26 (shared/specs/methods-fidelity-v2.md, section 7): baselines at their official
+settings and a tuning protocol that is fair by construction. SHC's checks (1, 2, 9) live in
+tests/test_shc.py, HCLM's (8) in tests/test_hclm.py; this file holds the shared ones."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench.cli import main
+from bench.errors import UserError
+from bench.spec import RunSpec, resolve_config
+from bench.tune import (
+    default_point,
+    edge_hits,
+    knob_counts,
+    outside,
+    resolved_defaults,
+    search_space,
+    trial_budget,
+    widen,
+)
+from methods import available_methods, get_method
+from methods.base import Task
+
+
+def task(bits: int = 32, classes: int = 10, multi_label: bool = False) -> Task:
+    return Task(bits=bits, num_classes=classes, multi_label=multi_label, seed=0, epochs=4,
+                device=torch.device("cpu"))
+
+
+# ----------------------------------------------------------------------------- checks 3-5
+def test_every_method_has_a_default_point() -> None:
+    """Check 3: trial 0 exists for every method (OrthoHash's scale None used to drop it)."""
+    assert [m for m in available_methods() if default_point(m, search_space(m)) is None] == []
+    point = default_point("orthohash", search_space("orthohash"), task(bits=16))
+    assert point == {"lr": 1e-3, "margin": 0.2, "scale": 4.0}  # sqrt(16), the supplement's rule
+    crh = default_point("crh", search_space("crh"), task(classes=10))
+    assert crh["scale"] == pytest.approx(math.sqrt(2) * math.log(9)) and crh["lambda_q"] == 0.1
+
+
+def test_a_default_outside_its_range_is_named_and_put_at_the_edge() -> None:
+    multi = task(multi_label=True)  # CRH's multi-label lambda_q is 0: no log range holds it
+    assert resolved_defaults("crh", search_space("crh"), multi)["lambda_q"] == 0.0
+    assert outside(search_space("crh"), resolved_defaults("crh", search_space("crh"), multi)) == ["lambda_q"]
+    assert default_point("crh", search_space("crh"), multi)["lambda_q"] == search_space("crh")["lambda_q"][1]
+
+
+def test_shared_knobs_have_one_range() -> None:
+    """Check 4 and R2: scale, margin, lambda_q and lr on the spec's ranges for every method."""
+    spaces = {m: search_space(m) for m in available_methods()}
+    assert spaces["crh"]["scale"] == spaces["orthohash"]["scale"] == spaces["mds"]["scale"]
+    assert spaces["crh"]["scale"] == ("log", 1.0, 16.0)
+    assert spaces["crh"]["margin"] == spaces["orthohash"]["margin"] == ("float", 0.0, 1.0)
+    for method in ("csq", "shc", "mds", "crh"):
+        assert spaces[method]["lambda_q"] == ("log", 1e-5, 1.0)
+    assert {spaces[m]["lr"] for m in spaces} == {("log", 1e-4, 1e-2)}
+    # No method keeps a shared knob fixed that another searches.
+    for key in ("scale", "lambda_q"):
+        for method in ("crh", "orthohash", "mds", "csq", "shc"):
+            has = key in get_method(method).params
+            assert (key in spaces[method]) == has, (method, key)
+
+
+def test_knob_counts_and_trial_budget() -> None:
+    counts = knob_counts(available_methods())
+    assert counts["crh"] == 4 and counts["orthohash"] == 3 and counts["mds"] == 4
+    assert counts["csq"] == counts["shc"] == counts["hashnet"] == counts["dpn"] == 2
+    assert counts["hclm"] == counts["classify-then-hash"] == 1
+    assert trial_budget(available_methods()) == 24  # R5: some method searches 3+ knobs
+    assert trial_budget(["csq", "hclm"]) == 12
+
+
+def test_every_official_default_lies_inside_its_range() -> None:
+    """Check 5 over C in {10, 100, 196, 555} and K in {16, 32, 64}, incl. sqrt(K), 8,
+    sqrt(2) ln(C-1), 0.1 and 10/K where a method searches that knob."""
+    from bench.fidelity import defaults_outside
+
+    assert defaults_outside() == []
+    widest = get_method("orthohash").resolve_default("scale", "adacos", task(classes=555))
+    assert widest == pytest.approx(math.sqrt(2) * math.log(554))
+    assert search_space("orthohash")["scale"][1] <= widest <= search_space("orthohash")["scale"][2]
+
+
+@pytest.mark.parametrize("method", ["orthohash", "crh", "mds"])
+def test_scale_takes_a_rule_or_a_number(method: str) -> None:
+    cls = get_method(method)
+    assert cls.resolve_default("scale", "sqrt_k", task(bits=64)) == 8.0
+    adacos = cls.resolve_default("scale", "adacos", task(classes=10))
+    assert adacos == pytest.approx(math.sqrt(2) * math.log(9))
+    assert cls.resolve_default("scale", 5, task()) == 5.0
+    with pytest.raises(UserError, match="scale='big' is not valid.*sqrt_k, adacos"):
+        cls.resolve_default("scale", "big", task())
+    config = resolve_config(RunSpec(method, "synthetic", 16, protocol="harmonised",
+                                    overrides=(("scale", "adacos"),)))
+    cls.check(config, task(bits=16, classes=6))
+
+
+def test_bad_scale_is_one_line_and_exit_2(capsys, tmp_path) -> None:
+    code = main(["run", "--methods", "orthohash", "--dataset", "synthetic", "--bits", "16", "--set",
+                 "scale=-1", "--results", str(tmp_path), "--dry-run"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "scale=-1" in err[0] and "sqrt_k" in err[0]
+
+
+# ----------------------------------------------------------------------------- check 10, CSQ
+def test_hashnet_native_alpha_is_ten_over_k() -> None:
+    from methods.hashnet import HashNet
+
+    config = resolve_config(RunSpec("hashnet", "synthetic", 16, protocol="native"))
+    assert HashNet(config, task(bits=16, classes=6)).alpha == 0.625
+    assert HashNet.resolve_default("alpha", config["alpha"], task(bits=64)) == pytest.approx(10 / 64)
+    harmonised = resolve_config(RunSpec("hashnet", "synthetic", 16, protocol="harmonised"))
+    assert HashNet(harmonised, task(bits=16, classes=6)).alpha == 0.1  # the paper's value stays
+
+
+def test_csq_native_is_named_a_re_implementation() -> None:
+    assert "re-implementation" in get_method("csq").native_source
+
+
+# ----------------------------------------------------------------------------- check 7: edges
+def test_edge_hits_and_widening() -> None:
+    space = {"lr": ("log", 1e-4, 3e-3), "margin": ("float", 0.0, 0.5), "lambda_q": ("log", 1e-5, 0.1)}
+    # lr: log10 span 1.477, 5 % = 0.074 -> above 10^(log10(3e-3) - 0.074) = 2.53e-3 is an edge hit.
+    assert edge_hits({"lr": 2.6e-3, "margin": 0.2, "lambda_q": 1e-3}, space) == [("lr", "high")]
+    assert edge_hits({"lr": 2.4e-3, "margin": 0.2, "lambda_q": 1e-3}, space) == []
+    assert edge_hits({"lr": 1e-3, "margin": 0.49, "lambda_q": 1.08e-5}, space) == [
+        ("margin", "high"), ("lambda_q", "low")]
+    assert edge_hits({"lr": 1e-3, "margin": 0.01, "lambda_q": 1e-3}, space) == []  # m = 0 is hard
+    wider = widen(space, [("lr", "high"), ("margin", "high"), ("lambda_q", "low")])
+    assert wider["lr"] == ("log", 1e-4, pytest.approx(9e-3))
+    assert wider["margin"] == ("float", 0.0, 0.75)
+    assert wider["lambda_q"] == ("log", pytest.approx(1e-5 / 3), 0.1)
+    assert widen(space, [("margin", "low")])["margin"] == ("float", 0.0, 0.5)  # never below 0
+
+
+def test_edge_hits_of_a_tuned_file(tmp_path) -> None:
+    from bench.fidelity import tuned_edge_hits
+
+    (tmp_path / "synthetic.yaml").write_text(
+        "dataset: synthetic\nmethods:\n  csq:\n    values: {lr: 0.0029, lambda_q: 0.001}\n"
+        "    search_space: {lr: [log, 0.0001, 0.003], lambda_q: [log, 1.0e-05, 0.1]}\n")
+    assert tuned_edge_hits(tmp_path) == ["synthetic csq lr at high edge (0.0029 in [0.0001, 0.003])"]
+
+
+# ----------------------------------------------------------------------------- check 6: budget
+ENTRY = "    values: {lr: 0.0005, lambda_q: 0.01}\n"
+
+
+def write_setting(folder: Path, *entries: str) -> None:
+    body = "".join(entries)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "synthetic.yaml").write_text(f"dataset: synthetic\nmethods:\n  csq:\n{body}")
+
+
+def tuned(bits: int, epochs: int | None = None) -> dict:
+    overrides = (("epochs", epochs),) if epochs is not None else ()
+    return resolve_config(RunSpec("csq", "synthetic", bits, protocol="tuned", overrides=overrides))
+
+
+def test_tuned_values_apply_only_at_their_budget(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("BENCH_TUNED_DIR", str(tmp_path))
+    write_setting(tmp_path, ENTRY + "    bits: 16\n    epochs: 4\n")
+    assert tuned(16)["lr"] == 0.0005  # the card's 4 epochs, 16 bits
+    with pytest.raises(UserError, match=r"searched at 16 bits/4 epochs, not at this run's 16 bits/8 epochs"):
+        tuned(16, 8)
+    with pytest.raises(UserError, match=r"not at this run's 32 bits/4 epochs \(and no transfer check"):
+        tuned(32)
+
+
+def test_a_transfer_check_lets_values_cross_bit_lengths_not_budgets(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("BENCH_TUNED_DIR", str(tmp_path))
+    write_setting(tmp_path, ENTRY + "    bits: 16\n    epochs: 4\n"
+                  "    transfer: {32: {within_spread: true}, 64: {within_spread: false}}\n")
+    assert tuned(32)["lr"] == 0.0005
+    with pytest.raises(UserError, match="64 bits/4 epochs"):
+        tuned(64)  # the check ran and failed: search there
+    with pytest.raises(UserError, match="32 bits/8 epochs"):
+        tuned(32, 8)  # a transfer check never crosses epoch budgets
+
+
+def test_entries_per_budget_and_legacy_entries(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("BENCH_TUNED_DIR", str(tmp_path))
+    write_setting(tmp_path, "  - values: {lr: 0.0005}\n    bits: 16\n    epochs: 4\n"
+                            "  - values: {lr: 0.0007}\n    bits: 16\n    epochs: 8\n")
+    assert tuned(16)["lr"] == 0.0005 and tuned(16, 8)["lr"] == 0.0007
+    write_setting(tmp_path, ENTRY)  # no bits, no epochs: written at 32 bits, 30 epochs
+    assert tuned(32, 30)["lr"] == 0.0005
+    assert tuned(32, 30)["tuned_setting"]["searched_at"] == {"bits": 32, "epochs": 30}
+    with pytest.raises(UserError, match="searched at 32 bits/30 epochs"):
+        tuned(32)
+
+
+def test_committed_tuned_files_load_as_32_bits_30_epochs() -> None:
+    from bench.spec import entry_budget, load_tuned
+
+    for card in ("fashion-mnist", "fashion-mnist-multi"):
+        setting = load_tuned(card)
+        assert setting is not None and setting.methods
+        assert {entry_budget(e) for m in setting.methods for e in setting.entries(m)} == {(32, 30)}
+
+
+def test_budget_mismatch_is_refused_in_one_line(capsys, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("BENCH_TUNED_DIR", str(tmp_path / "tuned"))
+    write_setting(tmp_path / "tuned", ENTRY + "    bits: 16\n    epochs: 4\n")
+    code = main(["run", "--methods", "csq", "--protocol", "tuned", "--dataset", "synthetic", "--bits",
+                 "16", "--epochs", "8", "--results", str(tmp_path / "results"), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "16 bits/4 epochs" in err[0] and "16 bits/8 epochs" in err[0]
+    assert not (tmp_path / "results" / "runs").exists()
+
+
+def test_dry_run_of_a_mismatched_table_lists_it_with_a_note(capsys, tmp_path) -> None:
+    """main-table (tuned, 60 epochs) is refused until searched at 60 epochs; its dry run still
+    lists the runs, and says so."""
+    code = main(["run", "--experiment", "main-table", "--methods", "csq", "--seeds", "0", "--dry-run",
+                 "--results", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert out.startswith("note: a real run would refuse: protocol tuned:") and "60 epochs" in out
+    assert out.count("csq fashion-mnist") == 3  # 16, 32 and 64 bits listed
+
+
+def test_mismatch_script_counts_tuned_experiments(tmp_path, monkeypatch) -> None:
+    from bench.fidelity import tuned_mismatches
+
+    monkeypatch.setenv("BENCH_TUNED_DIR", str(tmp_path / "tuned"))
+    write_setting(tmp_path / "tuned", ENTRY + "    bits: 16\n    epochs: 4\n")
+    experiments = tmp_path / "experiments"
+    experiments.mkdir()
+    (experiments / "t.yaml").write_text("name: t\ndataset: synthetic\nmethods: [csq]\nbits: [16, 32]\n"
+                                        "seeds: [0]\nprotocol: tuned\n")
+    (experiments / "h.yaml").write_text("name: h\ndataset: synthetic\nmethods: [csq]\nbits: [64]\n"
+                                        "seeds: [0]\nprotocol: harmonised\n")
+    assert tuned_mismatches(experiments) == ["t csq 32 bits/4 epochs"]
