@@ -266,7 +266,7 @@ def _trial_spec(method: str, values: dict[str, Any], request: TuneRequest) -> Ru
                    split_seed=request.split_seed, overrides=tuple(sorted(overrides.items())))
 
 
-def _validation_score(path: Path) -> tuple[float | None, str]:
+def validation_score(path: Path) -> tuple[float | None, str]:
     """(validation mAP, run id) of a finished trial's record; None for a failed run."""
     from bench.records import CorruptRecord, read_record
 
@@ -339,7 +339,7 @@ def tune_method(method: str, request: TuneRequest, options: Any,
             if outcome.aborted:
                 raise TuningAborted(outcome.aborted)
             for (number, values, resumed), spec in zip(batch, specs, strict=True):
-                value, run_id = _validation_score(planned[spec].path)
+                value, run_id = validation_score(planned[spec].path)
                 shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                   for k, v in values.items())
                 if value is None:
@@ -374,9 +374,10 @@ def tune_method(method: str, request: TuneRequest, options: Any,
 
 
 def write_setting(path: Path | None, request: TuneRequest, outcomes: list[TuneOutcome],
-                  results_dir: Path) -> Path:
+                  results_dir: Path, transfers: dict[str, dict[int, Any]] | None = None) -> Path:
     """Merge the chosen values (with provenance) into the card's tuned setting; other
-    methods' entries stay. Written atomically (temp file, rename)."""
+    methods' entries stay. Transfer checks (`bench.transfer`) given here, or already in the
+    entry for the same chosen run, are kept in it. Written atomically (temp file, rename)."""
     import optuna
 
     from bench.records import code_version
@@ -389,8 +390,12 @@ def write_setting(path: Path | None, request: TuneRequest, outcomes: list[TuneOu
     epochs = request.epochs if request.epochs is not None else request.card.schedule.get("epochs")
     for result in outcomes:
         # One entry per (bits, epochs): a search at another budget is kept beside this one.
-        kept = [e for e in (existing.entries(result.method) if existing else [])
-                if entry_budget(e) != (request.bits, epochs)]
+        previous = existing.entries(result.method) if existing else []
+        kept = [e for e in previous if entry_budget(e) != (request.bits, epochs)]
+        transfer = {int(b): v for e in previous if entry_budget(e) == (request.bits, epochs)
+                    and e.get("best_run_id") == result.best_run_id
+                    for b, v in (e.get("transfer") or {}).items()}
+        transfer.update((transfers or {}).get(result.method, {}))
         entry = {
             "values": {k: (float(v) if isinstance(v, float) else v) for k, v in result.values.items()},
             "best_val_mAP": round(result.best_value, 6),
@@ -419,6 +424,8 @@ def write_setting(path: Path | None, request: TuneRequest, outcomes: list[TuneOu
                      "results_version": code.get("results_version")},
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
+        if transfer:
+            entry["transfer"] = dict(sorted(transfer.items()))
         entries = sorted([*kept, entry], key=entry_budget)
         methods[result.method] = entries[0] if len(entries) == 1 else entries
     payload = {"dataset": card, "methods": dict(sorted(methods.items()))}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from bench.errors import UserError
 
@@ -43,6 +44,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     how.add_argument("--results", default=None,
                      help="results directory: trials are run records in DIR/runs, studies in "
                           "DIR/tuning (default: results/)")
+    what.add_argument("--transfer-to", default=None, metavar="BITS",
+                      help="after the search, check that the chosen values transfer to these other "
+                           "code lengths (comma-separated, e.g. 16,64): the top 3 configurations "
+                           "rerun there on --transfer-seeds seeds; the verdict goes into the entry, "
+                           "and `--protocol tuned` uses it at those lengths only when it holds")
+    what.add_argument("--transfer-seeds", default="3",
+                      help="seeds per configuration in a transfer check (default 3, at least 2)")
     how.add_argument("--jobs", type=int, default=1, help="trials trained in parallel (default 1)")
     how.add_argument("--data-root", help="folder holding the dataset files")
     how.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
@@ -101,7 +109,13 @@ def execute(args: argparse.Namespace) -> int:
     output = setting_path(args, card.name, results)
     options = RunOptions(results_dir=results, data_root=args.data_root, device=args.device,
                          progress_bars=not args.quiet, torch_threads=args.threads)
-    outcomes = []
+    targets = parse_targets(args.transfer_to, bits)
+    transfer_seeds = parse_int(args.transfer_seeds, "--transfer-seeds", 1, "3")
+    if transfer_seeds < 2:
+        raise UserError(f"--transfer-seeds '{args.transfer_seeds}' is not valid; give at least 2 "
+                        f"(a spread needs two seeds), e.g. 3")
+    outcomes: list = []
+    transfers: dict[str, dict[int, Any]] = {}
     try:
         for name in methods:
             outcome = tune_method(name, request, options)
@@ -115,17 +129,36 @@ def execute(args: argparse.Namespace) -> int:
             for key, side in outcome.extra.get("edge_hits", []):
                 print(f"  edge hit: {key} at the {side} edge of {outcome.space[key]}: widen it "
                       f"(bench.tune.widen) and give every method the same extra trials", flush=True)
+            if targets:
+                from bench.transfer import check_transfer
+
+                transfers[name] = check_transfer(outcome, request, targets, options,
+                                                 seeds=transfer_seeds,
+                                                 log=lambda line: print(line, flush=True))
     except TuningAborted as error:
         if outcomes:
-            write_setting(output, request, outcomes, results)
+            write_setting(output, request, outcomes, results, transfers)
         print(f"error: tuning stopped early: {error}; rerun the same command to resume", file=sys.stderr)
         return 1
-    path = write_setting(output, request, outcomes, results)
+    path = write_setting(output, request, outcomes, results, transfers)
     print(f"tuned setting written: {path} ({', '.join(methods)} at {bits} bits, {trials} trials each)")
     if not args.commit and not args.output:
         print(f"  `--protocol tuned` reads {tuned_path(card.name)}: rerun with --commit to write it "
               f"there, or set BENCH_TUNED_DIR={path.parent} to use this file")
     return 0
+
+
+def parse_targets(raw: str | None, bits: int) -> list[int]:
+    """--transfer-to: distinct code lengths other than the searched one."""
+    from bench.commands.run import parse_int
+
+    if raw is None:
+        return []
+    targets = [parse_int(item.strip(), "--transfer-to", 1, "16,64") for item in str(raw).split(",")]
+    if bits in targets:
+        raise UserError(f"--transfer-to {raw}: {bits} is the searched length itself; name the other "
+                        f"lengths, e.g. 16,64")
+    return sorted(set(targets))
 
 
 def setting_path(args: argparse.Namespace, card: str, results: Path) -> Path:

@@ -1,0 +1,127 @@
+"""Transfer checks (`bench tune --transfer-to`): a setting searched at one code length is used
+at another only when the study's top configurations, rerun there, keep it within the seeds'
+spread of the best (rule R4 of the fidelity spec)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bench.cli import main
+from bench.transfer import judge
+
+FAST = ["--dataset", "synthetic", "--epochs", "1", "--device", "cpu", "--quiet"]
+
+
+def test_judge_on_hand_worked_scores() -> None:
+    """Means 0.81 / 0.82 / 0.71; each pair differs by 0.02, so every sample variance is
+    0.0002 and the pooled spread sqrt(0.0002) = 0.01414: a gap of 0.01 holds."""
+    verdict = judge([[0.80, 0.82], [0.81, 0.83], [0.70, 0.72]])
+    assert verdict["best"] == 1
+    assert verdict["gap"] == pytest.approx(0.01)
+    assert verdict["spread"] == pytest.approx(math.sqrt(0.0002))
+    assert verdict["within_spread"] is True
+
+
+def test_judge_fails_a_gap_beyond_the_spread() -> None:
+    """Chosen mean 0.80 against 0.83 with seeds 0.005 apart: 0.03 > 0.0035 fails."""
+    verdict = judge([[0.7975, 0.8025], [0.8275, 0.8325], [0.70, 0.705]])
+    assert verdict["best"] == 1 and verdict["gap"] == pytest.approx(0.03)
+    assert verdict["spread"] == pytest.approx(math.sqrt(0.0025**2 * 2))
+    assert verdict["within_spread"] is False
+
+
+def test_judge_keeps_the_chosen_one_on_an_exact_tie() -> None:
+    verdict = judge([[0.8, 0.9], [0.8, 0.9]])
+    assert verdict["best"] == 0 and verdict["gap"] == 0.0 and verdict["within_spread"]
+
+
+def test_judge_needs_two_seeds() -> None:
+    from bench.errors import UserError
+
+    with pytest.raises(UserError, match="at least 2 seeds"):
+        judge([[0.8], [0.7]])
+
+
+def test_transfer_check_runs_top_configurations_and_gates_tuned_runs(tmp_path: Path, monkeypatch,
+                                                                     one_thread) -> None:
+    """End to end on the synthetic card: 3 trials at 16 bits, checked at 8 bits on 2 seeds;
+    the entry records every configuration's seed scores; `--protocol tuned` at 8 bits follows
+    the verdict (and refuses, exit 2, once the verdict says it does not hold)."""
+    tuned = tmp_path / "tuned"
+    monkeypatch.setenv("BENCH_TUNED_DIR", str(tuned))
+    results = tmp_path / "results"
+    setting = tuned / "synthetic.yaml"
+    assert main(["tune", "--methods", "csq", "--trials", "3", "--bits", "16", *FAST,
+                 "--results", str(results), "--output", str(setting),
+                 "--transfer-to", "8", "--transfer-seeds", "2"]) == 0
+    entry = yaml.safe_load(setting.read_text())["methods"]["csq"]
+    check = entry["transfer"][8]
+    configurations = check["configurations"]
+    assert len(configurations) == 3 and check["seeds"] == [0, 1]
+    assert configurations[0]["values"] == entry["values"]  # the chosen one is first
+    searched = [c["searched_val_mAP"] for c in configurations]
+    assert searched == sorted(searched, reverse=True)
+    assert all(len(c["val_mAP"]) == 2 and len(c["run_ids"]) == 2 for c in configurations)
+    expected = judge([c["val_mAP"] for c in configurations])  # recomputed from the stored scores
+    assert check["within_spread"] == expected["within_spread"]
+    assert check["gap"] == pytest.approx(expected["gap"], abs=1e-6)
+    trial_records = list((results / "tuning" / "runs" / "synthetic" / "csq").glob("*.json.gz"))
+    assert len(trial_records) == 3 + 3 * 2
+
+    # The verdict decides: force it both ways and watch `--protocol tuned` follow it at 8 bits.
+    run = ["run", "--methods", "csq", "--bits", "8", "--protocol", "tuned", *FAST,
+           "--results", str(tmp_path / "runs")]
+    data = yaml.safe_load(setting.read_text())
+    data["methods"]["csq"]["transfer"][8]["within_spread"] = True
+    setting.write_text(yaml.safe_dump(data))
+    assert main([*run, "--dry-run"]) == 0
+    data["methods"]["csq"]["transfer"][8]["within_spread"] = False
+    setting.write_text(yaml.safe_dump(data))
+    assert main(run) == 2
+
+    # Rerunning the same command reads every record (nothing retrains) and keeps the check.
+    before = sorted(p.name for p in trial_records)
+    assert main(["tune", "--methods", "csq", "--trials", "3", "--bits", "16", *FAST,
+                 "--results", str(results), "--output", str(setting)]) == 0
+    after = sorted(p.name for p in (results / "tuning" / "runs" / "synthetic" / "csq").glob("*.json.gz"))
+    assert after == before
+    assert 8 in yaml.safe_load(setting.read_text())["methods"]["csq"]["transfer"]
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--bits", "16", "--transfer-to", "16"], "--transfer-to 16: 16 is the searched length"),
+    (["--bits", "16", "--transfer-to", "8,x"], "--transfer-to 'x' is not valid"),
+    (["--bits", "16", "--transfer-to", "8", "--transfer-seeds", "1"], "--transfer-seeds '1'"),
+])
+def test_bad_transfer_input_is_one_line_and_exit_2(tmp_path: Path, capsys, flags, expected) -> None:
+    code = main(["tune", "--methods", "csq", "--trials", "1", *FAST, *flags,
+                 "--results", str(tmp_path), "--output", str(tmp_path / "t.yaml")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and expected in err[0], err
+    assert not (tmp_path / "t.yaml").exists()
+
+
+def test_a_budget_mismatch_refuses_only_runs_still_to_train(tmp_path: Path, monkeypatch, capsys,
+                                                            one_thread) -> None:
+    """Reading a stored record applies no setting: once a run exists, a later search at another
+    budget does not block regenerating the table from it, but any run still to train is refused."""
+    tuned = tmp_path / "tuned"
+    tuned.mkdir()
+    monkeypatch.setenv("BENCH_TUNED_DIR", str(tuned))
+    setting = tuned / "synthetic.yaml"
+    setting.write_text("dataset: synthetic\nmethods:\n  csq:\n    values: {lr: 0.0005}\n"
+                       "    bits: 16\n    epochs: 1\n")
+    run = ["run", "--methods", "csq", "--bits", "16", "--protocol", "tuned", *FAST,
+           "--results", str(tmp_path / "results")]
+    assert main(run) == 0  # at its budget: trained
+    setting.write_text(setting.read_text().replace("epochs: 1", "epochs: 2"))
+    capsys.readouterr()
+    assert main(run) == 0  # the record exists: nothing is trained, a note says why
+    assert "every record exists (1)" in capsys.readouterr().out
+    assert main([*run, "--seeds", "1"]) == 2  # a new seed would train with mismatched values
+    assert "searched at 16 bits/2 epochs" in capsys.readouterr().err
+    assert main([*run, "--force"]) == 2  # retraining is training
