@@ -419,13 +419,16 @@ def write_setting(path: Path | None, request: TuneRequest, outcomes: list[TuneOu
             "storage": _shown(result.storage),
             "results": _shown(Path(results_dir) / TRIALS_FOLDER),
             "sampler": f"optuna {optuna.__version__} TPESampler(seed={request.seed}, "
-                       f"n_startup_trials={N_STARTUP_TRIALS}), re-seeded per trial",
+                       f"n_startup_trials={N_STARTUP_TRIALS}), re-seeded per trial, one trial at a time",
             "code": {"commit": code.get("commit"), "dirty": code.get("dirty"),
                      "results_version": code.get("results_version")},
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         if transfer:
             entry["transfer"] = dict(sorted(transfer.items()))
+        same = [e for e in previous if entry_budget(e) == (request.bits, epochs)
+                and _same_result(e, entry)]
+        entry = same[0] if same else entry  # a replay rewrites nothing (not even date or commit)
         entries = sorted([*kept, entry], key=entry_budget)
         methods[result.method] = entries[0] if len(entries) == 1 else entries
     payload = {"dataset": card, "methods": dict(sorted(methods.items()))}
@@ -437,6 +440,18 @@ def write_setting(path: Path | None, request: TuneRequest, outcomes: list[TuneOu
     tmp.write_text(header + yaml.safe_dump(payload, sort_keys=False, default_flow_style=None, width=100))
     tmp.replace(path)
     return path
+
+
+def _same_result(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """The same search outcome: values, chosen run, trial counts, ranges and transfer checks
+    (provenance such as the date and the commit of a replay does not count)."""
+    keys = ("values", "best_run_id", "best_val_mAP", "trials", "failed_trials", "search_space",
+            "bits", "epochs", "seed", "split_seed", "transfer")
+
+    def normal(entry: dict[str, Any]) -> Any:  # as the file stores it (tuples become lists)
+        return yaml.safe_load(yaml.safe_dump({key: entry.get(key) for key in keys}))
+
+    return normal(old) == normal(new)
 
 
 def _shown(path: Path) -> str:

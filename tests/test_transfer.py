@@ -125,3 +125,21 @@ def test_a_budget_mismatch_refuses_only_runs_still_to_train(tmp_path: Path, monk
     assert main([*run, "--seeds", "1"]) == 2  # a new seed would train with mismatched values
     assert "searched at 16 bits/2 epochs" in capsys.readouterr().err
     assert main([*run, "--force"]) == 2  # retraining is training
+
+
+def test_a_replay_rewrites_nothing(tmp_path: Path, monkeypatch, one_thread) -> None:
+    """`make reproduce` replays the committed search: the tuned file must stay byte-identical
+    (no new date, no new commit), or a reproduction would dirty the clone."""
+    monkeypatch.setenv("BENCH_TUNED_DIR", str(tmp_path / "tuned"))
+    setting = tmp_path / "setting.yaml"
+    command = ["tune", "--methods", "csq", "--trials", "2", "--bits", "16", *FAST,
+               "--results", str(tmp_path / "results"), "--output", str(setting)]
+    assert main(command) == 0
+    text = setting.read_text()
+    date = yaml.safe_load(text)["methods"]["csq"]["date"]
+    setting.write_text(text.replace(date, "2000-01-01T00:00:00Z"))  # as if searched long ago
+    before = setting.read_bytes()
+    assert main(command) == 0
+    assert setting.read_bytes() == before
+    assert main([*command[:4], "3", *command[5:]]) == 0  # one more trial: a new outcome is written
+    assert yaml.safe_load(setting.read_text())["methods"]["csq"]["trials"] == 3

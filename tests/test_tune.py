@@ -205,3 +205,36 @@ def test_bad_tune_input_is_one_line_and_exit_2(capsys, tmp_path, flags, expected
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and expected in err[0], err
     assert not results.exists() and not (tmp_path / "t.yaml").exists()
+
+
+def test_jobs_search_methods_side_by_side_and_choose_the_same(tmp_path, tuned_dir, one_thread):
+    """--jobs runs studies side by side, each proposing one trial at a time: the trials each
+    method tries, and what it chooses, are those of a --jobs 1 search."""
+    def search(folder: Path, jobs: str) -> dict:
+        setting = folder / "t.yaml"
+        assert main(["tune", "--methods", "csq,dpn", "--trials", "3", *FAST, "--results", str(folder),
+                     "--output", str(setting), "--jobs", jobs]) == 0
+        methods = yaml.safe_load(setting.read_text())["methods"]
+        return {name: (entry["values"], entry["best_run_id"]) for name, entry in methods.items()}
+
+    one, two = search(tmp_path / "one", "1"), search(tmp_path / "two", "2")
+    assert one == two and set(one) == {"csq", "dpn"}
+    names = lambda folder: sorted(p.name for p in (folder / "tuning" / "runs").rglob("*.json.gz"))  # noqa: E731
+    assert names(tmp_path / "one") == names(tmp_path / "two")
+
+
+def test_a_study_never_proposes_a_batch(tmp_path, tuned_dir, monkeypatch):
+    """With --jobs 2 and one method, the study still runs one trial at a time (a batch would be
+    proposed before its first member's score is known, so the choice would depend on --jobs)."""
+    import bench.tune
+
+    seen = []
+
+    def fake_tune(method, request, options, log=print):
+        seen.append(request.jobs)
+        raise bench.tune.TuningAborted("stop here")
+
+    monkeypatch.setattr(bench.tune, "tune_method", fake_tune)
+    assert main(["tune", "--methods", "csq", "--trials", "9", *FAST, "--results", str(tmp_path),
+                 "--output", str(tmp_path / "t.yaml"), "--jobs", "2"]) == 1
+    assert seen == [1]

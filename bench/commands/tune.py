@@ -13,6 +13,7 @@ rerun to resume); 2 bad input (one line on stderr; nothing trained, nothing writ
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                            "and `--protocol tuned` uses it at those lengths only when it holds")
     what.add_argument("--transfer-seeds", default="3",
                       help="seeds per configuration in a transfer check (default 3, at least 2)")
-    how.add_argument("--jobs", type=int, default=1, help="trials trained in parallel (default 1)")
+    how.add_argument("--jobs", type=int, default=1,
+                     help="methods searched at a time (default 1); each study proposes one trial at "
+                          "a time, so its choice does not depend on --jobs")
     how.add_argument("--data-root", help="folder holding the dataset files")
     how.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     how.add_argument("--threads", type=int, default=None, help="torch threads per run")
@@ -76,7 +79,6 @@ def execute(args: argparse.Namespace) -> int:
         knob_counts,
         search_space,
         trial_budget,
-        tune_method,
         write_setting,
     )
     from methods import get_method
@@ -117,9 +119,10 @@ def execute(args: argparse.Namespace) -> int:
     outcomes: list = []
     transfers: dict[str, dict[int, Any]] = {}
     try:
-        for name in methods:
-            outcome = tune_method(name, request, options)
+        for outcome, verdicts in search_all(methods, request, options, targets, transfer_seeds):
             outcomes.append(outcome)
+            if verdicts:
+                transfers[outcome.method] = verdicts
             default = ("n/a" if outcome.default_value is None else f"{outcome.default_value:.4f}")
             print(f"{outcome.study}: best validation mAP {outcome.best_value:.4f} (trial "
                   f"{outcome.best_trial} of {outcome.finished}, {outcome.failed} failed; default {default}; "
@@ -129,12 +132,6 @@ def execute(args: argparse.Namespace) -> int:
             for key, side in outcome.extra.get("edge_hits", []):
                 print(f"  edge hit: {key} at the {side} edge of {outcome.space[key]}: widen it "
                       f"(bench.tune.widen) and give every method the same extra trials", flush=True)
-            if targets:
-                from bench.transfer import check_transfer
-
-                transfers[name] = check_transfer(outcome, request, targets, options,
-                                                 seeds=transfer_seeds,
-                                                 log=lambda line: print(line, flush=True))
     except TuningAborted as error:
         if outcomes:
             write_setting(output, request, outcomes, results, transfers)
@@ -146,6 +143,45 @@ def execute(args: argparse.Namespace) -> int:
         print(f"  `--protocol tuned` reads {tuned_path(card.name)}: rerun with --commit to write it "
               f"there, or set BENCH_TUNED_DIR={path.parent} to use this file")
     return 0
+
+
+def search_one(method: str, request: Any, options: Any, targets: list[int],
+               transfer_seeds: int) -> tuple[Any, dict[int, Any]]:
+    """One method's study (one trial at a time) and its transfer checks; runs in a worker
+    process when several methods are searched at once."""
+    import dataclasses
+
+    from bench.tune import tune_method
+
+    sequential = dataclasses.replace(request, jobs=1)
+    outcome = tune_method(method, sequential, options, log=lambda line: print(line, flush=True))
+    verdicts = {}
+    if targets:
+        from bench.transfer import check_transfer
+
+        verdicts = check_transfer(outcome, sequential, targets, options, seeds=transfer_seeds,
+                                  log=lambda line: print(line, flush=True))
+    return outcome, verdicts
+
+
+def search_all(methods: list[str], request: Any, options: Any, targets: list[int],
+               transfer_seeds: int) -> Iterator[tuple[Any, dict[int, Any]]]:
+    """Every method's search, `request.jobs` studies at a time, yielded in the methods' order.
+    Parallelism is across studies, never inside one: each study proposes one trial at a time
+    from (seed, history), so what it chooses does not depend on --jobs."""
+    if request.jobs <= 1 or len(methods) == 1:
+        for method in methods:
+            yield search_one(method, request, options, targets, transfer_seeds)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=min(request.jobs, len(methods)), mp_context=context) as pool:
+        futures = [pool.submit(search_one, method, request, options, targets, transfer_seeds)
+                   for method in methods]
+        for future in futures:
+            yield future.result()
 
 
 def parse_targets(raw: str | None, bits: int) -> list[int]:
