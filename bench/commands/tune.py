@@ -50,8 +50,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                            "code lengths (comma-separated, e.g. 16,64): the top 3 configurations "
                            "rerun there on --transfer-seeds seeds; the verdict goes into the entry, "
                            "and `--protocol tuned` uses it at those lengths only when it holds")
-    what.add_argument("--transfer-seeds", default="3",
-                      help="seeds per configuration in a transfer check (default 3, at least 2)")
+    what.add_argument("--transfer-seeds", default="2",
+                      help="seeds per configuration in a transfer check (default 2, at least 2)")
     how.add_argument("--jobs", type=int, default=1,
                      help="methods searched at a time (default 1); each study proposes one trial at "
                           "a time, so its choice does not depend on --jobs")
@@ -112,10 +112,10 @@ def execute(args: argparse.Namespace) -> int:
     options = RunOptions(results_dir=results, data_root=args.data_root, device=args.device,
                          progress_bars=not args.quiet, torch_threads=args.threads)
     targets = parse_targets(args.transfer_to, bits)
-    transfer_seeds = parse_int(args.transfer_seeds, "--transfer-seeds", 1, "3")
+    transfer_seeds = parse_int(args.transfer_seeds, "--transfer-seeds", 1, "2")
     if transfer_seeds < 2:
         raise UserError(f"--transfer-seeds '{args.transfer_seeds}' is not valid; give at least 2 "
-                        f"(a spread needs two seeds), e.g. 3")
+                        f"(a spread needs two seeds), e.g. 2")
     outcomes: list = []
     transfers: dict[str, dict[int, Any]] = {}
     try:
