@@ -124,3 +124,15 @@ def test_centers_section_tests_every_center_method_and_never(make_record):
     assert "| 32 | SHC | -" in section  # judged against SHC's other seeds: reversed
     frame = claims_frame(analyze(records))
     assert set(frame.method) == {"crh", "shc"}
+
+
+@pytest.mark.parametrize("pretrained, variant", [(False, ()), (True, (("similarity_features", '"pixels"'),))])
+def test_a_rule_valued_default_is_compared_as_resolved(pretrained: bool, variant: tuple) -> None:
+    """HCLM's default `auto` means pixels from scratch and backbone features when pretrained:
+    a from-scratch run on pixels is the main row, a pretrained run on pixels is a variant."""
+    from bench.report.groups import method_defaults, variant_of
+
+    config = {**method_defaults("hclm", "harmonised"), "similarity_features": "pixels"}
+    record = {"spec": {"method": "hclm", "protocol": "harmonised", "pretrained": pretrained},
+              "config": config}
+    assert variant_of(record) == variant

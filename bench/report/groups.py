@@ -132,6 +132,12 @@ def variant_of(record: dict) -> Variant:
 
     spec, config = record.get("spec") or {}, record.get("config") or {}
     defaults = method_defaults(str(spec.get("method")), str(spec.get("protocol")))
+    if defaults is not None:
+        # Rule-valued defaults (HCLM's `auto` features) compare as the value the run resolved.
+        from methods import get_method
+
+        defaults = get_method(str(spec.get("method"))).resolve_rules(dict(defaults),
+                                                                      bool(spec.get("pretrained")))
     if defaults is not None and spec.get("protocol") == "tuned":
         # A tuned run's baseline is the method's defaults plus the tuned values it trained
         # with (kept in its provenance): only what was changed on top of them is a variant.
