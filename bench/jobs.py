@@ -95,6 +95,7 @@ def _compute_record(run: PlannedRun, options: RunOptions, numerics: Numerics) ->
         "host": os.uname().nodename,
         "pid": os.getpid(),  # the process that trained it (the caller's process wrote it)
     }
+    base.update(plugin_fields(run.spec.method))
     try:
         body = train_and_evaluate(
             run.spec, results_dir=splits_home, data_root=options.data_root,
@@ -115,11 +116,20 @@ def _compute_record(run: PlannedRun, options: RunOptions, numerics: Numerics) ->
     return record
 
 
+def plugin_fields(method: str) -> dict[str, Any]:
+    """`method_source` (distribution, version, entry point) for a plugin method; nothing for
+    a built-in one, whose code version is the repository's commit."""
+    from methods import method_source
+
+    source = method_source(method)
+    return {} if source.builtin else {"method_source": source.as_record()}
+
+
 def failed_record(run: PlannedRun, reason: str, options: RunOptions, base: dict[str, Any] | None = None,
                   trace: str = "", seconds: float | None = None) -> dict[str, Any]:
     """A record saying the run failed and why (also used when a worker process dies)."""
     base = base or {"schema": RECORD_SCHEMA, "run_id": run.run_id, "spec": run.spec.to_dict(),
-                    "code": code_version(), "host": None}
+                    "code": code_version(), "host": None, **plugin_fields(run.spec.method)}
     return {
         **base, "status": "failed", "config": resolve_config(run.spec),
         "environment": environment(options.device or "auto"),

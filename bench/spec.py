@@ -33,7 +33,7 @@ from bench import RESULTS_VERSION
 from bench.data import REPO_ROOT, DatasetCard, load_card, read_yaml
 from bench.errors import UserError
 from bench.identity import architecture_token, identity_digest
-from methods import get_method
+from methods import get_method, method_source
 from methods.base import HARMONISED, TRAINING_PARAMS, HashMethod, Param
 
 PROTOCOLS = ("native", "harmonised", "tuned")
@@ -414,5 +414,8 @@ def run_id(spec: RunSpec, config: dict[str, Any], card: DatasetCard | None = Non
         "results_version": RESULTS_VERSION,
         "backbone_architecture": [backbone, architecture_token(backbone, card.channels)],
     }
+    source = method_source(spec.method)
+    if not source.builtin:  # a plugin's code is its package version (built-in ids never change)
+        identity["method_source"] = {"package": source.package, "version": source.version}
     digest = identity_digest(identity)
     return f"{spec.method}-{spec.bits}b-s{spec.seed}-{spec.protocol}-{digest[:10]}"

@@ -16,12 +16,16 @@ def execute(args: argparse.Namespace) -> int:
     from bench.data import available_datasets, load_card
     from bench.experiments import available_experiments, load_experiment
     from bench.spec import method_params
-    from methods import available_methods, get_method
+    from methods import available_methods, get_method, method_source, plugin_problems
 
     if args.what in ("all", "methods"):
         print("methods:")
         for name in available_methods():
-            print(f"  {name:10s} {get_method(name).summary}")
+            source = method_source(name)
+            origin = "" if source.builtin else f"  [{source.describe()}]"
+            print(f"  {name:10s} {get_method(name).summary}{origin}")
+        for problem in plugin_problems():
+            print(f"  warning: {problem}")
     if args.what in ("all", "datasets"):
         print("datasets:")
         for name in available_datasets():
