@@ -113,7 +113,7 @@ def get_method(name: str) -> type[HashMethod]:
 def method_source(name: str) -> MethodSource:
     """Built in, or the plugin distribution (and version) that registered the method."""
     get_method(name)
-    return _SOURCES[name]
+    return _SOURCES.get(name, MethodSource())  # a class put in the registry directly: ours
 
 
 def plugin_problems() -> list[str]:
