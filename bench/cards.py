@@ -49,6 +49,7 @@ class DatasetCard:
     files: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
     ground_truth: dict[str, Any] = field(default_factory=dict)
+    table: str | None = None  # the card's primary table (an experiment): a bare run's budget
     path: str = ""
 
     def ground_truth_similarity(self, same_group: float | None = None) -> np.ndarray | None:
@@ -60,7 +61,7 @@ class DatasetCard:
 _CARD_KEYS = {
     "name", "title", "loader", "num_classes", "multi_label", "map_at", "backbone",
     "image_size", "channels", "split", "schedule", "search_paths", "install_hint",
-    "class_names", "files", "options", "published", "ground_truth", "protocol",
+    "class_names", "files", "options", "published", "ground_truth", "protocol", "table",
 }
 _REQUIRED_CARD_KEYS = ("name", "loader", "num_classes", "split")
 LOADERS = ("fashion_mnist", "cifar", "list_file", "synthetic", "fashion_mnist_mosaic",
@@ -136,6 +137,7 @@ def load_card(name: str, cards_dir: Path = CARDS_DIR) -> DatasetCard:
         files=dict(raw.get("files") or {}),
         options=dict(raw.get("options") or {}),
         ground_truth=dict(raw.get("ground_truth") or {}),
+        table=raw.get("table"),
         path=str(path),
     )
 

@@ -26,16 +26,107 @@ def runs_frame(records: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def print_summary(results_dir: Path, run_ids: list[str] | None = None) -> None:
+def print_summary(results_dir: Path, run_ids: list[str] | None = None) -> list[dict]:
+    """Print the mean metrics per cell of the given runs; return their records."""
     records, _ = load_records(results_dir, include_failed=False)
+    if run_ids is not None:
+        wanted = set(run_ids)
+        records = [r for r in records if r.get("run_id") in wanted]
     frame = runs_frame(records)
-    if run_ids is not None and not frame.empty:
-        frame = frame[frame["run_id"].isin(run_ids)]
     if frame.empty:
-        return
+        return records
     table = frame.groupby(["dataset", "protocol", "method", "bits"]).agg(
         mAP=("mAP", "mean"), tie_aware=("mAP_tie_aware", "mean"), p_r2=("p_at_r2", "mean"),
         seeds=("seed", "count"), train_s=("train_s", "mean"),
     )
     with pd.option_context("display.float_format", "{:.4f}".format, "display.width", 120):
         print(table.to_string())
+    return records
+
+
+# ----------------------------------------------------------------------------- regression check
+SPREAD_SDS = 2.0  # a new value further than 2 seed standard deviations from the mean is flagged
+
+
+def cell_key(record: dict) -> tuple:
+    """What makes two runs the same configuration up to the seed: card, method, bits, protocol,
+    split seed, pretrained flag and the identifying part of the resolved configuration."""
+    from bench.identity import canonical_json
+    from bench.spec import config_identity
+
+    spec = record["spec"]
+    return (spec["dataset"], spec["method"], int(spec["bits"]), spec["protocol"],
+            spec.get("split_seed"), bool(spec.get("pretrained")),
+            canonical_json(config_identity(record.get("config") or {})))
+
+
+def committed_cells(committed_dir: Path, pairs: set[tuple[str, str]]) -> dict[tuple, dict[int, dict]]:
+    """Committed complete records of the given (card, method) pairs, by cell and seed."""
+    from bench.records import CorruptRecord, read_record, record_files
+
+    cells: dict[tuple, dict[int, dict]] = {}
+    for dataset, method in sorted(pairs):
+        folder = Path(committed_dir) / "runs" / dataset / method
+        for path in record_files(folder) if folder.is_dir() else []:
+            try:
+                record = read_record(path)
+            except CorruptRecord:
+                continue
+            if record.get("status") == "complete":
+                cells.setdefault(cell_key(record), {})[int(record["spec"]["seed"])] = record
+    return cells
+
+
+def regression_frame(new_records: list[dict], committed_dir: Path, same_folder: bool) -> pd.DataFrame:
+    """Each new run's mAP beside the committed runs of the same configuration: the same seed's
+    value, the mean and 95 % t-interval over the committed seeds, and a flag when the new value
+    lies more than SPREAD_SDS seed standard deviations from that mean. When the runs were stored
+    in the committed folder itself (`same_folder`), a run is compared with the other seeds only."""
+    import numpy as np
+    from scipy import stats
+
+    complete = [r for r in new_records if r.get("status") == "complete"]
+    cells = committed_cells(committed_dir, {(r["spec"]["dataset"], r["spec"]["method"]) for r in complete})
+    rows = []
+    for record in complete:
+        seed, value = int(record["spec"]["seed"]), float(record["metrics"]["mAP"])
+        by_seed = cells.get(cell_key(record), {})
+        same = by_seed.get(seed)
+        itself = same_folder and same is not None and same.get("run_id") == record["run_id"]
+        others = {s: r for s, r in by_seed.items() if not (itself and s == seed)}
+        values = np.array([float(r["metrics"]["mAP"]) for r in others.values()])
+        row = {"method": record["spec"]["method"], "bits": int(record["spec"]["bits"]), "seed": seed,
+               "mAP": value, "committed_same_seed": None if itself or same is None
+               else float(same["metrics"]["mAP"]), "n": len(values), "mean": None, "ci95": None,
+               "check": ""}
+        if len(values) == 0:
+            row["check"] = "no committed cell for this configuration"
+        else:
+            row["mean"] = float(values.mean())
+            if len(values) >= 2:
+                sd = float(values.std(ddof=1))
+                half = float(stats.t.ppf(0.975, len(values) - 1)) * sd / np.sqrt(len(values))
+                row["ci95"] = (row["mean"] - half, row["mean"] + half)
+                outside = abs(value - row["mean"]) > SPREAD_SDS * sd
+                row["check"] = "OUTSIDE the seeds' spread" if outside else "within the seeds' spread"
+            else:
+                row["check"] = "one committed seed: no spread to compare with"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def print_regression(new_records: list[dict], committed_dir: Path, same_folder: bool) -> None:
+    """The closing regression check of `bench run` (see `regression_frame`)."""
+    frame = regression_frame(new_records, committed_dir, same_folder)
+    if frame.empty:
+        return
+    print(f"beside the committed runs of the same configuration ({committed_dir}):")
+    for row in frame.itertuples():
+        same = ("" if row.committed_same_seed is None
+                else f", committed seed {row.seed} {row.committed_same_seed:.4f}")
+        if row.mean is None:
+            print(f"  {row.method} {row.bits}b seed {row.seed}: mAP {row.mAP:.4f}{same}; {row.check}")
+            continue
+        interval = "" if row.ci95 is None else f", 95% CI [{row.ci95[0]:.4f}, {row.ci95[1]:.4f}]"
+        print(f"  {row.method} {row.bits}b seed {row.seed}: mAP {row.mAP:.4f}{same}; committed mean "
+              f"{row.mean:.4f} over {row.n} seeds{interval}: {row.check}")

@@ -108,6 +108,21 @@ def parse_settings(items: list[str]) -> dict[str, str]:
     return settings
 
 
+def table_budget(args: argparse.Namespace, card: Any) -> None:
+    """A bare run trains at the epoch budget of the card's primary table (`table:` in the card),
+    so that its cells can be set beside the committed table's; --epochs or --set epochs=
+    choose another budget."""
+    from bench.experiments import load_experiment
+
+    if not card.table or args.epochs is not None or "epochs" in parse_settings(args.settings):
+        return
+    epochs = load_experiment(card.table).settings.get("epochs")
+    if epochs is not None:
+        args.epochs = int(epochs)
+        args.table_note = (f"budget: {epochs} epochs, the budget of {card.name}'s table "
+                           f"'{card.table}' (--epochs to change)")
+
+
 def budget_epochs(args: argparse.Namespace, experiment: Any, card: Any) -> int | None:
     """The epochs every run of the command will have when one value applies to all (--epochs,
     --set epochs=, the experiment's settings, else the card's), for choosing tuned values;
@@ -154,6 +169,8 @@ def build_specs(args: argparse.Namespace) -> list:
     split_seed = parse_seed(args.split_seed, "--split-seed")
     dataset = args.dataset or (experiment.dataset if experiment else "fashion-mnist")
     card = load_card(dataset)
+    if experiment is None:
+        table_budget(args, card)
     protocol = args.protocol or (experiment.protocol if experiment else None)
     epochs = budget_epochs(args, experiment, card)
     if protocol is None:
@@ -240,6 +257,8 @@ def execute(args: argparse.Namespace) -> int:
         raise UserError(f"--threads {args.threads}: must be a positive integer")
     specs = build_specs(args)
     note = getattr(args, "protocol_note", None)  # which protocol a bare command resolved to
+    if getattr(args, "table_note", None):
+        note = f"{args.table_note}\n{note}" if note else args.table_note
     options = RunOptions(
         results_dir=Path(args.results) if args.results else DEFAULT_RESULTS_DIR,
         data_root=args.data_root, device=args.device, force=args.force,
@@ -280,9 +299,11 @@ def execute(args: argparse.Namespace) -> int:
     for identifier, reason in outcome.failed:
         print(f"  failed {identifier}: {reason}")
     if outcome.completed or outcome.skipped:
-        from bench.summary import print_summary
+        from bench.summary import print_regression, print_summary
 
-        print_summary(options.results_dir, [*outcome.completed, *outcome.skipped])
+        shown = print_summary(options.results_dir, [*outcome.completed, *outcome.skipped])
+        committed = DEFAULT_RESULTS_DIR
+        print_regression(shown, committed, Path(options.results_dir).resolve() == committed.resolve())
     if outcome.aborted:
         print(f"error: sweep stopped early: {outcome.aborted}", file=sys.stderr)
     elif outcome.failed:

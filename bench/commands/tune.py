@@ -96,6 +96,14 @@ def execute(args: argparse.Namespace) -> int:
     seed = parse_seed(args.seed, "--seed")
     split_seed = parse_seed(args.split_seed, "--split-seed")
     card = load_card(args.dataset or "fashion-mnist")
+    if epochs is None and card.table:  # search at the budget of the card's primary table
+        from bench.experiments import load_experiment
+
+        table_epochs = load_experiment(card.table).settings.get("epochs")
+        epochs = int(table_epochs) if table_epochs is not None else None
+        if epochs is not None:
+            print(f"budget: {epochs} epochs, the budget of {card.name}'s table '{card.table}' "
+                  f"(--epochs to change)", flush=True)
     check_executor(args.jobs, "local", None)
     if args.threads is not None and args.threads < 1:
         raise UserError(f"--threads {args.threads}: must be a positive integer")

@@ -1,0 +1,70 @@
+"""The closing regression check of `bench run`: each new cell beside the committed runs of the
+same configuration, flagged when it lies outside the seeds' spread."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from bench.records import write_record
+from bench.summary import SPREAD_SDS, regression_frame
+
+CONFIG = {"lr": 0.001, "epochs": 60, "tuned_setting": {"path": "bench/tuned/x.yaml"}}
+
+
+def record(seed: int, value: float, config: dict | None = None, method: str = "crh") -> dict:
+    spec = {"dataset": "fashion-mnist", "method": method, "bits": 32, "protocol": "tuned",
+            "seed": seed, "split_seed": 0, "pretrained": False, "overrides": {}, "backbone": None}
+    return {"schema": 2, "run_id": f"{method}-32b-s{seed}-tuned-x", "status": "complete", "spec": spec,
+            "config": dict(config or CONFIG), "metrics": {"mAP": value}}
+
+
+@pytest.fixture
+def committed(tmp_path: Path) -> Path:
+    """Three committed seeds: 0.80, 0.81, 0.82 (mean 0.81, seed sd 0.01)."""
+    folder = tmp_path / "committed"
+    for seed, value in enumerate((0.80, 0.81, 0.82)):
+        write_record(folder / "runs" / "fashion-mnist" / "crh" / f"s{seed}.json.gz", record(seed, value))
+    return folder
+
+
+def test_a_new_value_far_from_the_committed_seeds_is_flagged(committed: Path) -> None:
+    far = 0.81 + (SPREAD_SDS + 0.5) * 0.01
+    near = 0.81 + (SPREAD_SDS - 0.5) * 0.01
+    frame = regression_frame([record(0, far), record(1, near)], committed, same_folder=False)
+    assert list(frame["check"]) == ["OUTSIDE the seeds' spread", "within the seeds' spread"]
+    assert list(frame["committed_same_seed"]) == [0.80, 0.81]
+    assert frame["mean"].tolist() == pytest.approx([0.81, 0.81])
+    half = 4.302652729749464 * 0.01 / math.sqrt(3)  # t(0.975, 2 df), by the table
+    assert frame["ci95"][0] == pytest.approx((0.81 - half, 0.81 + half))
+
+
+def test_provenance_does_not_split_a_cell_but_a_setting_does(committed: Path) -> None:
+    moved = {**CONFIG, "tuned_setting": {"path": "elsewhere.yaml"}}
+    other = {**CONFIG, "lr": 0.002}
+    frame = regression_frame([record(0, 0.80, moved), record(0, 0.80, other)], committed, same_folder=False)
+    assert frame["n"].tolist() == [3, 0]
+    assert frame["check"][1] == "no committed cell for this configuration"
+
+
+def test_runs_stored_in_the_committed_folder_are_compared_with_the_other_seeds(committed: Path) -> None:
+    frame = regression_frame([record(0, 0.80)], committed, same_folder=True)
+    assert frame["n"][0] == 2 and frame["committed_same_seed"][0] is None
+    assert frame["mean"][0] == pytest.approx(0.815)
+
+
+def test_a_bare_run_trains_at_the_budget_of_the_cards_table(capsys) -> None:
+    """`bench run --methods crh` on Fashion-MNIST is a cell of main-table (60 epochs), not of
+    the card's 30-epoch schedule; --epochs still chooses."""
+    from bench.cli import main
+    from bench.experiments import load_experiment
+
+    table = load_experiment("main-table").settings["epochs"]
+    assert main(["run", "--methods", "crh", "--bits", "16", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert f"[epochs={table}]" in out and f"budget: {table} epochs" in out
+    assert main(["run", "--methods", "crh", "--bits", "16", "--epochs", "7", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "[epochs=7]" in out and "budget:" not in out
