@@ -39,6 +39,9 @@ class RunOptions:
     # from the tables: a trial is a normal record, but its searched values would otherwise
     # show up in the report as one variant per trial.
     runs_folder: str = "runs"
+    # `bench run --attack`: also evaluate the queries under this attack (bench.attack.AttackSpec);
+    # its result is stored beside the record, which stays as a run without it writes it.
+    attack: Any = None
 
 
 @dataclass
@@ -101,7 +104,7 @@ def _compute_record(run: PlannedRun, options: RunOptions, numerics: Numerics) ->
             run.spec, results_dir=splits_home, data_root=options.data_root,
             device=options.device, progress_bars=options.progress_bars,
             num_workers=options.num_workers, weights_file=options.weights_file,
-            numerics=numerics,
+            numerics=numerics, attack=options.attack,
         )
     except UserError:
         raise

@@ -21,6 +21,7 @@ reason), 2 bad input (nothing trained, nothing stored changed).
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,7 @@ from bench.records import (
     record_stem,
     set_aside,
     stored_path,
+    write_bytes_atomic,
     write_record,
 )
 from bench.spec import RunSpec, resolve_config, run_id
@@ -105,7 +107,8 @@ def stored_under_other_id(path: Path, identifier: str) -> Path | None:
     return None
 
 
-RunState = str  # "todo" (no record), "done", "failed" (redone), "corrupt" (set aside, redone)
+RunState = str  # "todo" (no record), "done", "failed" (redone), "corrupt" (set aside, redone),
+# "attack" (record stored, attack result missing: trained again for the attack only)
 
 
 def run_state(run: PlannedRun, options: RunOptions) -> tuple[RunState, str]:
@@ -119,7 +122,16 @@ def run_state(run: PlannedRun, options: RunOptions) -> tuple[RunState, str]:
         return "corrupt", str(error)
     if record.get("status") != "complete":
         return "failed", str(record.get("failure", "unknown"))
+    if options.attack is not None and not attack_result_path(run, options).exists():
+        return "attack", "record stored; the attack needs the model, so the run trains again"
     return "done", ""
+
+
+def attack_result_path(run: PlannedRun, options: RunOptions) -> Path:
+    from bench.attack import attack_path
+
+    return attack_path(options.results_dir, run.spec.dataset, run.spec.method, run.run_id,
+                       options.attack)
 
 
 def needs_running(run: PlannedRun, options: RunOptions, outcome: SweepOutcome | None = None) -> bool:
@@ -154,12 +166,22 @@ def prepare_data(todo: list[PlannedRun], options: RunOptions) -> None:
         del source
 
 
-def store(run: PlannedRun, record: dict[str, Any], outcome: SweepOutcome, total: int = 0) -> None:
-    """Write one finished run's record (only the sweep's own process calls this)."""
+def store(run: PlannedRun, record: dict[str, Any], outcome: SweepOutcome, total: int = 0,
+          options: RunOptions | None = None) -> None:
+    """Write one finished run's record (only the sweep's own process calls this), and its
+    attack result beside it; a complete stored record is kept as it is when the run was
+    trained again only for an attack (the result notes whether the rerun reproduced it)."""
+    attack = record.pop("attack_result", None)
     try:
-        write_record(run.path, record)
-        if run.path.name.endswith(".gz"):
-            legacy_path(run.path).unlink(missing_ok=True)  # a redone run's schema-1 file
+        kept = _keep_stored(run, record, attack, options)
+        if kept is None:
+            write_record(run.path, record)
+            if run.path.name.endswith(".gz"):
+                legacy_path(run.path).unlink(missing_ok=True)  # a redone run's schema-1 file
+        if attack is not None and options is not None:
+            attack["record_reproduced"] = kept if kept is not None else True
+            write_bytes_atomic(attack_result_path(run, options),
+                               (json.dumps(attack, sort_keys=True, indent=1) + "\n").encode())
     except OSError as error:  # e.g. the disk filled up mid-sweep: stop, keep what is stored
         raise SweepAborted(f"cannot write {run.path}: {error.strerror or error}") from None
     done = len(outcome.completed) + len(outcome.failed) + 1
@@ -172,6 +194,24 @@ def store(run: PlannedRun, record: dict[str, Any], outcome: SweepOutcome, total:
     else:
         outcome.failed.append((run.run_id, record.get("failure", "unknown")))
         print(f"{counter}FAILED {run.spec.label()}: {record.get('failure')}", flush=True)
+
+
+def _keep_stored(run: PlannedRun, record: dict[str, Any], attack: dict[str, Any] | None,
+                 options: RunOptions | None) -> bool | None:
+    """For an attack-only rerun of a run whose complete record is stored (and no --force):
+    whether the rerun reproduced its mAP (the stored record is kept); else None (write)."""
+    if attack is None or options is None or options.force or record.get("status") != "complete":
+        return None
+    path = stored_path(run.path)
+    if path is None:
+        return None
+    try:
+        stored = read_record(path)
+    except CorruptRecord:
+        return None
+    if stored.get("status") != "complete":
+        return None
+    return bool(abs(float(stored["metrics"]["mAP"]) - float(record["metrics"]["mAP"])) <= 1e-9)
 
 
 def execute_runs(specs: list[RunSpec], options: RunOptions, jobs: int = 1,
@@ -208,7 +248,7 @@ def execute_runs(specs: list[RunSpec], options: RunOptions, jobs: int = 1,
         while todo and not outcome.aborted:
             try:
                 for run, record in run_all(todo, options, jobs, backend, scheduler, claim=claims.claim):
-                    store(run, record, outcome, len(todo))
+                    store(run, record, outcome, len(todo), options)
                     claims.release(run)
             except SweepAborted as error:
                 outcome.aborted = str(error)

@@ -52,6 +52,20 @@ class ImageSource:
     def in_memory(self) -> bool:
         return True
 
+    def normalisation(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(mean, std) [1, C, 1, 1] that `batch` applies to pixels in [0, 1]; None if unknown."""
+        return None
+
+    def pixel_box(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """(low, high, 1/std) per channel [1, C, 1, 1]: the valid pixel range [0, 1] in the
+        normalised inputs the network sees, and the factor that turns a pixel-unit budget into
+        input units, so that an attack's budget is in pixels (CgAT's 8/255)."""
+        stats = self.normalisation()
+        if stats is None:
+            return None
+        mean, std = stats
+        return (0.0 - mean) / std, (1.0 - mean) / std, 1.0 / std
+
 
 def ground_truth_record(source: ImageSource) -> dict[str, Any] | None:
     """What a run record keeps (as task.ground_truth_similarity) of a source's class
@@ -91,6 +105,9 @@ class TensorSource(ImageSource):
         images = self.images[torch.as_tensor(indices, dtype=torch.long)].float().div_(255.0)
         return images.sub_(self._mean).div_(self._std)
 
+    def normalisation(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._mean, self._std
+
 
 class FileSource(ImageSource):
     """Images read from disk on demand (list-file datasets), resized to `image_size`."""
@@ -126,6 +143,11 @@ class FileSource(ImageSource):
     @property
     def in_memory(self) -> bool:
         return False
+
+    def normalisation(self) -> tuple[torch.Tensor, torch.Tensor]:
+        channels = len(IMAGENET_MEAN)
+        return (torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(1, channels, 1, 1),
+                torch.tensor(IMAGENET_STD, dtype=torch.float32).view(1, channels, 1, 1))
 
     def load(self, index: int, train: bool) -> torch.Tensor:
         from PIL import Image

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from bench.backbones import HashNetwork, build_backbone
 from bench.data import DatasetCard, ImageSource, ground_truth_record, load_card, open_dataset
+from bench.errors import UserError
 from bench.numerics import ImageCache, Numerics, applied, fused_for_inference, pick_device, resolve
 from bench.records import relative_to_results
 from bench.retrieval import evaluate_retrieval
@@ -271,6 +272,28 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: dict[str, Any]):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
 
 
+def _attack(model: torch.nn.Module, method: HashMethod, source: ImageSource, split: Any,
+            query_codes: np.ndarray, db_codes: np.ndarray, attack: Any, run_seed: int,
+            device: torch.device, clean_mAP: float, topk: int | None, zero_relevant: str,
+            num_workers: int, numerics: Numerics, cache: Any) -> dict[str, Any]:
+    """The query images attacked (bench.attack); the result goes beside the record, not in it."""
+    from bench.attack import attack_queries
+
+    box = source.pixel_box()
+    if box is None:
+        raise UserError(f"--attack: the images of {source.identity} declare no normalisation, so a "
+                        f"pixel budget cannot be applied")
+    train_codes = None
+    if attack.target == "center":
+        train_codes = encode(model, source, split.train, device, num_workers=num_workers,
+                             method=method, numerics=numerics, cache=cache)
+    return attack_queries(
+        model, method, lambda indices: source.batch(indices, train=False), split.query,
+        source.labels[split.query], query_codes, db_codes, source.labels[split.database],
+        train_codes, source.labels[split.train], box, attack, run_seed, device, clean_mAP,
+        lambda q, d, ql, dl: evaluate_retrieval(q, d, ql, dl, topk=topk, zero_relevant=zero_relevant))
+
+
 def _encode_parts(model: torch.nn.Module, source: ImageSource, parts: list[np.ndarray],
                   device: torch.device, numerics: Numerics, **options: Any) -> list[np.ndarray]:
     """`encode` of several index sets: one call (one folded copy of the network, full batches
@@ -347,23 +370,25 @@ def train_and_evaluate(
     zero_relevant: str = "zero",
     weights_file: str | None = None,
     numerics: Numerics | None = None,
+    attack: Any = None,
 ) -> dict[str, Any]:
     """Train one run and return its record body (metrics, history, timings, extras).
 
     `numerics` (default: the path `BENCH_FAST` selects, for `device`) is applied for the
-    whole run and restored afterwards."""
+    whole run and restored afterwards. `attack` (a `bench.attack.AttackSpec`) adds the
+    queries' evaluation under attack as `attack_result`, which the caller stores apart."""
     torch_device = pick_device(device)
     numerics = numerics or resolve(torch_device)
     with applied(numerics):
         body = _train_and_evaluate(spec, results_dir, data_root, torch_device, progress_bars,
-                                   num_workers, zero_relevant, weights_file, numerics)
+                                   num_workers, zero_relevant, weights_file, numerics, attack)
     return body
 
 
 def _train_and_evaluate(
     spec: RunSpec, results_dir: Path | None, data_root: str | None, torch_device: torch.device,
     progress_bars: bool, num_workers: int, zero_relevant: str, weights_file: str | None,
-    numerics: Numerics,
+    numerics: Numerics, attack: Any = None,
 ) -> dict[str, Any]:
     timings: dict[str, float] = {}
     started = time.perf_counter()
@@ -530,6 +555,10 @@ def _train_and_evaluate(
         extras["class_similarity"] = {"measure": "cosine of class-mean backbone features (train split)",
                                       "matrix": similarity.round(6).tolist()}
         extras["center_semantics"] = center_semantics(center_array, similarity)
+    if attack is not None:  # with the selected model still in memory (weights are not kept)
+        extras["attack_result"] = _attack(model, selected_method, source, split, query_codes, db_codes,
+                                          attack, spec.seed, torch_device, float(metrics["mAP"]),
+                                          topk, zero_relevant, num_workers, numerics, cache)
     timings["total"] = time.perf_counter() - started
     timings["method_stages"] = dict(ctx.stage_times)
 

@@ -173,6 +173,12 @@ class HashMethod:
         baseline returns the center of its predicted class."""
         return h
 
+    def attack_output(self, h: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """The differentiable output an adversarial attack on the codes pushes (bench.attack):
+        by default `retrieval_code`; a method whose code is not differentiable in its input
+        (an argmax) returns a smooth stand-in whose sign agrees with its code."""
+        return self.retrieval_code(h, features)
+
     def class_centers(self) -> torch.Tensor | None:
         """The ±1 target code of each class [C, K], for center-based methods (else None)."""
         return None

@@ -121,6 +121,14 @@ class ClassifyThenHash(HashMethod):
         return predicted_codes(self.logits(features), self.centers, self.tie_breaker,
                                self.task.multi_label)
 
+    def attack_output(self, h: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """The predicted center is an argmax (no gradient): the attack pushes the expected
+        center under the classifier, probabilities @ centers (sigmoid per class on multi-label
+        data), as CgAT's spec for a classifier's code (methods-wave3.md section 7)."""
+        logits = self.logits(features)
+        weights = torch.sigmoid(logits) if self.task.multi_label else torch.softmax(logits, dim=1)
+        return weights @ self.centers
+
     def class_centers(self) -> torch.Tensor:
         return self.centers
 

@@ -44,6 +44,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
                      help="train torchvision backbones from scratch (no local ImageNet weights)")
     how.add_argument("--weights", help="local file with ImageNet weights for the backbone")
     how.add_argument("--force", action="store_true", help="rerun runs that already have a record")
+    how.add_argument("--attack", default=None, metavar="TARGET[:KEY=VALUE,...]",
+                     help="also evaluate the queries under an L-inf PGD attack on their codes "
+                          "(bench/attack.py): center (CgAT's class center code) or self (the "
+                          "query's own code), e.g. center:eps=8/255,steps=20; stored beside the "
+                          "record under <results>/attacks/; a stored run trains again for it")
     how.add_argument("--jobs", type=int, default=1,
                      help="parallel runs: local worker processes, or LocalCluster workers with "
                           "--backend dask (default 1)")
@@ -255,6 +260,11 @@ def execute(args: argparse.Namespace) -> int:
     check_executor(args.jobs, backend, args.scheduler)
     if args.threads is not None and args.threads < 1:
         raise UserError(f"--threads {args.threads}: must be a positive integer")
+    attack = None
+    if args.attack is not None:
+        from bench.attack import parse_attack
+
+        attack = parse_attack(args.attack)
     specs = build_specs(args)
     note = getattr(args, "protocol_note", None)  # which protocol a bare command resolved to
     if getattr(args, "table_note", None):
@@ -263,7 +273,7 @@ def execute(args: argparse.Namespace) -> int:
         results_dir=Path(args.results) if args.results else DEFAULT_RESULTS_DIR,
         data_root=args.data_root, device=args.device, force=args.force,
         progress_bars=not args.quiet, num_workers=args.workers, weights_file=args.weights,
-        torch_threads=args.threads, onednn=args.onednn,
+        torch_threads=args.threads, onednn=args.onednn, attack=attack,
     )
     refusal = getattr(args, "budget_refusal", None)
     planned, refusal = plan_under_budget_check(specs, options, refusal)
@@ -282,7 +292,9 @@ def execute(args: argparse.Namespace) -> int:
         print(note, flush=True)
     if refusal:
         # Reading a stored record applies no setting: only runs still to train are refused.
-        to_train = [run for run in planned if args.force or run_state(run, options)[0] != "done"]
+        # (an attack-only rerun reproduces a stored run with the values it was made with)
+        to_train = [run for run in planned
+                    if args.force or run_state(run, options)[0] not in ("done", "attack")]
         if to_train:
             raise UserError(refusal)
         print(f"note: every record exists ({len(planned)}); they were made with tuned values "
