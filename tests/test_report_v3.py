@@ -85,6 +85,16 @@ def test_reassignment_is_tested_against_the_papers_range(make_record, claims):
     assert "inside the paper's range" in inside.by_card[0].reason
 
 
+def test_reassignment_grade_shows_the_90_percent_interval(make_record, claims):
+    """The range grade's two one-sided 5 % tests are the ends of a two-sided 90 % interval:
+    the reason quotes it, computed here from the five per-seed gains with the t table."""
+    result = verdict(_reassign(make_record, 0.9, 0.1), claims, "reassignment-gain")
+    gains = np.array([-1.0, 1.0, 0.0, 0.5, -0.5]) * 0.1 + 0.9
+    half = 2.131846786326649 * gains.std(ddof=1) / math.sqrt(5)  # t(0.95, 4 df)
+    expected = f"32 bits +0.90 (90 % CI {gains.mean() - half:+.2f} to {gains.mean() + half:+.2f})"
+    assert expected in result.by_card[0].reason
+
+
 def test_overall_grade_is_the_weakest_card(make_record, claims):
     """Card A supported, card B mixed: the claim is mixed; a card with nothing to compare is
     skipped."""

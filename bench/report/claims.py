@@ -332,8 +332,25 @@ def _with_range(grade: CardGrade, comparisons: Sequence[Comparison], high: float
     if not family:
         return grade
     places = sorted({range_position(c, high) for c in family})
-    gains = "/".join(f"{c.difference:+.2f}" for c in sorted(family, key=lambda c: c.bits))
+    gains = "; ".join(f"{c.bits} bits {c.difference:+.2f} (90 % CI {_ci90_text(c)})"
+                      for c in sorted(family, key=lambda c: c.bits))
     return replace(grade, reason=f"{grade.reason}; gains {gains}: {' and '.join(places)}")
+
+
+def ci90(c: Comparison) -> tuple[float, float]:
+    """The two-sided 90 % t-interval of the paired gain: the interval whose ends are the two
+    one-sided 5 % tests the range grade makes (below the paper's low end, above its high end)."""
+    from scipy import stats
+
+    if c.n < 2 or not math.isfinite(c.sd):
+        return math.nan, math.nan
+    half = float(stats.t.ppf(0.95, c.n - 1)) * c.sd / math.sqrt(c.n)
+    return c.difference - half, c.difference + half
+
+
+def _ci90_text(c: Comparison) -> str:
+    low, high = ci90(c)
+    return "n/a" if math.isnan(low) else f"{low:+.2f} to {high:+.2f}"
 
 
 def load_claims(path: Path = CLAIMS_FILE) -> list[dict]:
