@@ -92,3 +92,34 @@ def test_numbers_json_holds_table_cells_and_claim_grades(make_record):
     assert numbers["claim.crh-beats-baselines.FM.grade"] == "supported"
     gain = (values - np.array(csq) * 100).mean()
     assert numbers["cmp.crh-beats-baselines.FM.csq.16.diff"] == f"{gain:+.2f}"
+
+
+def test_numbers_json_counts_cells_with_and_without_holm(make_record):
+    """Three rivals at 16 bits: CRH clearly ahead of CSQ, barely ahead of DPN and MDS. Each
+    cell's one-sided p passes 0.05 alone, but Holm over the three (p x 3, x 2, x 1 in order)
+    keeps only CSQ: 0.032 x 2 fails, and the step-down rule stops there."""
+    from scipy.stats import ttest_rel
+
+    from bench.report import build_report
+    from bench.report.numbers import report_numbers
+
+    crh = [0.700, 0.710, 0.690, 0.720, 0.705]
+    rivals = {"csq": [0.600, 0.620, 0.610, 0.600, 0.610], "dpn": [0.691, 0.711, 0.687, 0.716, 0.699],
+              "mds": [0.690, 0.712, 0.686, 0.716, 0.699]}  # p about 6e-5, 0.032 and 0.043
+    records = [make_record("crh", 16, s, v) for s, v in enumerate(crh)]
+    for name, values in rivals.items():
+        records += [make_record(name, 16, s, v) for s, v in enumerate(values)]
+    report = build_report(records, published=[])
+    numbers = report_numbers(report.analysis, report.verdicts)
+    ps = sorted(ttest_rel(crh, values, alternative="greater").pvalue for values in rivals.values())
+    raw = sum(p < 0.05 for p in ps)
+    holm, running = 0, 0.0
+    for rank, p in enumerate(ps):  # step-down: stop at the first that fails
+        running = max(running, p * (len(ps) - rank))
+        if running >= 0.05:
+            break
+        holm += 1
+    assert numbers["claim.crh-beats-baselines.FM.n_significant"] == str(raw)
+    assert numbers["claim.crh-beats-baselines.FM.n_significant_holm"] == str(holm)
+    assert numbers["claim.crh-beats-baselines.FM.n_against_holm"] == "0"
+    assert (raw, holm) == (3, 1)

@@ -17,7 +17,7 @@ from bench.report.analysis import Analysis, MainTable
 from bench.report.claims import CARD_SHORT, ClaimResult
 from bench.report.grading import power_rows
 from bench.report.groups import Cell
-from bench.report.stats import ALPHA, Stat, equivalence_test, paired_test
+from bench.report.stats import ALPHA, Stat, equivalence_test, holm_adjusted, paired_test
 from bench.report.tables import chance_value
 from bench.report.util import FLOOR_METHOD, fmt_p, method_name, metric_points
 
@@ -143,7 +143,12 @@ def claim_numbers(verdicts: Sequence[ClaimResult]) -> dict[str, str]:
             out[f"{card}.n80"] = ("unattainable" if math.isinf(g.n80) else
                                   "n/a" if math.isnan(g.n80) else str(int(g.n80)))
             family = [c for c in v.comparisons if c.card == g.card and c.in_family and c.counted]
+            # Unadjusted one-sided tests are the IUT's own decisions for the conjunction; how
+            # many cells stand one by one under family-wise control is the Holm count.
             out[f"{card}.n_significant"] = str(sum(c.significant for c in family))
+            holm_for = holm_adjusted([c.p_for for c in family])
+            out[f"{card}.n_significant_holm"] = str(sum(p < ALPHA for p in holm_for if not math.isnan(p)))
+            out[f"{card}.n_against_holm"] = str(sum(c.significant_against for c in family))
             out[f"{card}.n_favour"] = str(sum(c.favours for c in family))
             out[f"{card}.n_cells"] = str(len(family))
             out[f"{card}.n"] = "/".join(map(str, g.n)) or "0"
