@@ -3,7 +3,7 @@
 A method is one small class: its parameters (with defaults and their sources), the training
 settings its paper used ("native" protocol), the knobs a tuner may search, its loss, optional
 hooks, and any state it owns (modules such as a BatchNorm on the hash output, learnable
-centers, a second head or a momentum encoder). The loop in `bench/train.py` never changes when
+centers, a second head or a momentum encoder). The loop in `bench/training/train.py` never changes when
 a method is added, and this package never imports the loop: what a hook sees is the
 `TrainContext` protocol of `methods/context.py`.
 """
@@ -174,7 +174,7 @@ class HashMethod:
         return h
 
     def attack_output(self, h: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-        """The differentiable output an adversarial attack on the codes pushes (bench.attack):
+        """The differentiable output an adversarial attack on the codes pushes (bench.evaluation.attack):
         by default `retrieval_code`; a method whose code is not differentiable in its input
         (an argmax) returns a smooth stand-in whose sign agrees with its code."""
         return self.retrieval_code(h, features)

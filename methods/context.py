@@ -1,6 +1,6 @@
 """What a method may see of a run, defined below the training loop.
 
-`methods/` sits under `bench/train.py`: the loop imports methods, never the reverse. The loop
+`methods/` sits under `bench/training/train.py`: the loop imports methods, never the reverse. The loop
 hands each hook an object that satisfies `TrainContext` (a structural Protocol, so methods and
 their tests need nothing from the loop's module); `Task`, `Param` and `Batch` are plain data.
 """

@@ -1,7 +1,8 @@
 """Shared test fixtures.
 
 Record builders: `make_record(...)` fabricates a run record in the exact format that
-`bench.runner.compute_record` writes (the body of `bench.train.train_and_evaluate` plus schema,
+`bench.sweeps.runner.compute_record` writes (the body of
+`bench.training.train.train_and_evaluate` plus schema,
 status, code, environment, times), with full control over the numbers, so report and verdict
 tests need no training. `write_results(dir, records, corrupt=...)` lays them out as
 `results/runs/<dataset>/<method>/<run id>.json.gz`.
@@ -202,7 +203,7 @@ def build_record(
 
 def write_result_files(results_dir: Path, records: list[dict], corrupt: dict[str, str] | None = None) -> Path:
     """Write records (and optional corrupt files: relative path -> text) under results_dir/runs."""
-    from bench.records import record_file_name, write_record
+    from bench.runs.records import record_file_name, write_record
 
     for record in records:
         spec = record["spec"]

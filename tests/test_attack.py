@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.attack import AttackSpec, center_targets, parse_attack, pgd
 from bench.errors import UserError
+from bench.evaluation.attack import AttackSpec, center_targets, parse_attack, pgd
 
 
 def test_center_code_of_the_spec_example() -> None:
@@ -96,7 +96,7 @@ def test_attack_option_end_to_end_keeps_the_record(tmp_path, one_thread) -> None
     import json
 
     from bench.cli import main
-    from bench.records import read_record
+    from bench.runs.records import read_record
 
     base = ["run", "--methods", "csq", "--dataset", "synthetic", "--bits", "16", "--epochs", "2",
             "--results", str(tmp_path), "--quiet"]

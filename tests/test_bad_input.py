@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from bench.cli import main
-from bench.data import CARDS_DIR, load_card, parse_list_file
+from bench.data.loading import CARDS_DIR, load_card, parse_list_file
 from bench.errors import UserError
-from bench.records import write_json_atomic
+from bench.runs.records import write_json_atomic
 from methods import available_methods
 
 REPO = Path(__file__).resolve().parent.parent
@@ -183,7 +183,7 @@ def test_missing_fashion_mnist_message_even_where_it_is_installed(tmp_path, monk
     (A --data-root that lacks the files is refused on its own: tests/test_data.py.)"""
     import dataclasses
 
-    from bench.data import open_dataset
+    from bench.data.loading import open_dataset
 
     empty = tmp_path / "nothing-here"
     card = dataclasses.replace(load_card("fashion-mnist"), search_paths=(str(empty),))

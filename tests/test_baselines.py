@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from bench.cli import main
-from bench.data import load_card
-from bench.records import read_record
-from bench.spec import RunSpec, resolve_config
+from bench.data.loading import load_card
+from bench.runs.records import read_record
+from bench.runs.spec import RunSpec, resolve_config
 from methods import available_methods, get_method
 from methods.base import HARMONISED, Task
 from methods.dpn import DPN, per_class_polarization_loss, polarization_loss

@@ -15,16 +15,16 @@ import numpy as np
 import pytest
 from fake_idx import write_idx
 
-from bench.data import ground_truth_record, load_card, open_dataset
-from bench.errors import UserError
-from bench.mosaics import (
+from bench.data.loading import ground_truth_record, load_card, open_dataset
+from bench.data.mosaics import (
     PARTS,
     ground_truth_similarity,
     label_count_histogram,
     part_histograms,
     pool_tiles,
 )
-from bench.split_groups import draw_by_group, group_members
+from bench.data.split_groups import draw_by_group, group_members
+from bench.errors import UserError
 
 N_TRAIN, N_TEST = 1000, 200  # 100 / 20 images per class
 REAL = Path("/usr/share/datasets/fashion-mnist")
@@ -204,7 +204,7 @@ def test_too_few_source_images_and_bad_options_are_refused(fake) -> None:
 
 
 def test_cache_inside_results_is_refused(fake, monkeypatch) -> None:
-    from bench.data import REPO_ROOT
+    from bench.data.loading import REPO_ROOT
 
     monkeypatch.setenv("BENCH_CACHE", str(REPO_ROOT / "results" / "cache"))
     with pytest.raises(UserError, match="must not go into results"):
@@ -296,7 +296,7 @@ def test_by_group_split_selects_the_generated_parts(fake) -> None:
 
 
 def test_make_split_accepts_generated_cards(fake, tmp_path) -> None:
-    from bench.splits import make_split
+    from bench.data.splits import make_split
 
     card = pairs_card()
     source = open_dataset(card, fake["root"])

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench.data import load_card, open_dataset
-from bench.splits import make_split
+from bench.data.loading import load_card, open_dataset
+from bench.data.splits import make_split
 
 
 @pytest.mark.parametrize("classes", [196, 555])

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import bench.centers_bench as centers_bench
+import bench.perf.centers as centers_bench
 from bench.cli import main
 
 GRID = {"classes": (5, 40), "bits": (8, 16)}

@@ -13,8 +13,8 @@ import pytest
 import torch
 from torch import nn
 
-from bench.spec import RunSpec, resolve_config
-from bench.train import build_optimizer, train_and_evaluate
+from bench.runs.spec import RunSpec, resolve_config
+from bench.training.train import build_optimizer, train_and_evaluate
 from methods.base import Task
 from methods.classify_then_hash import ClassifyThenHash, classifier_loss
 from methods.csq import CSQ
@@ -156,7 +156,7 @@ def test_run_records_reference_row(tmp_path: Path) -> None:
 
 
 def test_code_ties_on_a_hand_worked_database() -> None:
-    from bench.train import code_ties
+    from bench.training.train import code_ties
 
     codes = np.array([[1.0, -2.0], [0.5, -1.0], [-1.0, 1.0], [2.0, -0.1], [-3.0, -3.0]])
     # sign patterns: (+,-) x3, (-,+) x1, (-,-) x1 -> 3 groups; per item (9 + 1 + 1) / 5

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.records import record_stem
+from bench.runs.records import record_stem
 
 REPO = Path(__file__).resolve().parent.parent
 

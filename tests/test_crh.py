@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from bench.errors import UserError
-from bench.records import read_record
+from bench.runs.records import read_record
 from methods.base import Task
 from methods.crh import CRH, margin_cosine_loss, quantization_loss, resolve_settings
 
@@ -266,7 +266,7 @@ def test_end_to_end_synthetic(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", ["crh-heads", "crh-reassign-interval", "crh-solver", "crh-codebook-ratio"])
 def test_ablation_experiments_plan(name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from bench.cli import main
-    from bench.experiments import load_experiment
+    from bench.sweeps.experiments import load_experiment
 
     experiment = load_experiment(name)
     assert experiment.description and experiment.varies and experiment.fixed

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench.spec import RunSpec, resolve_config
+from bench.runs.spec import RunSpec, resolve_config
 from methods.base import Task
 from methods.csq import CSQ, central_similarity_loss
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from fake_idx import write_idx
 
-from bench.data import (
+from bench.data.loading import (
     load_card,
     load_cifar,
     load_fashion_mnist,

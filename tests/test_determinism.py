@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from bench.numerics import FIXED_THREADS, resolve
-from bench.records import read_record
+from bench.network.numerics import FIXED_THREADS, resolve
+from bench.runs.records import read_record
 from methods import available_methods
 
 REPO = Path(__file__).resolve().parent.parent

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from bench.cli import main
-from bench.retrieval import evaluate_retrieval, label_matrix
+from bench.evaluation.retrieval import evaluate_retrieval, label_matrix
 
 
 @pytest.fixture

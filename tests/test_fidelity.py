@@ -12,8 +12,8 @@ import torch
 
 from bench.cli import main
 from bench.errors import UserError
-from bench.spec import RunSpec, resolve_config
-from bench.tune import (
+from bench.runs.spec import RunSpec, resolve_config
+from bench.tuning.tune import (
     default_point,
     edge_hits,
     knob_counts,
@@ -77,7 +77,7 @@ def test_knob_counts_and_trial_budget() -> None:
 def test_every_official_default_lies_inside_its_range() -> None:
     """Check 5 over C in {10, 100, 196, 555} and K in {16, 32, 64}, incl. sqrt(K), 8,
     sqrt(2) ln(C-1), 0.1 and 10/K where a method searches that knob."""
-    from bench.fidelity import defaults_outside
+    from bench.tuning.fidelity import defaults_outside
 
     assert defaults_outside() == []
     widest = get_method("orthohash").resolve_default("scale", "adacos", task(classes=555))
@@ -138,7 +138,7 @@ def test_edge_hits_and_widening() -> None:
 
 
 def test_edge_hits_of_a_tuned_file(tmp_path) -> None:
-    from bench.fidelity import tuned_edge_hits
+    from bench.tuning.fidelity import tuned_edge_hits
 
     (tmp_path / "synthetic.yaml").write_text(
         "dataset: synthetic\nmethods:\n  csq:\n    values: {lr: 0.0029, lambda_q: 0.001}\n"
@@ -195,7 +195,7 @@ def test_entries_per_budget_and_legacy_entries(tmp_path, monkeypatch) -> None:
 
 
 def test_committed_tuned_files_load_as_32_bits_30_epochs() -> None:
-    from bench.spec import entry_budget, load_tuned
+    from bench.runs.spec import entry_budget, load_tuned
 
     for card in ("fashion-mnist", "fashion-mnist-multi"):
         setting = load_tuned(card)
@@ -225,7 +225,7 @@ def test_dry_run_of_a_mismatched_table_lists_it_with_a_note(capsys, tmp_path) ->
 
 
 def test_mismatch_script_counts_tuned_experiments(tmp_path, monkeypatch) -> None:
-    from bench.fidelity import tuned_mismatches
+    from bench.tuning.fidelity import tuned_mismatches
 
     monkeypatch.setenv("BENCH_TUNED_DIR", str(tmp_path / "tuned"))
     write_setting(tmp_path / "tuned", ENTRY + "    bits: 16\n    epochs: 4\n")

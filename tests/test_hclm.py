@@ -14,8 +14,8 @@ import torch
 from scipy.stats import ortho_group
 
 from bench.errors import UserError
-from bench.spec import RunSpec, resolve_config
-from bench.train import train_and_evaluate
+from bench.runs.spec import RunSpec, resolve_config
+from bench.training.train import train_and_evaluate
 from methods.base import Task
 from methods.hclm import (
     HCLM,

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from bench.backbones import HashNetwork, build_backbone
 from bench.cli import main
 from bench.errors import UserError
-from bench.records import read_record
-from bench.spec import RunSpec, resolve_config
+from bench.network.backbones import HashNetwork, build_backbone
+from bench.runs.records import read_record
+from bench.runs.spec import RunSpec, resolve_config
 from methods.base import Batch, Task
 from methods.centers import gilbert_varshamov_target, min_pairwise_distance
 from methods.mds import MDS, center_bce_loss, pair_bank_loss

@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 import methods
-from bench.spec import RunSpec
-from bench.train import train_and_evaluate
+from bench.runs.spec import RunSpec
+from bench.training.train import train_and_evaluate
 from methods.base import HashMethod, Param, Task, TrainContext
 
 
@@ -120,8 +120,8 @@ def test_retrieval_goes_through_the_declared_output(registered: type[HashMethod]
     spec = RunSpec(OwnsState.name, "synthetic", 8, protocol="harmonised",
                    overrides=(("batch_size", 32), ("epochs", 1)))
     body = train_and_evaluate(spec, results_dir=tmp_path, device="cpu", progress_bars=False)
-    from bench.data import load_card, open_dataset
-    from bench.splits import make_split
+    from bench.data.loading import load_card, open_dataset
+    from bench.data.splits import make_split
 
     card = load_card("synthetic")
     source = open_dataset(card)
@@ -143,8 +143,8 @@ def test_retrieval_goes_through_the_declared_output(registered: type[HashMethod]
                          [(360, 32), (361, 32), (353, 32), (32, 32), (1, 32), (5, 2), (64, 32)])
 def test_steps_per_epoch_counts_the_batches_the_loop_yields(items: int, batch: int) -> None:
     """HashNet's continuation and every progress-based schedule divide by this count."""
-    from bench.data import TensorSource
-    from bench.train import iterate_batches, steps_per_epoch
+    from bench.data.loading import TensorSource
+    from bench.training.train import iterate_batches, steps_per_epoch
 
     source = TensorSource(np.zeros((items, 1, 2, 2), dtype=np.uint8),
                           np.eye(2, dtype=np.float32)[np.arange(items) % 2],

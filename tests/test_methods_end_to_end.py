@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 import torch
 
-import bench.train
-from bench.data import load_card
-from bench.spec import RunSpec, resolve_config
-from bench.train import train_and_evaluate
+import bench.training.train
+from bench.data.loading import load_card
+from bench.runs.spec import RunSpec, resolve_config
+from bench.training.train import train_and_evaluate
 from methods import available_methods
 from methods.base import Task
 
@@ -52,7 +52,7 @@ def outcome(method: str, untrained: bool = False) -> Outcome:
         spec = RunSpec(method, "synthetic", 16, seed=0, protocol="harmonised",
                        overrides=tuple(sorted(overrides.items())))
         seen: dict[str, Any] = {}
-        real = bench.train.build_optimizer
+        real = bench.training.train.build_optimizer
 
         def spy(model: Any, config: Any, method_object: Any = None, *args: Any, **kwargs: Any):
             seen["method"] = copy.deepcopy(method_object)
@@ -62,7 +62,7 @@ def outcome(method: str, untrained: bool = False) -> Outcome:
         torch.set_num_threads(1)
         try:
             with pytest.MonkeyPatch.context() as patch, _tmpdir() as folder:
-                patch.setattr(bench.train, "build_optimizer", spy)
+                patch.setattr(bench.training.train, "build_optimizer", spy)
                 record = train_and_evaluate(spec, results_dir=folder, device="cpu", progress_bars=False)
         finally:
             torch.set_num_threads(previous)

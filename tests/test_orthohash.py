@@ -13,8 +13,8 @@ import torch
 
 from bench.cli import main
 from bench.errors import UserError
-from bench.spec import RunSpec, resolve_config
-from bench.train import train_and_evaluate
+from bench.runs.spec import RunSpec, resolve_config
+from bench.training.train import train_and_evaluate
 from methods.base import Task
 from methods.orthohash import OrthoHash, maxhd_targets, orthohash_loss, orthohash_targets
 

@@ -15,7 +15,7 @@ import pytest
 
 import methods
 from bench.cli import main
-from bench.records import read_record
+from bench.runs.records import read_record
 
 PLUGIN = '''
 import torch
@@ -94,7 +94,7 @@ def test_a_plugin_method_is_listed_and_runs_end_to_end(on_path: Path, tmp_path: 
 
 def test_a_builtin_method_record_names_no_plugin() -> None:
     """Built-in methods keep their records (and run ids) as before: no plugin field."""
-    from bench.spec import RunSpec, resolve_config, run_id
+    from bench.runs.spec import RunSpec, resolve_config, run_id
 
     reset_registry()
     assert methods.method_source("csq").builtin
@@ -104,7 +104,7 @@ def test_a_builtin_method_record_names_no_plugin() -> None:
 
 def test_a_plugin_changes_its_run_ids_with_its_version(on_path: Path) -> None:
     """A new plugin version is other code: its runs get other ids (built-in ids never move)."""
-    from bench.spec import RunSpec, resolve_config, run_id
+    from bench.runs.spec import RunSpec, resolve_config, run_id
 
     def identify() -> str:
         spec = RunSpec("toy-centers", "synthetic", 16)

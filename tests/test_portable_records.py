@@ -18,15 +18,15 @@ import numpy as np
 import pytest
 import torch
 
-from bench.data import REPO_ROOT
-from bench.identity import (
+from bench.data.loading import REPO_ROOT
+from bench.runs.identity import (
     LEGACY_ARCHITECTURE_TOKENS,
     architecture_fingerprint,
     architecture_token,
     canonical,
     identity_digest,
 )
-from bench.records import (
+from bench.runs.records import (
     CorruptRecord,
     load_records,
     portable_text,
@@ -36,7 +36,7 @@ from bench.records import (
     write_json_atomic,
     write_record,
 )
-from bench.spec import RunSpec, resolve_config, run_id
+from bench.runs.spec import RunSpec, resolve_config, run_id
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -69,8 +69,8 @@ def test_canonical_form_takes_plain_values_and_refuses_the_rest() -> None:
 
 @pytest.mark.skipif(not torch.__version__.startswith("2.14.1"), reason="the tokens hash torch 2.14.1's repr")
 def test_legacy_tokens_are_the_repr_digests_of_the_pinned_torch() -> None:
-    from bench.backbones import BACKBONES, build_backbone
     from bench.errors import UserError
+    from bench.network.backbones import BACKBONES, build_backbone
 
     seen = set()
     for name in BACKBONES:
@@ -87,7 +87,7 @@ def test_legacy_tokens_are_the_repr_digests_of_the_pinned_torch() -> None:
 
 
 def test_the_fingerprint_reads_structure_not_print_format(monkeypatch) -> None:
-    import bench.backbones
+    import bench.network.backbones
 
     base = architecture_fingerprint("tiny_cnn", 1)
     # torch rewording its repr changes nothing ...
@@ -99,12 +99,12 @@ def test_the_fingerprint_reads_structure_not_print_format(monkeypatch) -> None:
     architecture_fingerprint.cache_clear()
 
     def no_padding(self, channels: int) -> None:
-        bench.backbones.SmallCNN.__init__(self, channels, width=8, feature_dim=32)
+        bench.network.backbones.SmallCNN.__init__(self, channels, width=8, feature_dim=32)
         for layer in self.modules():
             if isinstance(layer, torch.nn.Conv2d):
                 layer.padding = (0, 0)
 
-    monkeypatch.setattr(bench.backbones.TinyCNN, "__init__", no_padding)
+    monkeypatch.setattr(bench.network.backbones.TinyCNN, "__init__", no_padding)
     try:
         assert architecture_fingerprint("tiny_cnn", 1) != base
         assert architecture_token("tiny_cnn", 1) == architecture_fingerprint("tiny_cnn", 1)
@@ -152,8 +152,8 @@ def test_paths_and_tracebacks_name_no_folder_of_this_machine(tmp_path) -> None:
     split = results / "splits" / "card-seed0-abc.npz"
     assert relative_to_results(split, results) == "splits/card-seed0-abc.npz"
     assert relative_to_results("/work/results-live/splits/card-seed0-abc.npz") == "splits/card-seed0-abc.npz"
-    trace = f'File "{REPO_ROOT}/bench/train.py", line 3\nFile "{sys.prefix}/lib/x.py"'
-    assert portable_text(trace) == 'File "<repo>/bench/train.py", line 3\nFile "<python>/lib/x.py"'
+    trace = f'File "{REPO_ROOT}/bench/training/train.py", line 3\nFile "{sys.prefix}/lib/x.py"'
+    assert portable_text(trace) == 'File "<repo>/bench/training/train.py", line 3\nFile "<python>/lib/x.py"'
 
 
 # ----------------------------------------------------------------------------- migration
@@ -169,7 +169,7 @@ def _schema_one(results: Path, make_record, count: int = 6) -> list[dict]:
         write_json_atomic(path, record)
         records.append(record)
     failed = dict(records[0], run_id="csq-32b-s9-native-failedfail", status="failed",
-                  traceback=f'File "{REPO_ROOT}/bench/train.py", line 1')
+                  traceback=f'File "{REPO_ROOT}/bench/training/train.py", line 1')
     failed.pop("metrics")
     write_json_atomic(results / "runs" / "fashion-mnist" / "csq" / f"{failed['run_id']}.json", failed)
     return records
@@ -235,7 +235,7 @@ def test_a_migration_killed_midway_leaves_every_record_readable(tmp_path, make_r
     records, problems = load_records(results)
     assert not problems and len(records) == count
     assert 0 < len(list(folder.glob("*.json.gz"))) < count  # really stopped midway
-    from bench.migrate import migrate
+    from bench.sweeps.migrate import migrate
 
     migrate(results)
     assert len(list(folder.glob("*.json.gz"))) == count and not list(folder.glob("*.json"))
@@ -243,8 +243,8 @@ def test_a_migration_killed_midway_leaves_every_record_readable(tmp_path, make_r
 
 # ----------------------------------------------------------------------------- per-run locks
 def _planned(tmp_path: Path):
-    from bench.jobs import RunOptions
-    from bench.runner import plan_runs
+    from bench.sweeps.jobs import RunOptions
+    from bench.sweeps.runner import plan_runs
 
     options = RunOptions(results_dir=tmp_path)
     [run] = plan_runs([RunSpec("csq", "synthetic", 16, 0, "harmonised")], options)
@@ -259,7 +259,7 @@ lock = FileLock(sys.argv[1]); lock.acquire(); print("held", flush=True); time.sl
 
 
 def test_a_run_locked_by_another_process_waits_and_a_dead_holder_frees_it(tmp_path) -> None:
-    from bench.runner import RunClaims, SweepOutcome
+    from bench.sweeps.runner import RunClaims, SweepOutcome
 
     run, options = _planned(tmp_path)
     run.path.parent.mkdir(parents=True)
@@ -282,7 +282,7 @@ def test_a_run_locked_by_another_process_waits_and_a_dead_holder_frees_it(tmp_pa
 
 
 def test_a_run_finished_by_another_process_is_reported_as_such(tmp_path) -> None:
-    from bench.runner import RunClaims, SweepOutcome
+    from bench.sweeps.runner import RunClaims, SweepOutcome
 
     run, options = _planned(tmp_path)
     write_record(run.path, {"schema": 2, "run_id": run.run_id, "status": "complete", "spec": {},

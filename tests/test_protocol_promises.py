@@ -25,15 +25,15 @@ import numpy as np
 import pytest
 import torch
 
-import bench.records
-import bench.retrieval
-import bench.train
-from bench.data import FASHION_MNIST_FILES, load_card, open_dataset
+import bench.evaluation.retrieval
+import bench.runs.records
+import bench.training.train
+from bench.data.loading import FASHION_MNIST_FILES, load_card, open_dataset
+from bench.data.splits import make_split
 from bench.errors import UserError
-from bench.retrieval import evaluate_retrieval
-from bench.spec import RunSpec
-from bench.splits import make_split
-from bench.train import train_and_evaluate
+from bench.evaluation.retrieval import evaluate_retrieval
+from bench.runs.spec import RunSpec
+from bench.training.train import train_and_evaluate
 from methods import available_methods
 
 PARTS = ("query", "database", "validation", "validation_database", "train")
@@ -90,11 +90,11 @@ class Trace:
 
 def install_spies(monkeypatch: pytest.MonkeyPatch, fake_validation: list[float] | None = None,
                   card_changes: dict[str, Any] | None = None) -> Trace:
-    """Wrap the loop's collaborators (as `bench.train` names them) so that every call is
+    """Wrap the loop's collaborators (as `bench.training.train` names them) so that every call is
     logged; `fake_validation` replaces the validation mAP of successive validations, so that
     any epoch can be made the best; `card_changes` edits the dataset card the run sees."""
     trace = Trace()
-    real = {name: getattr(bench.train, name) for name in
+    real = {name: getattr(bench.training.train, name) for name in
             ("make_split", "load_card", "encode", "evaluate_retrieval", "iterate_batches",
              "build_optimizer")}
     fakes = list(fake_validation or [])
@@ -153,7 +153,7 @@ def install_spies(monkeypatch: pytest.MonkeyPatch, fake_validation: list[float] 
     for name, spy in (("load_card", load_card_spy), ("make_split", make_split_spy),
                       ("iterate_batches", iterate_spy), ("encode", encode_spy),
                       ("evaluate_retrieval", evaluate_spy), ("build_optimizer", build_optimizer_spy)):
-        monkeypatch.setattr(bench.train, name, spy)
+        monkeypatch.setattr(bench.training.train, name, spy)
     return trace
 
 
@@ -204,7 +204,7 @@ def test_query_set_is_encoded_and_scored_once_after_training(method: str, tmp_pa
     assert record["metrics"]["num_queries"] == len(split.query)
 
 
-_REAL_ENCODE = bench.train.encode
+_REAL_ENCODE = bench.training.train.encode
 
 
 def fresh_metrics(trace: Trace, snapshot: dict[str, Any]) -> dict[str, Any]:
@@ -327,7 +327,7 @@ def stable_ap_reference(query: np.ndarray, database: np.ndarray, q_label: int, d
 
 @pytest.mark.parametrize("backend", ["numpy", "numba"])
 def test_ties_are_broken_by_database_index_as_records_say(backend: str) -> None:
-    if backend == "numba" and not bench.retrieval.HAVE_NUMBA:
+    if backend == "numba" and not bench.evaluation.retrieval.HAVE_NUMBA:
         pytest.skip("numba is not installed")
     rng = np.random.default_rng(7)
     queries = np.where(rng.random((6, 4)) < 0.5, 1, -1)  # 4 bits: hundreds of tied items
@@ -392,7 +392,7 @@ def test_every_step_uses_the_scheduled_learning_rate(schedule: str, extra: dict,
 def test_a_record_is_written_through_a_synced_temporary_file_and_a_rename(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     target = tmp_path / "runs" / "r.json"
-    bench.records.write_json_atomic(target, {"status": "old"})
+    bench.runs.records.write_json_atomic(target, {"status": "old"})
     calls: list[tuple[str, Any]] = []
     real_fsync, real_replace = os.fsync, os.replace
 
@@ -410,9 +410,9 @@ def test_a_record_is_written_through_a_synced_temporary_file_and_a_rename(
         calls.append(("replace", (str(source), str(destination))))
         real_replace(source, destination)
 
-    monkeypatch.setattr(bench.records.os, "fsync", fsync_spy)
-    monkeypatch.setattr(bench.records.os, "replace", replace_spy)
-    bench.records.write_json_atomic(target, {"status": "new", "values": list(range(1000))})
+    monkeypatch.setattr(bench.runs.records.os, "fsync", fsync_spy)
+    monkeypatch.setattr(bench.runs.records.os, "replace", replace_spy)
+    bench.runs.records.write_json_atomic(target, {"status": "new", "values": list(range(1000))})
     renames = [value for kind, value in calls if kind == "replace"]
     assert len(renames) == 1, calls
     temporary, destination = renames[0]

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from bench.cli import main
-from bench.data import load_card, open_dataset
+from bench.data.loading import load_card, open_dataset
 from bench.errors import UserError
-from bench.records import read_record
+from bench.runs.records import read_record
 
 
 @pytest.fixture(autouse=True)

@@ -12,7 +12,7 @@ import pytest
 
 from bench.cli import main
 from bench.errors import UserError
-from bench.readme import PLACEHOLDER, first_difference, render
+from bench.report.readme import PLACEHOLDER, first_difference, render
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "docs" / "README.template.md"

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from bench.errors import UserError
-from bench.records import (
+from bench.runs.records import (
     CorruptRecord,
     check_writable,
     load_records,
@@ -230,11 +230,11 @@ def _no_constants(name: str) -> None:
 ])
 def test_a_migrated_record_made_under_another_torch_counts_as_this_run(tmp_path, torch_of_record,
                                                                       config_change, taken):
-    from bench.jobs import RunOptions
-    from bench.migrate import migrate
-    from bench.records import record_path
-    from bench.runner import plan_runs
-    from bench.spec import RunSpec, resolve_config, run_id
+    from bench.runs.records import record_path
+    from bench.runs.spec import RunSpec, resolve_config, run_id
+    from bench.sweeps.jobs import RunOptions
+    from bench.sweeps.migrate import migrate
+    from bench.sweeps.runner import plan_runs
 
     spec = RunSpec(method="csq", dataset="synthetic", bits=16, seed=0, protocol="harmonised")
     config = resolve_config(spec)

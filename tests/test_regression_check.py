@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.records import write_record
-from bench.summary import SPREAD_SDS, regression_frame
+from bench.runs.records import write_record
+from bench.sweeps.summary import SPREAD_SDS, regression_frame
 
 CONFIG = {"lr": 0.001, "epochs": 60, "tuned_setting": {"path": "bench/tuned/x.yaml"}}
 
@@ -59,7 +59,7 @@ def test_a_bare_run_trains_at_the_budget_of_the_cards_table(capsys) -> None:
     """`bench run --methods crh` on Fashion-MNIST is a cell of main-table (60 epochs), not of
     the card's 30-epoch schedule; --epochs still chooses."""
     from bench.cli import main
-    from bench.experiments import load_experiment
+    from bench.sweeps.experiments import load_experiment
 
     table = load_experiment("main-table").settings["epochs"]
     assert main(["run", "--methods", "crh", "--bits", "16", "--dry-run"]) == 0

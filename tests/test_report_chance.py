@@ -1,4 +1,4 @@
-"""Chance level (bench/chance.py): the closed form against a literal enumeration of rankings
+"""Chance level (bench/evaluation/chance.py): the closed form against a literal enumeration of rankings
 and against seeded random ±1 codes scored by the real evaluator."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import math
 import numpy as np
 import pytest
 
-from bench.chance import chance_from_record, chance_precision_within_radius, expected_ap
-from bench.retrieval import evaluate_retrieval
+from bench.evaluation.chance import chance_from_record, chance_precision_within_radius, expected_ap
+from bench.evaluation.retrieval import evaluate_retrieval
 
 
 def literal_ap(relevant: list[int], k: int) -> float:

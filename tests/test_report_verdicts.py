@@ -168,7 +168,7 @@ def _heads(make_record, grade):
 
 
 def _with_work(record, total):
-    from bench.work import WORK_VERSION
+    from bench.training.work import WORK_VERSION
 
     record["work"] = {"version": WORK_VERSION, "stages": {}, "total_flops": float(total)}
     return record

@@ -1,4 +1,4 @@
-"""bench.retrieval against slow, obvious references written here from the protocol text.
+"""bench.evaluation.retrieval against slow, obvious references written here from the protocol text.
 
 The references sort each query with np.argsort(kind="stable") and apply the AP@k formula
 literally; the tie-aware figure is checked against exhaustive enumeration of tie orders.
@@ -19,8 +19,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bench import retrieval
-from bench.retrieval import (
+from bench.evaluation import retrieval
+from bench.evaluation.retrieval import (
     as_sign_codes,
     binarize,
     evaluate_retrieval,
@@ -394,7 +394,7 @@ def test_works_without_numba():
     script = (
         "import sys, json; sys.modules['numba'] = None\n"
         "import numpy as np\n"
-        "from bench import retrieval\n"
+        "from bench.evaluation import retrieval\n"
         "assert not retrieval.HAVE_NUMBA\n"
         "rng = np.random.default_rng(0)\n"
         "q = rng.standard_normal((9, 6)); d = rng.standard_normal((30, 6))\n"

@@ -15,8 +15,8 @@ import torch
 
 from bench.cli import main
 from bench.errors import UserError
-from bench.records import read_record
-from bench.spec import RunSpec, resolve_config
+from bench.runs.records import read_record
+from bench.runs.spec import RunSpec, resolve_config
 from methods.base import Task
 from methods.centers import (
     gilbert_varshamov_target,
@@ -336,14 +336,14 @@ class ClassifierContext:
         self.optimizers: list[tuple[str, int]] = []
 
     def new_optimizer(self, backbone: torch.nn.Module, head: torch.nn.Module, epochs: int):
-        from bench.train import stage_optimizer
+        from bench.training.train import stage_optimizer
 
         optimizer, scheduler = stage_optimizer(backbone, head, shc_config(), epochs)
         self.optimizers.append((type(optimizer).__name__, epochs))
         return optimizer, scheduler
 
     def new_backbone(self) -> torch.nn.Module:
-        from bench.backbones import build_backbone
+        from bench.network.backbones import build_backbone
 
         torch.manual_seed(1)
         return build_backbone("tiny_cnn", 1)

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.data import load_card, open_dataset
+from bench.data.loading import load_card, open_dataset
+from bench.data.splits import SPLIT_PARTS, check_split, make_split
 from bench.errors import UserError
-from bench.spec import RunSpec, check_override_keys, resolve_config, run_id
-from bench.splits import SPLIT_PARTS, check_split, make_split
+from bench.runs.spec import RunSpec, check_override_keys, resolve_config, run_id
 from methods.base import HARMONISED
 
 
@@ -128,7 +128,7 @@ def _v1_card(card):
 
 
 def test_validation_database_is_held_out_per_class_and_recorded(synthetic) -> None:
-    from bench.splits import selection_description
+    from bench.data.splits import selection_description
 
     card, source = synthetic
     card = _v1_card(card)
@@ -157,7 +157,7 @@ def test_validation_database_is_held_out_per_class_and_recorded(synthetic) -> No
 
 
 def test_card_without_validation_database_records_v1_selection(synthetic) -> None:
-    from bench.splits import selection_description
+    from bench.data.splits import selection_description
 
     card, source = synthetic
     split = make_split(_v1_card(card), source, seed=0, splits_dir=None)
@@ -169,7 +169,7 @@ def test_card_without_validation_database_records_v1_selection(synthetic) -> Non
 
 
 def test_fashion_mnist_cards_hold_out_a_validation_database() -> None:
-    from bench.splits import selection_description
+    from bench.data.splits import selection_description
 
     full, mini = load_card("fashion-mnist"), load_card("fashion-mnist-mini")
     assert full.split["validation_database"] == {"group": "train", "per_class": 500}
@@ -183,7 +183,7 @@ def test_fashion_mnist_cards_hold_out_a_validation_database() -> None:
 
 
 def test_by_group_split_takes_parts_from_groups(tmp_path: Path) -> None:
-    from bench.data import TensorSource, one_hot
+    from bench.data.loading import TensorSource, one_hot
 
     names = ["query", "database+train", "database+train", "validation", "validation_database",
              "database", "database", "validation_database", "query", "validation"]
@@ -202,7 +202,7 @@ def test_by_group_split_takes_parts_from_groups(tmp_path: Path) -> None:
 
 # ----------------------------------------------------------------------------- protocol v2: identity
 def _list_card(root: Path, rows: dict[str, list[str]]):
-    from bench.data import DatasetCard
+    from bench.data.loading import DatasetCard
 
     for name, lines in rows.items():
         (root / f"{name}.txt").write_text("\n".join(lines) + "\n")
@@ -239,25 +239,25 @@ def test_in_memory_data_content_enters_the_digest(synthetic) -> None:
 
 
 def test_run_id_covers_results_version_and_backbone_architecture(monkeypatch) -> None:
-    import bench.backbones
-    import bench.spec
-    from bench.identity import architecture_fingerprint as backbone_architecture
+    import bench.network.backbones
+    import bench.runs.spec
+    from bench.runs.identity import architecture_fingerprint as backbone_architecture
 
     card = load_card("synthetic")
     spec = RunSpec("csq", "synthetic", 16, protocol="harmonised")
     config = resolve_config(spec, card)
     base = run_id(spec, config, card)
     assert run_id(spec, config, replace(card, backbone="small_cnn")) != base
-    monkeypatch.setattr(bench.spec, "RESULTS_VERSION", bench.spec.RESULTS_VERSION + 1)
+    monkeypatch.setattr(bench.runs.spec, "RESULTS_VERSION", bench.runs.spec.RESULTS_VERSION + 1)
     assert run_id(spec, config, card) != base
     monkeypatch.undo()
     assert run_id(spec, config, card) == base
     # The same name with another architecture (a width edited in backbones.py) is another run.
     backbone_architecture.cache_clear()
     def narrower(self, channels: int) -> None:  # same class name, another width
-        bench.backbones.SmallCNN.__init__(self, channels, width=4, feature_dim=32)
+        bench.network.backbones.SmallCNN.__init__(self, channels, width=4, feature_dim=32)
 
-    monkeypatch.setattr(bench.backbones.TinyCNN, "__init__", narrower)
+    monkeypatch.setattr(bench.network.backbones.TinyCNN, "__init__", narrower)
     try:
         assert run_id(spec, config, card) != base
     finally:
@@ -297,7 +297,7 @@ def test_tuned_protocol_applies_committed_values_and_names_the_file(tmp_path, mo
 
 
 def test_default_protocol_is_the_cards_fair_choice(tmp_path, monkeypatch) -> None:
-    from bench.spec import default_protocol
+    from bench.runs.spec import default_protocol
 
     monkeypatch.setenv("BENCH_TUNED_DIR", str(tmp_path))
     assert default_protocol(load_card("fashion-mnist"), ["crh", "csq"])[0] == "harmonised"

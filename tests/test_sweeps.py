@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from bench.cli import main
-from bench.numerics import FIXED_THREADS
-from bench.records import read_record
+from bench.network.numerics import FIXED_THREADS
+from bench.runs.records import read_record
 
 REPO = Path(__file__).resolve().parent.parent
 SPECS = ["--methods", "csq", "--bits", "16,32", "--dataset", "synthetic", "--epochs", "1",
@@ -114,7 +114,7 @@ def test_dask_without_address_starts_a_local_cluster(tmp_path, sequential, capsy
 
 def test_legacy_path_divides_the_cores_and_keeps_native_kernels(tmp_path):
     """BENCH_FAST=0 is the loop as it was: native kernels, cores / jobs threads per worker."""
-    from bench.parallel import threads_per_job
+    from bench.sweeps.parallel import threads_per_job
 
     command = [sys.executable, "-m", "bench", "run", *SPECS, "--results", str(tmp_path), "--jobs", "2"]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300,
@@ -138,9 +138,9 @@ def test_bad_bench_fast_value_is_refused(tmp_path):
 
 
 def test_parallel_sweeps_start_the_longest_runs_first():
-    from bench.jobs import PlannedRun
-    from bench.parallel import longest_first
-    from bench.spec import RunSpec
+    from bench.runs.spec import RunSpec
+    from bench.sweeps.jobs import PlannedRun
+    from bench.sweeps.parallel import longest_first
 
     def planned(name: str, epochs: int | None) -> PlannedRun:
         overrides = (("epochs", epochs),) if epochs is not None else ()

@@ -9,9 +9,14 @@ import pytest
 import torch
 
 from bench.cli import main
-from bench.records import read_record
-from bench.spec import RunSpec
-from bench.train import center_semantics, class_feature_similarity, iterate_batches, train_and_evaluate
+from bench.runs.records import read_record
+from bench.runs.spec import RunSpec
+from bench.training.train import (
+    center_semantics,
+    class_feature_similarity,
+    iterate_batches,
+    train_and_evaluate,
+)
 
 
 def run_csq(results: Path, seed: int = 0, **overrides) -> dict:
@@ -96,7 +101,7 @@ def test_center_semantics_detects_agreement() -> None:
 
 
 def test_iterate_batches_drops_a_trailing_single_image_in_training() -> None:
-    from bench.data import load_card, open_dataset
+    from bench.data.loading import load_card, open_dataset
 
     source = open_dataset(load_card("synthetic"))
     indices = np.arange(9)
@@ -122,7 +127,7 @@ def run_with(results: Path, numerics, **overrides) -> dict:
 
 
 def test_record_names_its_numerics_and_the_legacy_path_still_runs(tmp_path: Path) -> None:
-    from bench.numerics import resolve
+    from bench.network.numerics import resolve
 
     fast = run_with(tmp_path, resolve("cpu", fast=True), epochs=2)
     legacy = run_with(tmp_path, resolve("cpu", threads=1, fast=False), epochs=2)
@@ -140,7 +145,7 @@ def test_record_names_its_numerics_and_the_legacy_path_still_runs(tmp_path: Path
 def test_pre_normalised_images_change_no_bit(tmp_path: Path) -> None:
     """The image cache holds exactly what per-batch normalisation computes: the whole record
     is the same with and without it."""
-    from bench.numerics import resolve
+    from bench.network.numerics import resolve
 
     cached = run_with(tmp_path, resolve("cpu", fast=True), epochs=2, eval_every=1)
     uncached = run_with(tmp_path, resolve("cpu", fast=True, cached_images=False), epochs=2, eval_every=1)
@@ -149,8 +154,8 @@ def test_pre_normalised_images_change_no_bit(tmp_path: Path) -> None:
 
 
 def test_image_cache_returns_the_sources_own_batches() -> None:
-    from bench.data import load_card, open_dataset
-    from bench.numerics import ImageCache, resolve
+    from bench.data.loading import load_card, open_dataset
+    from bench.network.numerics import ImageCache, resolve
 
     source = open_dataset(load_card("synthetic"))
     assert ImageCache.usable(source)
@@ -161,10 +166,10 @@ def test_image_cache_returns_the_sources_own_batches() -> None:
 
 
 def test_folded_encoding_matches_the_trained_network_and_leaves_it_alone() -> None:
-    from bench.backbones import HashNetwork, build_backbone
-    from bench.data import load_card, open_dataset
-    from bench.numerics import resolve
-    from bench.train import encode
+    from bench.data.loading import load_card, open_dataset
+    from bench.network.backbones import HashNetwork, build_backbone
+    from bench.network.numerics import resolve
+    from bench.training.train import encode
 
     source = open_dataset(load_card("synthetic"))
     torch.manual_seed(0)

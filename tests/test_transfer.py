@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from bench.cli import main
-from bench.transfer import judge
+from bench.tuning.transfer import judge
 
 FAST = ["--dataset", "synthetic", "--epochs", "1", "--device", "cpu", "--quiet"]
 

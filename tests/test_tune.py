@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from bench.cli import main
-from bench.records import read_record
+from bench.runs.records import read_record
 
 REPO = Path(__file__).resolve().parent.parent
 FAST = ["--dataset", "synthetic", "--epochs", "1", "--bits", "16", "--device", "cpu", "--quiet"]
@@ -40,7 +40,7 @@ def records(results: Path) -> dict[str, dict]:
 
 
 def study_id() -> str:
-    from bench.tune import search_space, study_name
+    from bench.tuning.tune import search_space, study_name
 
     return study_name("synthetic", "csq", 16, 1, search_space("csq"))
 
@@ -99,8 +99,8 @@ def test_tune_resumes_scores_validation_only_and_writes_the_setting(tmp_path, tu
     # `run --protocol tuned` now trains with exactly those values and names the file.
     assert main(["run", "--methods", "csq", "--protocol", "tuned", "--bits", "16", "--dataset",
                  "synthetic", "--epochs", "1", "--device", "cpu", "--quiet", "--results", str(results)]) == 0
-    from bench.records import load_records
     from bench.report.groups import variant_of
+    from bench.runs.records import load_records
 
     tables, _ = load_records(results)  # what the report reads: the tuned run, no trial
     assert [r["spec"]["protocol"] for r in tables] == ["tuned"]
@@ -119,7 +119,7 @@ def test_a_trial_left_running_is_finished_with_its_own_values(tmp_path, one_thre
     those values (no new trial), and the study ends as an uninterrupted one would."""
     from optuna.trial import TrialState
 
-    from bench.tune import search_space, suggest
+    from bench.tuning.tune import search_space, suggest
 
     interrupted, straight = tmp_path / "interrupted", tmp_path / "straight"
     assert tune(interrupted, 2) == 0
@@ -226,15 +226,15 @@ def test_jobs_search_methods_side_by_side_and_choose_the_same(tmp_path, tuned_di
 def test_a_study_never_proposes_a_batch(tmp_path, tuned_dir, monkeypatch):
     """With --jobs 2 and one method, the study still runs one trial at a time (a batch would be
     proposed before its first member's score is known, so the choice would depend on --jobs)."""
-    import bench.tune
+    import bench.tuning.tune
 
     seen = []
 
     def fake_tune(method, request, options, log=print):
         seen.append(request.jobs)
-        raise bench.tune.TuningAborted("stop here")
+        raise bench.tuning.tune.TuningAborted("stop here")
 
-    monkeypatch.setattr(bench.tune, "tune_method", fake_tune)
+    monkeypatch.setattr(bench.tuning.tune, "tune_method", fake_tune)
     assert main(["tune", "--methods", "csq", "--trials", "9", *FAST, "--results", str(tmp_path),
                  "--output", str(tmp_path / "t.yaml"), "--jobs", "2"]) == 1
     assert seen == [1]

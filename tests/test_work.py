@@ -1,4 +1,4 @@
-"""Counted work (bench/work.py): stage counts from a record's config and split, network FLOPs
+"""Counted work (bench/training/work.py): stage counts from a record's config and split, network FLOPs
 from torch's FlopCounterMode, CPU stages by formula; the work ratio that grades the cost claim."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from bench.train import steps_per_epoch
-from bench.work import network_flops, record_work, work_of
+from bench.training.train import steps_per_epoch
+from bench.training.work import network_flops, record_work, work_of
 
 
 def test_flop_counter_counts_a_linear_layer_by_hand():

@@ -19,7 +19,7 @@ def _int_list(text: str, what: str, lowest: int) -> list[int]:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    from bench.centers_bench import BITS, CLASSES, GENERATORS
+    from bench.perf.centers import BITS, CLASSES, GENERATORS
 
     parser.add_argument("--classes", default=",".join(map(str, CLASSES)),
                         help="numbers of classes C, comma-separated (default %(default)s)")
@@ -36,7 +36,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def execute(args: argparse.Namespace) -> int:
     import time
 
-    from bench.centers_bench import DEFAULT_OUT, machine_header, run_benchmark, to_markdown, write_outputs
+    from bench.perf.centers import DEFAULT_OUT, machine_header, run_benchmark, to_markdown, write_outputs
 
     classes = _int_list(args.classes, "classes", 2)
     bits = _int_list(args.bits, "bits", 1)

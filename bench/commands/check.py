@@ -196,9 +196,9 @@ def gate_methods(requested: str | None) -> list[str]:
 
 
 def train_gate(methods: list[str], args: argparse.Namespace) -> tuple[Any, list[dict[str, Any]], float]:
-    from bench.records import load_records
-    from bench.runner import RunOptions, execute_runs
-    from bench.spec import RunSpec
+    from bench.runs.records import load_records
+    from bench.runs.spec import RunSpec
+    from bench.sweeps.runner import RunOptions, execute_runs
 
     settings = tuple(sorted(GATE["settings"].items()))
     specs = [RunSpec(method=m, dataset=GATE["dataset"], bits=GATE["bits"], seed=s,
@@ -241,11 +241,12 @@ def execute(args: argparse.Namespace) -> int:
     if args.update:
         if outcome.failed or outcome.aborted:
             raise UserError("not updating the baseline: some gate runs failed")
-        from bench.records import write_json_atomic
+        from bench.runs.records import write_json_atomic
 
         environment = dict(records[0]["environment"]) if records else {}
         if records and "numerics" in records[0]:
-            environment["numerics"] = records[0]["numerics"]  # how the runs computed (see bench.numerics)
+            # how the runs computed (see bench.network.numerics)
+            environment["numerics"] = records[0]["numerics"]
         payload = baseline_payload(current, environment, seconds)
         write_json_atomic(baseline_path, payload)
         print(f"baseline written to {baseline_path}")

@@ -97,7 +97,7 @@ def _check_labels(array: Any, flag: str, rows: int, codes_flag: str) -> None:
 def _sign_codes(query: Any, db: Any) -> tuple[Any, Any, str]:
     """Decide the code format for both files together: {0,1} only when both are all 0/1
     (a lone all-zero file read on its own would otherwise flip meaning)."""
-    from bench.retrieval import _is_zero_one, as_sign_codes, binarize
+    from bench.evaluation.retrieval import _is_zero_one, as_sign_codes, binarize
 
     if _is_zero_one(query) and _is_zero_one(db):
         return as_sign_codes(query), as_sign_codes(db), "{0,1} (0 read as -1)"
@@ -136,7 +136,7 @@ def _table(result: dict[str, Any]) -> str:
 
 
 def execute(args: argparse.Namespace) -> int:
-    from bench.retrieval import evaluate_retrieval
+    from bench.evaluation.retrieval import evaluate_retrieval
 
     query = _load(args.query_codes, "--query-codes")
     db = _load(args.db_codes, "--db-codes")

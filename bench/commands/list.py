@@ -12,10 +12,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def execute(args: argparse.Namespace) -> int:
-    from bench.backbones import BACKBONES
-    from bench.data import available_datasets, load_card
-    from bench.experiments import available_experiments, load_experiment
-    from bench.spec import method_params
+    from bench.data.loading import available_datasets, load_card
+    from bench.network.backbones import BACKBONES
+    from bench.runs.spec import method_params
+    from bench.sweeps.experiments import available_experiments, load_experiment
     from methods import available_methods, get_method, method_source, plugin_problems
 
     if args.what in ("all", "methods"):

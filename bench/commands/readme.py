@@ -18,9 +18,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def execute(args: argparse.Namespace) -> int:
-    from bench.data import REPO_ROOT
+    from bench.data.loading import REPO_ROOT
     from bench.errors import UserError
-    from bench.readme import first_difference, load_numbers, render
+    from bench.report.readme import first_difference, load_numbers, render
 
     template_path = Path(args.template) if args.template else REPO_ROOT / "docs" / "README.template.md"
     readme_path = Path(args.readme) if args.readme else REPO_ROOT / "README.md"

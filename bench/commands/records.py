@@ -3,7 +3,7 @@
 Schema-1 records (`<id>.json`, pretty-printed, with the absolute path of the machine that
 made them) become schema 2 (`<id>.json.gz`, compact and compressed, paths relative to the
 results folder), without retraining; run ids and every number stay as they are (see
-bench.migrate for what changes and why it is safe to interrupt). A second run is a no-op.
+bench.sweeps.migrate for what changes and why it is safe to interrupt). A second run is a no-op.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def execute(args: argparse.Namespace) -> int:
     from bench.errors import UserError
-    from bench.migrate import migrate
-    from bench.records import DEFAULT_RESULTS_DIR
+    from bench.runs.records import DEFAULT_RESULTS_DIR
+    from bench.sweeps.migrate import migrate
 
     results = Path(args.results) if args.results else DEFAULT_RESULTS_DIR
     if not results.is_dir():

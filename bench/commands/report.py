@@ -18,9 +18,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def execute(args: argparse.Namespace) -> int:
-    from bench.data import REPO_ROOT
-    from bench.records import DEFAULT_RESULTS_DIR
+    from bench.data.loading import REPO_ROOT
     from bench.report import generate
+    from bench.runs.records import DEFAULT_RESULTS_DIR
 
     results = Path(args.results) if args.results else DEFAULT_RESULTS_DIR
     out = Path(args.out) if args.out else REPO_ROOT / "reports"

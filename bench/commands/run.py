@@ -46,7 +46,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     how.add_argument("--force", action="store_true", help="rerun runs that already have a record")
     how.add_argument("--attack", default=None, metavar="TARGET[:KEY=VALUE,...]",
                      help="also evaluate the queries under an L-inf PGD attack on their codes "
-                          "(bench/attack.py): center (CgAT's class center code) or self (the "
+                          "(bench/evaluation/attack.py): center (CgAT's class center code) or self (the "
                           "query's own code), e.g. center:eps=8/255,steps=20; stored beside the "
                           "record under <results>/attacks/; a stored run trains again for it")
     how.add_argument("--jobs", type=int, default=1,
@@ -117,7 +117,7 @@ def table_budget(args: argparse.Namespace, card: Any) -> None:
     """A bare run trains at the epoch budget of the card's primary table (`table:` in the card),
     so that its cells can be set beside the committed table's; --epochs or --set epochs=
     choose another budget."""
-    from bench.experiments import load_experiment
+    from bench.sweeps.experiments import load_experiment
 
     if not card.table or args.epochs is not None or "epochs" in parse_settings(args.settings):
         return
@@ -147,10 +147,9 @@ def budget_epochs(args: argparse.Namespace, experiment: Any, card: Any) -> int |
 
 def build_specs(args: argparse.Namespace) -> list:
     """Expand CLI flags (and an optional experiment) into RunSpecs; validates everything."""
-    from bench.backbones import PRETRAINABLE as PRETRAINABLE_BACKBONES
-    from bench.data import load_card
-    from bench.experiments import load_experiment
-    from bench.spec import (
+    from bench.data.loading import load_card
+    from bench.network.backbones import PRETRAINABLE as PRETRAINABLE_BACKBONES
+    from bench.runs.spec import (
         PROTOCOLS,
         RunSpec,
         check_override_keys,
@@ -158,6 +157,7 @@ def build_specs(args: argparse.Namespace) -> list:
         default_protocol,
         tuned_values,
     )
+    from bench.sweeps.experiments import load_experiment
     from methods import get_method
 
     experiment = load_experiment(args.experiment) if args.experiment else None
@@ -198,7 +198,7 @@ def build_specs(args: argparse.Namespace) -> list:
             args.budget_refusal = f"{refusals[0]}{more}"
     backbone = args.backbone or (experiment.backbone if experiment else None)
     if backbone is not None:
-        from bench.backbones import BACKBONES
+        from bench.network.backbones import BACKBONES
 
         if backbone not in BACKBONES:
             raise UserError(f"unknown backbone '{backbone}'; valid backbones: {', '.join(BACKBONES)}")
@@ -235,8 +235,8 @@ def build_specs(args: argparse.Namespace) -> list:
 def plan_under_budget_check(specs: list, options: Any, refusal: str | None) -> tuple[list, str | None]:
     """The planned runs and the budget refusal, if any: tuned entries searched at another budget
     are let through for planning only (a grid that varies epochs meets them run by run here)."""
-    from bench.runner import plan_runs
-    from bench.spec import budget_check_off
+    from bench.runs.spec import budget_check_off
+    from bench.sweeps.runner import plan_runs
 
     try:
         with budget_check_off() if refusal else contextlib.nullcontext():
@@ -251,10 +251,10 @@ def plan_under_budget_check(specs: list, options: Any, refusal: str | None) -> t
 def execute(args: argparse.Namespace) -> int:
     import sys
 
-    from bench.parallel import check_executor
-    from bench.records import DEFAULT_RESULTS_DIR
-    from bench.runner import RunOptions, execute_runs, run_state
-    from bench.spec import budget_check_off
+    from bench.runs.records import DEFAULT_RESULTS_DIR
+    from bench.runs.spec import budget_check_off
+    from bench.sweeps.parallel import check_executor
+    from bench.sweeps.runner import RunOptions, execute_runs, run_state
 
     backend = args.backend or ("dask" if args.scheduler else "local")
     check_executor(args.jobs, backend, args.scheduler)
@@ -262,7 +262,7 @@ def execute(args: argparse.Namespace) -> int:
         raise UserError(f"--threads {args.threads}: must be a positive integer")
     attack = None
     if args.attack is not None:
-        from bench.attack import parse_attack
+        from bench.evaluation.attack import parse_attack
 
         attack = parse_attack(args.attack)
     specs = build_specs(args)
@@ -311,7 +311,7 @@ def execute(args: argparse.Namespace) -> int:
     for identifier, reason in outcome.failed:
         print(f"  failed {identifier}: {reason}")
     if outcome.completed or outcome.skipped:
-        from bench.summary import print_regression, print_summary
+        from bench.sweeps.summary import print_regression, print_summary
 
         shown = print_summary(options.results_dir, [*outcome.completed, *outcome.skipped])
         committed = DEFAULT_RESULTS_DIR

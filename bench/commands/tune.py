@@ -1,5 +1,5 @@
 """`python -m bench tune`: search each method's learning rate and main knobs with the same
-number of trials, on validation only, and write the chosen values (see `bench/tune.py`).
+number of trials, on validation only, and write the chosen values (see `bench/tuning/tune.py`).
 
 Where the chosen values go: beside the studies, `<results>/tuning/<card>.yaml`, unless the
 user names a file (`--output FILE`) or asks for the committed setting that `--protocol tuned`
@@ -66,14 +66,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def execute(args: argparse.Namespace) -> int:
     import sys
 
-    from bench.backbones import PRETRAINABLE
     from bench.commands.run import parse_int, parse_seed
-    from bench.data import load_card
-    from bench.parallel import check_executor
-    from bench.records import DEFAULT_RESULTS_DIR
-    from bench.runner import RunOptions
-    from bench.spec import tuned_path
-    from bench.tune import (
+    from bench.data.loading import load_card
+    from bench.network.backbones import PRETRAINABLE
+    from bench.runs.records import DEFAULT_RESULTS_DIR
+    from bench.runs.spec import tuned_path
+    from bench.sweeps.parallel import check_executor
+    from bench.sweeps.runner import RunOptions
+    from bench.tuning.tune import (
         TuneRequest,
         TuningAborted,
         knob_counts,
@@ -97,7 +97,7 @@ def execute(args: argparse.Namespace) -> int:
     split_seed = parse_seed(args.split_seed, "--split-seed")
     card = load_card(args.dataset or "fashion-mnist")
     if epochs is None and card.table:  # search at the budget of the card's primary table
-        from bench.experiments import load_experiment
+        from bench.sweeps.experiments import load_experiment
 
         table_epochs = load_experiment(card.table).settings.get("epochs")
         epochs = int(table_epochs) if table_epochs is not None else None
@@ -139,7 +139,7 @@ def execute(args: argparse.Namespace) -> int:
                               for k, v in outcome.values.items()), flush=True)
             for key, side in outcome.extra.get("edge_hits", []):
                 print(f"  edge hit: {key} at the {side} edge of {outcome.space[key]}: widen it "
-                      f"(bench.tune.widen) and give every method the same extra trials", flush=True)
+                      f"(bench.tuning.tune.widen) and give every method the same extra trials", flush=True)
     except TuningAborted as error:
         if outcomes:
             write_setting(output, request, outcomes, results, transfers)
@@ -159,13 +159,13 @@ def search_one(method: str, request: Any, options: Any, targets: list[int],
     process when several methods are searched at once."""
     import dataclasses
 
-    from bench.tune import tune_method
+    from bench.tuning.tune import tune_method
 
     sequential = dataclasses.replace(request, jobs=1)
     outcome = tune_method(method, sequential, options, log=lambda line: print(line, flush=True))
     verdicts = {}
     if targets:
-        from bench.transfer import check_transfer
+        from bench.tuning.transfer import check_transfer
 
         verdicts = check_transfer(outcome, sequential, targets, options, seeds=transfer_seeds,
                                   log=lambda line: print(line, flush=True))
@@ -208,8 +208,8 @@ def parse_targets(raw: str | None, bits: int) -> list[int]:
 def setting_path(args: argparse.Namespace, card: str, results: Path) -> Path:
     """The file the chosen values go to: named by the user, the committed one on --commit,
     else beside the studies under the results folder (never a tracked file by default)."""
-    from bench.spec import tuned_path
-    from bench.tune import TRIALS_FOLDER
+    from bench.runs.spec import tuned_path
+    from bench.tuning.tune import TRIALS_FOLDER
 
     if args.output:
         return Path(args.output)

@@ -22,7 +22,7 @@ from bench.errors import UserError
 _MEMORY_PROBE = """
 import json, resource, sys
 import numpy as np
-from bench.retrieval import evaluate_retrieval, warm_up
+from bench.evaluation.retrieval import evaluate_retrieval, warm_up
 
 def status_kib(key):
     with open("/proc/self/status") as f:
@@ -80,7 +80,7 @@ def _loop_map(problem: dict[str, Any], count: int, bits: int, topk: int) -> tupl
     """
     import numpy as np
 
-    from bench.retrieval import label_matrix
+    from bench.evaluation.retrieval import label_matrix
 
     db_float = problem["d"].astype(np.float32)
     num_classes = int(max(problem["ql"].max(), problem["dl"].max())) + 1
@@ -147,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
     """mAP@k + tie-aware mAP + PR by radius vs the per-query loop and faiss top-k search."""
     import numpy as np
 
-    from bench import retrieval
+    from bench.evaluation import retrieval
 
     for flag in ("queries", "db", "bits", "classes", "topk", "loop_queries", "repeats"):
         if getattr(args, flag) < 1:

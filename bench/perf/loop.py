@@ -3,7 +3,7 @@ PyTorch loop with the same backbone, batch size, loss and data, measured in one 
 
 The bare loop is what a hand-written script would do: pre-normalised float images in
 memory, a shuffled index per epoch, forward / loss / backward / step. Both loops compute
-with the numerics of the path `BENCH_FAST` selects (`bench.numerics`: threads, kernels,
+with the numerics of the path `BENCH_FAST` selects (`bench.network.numerics`: threads, kernels,
 memory format). The suite's loop adds batching through its image cache, the method hook, NaN
 checks and code collection; the target is to stay within 5 % of the bare loop. `perf run`
 times a whole run, validation and encoding included.
@@ -58,12 +58,12 @@ def bare_loop_images_per_second(
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from bench.backbones import HashNetwork, build_backbone
-    from bench.data import load_card, open_dataset
-    from bench.numerics import applied, resolve
-    from bench.spec import RunSpec, resolve_config
-    from bench.splits import make_split
-    from bench.train import train_and_evaluate
+    from bench.data.loading import load_card, open_dataset
+    from bench.data.splits import make_split
+    from bench.network.backbones import HashNetwork, build_backbone
+    from bench.network.numerics import applied, resolve
+    from bench.runs.spec import RunSpec, resolve_config
+    from bench.training.train import train_and_evaluate
     from methods import get_method
     from methods.base import Task
 

@@ -49,7 +49,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=1,
                         help="alternating repeats of legacy / fast / bare (medians are compared)")
     parser.add_argument("--lever", dest="levers", action="append", default=[], metavar="KEY=VALUE",
-                        help="change one fast-path setting (bench.numerics.Numerics), e.g. encode_batch=256")
+                        help="change one fast-path setting (bench.network.numerics.Numerics), "
+                             "e.g. encode_batch=256")
     parser.add_argument("--ablate", action="store_true",
                         help=f"also time the fast path with each lever off: {', '.join(ABLATIONS)}")
     parser.add_argument("--no-bare", action="store_true", help="skip the bare PyTorch loop")
@@ -88,7 +89,7 @@ def load_text() -> str:
 
 def suite_run(spec, numerics, data_root: str | None) -> dict[str, Any]:
     """One real run (`train_and_evaluate`, split kept in memory) and its wall-time breakdown."""
-    from bench.train import train_and_evaluate
+    from bench.training.train import train_and_evaluate
 
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
@@ -130,12 +131,12 @@ def bare_run(spec, numerics, data_root: str | None, validations: int) -> dict[st
     import torch
     from torch.fx.experimental.optimization import fuse
 
-    from bench.backbones import HashNetwork, build_backbone
-    from bench.data import load_card, open_dataset
-    from bench.numerics import applied
-    from bench.spec import resolve_config
-    from bench.splits import make_split
-    from bench.train import seed_everything, validation_database
+    from bench.data.loading import load_card, open_dataset
+    from bench.data.splits import make_split
+    from bench.network.backbones import HashNetwork, build_backbone
+    from bench.network.numerics import applied
+    from bench.runs.spec import resolve_config
+    from bench.training.train import seed_everything, validation_database
     from methods import get_method
     from methods.base import Task
 
@@ -258,11 +259,11 @@ def format_table(summary: dict[str, Any], names: list[str]) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from bench.data import load_card, open_dataset
-    from bench.numerics import resolve
-    from bench.records import cpu_model
-    from bench.retrieval import warm_up
-    from bench.spec import RunSpec
+    from bench.data.loading import load_card, open_dataset
+    from bench.evaluation.retrieval import warm_up
+    from bench.network.numerics import resolve
+    from bench.runs.records import cpu_model
+    from bench.runs.spec import RunSpec
     from methods import get_method
 
     for flag in ("bits", "threads", "repeats"):

@@ -11,7 +11,7 @@ The default runs (CSQ on the synthetic dataset: tiny CNN, 12x12 images, `--set b
 little work for torch to split over two threads (measured on the 2-core machine: a run with 2
 threads is about as fast as with 1; at batch 64 a 2nd thread gives ~1.3x, and small_cnn on
 fashion-mnist-mini ~1.65x). Running two such runs side by side is how a sweep of them gets
-faster. Every run on the fast path (the default, `bench.numerics`) computes with one thread,
+faster. Every run on the fast path (the default, `bench.network.numerics`) computes with one thread,
 whatever `--jobs` is, so `--jobs 1`, `--jobs 2` and Dask must give the same metrics. Control
 variants, whose numbers differ by design and are compared apart: `--jobs 1 --threads 2`
 (oneDNN splits its reductions by thread count) and `BENCH_FAST=0 --jobs 1 --threads 1`

@@ -146,7 +146,7 @@ def render_figures(report: Report) -> dict[str, bytes]:
 def load_for_report(results_dir: Path, runs_folder: str = "runs") -> tuple[list[dict], list[str]]:
     """Records and corrupt-file problems, with paths relative to results_dir (so the report
     does not depend on where the results folder lives)."""
-    from bench.records import load_records
+    from bench.runs.records import load_records
 
     results_dir = Path(results_dir)
     records, problems = load_records(results_dir, runs_folder=runs_folder)
@@ -206,7 +206,7 @@ def generate(results_dir: Path, out_dir: Path, claims_file: Path = CLAIMS_FILE,
     if not records and not problems:
         raise UserError(f"no run records under {Path(results_dir) / 'runs'}: nothing to report "
                         "(run `python -m bench run ...` first, or pass --results DIR)")
-    from bench.tune import TRIALS_FOLDER
+    from bench.tuning.tune import TRIALS_FOLDER
 
     trials, trial_problems = load_for_report(results_dir, TRIALS_FOLDER)
     report = build_report(records, problems + trial_problems, load_claims(claims_file),
@@ -217,7 +217,7 @@ def generate(results_dir: Path, out_dir: Path, claims_file: Path = CLAIMS_FILE,
 def load_tuned_settings(folder: Path | None = None) -> dict[str, dict]:
     """card -> {"methods": ...} for every bench/tuned/<card>.yaml (or `folder`'s), read by the
     loader the tuned protocol uses; a file that loader refuses is left out of the report."""
-    from bench.spec import load_tuned, tuned_dir
+    from bench.runs.spec import load_tuned, tuned_dir
 
     folder = Path(folder) if folder is not None else tuned_dir()
     settings = {}

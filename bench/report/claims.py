@@ -27,7 +27,7 @@ from bench.report.verdicts import (
     comparison_line,
     regime_of,
 )
-from bench.work import record_work
+from bench.training.work import record_work
 
 REASSIGN_KEYS = ("reassign", "reassign_every", "reassign_warmup")
 DEFAULT_PAPER_REGIME = ("ResNet-34 ImageNet-pretrained; Stanford Cars (196 classes) and NABirds (555 "
@@ -185,7 +185,7 @@ def _shares(rows: pd.DataFrame) -> dict[str, float]:
     works = [w for w in works if w is not None and w.get("stages")]
     if not works:
         return {}
-    from bench.work import stage_flops
+    from bench.training.work import stage_flops
 
     names = sorted({s for w in works for s in w["stages"]})
     return {name: float(np.mean([stage_flops(w["stages"][name]) / w["total_flops"] * 100
@@ -198,7 +198,7 @@ def _work(rows: pd.DataFrame) -> float:
 
 
 def two_stage_cost(frame: pd.DataFrame, p: dict) -> Checked:
-    """Counted work (network FLOPs per stage plus CPU stages, bench/work.py) of SHC against
+    """Counted work (network FLOPs per stage plus CPU stages, bench/training/work.py) of SHC against
     CRH per table and bit length; graded on the ratio. Isolated timing (`bench perf cost`) is
     the secondary figure; committed wall times were measured under load and are context."""
     two = p.get("two_stage", "shc")

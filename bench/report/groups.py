@@ -86,7 +86,7 @@ def _schedule_eval_every(spec: dict, config: dict) -> Any:
     fifth of its epochs (the loop's rule); None for a card this code does not know."""
     dataset = str(spec.get("dataset"))
     if dataset not in _CADENCE_CACHE:  # one card read per dataset, not one per record
-        from bench.data import load_card
+        from bench.data.loading import load_card
 
         try:
             _CADENCE_CACHE[dataset] = (True, load_card(dataset).schedule.get("eval_every"))

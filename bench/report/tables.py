@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from bench.chance import chance_from_record, chance_precision_within_radius
+from bench.evaluation.chance import chance_from_record, chance_precision_within_radius
 from bench.report.analysis import Analysis, MainTable
 from bench.report.claims import ClaimResult
 from bench.report.document import Doc, FigurePlan
@@ -264,7 +264,7 @@ def main_table(doc: Doc, analysis: Analysis, table: MainTable, published: list[d
         notes.append("classify-then-hash has not been run in this table: no floor "
                      "(`python -m bench run --methods classify-then-hash ...`).")
     notes.append(f"Chance: the expected score of random ±1 codes on this query set and database "
-                 f"({chance_how(table)}; see bench/chance.py).")
+                 f"({chance_how(table)}; see bench/evaluation/chance.py).")
     doc.bullets(notes)
     published_next_to(doc, table, published)
 

@@ -17,7 +17,7 @@ from bench.report.util import get, method_name, method_sort_key, num
 def default_trial(trials: Sequence[dict], card: str, method: str, entry: dict) -> dict | None:
     """The trial that ran the harmonised default values of every searched key (trial 0 of a
     study whose space holds them), or None."""
-    from bench.tune import default_point
+    from bench.tuning.tune import default_point
 
     space = {key: tuple(spec) for key, spec in (entry.get("search_space") or {}).items()}
     point = default_point(method, space) if space else None

@@ -161,7 +161,7 @@ def card_info(dataset: str) -> dict[str, Any]:
     """What the dataset card in this checkout says (backbone, title, ground truth); {} when
     there is no such card. Used only where a record does not say it itself."""
     try:
-        from bench.data import load_card
+        from bench.data.loading import load_card
 
         card = load_card(dataset)
     except (UserError, OSError, ImportError, ValueError, TypeError, KeyError):

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-# The card and source layers, re-exported: callers keep importing from bench.data.
-from bench.cards import (  # noqa: F401
+# The card and source layers, re-exported: callers keep importing from bench.data.loading.
+from bench.data.cards import (  # noqa: F401
     CARDS_DIR,
     FASHION_MNIST_FILES,
     IMAGENET_MEAN,
@@ -25,9 +25,8 @@ from bench.cards import (  # noqa: F401
     load_card,
     read_yaml,
 )
-from bench.errors import UserError
-from bench.mosaics import load_generated
-from bench.sources import (  # noqa: F401
+from bench.data.mosaics import load_generated
+from bench.data.sources import (  # noqa: F401
     FileSource,
     ImageSource,
     TensorSource,
@@ -37,6 +36,7 @@ from bench.sources import (  # noqa: F401
     one_hot,
     read_idx,
 )
+from bench.errors import UserError
 
 
 # ----------------------------------------------------------------------------- CIFAR

@@ -24,8 +24,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from bench.errors import UserError
-from bench.jobs import PlannedRun, RunOptions, SweepAborted, compute_record, failed_record
-from bench.numerics import fast_by_default
+from bench.network.numerics import fast_by_default
+from bench.sweeps.jobs import PlannedRun, RunOptions, SweepAborted, compute_record, failed_record
 
 BACKENDS = ("local", "dask")
 

@@ -1,8 +1,8 @@
 """Dataset cards: the parsed `datasets/<name>.yaml` files, and what a card declares without
 reading any data (class names, a ground-truth class similarity for generated cards).
 
-The lowest room of the data layer: `bench.sources` (image sources, file readers),
-`bench.mosaics` (generated cards) and `bench.data` (loaders, `open_dataset`) build on it.
+The lowest room of the data layer: `bench.data.sources` (image sources, file readers),
+`bench.data.mosaics` (generated cards) and `bench.data.loading` (loaders, `open_dataset`) build on it.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import yaml
 
 from bench.errors import UserError
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 CARDS_DIR = REPO_ROOT / "datasets"
 DATA_ENV_VAR = "BENCH_DATA"
 

@@ -188,7 +188,7 @@ class ImageCache:
 
     @staticmethod
     def usable(source: Any) -> bool:
-        from bench.data import TensorSource
+        from bench.data.loading import TensorSource
 
         return isinstance(source, TensorSource) and type(source).batch is TensorSource.batch
 

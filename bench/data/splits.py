@@ -33,9 +33,9 @@ from typing import Any
 
 import numpy as np
 
-from bench.data import DatasetCard, ImageSource
+from bench.data.loading import DatasetCard, ImageSource
+from bench.data.split_groups import draw_by_group, group_members
 from bench.errors import UserError
-from bench.split_groups import draw_by_group, group_members
 
 SPLIT_PARTS = ("query", "train", "validation", "validation_database", "database")
 SPLIT_PROTOCOLS = ("per_class", "lists", "by_group")

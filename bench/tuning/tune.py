@@ -14,7 +14,7 @@ A chosen value within EDGE_FRACTION of a range edge that is not a hard bound is 
 (`edge_hits`): the range is widened (`widen`) and every method runs the same extra trials.
 
 Trials are normal runs (harmonised protocol plus the trial's values as overrides) executed by
-`bench.runner.execute_runs`, so every trial is a run record and a trial whose record exists is
+`bench.sweeps.runner.execute_runs`, so every trial is a run record and a trial whose record exists is
 reused. Trial records live in RESULTS/tuning/runs, apart from RESULTS/runs: the report's tables
 group records by their settings, and each trial's searched values would be a variant of its own.
 The study lives in SQLite (RESULTS/tuning/<card>-<method>-<bits>b.db, Optuna's TPE sampler);
@@ -41,9 +41,9 @@ from typing import Any
 
 import yaml
 
-from bench.data import DatasetCard
+from bench.data.loading import DatasetCard
 from bench.errors import UserError
-from bench.spec import RunSpec, entry_budget, load_tuned, method_params, tuned_path
+from bench.runs.spec import RunSpec, entry_budget, load_tuned, method_params, tuned_path
 from methods import get_method
 from methods.base import HARD_EDGES, HARMONISED, HashMethod, Task
 
@@ -268,7 +268,7 @@ def _trial_spec(method: str, values: dict[str, Any], request: TuneRequest) -> Ru
 
 def validation_score(path: Path) -> tuple[float | None, str]:
     """(validation mAP, run id) of a finished trial's record; None for a failed run."""
-    from bench.records import CorruptRecord, read_record
+    from bench.runs.records import CorruptRecord, read_record
 
     try:
         record = read_record(path)
@@ -287,7 +287,7 @@ def tune_method(method: str, request: TuneRequest, options: Any,
     import optuna
     from optuna.trial import TrialState
 
-    from bench.runner import execute_runs, plan_runs
+    from bench.sweeps.runner import execute_runs, plan_runs
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     space = search_space(method)
@@ -376,11 +376,11 @@ def tune_method(method: str, request: TuneRequest, options: Any,
 def write_setting(path: Path | None, request: TuneRequest, outcomes: list[TuneOutcome],
                   results_dir: Path, transfers: dict[str, dict[int, Any]] | None = None) -> Path:
     """Merge the chosen values (with provenance) into the card's tuned setting; other
-    methods' entries stay. Transfer checks (`bench.transfer`) given here, or already in the
+    methods' entries stay. Transfer checks (`bench.tuning.transfer`) given here, or already in the
     entry for the same chosen run, are kept in it. Written atomically (temp file, rename)."""
     import optuna
 
-    from bench.records import code_version
+    from bench.runs.records import code_version
 
     card = request.card.name
     path = Path(path) if path is not None else tuned_path(card)
@@ -455,7 +455,7 @@ def _same_result(old: dict[str, Any], new: dict[str, Any]) -> bool:
 
 
 def _shown(path: Path) -> str:
-    from bench.data import REPO_ROOT
+    from bench.data.loading import REPO_ROOT
 
     try:
         return str(Path(path).resolve().relative_to(REPO_ROOT))

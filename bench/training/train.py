@@ -4,7 +4,7 @@ checkpoints and switches those modules with the network, and encodes through the
 declared retrieval output.
 
 How a run computes (threads, kernels, memory format, bf16 on CUDA, encoding shortcuts) is
-its `bench.numerics.Numerics`, applied around the whole run and kept in the record; the
+its `bench.network.numerics.Numerics`, applied around the whole run and kept in the record; the
 legacy path (`BENCH_FAST=0`) is the loop as it was before those levers.
 
 Model selection: every `eval_every` epochs (and at the last) the validation queries are
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import math
-import random
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -29,40 +28,36 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from bench.backbones import HashNetwork, build_backbone
-from bench.data import DatasetCard, ImageSource, ground_truth_record, load_card, open_dataset
+from bench.data.loading import DatasetCard, ImageSource, ground_truth_record, load_card, open_dataset
+from bench.data.splits import Split, make_split
 from bench.errors import UserError
-from bench.numerics import ImageCache, Numerics, applied, fused_for_inference, pick_device, resolve
-from bench.records import relative_to_results
-from bench.retrieval import evaluate_retrieval
-from bench.spec import RunSpec, resolve_config, run_id
-from bench.splits import Split, make_split, selection_description, selection_reference
+from bench.evaluation.retrieval import evaluate_retrieval
+from bench.network.backbones import HashNetwork, build_backbone
+from bench.network.numerics import ImageCache, Numerics, applied, fused_for_inference, pick_device, resolve
+from bench.runs.records import relative_to_results
+from bench.runs.spec import RunSpec, resolve_config, run_id
+from bench.training.parts import (
+    TrainingDiverged,
+    build_scheduler,
+    center_semantics,
+    class_feature_similarity,
+    code_ties,
+    optimizer_for,
+    rounded,
+    seed_everything,
+    stage_optimizer,
+    steps_per_epoch,
+    validation_database,
+)
 from methods import get_method
 from methods.base import HashMethod
 from methods.context import Batch, Task
 
 PR_AT_N = (1, 10, 50, 100, 500, 1000, 2000, 5000)
 
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite: the run is recorded as failed with this reason."""
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)  # noqa: NPY002 - seeds third-party code using the legacy API
-    torch.manual_seed(seed)
-
-
 __all__ = ["PR_AT_N", "RunContext", "TrainingDiverged", "encode", "iterate_batches", "pick_device",
-           "steps_per_epoch", "train_and_evaluate", "validation_database"]
-
-
-def steps_per_epoch(num_items: int, batch_size: int) -> int:
-    """Optimizer steps in one pass: every full batch and the partial last one, unless that one
-    would hold a single sample (`iterate_batches` drops it)."""
-    full, rest = divmod(num_items, batch_size)
-    return max(1, full + (1 if rest >= 2 or (rest == 1 and full == 0) else 0))
+           "seed_everything", "stage_optimizer", "steps_per_epoch", "train_and_evaluate",
+           "validation_database"]
 
 
 def iterate_batches(
@@ -226,58 +221,15 @@ def build_optimizer(model: HashNetwork, config: dict[str, Any],
     lr = float(config["lr"])
     decay = float(config["weight_decay"])
     owned = method.parameter_groups(lr, decay) if method is not None else []
-    return _optimizer(model.backbone, model.hash_layer, owned, config)
-
-
-def _optimizer(backbone: torch.nn.Module, head: torch.nn.Module, owned: list[dict[str, Any]],
-               config: dict[str, Any]) -> torch.optim.Optimizer:
-    lr = float(config["lr"])
-    decay = float(config["weight_decay"])
-    groups = [
-        {"params": list(backbone.parameters()), "lr": lr * float(config["backbone_lr_scale"])},
-        *owned,
-        {"params": list(head.parameters()), "lr": lr},
-    ]
-    name = config["optimizer"]
-    if name == "adam":
-        return torch.optim.Adam(groups, lr=lr, betas=(float(config["beta1"]), float(config["beta2"])),
-                                weight_decay=decay)
-    if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=float(config["momentum"]), weight_decay=decay)
-    # RMSprop without momentum, as in the CSQ re-implementation whose defaults it serves.
-    return torch.optim.RMSprop(groups, lr=lr, weight_decay=decay)
-
-
-def stage_optimizer(backbone: torch.nn.Module, head: torch.nn.Module, config: dict[str, Any],
-                    epochs: int) -> tuple[torch.optim.Optimizer, Any]:
-    """The run's optimizer and schedule for a network other than the hash network (a method's
-    own stage, e.g. SHC's classifier), its schedule spread over `epochs`."""
-    settings = {**config, "epochs": int(epochs)}
-    optimizer = _optimizer(backbone, head, [], settings)
-    return optimizer, build_scheduler(optimizer, settings)
-
-
-def build_scheduler(optimizer: torch.optim.Optimizer, config: dict[str, Any]):
-    epochs = int(config["epochs"])
-    schedule = config["lr_schedule"]
-    if schedule == "cosine":
-        base = float(config["lr"])
-        floor = min(float(config["lr_min"]), base)
-        return torch.optim.lr_scheduler.CosineAnnealingLR(
-            optimizer, T_max=max(1, epochs), eta_min=floor
-        )
-    if schedule == "step":
-        step = max(1, int(round(epochs * float(config["lr_step_at"]))))
-        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=step, gamma=float(config["lr_gamma"]))
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    return optimizer_for(model.backbone, model.hash_layer, owned, config)
 
 
 def _attack(model: torch.nn.Module, method: HashMethod, source: ImageSource, split: Any,
             query_codes: np.ndarray, db_codes: np.ndarray, attack: Any, run_seed: int,
             device: torch.device, clean_mAP: float, topk: int | None, zero_relevant: str,
             num_workers: int, numerics: Numerics, cache: Any) -> dict[str, Any]:
-    """The query images attacked (bench.attack); the result goes beside the record, not in it."""
-    from bench.attack import attack_queries
+    """The query images attacked (bench.evaluation.attack); the result goes beside the record, not in it."""
+    from bench.evaluation.attack import attack_queries
 
     box = source.pixel_box()
     if box is None:
@@ -304,62 +256,6 @@ def _encode_parts(model: torch.nn.Module, source: ImageSource, parts: list[np.nd
     return np.split(codes, np.cumsum([len(part) for part in parts])[:-1])
 
 
-def class_feature_similarity(features: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Cosine similarity of class-mean backbone features [C, C] (a class-similarity measure
-    that needs no external model; label-weighted 1/q for multi-label samples)."""
-    weights = labels / np.maximum(labels.sum(axis=1, keepdims=True), 1)
-    means = (weights.T @ features) / np.maximum(weights.sum(axis=0)[:, None], 1e-12)
-    means = means / np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)
-    return means @ means.T
-
-
-def center_semantics(centers: np.ndarray, similarity: np.ndarray) -> dict[str, float]:
-    """Pearson and Spearman correlation, over class pairs, between the centers' Hamming
-    similarity (1 - d/K) and the measured class similarity."""
-    from scipy.stats import pearsonr, spearmanr
-
-    bits = centers.shape[1]
-    centers = centers.astype(np.int64)
-    hamming_similarity = 1 - (bits - centers @ centers.T) / (2 * bits)
-    upper = np.triu_indices(len(centers), k=1)
-    a, b = hamming_similarity[upper], similarity[upper]
-    if len(a) < 3 or np.std(a) == 0 or np.std(b) == 0:
-        return {"pearson": float("nan"), "spearman": float("nan")}
-    return {"pearson": float(pearsonr(a, b)[0]), "spearman": float(spearmanr(a, b)[0])}
-
-
-def code_ties(codes: np.ndarray) -> dict[str, Any]:
-    """How many distinct sign codes the database holds and how large its groups of identical
-    codes are: a classify-then-hash ranking has at most C codes, so its order within a tie
-    group is arbitrary (what the tie-aware mAP accounts for)."""
-    signs = np.asarray(codes) > 0
-    _, counts = np.unique(np.packbits(signs, axis=1), axis=0, return_counts=True)
-    total = int(counts.sum())
-    return {"items": total, "distinct": int(len(counts)),
-            "mean_tie_group_size": round(total / max(1, len(counts)), 4),  # per group
-            "mean_tie_group_size_per_item": round(float((counts**2).sum()) / max(1, total), 4)}
-
-
-def _rounded(values: list[float | None]) -> list[float | None]:
-    return [None if v is None else round(float(v), 6) for v in values]
-
-
-def validation_database(split: Split, topk: int | None) -> tuple[np.ndarray, dict[str, Any]]:
-    """What validation queries are ranked against, and how the record describes it.
-
-    Protocol v2 ranks them against the split's held-out validation database, which, like the
-    test database, is mostly images the network never trained on; a card without one keeps the
-    v1 rule (the training images), whose codes the losses pull onto their centers, so it
-    rewards memorisation; the record names which rule selected the checkpoint."""
-    reference = np.asarray(selection_reference(split))
-    # mAP@k scaled to the reference's size, as the card's k is to the test database's.
-    val_topk = topk
-    if topk is not None and len(split.database):
-        val_topk = max(1, int(round(topk * len(reference) / len(split.database))))
-    return reference, {**selection_description(split), "criterion": f"validation mAP@{val_topk or 'all'}",
-                       "topk": val_topk}
-
-
 def train_and_evaluate(
     spec: RunSpec,
     results_dir: Path | None = None,
@@ -375,7 +271,7 @@ def train_and_evaluate(
     """Train one run and return its record body (metrics, history, timings, extras).
 
     `numerics` (default: the path `BENCH_FAST` selects, for `device`) is applied for the
-    whole run and restored afterwards. `attack` (a `bench.attack.AttackSpec`) adds the
+    whole run and restored afterwards. `attack` (a `bench.evaluation.attack.AttackSpec`) adds the
     queries' evaluation under attack as `attack_result`, which the caller stores apart."""
     torch_device = pick_device(device)
     numerics = numerics or resolve(torch_device)
@@ -385,13 +281,55 @@ def train_and_evaluate(
     return body
 
 
+@dataclass
+class Run:
+    """One run while it trains: what `_build_run` made, and what the later steps add."""
+
+    spec: RunSpec
+    card: DatasetCard
+    config: dict[str, Any]
+    source: ImageSource
+    split: Split
+    model: HashNetwork
+    method: HashMethod
+    ctx: RunContext
+    numerics: Numerics
+    cache: ImageCache | None
+    validation_reference: np.ndarray
+    selection: dict[str, Any]
+    zero_relevant: str
+    timings: dict[str, float] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] = field(default_factory=lambda: {"epoch": -1, "val_mAP": -math.inf, "state": None})
+
+
 def _train_and_evaluate(
     spec: RunSpec, results_dir: Path | None, data_root: str | None, torch_device: torch.device,
     progress_bars: bool, num_workers: int, zero_relevant: str, weights_file: str | None,
     numerics: Numerics, attack: Any = None,
 ) -> dict[str, Any]:
-    timings: dict[str, float] = {}
+    """The protocol, step by step."""
     started = time.perf_counter()
+    run = _build_run(spec, results_dir, data_root, torch_device, progress_bars, num_workers,
+                     zero_relevant, weights_file, numerics, started)
+    _train_with_selection(run, progress_bars)
+    selected = _restore_best_epoch(run)
+    query_codes, db_codes, metrics = _encode_and_evaluate(run, selected, progress_bars)
+    extras = _describe_codes_and_centers(run, selected, db_codes)
+    if attack is not None:  # with the selected model still in memory (weights are not kept)
+        extras["attack_result"] = _attack(run.model, selected, run.source, run.split, query_codes,
+                                          db_codes, attack, spec.seed, torch_device,
+                                          float(metrics["mAP"]), run.card.map_at, zero_relevant,
+                                          num_workers, numerics, run.cache)
+    run.timings["total"] = time.perf_counter() - started
+    run.timings["method_stages"] = dict(run.ctx.stage_times)
+    return _record_body(run, selected, metrics, extras)
+
+
+def _build_run(spec: RunSpec, results_dir: Path | None, data_root: str | None, torch_device: torch.device,
+               progress_bars: bool, num_workers: int, zero_relevant: str, weights_file: str | None,
+               numerics: Numerics, started: float) -> Run:
+    """Build the run: configuration, data and split, network, method, and its setup stage."""
     card = load_card(spec.dataset)
     config = resolve_config(spec, card)
     method_cls = get_method(spec.method)
@@ -419,101 +357,42 @@ def _train_and_evaluate(
                      model=model, device=torch_device, progress_bars=progress_bars,
                      num_workers=num_workers, weights_file=weights_file, numerics=numerics,
                      cache=cache)
-    timings["data"] = time.perf_counter() - started
-    batch_size = int(config["batch_size"])
-    ctx.steps_per_epoch = steps_per_epoch(len(split.train), batch_size)
+    run = Run(spec=spec, card=card, config=config, source=source, split=split, model=model,
+              method=method, ctx=ctx, numerics=numerics, cache=cache,
+              validation_reference=validation_reference, selection=selection,
+              zero_relevant=zero_relevant)
+    run.timings["data"] = time.perf_counter() - started
+    ctx.steps_per_epoch = steps_per_epoch(len(split.train), int(config["batch_size"]))
 
     setup_start = time.perf_counter()
     method.setup(ctx)
     seed_everything(spec.seed + 1)  # setup may consume randomness; keep the loop's order fixed
-    timings["method_setup"] = time.perf_counter() - setup_start
+    run.timings["method_setup"] = time.perf_counter() - setup_start
+    return run
 
+
+def _train_with_selection(run: Run, progress_bars: bool) -> None:
+    """Train for the configured epochs; every eval_every epochs (and at the last), score the
+    validation queries against the validation database and keep the best epoch's state."""
+    config, spec, model, method = run.config, run.spec, run.model, run.method
     optimizer = build_optimizer(model, config, method)
-    clip_norm = float(config.get("grad_clip") or 0.0)
-    trained_parameters = [p for group in optimizer.param_groups for p in group["params"]]
     scheduler = build_scheduler(optimizer, config)
     order_generator = torch.Generator().manual_seed(spec.seed)
-    epochs = int(config["epochs"])
-    eval_every = int(config["eval_every"])
-    topk = card.map_at
-    val_topk = selection["topk"]
-    history: list[dict[str, Any]] = []
-    best = {"epoch": -1, "val_mAP": -math.inf, "state": None}
-    train_time = 0.0
-    validation_time = 0.0
-    validation_encode_time = 0.0  # the part of validation_time spent encoding
-    hook_time = 0.0
-
+    epochs, eval_every = int(config["epochs"]), int(config["eval_every"])
+    totals = {"train": 0.0, "validation": 0.0, "validation_encode": 0.0, "method_hooks": 0.0}
     epoch_bar = tqdm(range(epochs), desc=spec.label(), disable=not progress_bars, leave=False)
     for epoch in epoch_bar:
-        ctx.epoch = epoch
-        ctx.logged = {}
-        model.train()
-        method.owned.train()
-        epoch_start = time.perf_counter()
-        losses: list[float] = []
-        collected_codes: list[torch.Tensor] = []
-        collected_labels: list[torch.Tensor] = []
-        batches = ctx.train_batches(order_generator)
-        for indices, images, labels in tqdm(batches, total=ctx.steps_per_epoch, desc=f"epoch {epoch + 1}",
-                                            leave=False, disable=not progress_bars):
-            with numerics.autocast():  # bf16 on CUDA only; the loss is computed in float32
-                features = model.features(images)
-                h = model.hash_layer(features)
-            features, h = features.float(), h.float()
-            ctx.batch = Batch(indices=indices, images=images, labels=labels, features=features, h=h)
-            loss = method.loss(h, labels, ctx)
-            loss_value = float(loss.detach())  # one host sync per step, reused for the check
-            if not math.isfinite(loss_value):
-                raise TrainingDiverged(f"loss became {loss_value} at epoch {epoch + 1}, step {ctx.step}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if clip_norm > 0:  # a method's native setting (MDS: 5); off in the shared protocols
-                torch.nn.utils.clip_grad_norm_(trained_parameters, clip_norm)
-            optimizer.step()
-            method.after_step(ctx)
-            losses.append(loss_value)
-            if method_cls.collects_codes:
-                collected_codes.append(torch.where(h.detach() >= 0, 1, -1).to(torch.int8))
-                collected_labels.append(labels)
-            ctx.step += 1
-        ctx.batch = None
+        entry, codes, seen_labels = _train_one_epoch(run, epoch, optimizer, order_generator, progress_bars)
         scheduler.step()
-        epoch_train = time.perf_counter() - epoch_start
-        train_time += epoch_train
-
-        hook_start = time.perf_counter()
-        codes = torch.cat(collected_codes) if collected_codes else None
-        seen_labels = torch.cat(collected_labels) if collected_labels else None
-        hook_output = method.on_epoch_end(epoch, codes, seen_labels, ctx)
-        hook_seconds = time.perf_counter() - hook_start
-        hook_time += hook_seconds
-
-        entry: dict[str, Any] = {
-            "epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else float("nan"),
-            "lr": optimizer.param_groups[-1]["lr"], "train_seconds": epoch_train,
-            "hook_seconds": hook_seconds,
-            **{f"loss_{k}": float(np.mean(v)) for k, v in ctx.logged.items()},
-        }
-        if hook_output:
-            entry["method"] = hook_output
+        entry["lr"] = optimizer.param_groups[-1]["lr"]  # after the schedule's step, as always recorded
+        totals["train"] += entry["train_seconds"]
+        entry.update(_run_epoch_hook(run, epoch, codes, seen_labels))
+        totals["method_hooks"] += entry["hook_seconds"]
         if (epoch + 1) % eval_every == 0 or epoch + 1 == epochs:
-            val_start = time.perf_counter()
-            val_codes, reference_codes = _encode_parts(
-                model, source, [split.validation, validation_reference], torch_device,
-                num_workers=num_workers, method=method, numerics=numerics, cache=cache)
-            validation_encode_time += time.perf_counter() - val_start
-            val_metrics = evaluate_retrieval(
-                val_codes, reference_codes, source.labels[split.validation],
-                source.labels[validation_reference], topk=val_topk, zero_relevant=zero_relevant,
-            )
-            entry["val_mAP"] = float(val_metrics["mAP"])
-            validation_time += time.perf_counter() - val_start
-            if entry["val_mAP"] > best["val_mAP"]:
-                best = {"epoch": epoch + 1, "val_mAP": entry["val_mAP"],
-                        "state": copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()}),
-                        "method": copy.deepcopy(method)}
-        history.append(entry)
+            seconds, encode_seconds = _validate(run, entry, epoch)
+            totals["validation"] += seconds
+            totals["validation_encode"] += encode_seconds
+        run.history.append(entry)
         summary = f"epoch {epoch + 1}/{epochs} loss {entry['loss']:.4f}"
         if "val_mAP" in entry:
             summary += f" val mAP {entry['val_mAP']:.4f}"
@@ -521,64 +400,154 @@ def _train_and_evaluate(
             tqdm.write(f"[{spec.label()}] {summary}")
         epoch_bar.set_postfix_str(summary)
     epoch_bar.close()
-    timings.update(train=train_time, validation=validation_time,
-                   validation_encode=validation_encode_time, method_hooks=hook_time)
+    run.timings.update(totals)
 
-    model.load_state_dict(best["state"])
-    selected_method: HashMethod = best["method"]  # its centers and modules match the selected weights
-    selected_method.owned.to(torch_device)
+
+def _train_one_epoch(run: Run, epoch: int, optimizer: torch.optim.Optimizer,
+                     order_generator: torch.Generator, progress_bars: bool
+                     ) -> tuple[dict[str, Any], torch.Tensor | None, torch.Tensor | None]:
+    """One shuffled pass over the training split: the method's loss, a step, its after-step;
+    returns the epoch's entry and, for a method that collects them, its codes and labels."""
+    ctx, model, method, numerics = run.ctx, run.model, run.method, run.numerics
+    clip_norm = float(run.config.get("grad_clip") or 0.0)
+    trained_parameters = [p for group in optimizer.param_groups for p in group["params"]]
+    ctx.epoch = epoch
+    ctx.logged = {}
+    model.train()
+    method.owned.train()
+    epoch_start = time.perf_counter()
+    losses: list[float] = []
+    collected_codes: list[torch.Tensor] = []
+    collected_labels: list[torch.Tensor] = []
+    batches = ctx.train_batches(order_generator)
+    for indices, images, labels in tqdm(batches, total=ctx.steps_per_epoch, desc=f"epoch {epoch + 1}",
+                                        leave=False, disable=not progress_bars):
+        with numerics.autocast():  # bf16 on CUDA only; the loss is computed in float32
+            features = model.features(images)
+            h = model.hash_layer(features)
+        features, h = features.float(), h.float()
+        ctx.batch = Batch(indices=indices, images=images, labels=labels, features=features, h=h)
+        loss = method.loss(h, labels, ctx)
+        loss_value = float(loss.detach())  # one host sync per step, reused for the check
+        if not math.isfinite(loss_value):
+            raise TrainingDiverged(f"loss became {loss_value} at epoch {epoch + 1}, step {ctx.step}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip_norm > 0:  # a method's native setting (MDS: 5); off in the shared protocols
+            torch.nn.utils.clip_grad_norm_(trained_parameters, clip_norm)
+        optimizer.step()
+        method.after_step(ctx)
+        losses.append(loss_value)
+        if type(method).collects_codes:
+            collected_codes.append(torch.where(h.detach() >= 0, 1, -1).to(torch.int8))
+            collected_labels.append(labels)
+        ctx.step += 1
+    ctx.batch = None
+    entry = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else float("nan"),
+             "train_seconds": time.perf_counter() - epoch_start}
+    return (entry, torch.cat(collected_codes) if collected_codes else None,
+            torch.cat(collected_labels) if collected_labels else None)
+
+
+def _run_epoch_hook(run: Run, epoch: int, codes: torch.Tensor | None,
+                    seen_labels: torch.Tensor | None) -> dict[str, Any]:
+    """The method's epoch-end hook (with the epoch's codes when it collects them)."""
+    hook_start = time.perf_counter()
+    hook_output = run.method.on_epoch_end(epoch, codes, seen_labels, run.ctx)
+    entry: dict[str, Any] = {"hook_seconds": time.perf_counter() - hook_start,
+                             **{f"loss_{k}": float(np.mean(v)) for k, v in run.ctx.logged.items()}}
+    if hook_output:
+        entry["method"] = hook_output
+    return entry
+
+
+def _validate(run: Run, entry: dict[str, Any], epoch: int) -> tuple[float, float]:
+    """Selection on the validation database only; the best epoch's weights and method are kept."""
+    val_start = time.perf_counter()
+    val_codes, reference_codes = _encode_parts(
+        run.model, run.source, [run.split.validation, run.validation_reference], run.ctx.device,
+        num_workers=run.ctx.num_workers, method=run.method, numerics=run.numerics, cache=run.cache)
+    encode_seconds = time.perf_counter() - val_start
+    val_metrics = evaluate_retrieval(
+        val_codes, reference_codes, run.source.labels[run.split.validation],
+        run.source.labels[run.validation_reference], topk=run.selection["topk"],
+        zero_relevant=run.zero_relevant,
+    )
+    entry["val_mAP"] = float(val_metrics["mAP"])
+    if entry["val_mAP"] > run.best["val_mAP"]:
+        run.best = {"epoch": epoch + 1, "val_mAP": entry["val_mAP"],
+                    "state": copy.deepcopy({k: v.detach().cpu() for k, v in run.model.state_dict().items()}),
+                    "method": copy.deepcopy(run.method)}
+    return time.perf_counter() - val_start, encode_seconds
+
+
+def _restore_best_epoch(run: Run) -> HashMethod:
+    """The selected epoch's weights back in the network; its method (centers, owned modules)."""
+    run.model.load_state_dict(run.best["state"])
+    selected: HashMethod = run.best["method"]  # its centers and modules match the selected weights
+    selected.owned.to(run.ctx.device)
+    return selected
+
+
+def _encode_and_evaluate(run: Run, selected: HashMethod,
+                         progress_bars: bool) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Encode query and database with the selected model and score the queries (test set)."""
     encode_start = time.perf_counter()
     query_codes, db_codes = _encode_parts(
-        model, source, [split.query, split.database], torch_device, progress=progress_bars,
-        desc="encode query + database", num_workers=num_workers, method=selected_method,
-        numerics=numerics, cache=cache)
-    timings["encode"] = time.perf_counter() - encode_start
-
+        run.model, run.source, [run.split.query, run.split.database], run.ctx.device,
+        progress=progress_bars, desc="encode query + database", num_workers=run.ctx.num_workers,
+        method=selected, numerics=run.numerics, cache=run.cache)
+    run.timings["encode"] = time.perf_counter() - encode_start
     eval_start = time.perf_counter()
     metrics = evaluate_retrieval(
-        query_codes, db_codes, source.labels[split.query], source.labels[split.database],
-        topk=topk, zero_relevant=zero_relevant, pr_at_n=PR_AT_N, per_query=True,
+        query_codes, db_codes, run.source.labels[run.split.query], run.source.labels[run.split.database],
+        topk=run.card.map_at, zero_relevant=run.zero_relevant, pr_at_n=PR_AT_N, per_query=True,
     )
     # Per-query AP (query order of the split) for paired or bootstrap intervals in the report.
-    metrics["per_query_ap"] = _rounded(metrics.pop("ap_per_query"))
-    metrics["per_query_ap_tie_aware"] = _rounded(metrics.pop("ap_tie_aware_per_query"))
-    timings["evaluate"] = time.perf_counter() - eval_start
+    metrics["per_query_ap"] = rounded(metrics.pop("ap_per_query"))
+    metrics["per_query_ap_tie_aware"] = rounded(metrics.pop("ap_tie_aware_per_query"))
+    run.timings["evaluate"] = time.perf_counter() - eval_start
+    return query_codes, db_codes, metrics
 
+
+def _describe_codes_and_centers(run: Run, selected: HashMethod, db_codes: np.ndarray) -> dict[str, Any]:
+    """Ties among the database codes; for center methods, the centers against class similarity."""
     extras: dict[str, Any] = {"database_codes": code_ties(db_codes)}
-    centers = selected_method.class_centers()
+    centers = selected.class_centers()
     if centers is not None:
-        train_features = encode(model, source, split.train, torch_device, features=True,
-                                num_workers=num_workers, numerics=numerics, cache=cache)
-        similarity = class_feature_similarity(train_features, source.labels[split.train])
+        train_features = encode(run.model, run.source, run.split.train, run.ctx.device, features=True,
+                                num_workers=run.ctx.num_workers, numerics=run.numerics, cache=run.cache)
+        similarity = class_feature_similarity(train_features, run.source.labels[run.split.train])
         center_array = centers.detach().cpu().numpy().astype(np.int8)
         extras["centers"] = center_array.tolist()
         extras["class_similarity"] = {"measure": "cosine of class-mean backbone features (train split)",
                                       "matrix": similarity.round(6).tolist()}
         extras["center_semantics"] = center_semantics(center_array, similarity)
-    if attack is not None:  # with the selected model still in memory (weights are not kept)
-        extras["attack_result"] = _attack(model, selected_method, source, split, query_codes, db_codes,
-                                          attack, spec.seed, torch_device, float(metrics["mAP"]),
-                                          topk, zero_relevant, num_workers, numerics, cache)
-    timings["total"] = time.perf_counter() - started
-    timings["method_stages"] = dict(ctx.stage_times)
+    return extras
 
+
+def _record_body(run: Run, selected: HashMethod, metrics: dict[str, Any],
+                 extras: dict[str, Any]) -> dict[str, Any]:
+    """The record body: spec, resolved config, task, split, selection, metrics, history."""
+    spec, card, split = run.spec, run.card, run.split
+    truth = ground_truth_record(run.source)
     return {
-        "run_id": run_id(spec, config),
-        "device": str(torch_device),
-        "numerics": numerics.record(),
+        "run_id": run_id(spec, run.config),
+        "device": str(run.ctx.device),
+        "numerics": run.numerics.record(),
         "spec": spec.to_dict(),
-        "config": config,
+        "config": run.config,
         "task": {"num_classes": card.num_classes, "multi_label": card.multi_label,
                  "class_names": list(card.class_names),
-                 **({"ground_truth_similarity": truth} if (truth := ground_truth_record(source)) else {})},
+                 **({"ground_truth_similarity": truth} if truth else {})},
         "split": {"digest": split.digest, "path": relative_to_results(split.path), "sizes": split.sizes(),
-                  "seed": spec.split_seed, "data": source.identity},
-        "selection": {**selection, "best_epoch": best["epoch"], "best_val_mAP": best["val_mAP"]},
+                  "seed": spec.split_seed, "data": run.source.identity},
+        "selection": {**run.selection, "best_epoch": run.best["epoch"], "best_val_mAP": run.best["val_mAP"]},
         "metrics": metrics,
-        "history": history,
-        "timings": timings,
-        "method": method.record(),
-        "method_api": method.describe_api(),
-        "method_at_selected_epoch": selected_method.record(),
+        "history": run.history,
+        "timings": run.timings,
+        "method": run.method.record(),
+        "method_api": run.method.describe_api(),
+        "method_at_selected_epoch": selected.record(),
         **extras,
     }

@@ -25,7 +25,7 @@ def network_flops(backbone: str, channels: int, image_size: int, outputs: int) -
     from torch import nn
     from torch.utils.flop_counter import FlopCounterMode
 
-    from bench.backbones import build_backbone
+    from bench.network.backbones import build_backbone
 
     torch.manual_seed(0)
     body = build_backbone(backbone, channels, pretrained=False)
@@ -41,7 +41,7 @@ def network_flops(backbone: str, channels: int, image_size: int, outputs: int) -
 
 
 def _steps(items: int, batch: int) -> int:
-    from bench.train import steps_per_epoch
+    from bench.training.train import steps_per_epoch
 
     return steps_per_epoch(items, batch)
 
@@ -62,7 +62,7 @@ def work_of(record: dict) -> dict[str, Any] | None:
     """The counted work of a complete record, from its spec, config, split sizes and method
     record (what the stored `work` field holds; records from before it are recomputed the
     same way). None when the record lacks what is needed or the card is not known here."""
-    from bench.data import load_card
+    from bench.data.loading import load_card
     from bench.errors import UserError
 
     spec, config = record.get("spec") or {}, record.get("config") or {}

@@ -10,7 +10,7 @@ Format (record schema 2): `<run id>.json.gz`, the record as JSON with sorted key
 whitespace, gzip level 9 with a zero timestamp. Compression keeps every float exact (the
 per-query APs and the class similarity included) at about a third of the size of the
 pretty-printed JSON of schema 1 (`<run id>.json`), which is still read;
-`python -m bench records migrate` rewrites such records in place (`bench.migrate`).
+`python -m bench records migrate` rewrites such records in place (`bench.sweeps.migrate`).
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from bench import RESULTS_VERSION, __version__
-from bench.data import REPO_ROOT
+from bench.data.loading import REPO_ROOT
 from bench.errors import UserError
-from bench.spec import RunSpec
+from bench.runs.spec import RunSpec
 
 DEFAULT_RESULTS_DIR = REPO_ROOT / "results"
 RECORD_SCHEMA = 2

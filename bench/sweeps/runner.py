@@ -8,7 +8,7 @@ The order of a sweep, so that bad input is refused before anything is written or
   4. in this process, open each dataset still needed and save its split once (missing or
      malformed data files: UserError, before any run starts; one writer per split file);
   5. set corrupt records aside (renamed, never deleted) and run the rest, in this process,
-     in local worker processes or on a Dask cluster (`bench.parallel`). Workers only
+     in local worker processes or on a Dask cluster (`bench.sweeps.parallel`). Workers only
      compute; this process writes every record, atomically, as each run finishes, so a
      sweep killed at any moment leaves complete records or none, and a rerun resumes.
   6. Before a run starts, this process takes the run's lock (`RunClaims`): two sweeps on one
@@ -27,11 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.data import load_card
+from bench.data.loading import load_card
 from bench.errors import UserError
-from bench.jobs import PlannedRun, RunOptions, SweepAborted, compute_record, failed_record
-from bench.parallel import check_executor, check_scheduler, run_all
-from bench.records import (
+from bench.runs.records import (
     CorruptRecord,
     check_writable,
     legacy_path,
@@ -44,7 +42,9 @@ from bench.records import (
     write_bytes_atomic,
     write_record,
 )
-from bench.spec import RunSpec, resolve_config, run_id
+from bench.runs.spec import RunSpec, resolve_config, run_id
+from bench.sweeps.jobs import PlannedRun, RunOptions, SweepAborted, compute_record, failed_record
+from bench.sweeps.parallel import check_executor, check_scheduler, run_all
 from methods import get_method
 from methods.base import Task
 
@@ -128,7 +128,7 @@ def run_state(run: PlannedRun, options: RunOptions) -> tuple[RunState, str]:
 
 
 def attack_result_path(run: PlannedRun, options: RunOptions) -> Path:
-    from bench.attack import attack_path
+    from bench.evaluation.attack import attack_path
 
     return attack_path(options.results_dir, run.spec.dataset, run.spec.method, run.run_id,
                        options.attack)
@@ -152,8 +152,8 @@ def prepare_data(todo: list[PlannedRun], options: RunOptions) -> None:
 
     Missing or malformed data files are refused (UserError) before any run starts, and split
     files get one writer instead of several workers racing to create the same file."""
-    from bench.data import open_dataset
-    from bench.splits import make_split
+    from bench.data.loading import open_dataset
+    from bench.data.splits import make_split
 
     needed: dict[str, set[int]] = {}
     for run in todo:
@@ -224,7 +224,7 @@ def execute_runs(specs: list[RunSpec], options: RunOptions, jobs: int = 1,
     pending = [run for run in planned if options.force or states[run.path] != "done"]
     if pending and not (backend == "dask" and scheduler):
         # Runs execute on this machine: check its device and data now.
-        from bench.train import pick_device
+        from bench.training.train import pick_device
 
         pick_device(options.device)
         prepare_data(pending, options)

@@ -2,12 +2,12 @@
 
 Schema 1 records were pretty-printed JSON (`<id>.json`) that named the split file by the
 absolute path of the machine that made them, and whose failure tracebacks carried that
-machine's folders. Migration turns each into schema 2 (`<id>.json.gz`, see bench.records):
+machine's folders. Migration turns each into schema 2 (`<id>.json.gz`, see bench.runs.records):
 
 - `split.path` becomes relative to the results folder ("splits/<file>.npz");
 - a traceback's folders become `<repo>/` and `<python>/`;
 - a record made under a torch other than the one whose module repr the legacy architecture
-  tokens were taken from (bench.identity) gets `identity.run_id`, the id the canonical scheme
+  tokens were taken from (bench.runs.identity) gets `identity.run_id`, the id the canonical scheme
   gives its spec and configuration, when that differs from its stored id. The stored id and
   the file name stay, so the report and every table keep their rows; `bench run` finds the
   record under the canonical id through this field.
@@ -26,7 +26,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from bench.records import (
+from bench.runs.records import (
     LEGACY_SUFFIX,
     RECORD_SCHEMA,
     RECORD_SUFFIX,
@@ -38,7 +38,7 @@ from bench.records import (
     write_record,
 )
 
-# The torch under which run ids hashed `repr(module)` with the tokens bench.identity keeps.
+# The torch under which run ids hashed `repr(module)` with the tokens bench.runs.identity keeps.
 LEGACY_TOKEN_TORCH = "2.14.1"
 
 
@@ -65,9 +65,9 @@ def run_folders(results_dir: Path) -> list[Path]:
 def canonical_run_id(record: dict[str, Any]) -> str | None:
     """The id the current scheme gives the record's spec and configuration (None when its
     dataset card is not known here)."""
-    from bench.data import load_card
+    from bench.data.loading import load_card
     from bench.errors import UserError
-    from bench.spec import RunSpec, run_id
+    from bench.runs.spec import RunSpec, run_id
 
     spec = dict(record["spec"])
     spec["overrides"] = tuple(sorted((spec.get("overrides") or {}).items()))
@@ -95,7 +95,7 @@ def migrated(record: dict[str, Any], results_dir: Path) -> tuple[dict[str, Any],
     if _torch_release(out) not in ("", LEGACY_TOKEN_TORCH) and "identity" not in out:
         canonical = canonical_run_id(out)
         if canonical is not None and canonical != out["run_id"]:
-            out["identity"] = {"run_id": canonical, "scheme": "bench.identity canonical form",
+            out["identity"] = {"run_id": canonical, "scheme": "bench.runs.identity canonical form",
                                "stored_id_from": f"torch {_torch_release(out)} module repr"}
             mapped = canonical
     return out, mapped

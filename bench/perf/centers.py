@@ -27,7 +27,7 @@ from bench.errors import UserError
 
 CLASSES = (10, 80, 100, 196, 555)
 BITS = (16, 32, 64)
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = REPO_ROOT / "reports"
 
 GENERATORS: dict[str, str] = {
@@ -108,7 +108,7 @@ def _method_centers(name: str, cell: _Context) -> np.ndarray:
     """The centers a registered method sets up with its default settings (CPU task)."""
     import torch
 
-    from bench.spec import method_params
+    from bench.runs.spec import method_params
     from methods import get_method
     from methods.base import Task
 

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.cards import (
+from bench.data.cards import (
     DATA_ENV_VAR,
     FASHION_MNIST_FILES,
     FASHION_MNIST_LOADERS,

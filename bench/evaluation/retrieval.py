@@ -11,7 +11,7 @@ Every figure the suite reports goes through `evaluate_retrieval`, so the definit
   is the expected AP over uniformly random orders inside each tied group, in closed form.
 
 The per-query engine (XOR + popcount, distance histograms, the closed-form tie-aware AP, the
-numba and NumPy backends) lives in `bench.retrieval_kernels`; this module converts and
+numba and NumPy backends) lives in `bench.evaluation.retrieval_kernels`; this module converts and
 validates inputs, runs the engine over query chunks and assembles the metrics. It stays the
 public entry point: import from here.
 """
@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from bench.retrieval_kernels import (
+from bench.evaluation.retrieval_kernels import (
     _HARMONIC_TABLE,
     HAVE_NUMBA,
     _popcount64,
@@ -33,12 +34,12 @@ from bench.retrieval_kernels import (
 )
 
 # Re-exported for the tests of the closed form (tests/test_retrieval.py).
-from bench.retrieval_kernels import _cut_group as _cut_group
-from bench.retrieval_kernels import _group_sum as _group_sum
-from bench.retrieval_kernels import _harmonic_diff as _harmonic_diff
+from bench.evaluation.retrieval_kernels import _cut_group as _cut_group
+from bench.evaluation.retrieval_kernels import _group_sum as _group_sum
+from bench.evaluation.retrieval_kernels import _harmonic_diff as _harmonic_diff
 
 if HAVE_NUMBA:  # `_stable_nb` is also read by bench/perf/evaluator.py (numba cache stats)
-    from bench.retrieval_kernels import _stable_nb, _tie_aware_nb
+    from bench.evaluation.retrieval_kernels import _stable_nb, _tie_aware_nb
 
 __all__ = [
     "HAVE_NUMBA",
@@ -258,6 +259,39 @@ def _mean(values: np.ndarray) -> float:
     return float(values.mean()) if values.size else 0.0
 
 
+@dataclass
+class _Prepared:
+    """Validated inputs of one evaluation: packed codes, labels in one form, k and the Ns."""
+
+    q_packed: np.ndarray
+    d_packed: np.ndarray
+    multi: bool
+    q_ids: np.ndarray
+    db_ids: np.ndarray
+    q_bits: np.ndarray
+    db_bits: np.ndarray
+    num_q: int
+    num_db: int
+    bits: int
+    k: int
+    ns: np.ndarray
+    ns_requested: list[int]
+
+
+@dataclass
+class _Sums:
+    """Per-query and per-radius accumulators filled chunk by chunk."""
+
+    prec_sum: np.ndarray
+    rec_sum: np.ndarray
+    ap_stable: np.ndarray
+    hits_all: np.ndarray
+    exp_ap: np.ndarray
+    p_hit: np.ndarray
+    total_rel: np.ndarray
+    hits_n_all: np.ndarray
+
+
 def evaluate_retrieval(
     query_codes: Any,
     db_codes: Any,
@@ -280,17 +314,37 @@ def evaluate_retrieval(
     `ap_per_query` and `ap_tie_aware_per_query` (dropped queries appear as None under "drop"),
     for paired comparisons between methods.
     """
+    use_numba = _check_options(zero_relevant, backend, topk)
+    prepared = _prepare(query_codes, db_codes, query_labels, db_labels, topk, pr_at_n)
+    if chunk_size is not None and (not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1):
+        raise ValueError(f"chunk_size={chunk_size!r} is invalid; use an integer >= 1")
+    if chunk_size is None:
+        # numba keeps O(bits) per query; NumPy holds chunk x database arrays.
+        chunk_size = max(1, (2**20 // (prepared.bits + 1)) if use_numba else (2**22 // prepared.num_db))
+    sums = _score_in_chunks(prepared, use_numba, int(chunk_size))
+    result = _summarise(prepared, sums, zero_relevant, topk, per_query, "numba" if use_numba else "numpy")
+    if pr_at_n is not None:
+        result.update(_precision_recall_at_n(prepared, sums))
+    return result
+
+
+def _check_options(zero_relevant: str, backend: str, topk: int | None) -> bool:
+    """Refuse invalid options; whether the numba kernels are used."""
     if zero_relevant not in ZERO_RELEVANT_CHOICES:
         raise ValueError(f"zero_relevant={zero_relevant!r} is invalid; use 'zero' or 'drop'")
     if backend not in ("auto", "numba", "numpy"):
         raise ValueError(f"backend={backend!r} is invalid; use 'auto', 'numba' or 'numpy'")
     if backend == "numba" and not HAVE_NUMBA:
         raise ValueError("backend='numba' requested but numba is not installed (pip install numba)")
-    use_numba = HAVE_NUMBA and backend != "numpy"
     if topk is not None:
         if isinstance(topk, bool) or not isinstance(topk, (int, np.integer)) or topk < 1:
             raise ValueError(f"topk={topk!r} is invalid; use an integer >= 1 or None for all")
+    return HAVE_NUMBA and backend != "numpy"
 
+
+def _prepare(query_codes: Any, db_codes: Any, query_labels: Any, db_labels: Any, topk: int | None,
+             pr_at_n: Sequence[int] | None) -> _Prepared:
+    """Check shapes and labels against each other, pack the codes, fix k and the Ns."""
     q_shape = np.shape(query_codes)
     d_shape = np.shape(db_codes)
     if len(q_shape) == 2 and len(d_shape) == 2 and q_shape[1] != d_shape[1]:
@@ -317,108 +371,99 @@ def evaluate_retrieval(
         if isinstance(n_value, bool) or not isinstance(n_value, (int, np.integer)) or n_value < 1:
             raise ValueError(f"pr_at_n value {n_value!r} is invalid; use integers >= 1")
     ns = np.array([min(int(v), num_db) for v in ns_requested], dtype=np.int64)
-    if chunk_size is not None and (not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1):
-        raise ValueError(f"chunk_size={chunk_size!r} is invalid; use an integer >= 1")
+    return _Prepared(q_packed, d_packed, multi, q_ids, db_ids, q_bits, db_bits, int(num_q),
+                     int(num_db), int(bits), int(k), ns, ns_requested)
 
-    if chunk_size is None:
-        # numba keeps O(bits) per query; NumPy holds chunk x database arrays.
-        chunk_size = max(1, (2**20 // (bits + 1)) if use_numba else (2**22 // num_db))
 
-    groups = bits + 1
-    prec_sum = np.zeros(groups)
-    rec_sum = np.zeros(groups)
-    ap_stable = np.zeros(num_q)
-    hits_all = np.zeros(num_q, dtype=np.int64)
-    exp_ap = np.zeros(num_q)
-    p_hit = np.zeros(num_q)
-    total_rel = np.zeros(num_q, dtype=np.int64)
-    hits_n_all = np.zeros((num_q, ns.shape[0]), dtype=np.int64)
-
-    for start in range(0, num_q, chunk_size):
-        stop = min(start + chunk_size, num_q)
-        args = (
-            q_packed[start:stop],
-            d_packed,
-            multi,
-            q_ids[start:stop] if not multi else q_ids,
-            db_ids,
-            q_bits[start:stop] if multi else q_bits,
-            db_bits,
-            bits,
-            k,
-            ns,
-        )
+def _score_in_chunks(prepared: _Prepared, use_numba: bool, chunk_size: int) -> _Sums:
+    """Run the kernels over query chunks: stable-order AP, tie-aware expected AP, hits at N,
+    and the precision/recall sums per Hamming radius."""
+    p, groups = prepared, prepared.bits + 1
+    sums = _Sums(np.zeros(groups), np.zeros(groups), np.zeros(p.num_q), np.zeros(p.num_q, dtype=np.int64),
+                 np.zeros(p.num_q), np.zeros(p.num_q), np.zeros(p.num_q, dtype=np.int64),
+                 np.zeros((p.num_q, p.ns.shape[0]), dtype=np.int64))
+    for start in range(0, p.num_q, chunk_size):
+        stop = min(start + chunk_size, p.num_q)
+        args = (p.q_packed[start:stop], p.d_packed, p.multi,
+                p.q_ids[start:stop] if not p.multi else p.q_ids, p.db_ids,
+                p.q_bits[start:stop] if p.multi else p.q_bits, p.db_bits, p.bits, p.k, p.ns)
         if use_numba:
             with _KERNEL_LOCK:
                 cnt, rel, ap_sum, hits, hits_n = _stable_nb(*args)
-                e_ap, p_h = _tie_aware_nb(cnt, rel, k, _HARMONIC_TABLE)
+                e_ap, p_h = _tie_aware_nb(cnt, rel, p.k, _HARMONIC_TABLE)
         else:
             cnt, rel, ap_sum, hits, hits_n = _stable_numpy(*args)
-            e_ap, p_h = _tie_aware_python(cnt, rel, k, _HARMONIC_TABLE)
-        ap_stable[start:stop] = np.where(hits > 0, ap_sum / np.maximum(hits, 1), 0.0)
-        hits_all[start:stop] = hits
-        exp_ap[start:stop] = e_ap
-        p_hit[start:stop] = p_h
-        hits_n_all[start:stop] = hits_n
+            e_ap, p_h = _tie_aware_python(cnt, rel, p.k, _HARMONIC_TABLE)
+        sums.ap_stable[start:stop] = np.where(hits > 0, ap_sum / np.maximum(hits, 1), 0.0)
+        sums.hits_all[start:stop] = hits
+        sums.exp_ap[start:stop] = e_ap
+        sums.p_hit[start:stop] = p_h
+        sums.hits_n_all[start:stop] = hits_n
         cum_cnt = np.cumsum(cnt, axis=1)
         cum_rel = np.cumsum(rel, axis=1)
         tot = cum_rel[:, -1]
-        total_rel[start:stop] = tot
+        sums.total_rel[start:stop] = tot
         # An empty retrieved set (no item within radius r) contributes precision 0.
-        prec_sum += (cum_rel / np.maximum(cum_cnt, 1)).sum(axis=0)
+        sums.prec_sum += (cum_rel / np.maximum(cum_cnt, 1)).sum(axis=0)
         has_rel = tot > 0
-        rec_sum += (cum_rel[has_rel] / tot[has_rel, None]).sum(axis=0)
+        sums.rec_sum += (cum_rel[has_rel] / tot[has_rel, None]).sum(axis=0)
+    return sums
 
+
+def _summarise(p: _Prepared, sums: _Sums, zero_relevant: str, topk: int | None,
+               per_query: bool, backend: str) -> dict[str, Any]:
+    """mAP (stable and tie-aware) under the zero-relevant rule, and the radius curves."""
     if zero_relevant == "zero":
-        kept = np.ones(num_q, dtype=bool)
-        kept_ta = np.ones(num_q, dtype=bool)
-        ap_ta = exp_ap
+        kept = np.ones(p.num_q, dtype=bool)
+        kept_ta = np.ones(p.num_q, dtype=bool)
+        ap_ta = sums.exp_ap
     else:
-        kept = hits_all > 0
-        kept_ta = p_hit > 0
-        ap_ta = np.where(kept_ta, exp_ap / np.where(kept_ta, p_hit, 1.0), 0.0)
-    with_rel = total_rel > 0
-    num_with_rel = int(with_rel.sum())
-    precision_at_radius = (prec_sum / num_q).tolist()
-    recall_at_radius = (rec_sum / num_with_rel if num_with_rel else rec_sum * 0.0).tolist()
-
+        kept = sums.hits_all > 0
+        kept_ta = sums.p_hit > 0
+        ap_ta = np.where(kept_ta, sums.exp_ap / np.where(kept_ta, sums.p_hit, 1.0), 0.0)
+    num_with_rel = int((sums.total_rel > 0).sum())
+    precision_at_radius = (sums.prec_sum / p.num_q).tolist()
+    recall_at_radius = (sums.rec_sum / num_with_rel if num_with_rel else sums.rec_sum * 0.0).tolist()
     result: dict[str, Any] = {
-        "mAP": _mean(ap_stable[kept]),
+        "mAP": _mean(sums.ap_stable[kept]),
         "mAP_tie_aware": _mean(ap_ta[kept_ta]),
         "topk": "all" if topk is None else int(topk),
-        "topk_effective": int(k),
-        "num_queries": int(num_q),
-        "num_db": int(num_db),
-        "bits": int(bits),
+        "topk_effective": int(p.k),
+        "num_queries": int(p.num_q),
+        "num_db": int(p.num_db),
+        "bits": int(p.bits),
         "tie_order": "database index (stable)",
         "zero_relevant": zero_relevant,
-        "num_zero_relevant": int((hits_all == 0).sum()),
+        "num_zero_relevant": int((sums.hits_all == 0).sum()),
         "num_queries_in_mAP": int(kept.sum()),
-        "num_zero_relevant_tie_aware": int((p_hit == 0).sum()),
+        "num_zero_relevant_tie_aware": int((sums.p_hit == 0).sum()),
         "num_queries_in_mAP_tie_aware": int(kept_ta.sum()),
         "precision_at_radius": precision_at_radius,
         "recall_at_radius": recall_at_radius,
-        "p_at_r2": precision_at_radius[min(2, bits)],
+        "p_at_r2": precision_at_radius[min(2, p.bits)],
         "empty_radius_precision": "zero",
         "recall_without_relevant": "excluded",
-        "num_queries_without_relevant": int(num_q - num_with_rel),
-        "backend": "numba" if use_numba else "numpy",
+        "num_queries_without_relevant": int(p.num_q - num_with_rel),
+        "backend": backend,
     }
     if per_query:
         result["ap_per_query"] = [
-            float(v) if keep else None for v, keep in zip(ap_stable, kept, strict=True)
+            float(v) if keep else None for v, keep in zip(sums.ap_stable, kept, strict=True)
         ]
         result["ap_tie_aware_per_query"] = [
             float(v) if keep else None for v, keep in zip(ap_ta, kept_ta, strict=True)
         ]
-    if pr_at_n is not None:
-        denom = np.maximum(ns, 1).astype(np.float64)
-        result["pr_at_n"] = [int(v) for v in ns_requested]
-        result["precision_at_n"] = (hits_n_all / denom).mean(axis=0).tolist() if num_q else []
-        result["recall_at_n"] = (
-            (hits_n_all[with_rel] / total_rel[with_rel, None]).mean(axis=0).tolist()
-            if num_with_rel
-            else [0.0] * len(ns_requested)
-        )
-        result["precision_at_n_denominator"] = "min(N, num_db)"
     return result
+
+
+def _precision_recall_at_n(p: _Prepared, sums: _Sums) -> dict[str, Any]:
+    """Precision and recall among the first N retrieved, for each requested N."""
+    with_rel = sums.total_rel > 0
+    denom = np.maximum(p.ns, 1).astype(np.float64)
+    return {
+        "pr_at_n": [int(v) for v in p.ns_requested],
+        "precision_at_n": (sums.hits_n_all / denom).mean(axis=0).tolist() if p.num_q else [],
+        "recall_at_n": ((sums.hits_n_all[with_rel] / sums.total_rel[with_rel, None]).mean(axis=0).tolist()
+                        if with_rel.any() else [0.0] * len(p.ns_requested)),
+        "precision_at_n_denominator": "min(N, num_db)",
+    }

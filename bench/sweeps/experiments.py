@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.data import read_yaml
+from bench.data.loading import read_yaml
 from bench.errors import UserError
 
-EXPERIMENTS_DIR = Path(__file__).resolve().parent / "experiments"
+EXPERIMENTS_DIR = Path(__file__).resolve().parents[1] / "experiments"
 _KEYS = {"name", "description", "varies", "fixed", "dataset", "methods", "bits", "seeds",
          "protocol", "settings", "grid", "backbone"}
 
@@ -37,7 +37,7 @@ class Experiment:
     methods: tuple[str, ...]
     bits: tuple[int, ...]
     seeds: tuple[int, ...]
-    protocol: str | None  # None: the card's default protocol (`bench.spec.default_protocol`)
+    protocol: str | None  # None: the card's default protocol (`bench.runs.spec.default_protocol`)
     settings: dict[str, Any]
     grid: tuple[dict[str, Any], ...]
     backbone: str | None = None

@@ -1,7 +1,7 @@
 """One run, executed: the options every executor passes along and the function that turns a
 planned run into its record.
 
-Both the planner (`bench.runner`) and the executors (`bench.parallel`: in-process, joblib
+Both the planner (`bench.sweeps.runner`) and the executors (`bench.sweeps.parallel`: in-process, joblib
 workers, Dask) use these, so they live in a module of their own and neither of those two
 imports the other in both directions: runner -> parallel -> jobs, runner -> jobs.
 """
@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import UserError
-from bench.numerics import Numerics, applied, pick_device, resolve
-from bench.records import RECORD_SCHEMA, code_version, environment, portable_text
-from bench.spec import RunSpec, resolve_config
+from bench.network.numerics import Numerics, applied, pick_device, resolve
+from bench.runs.records import RECORD_SCHEMA, code_version, environment, portable_text
+from bench.runs.spec import RunSpec, resolve_config
 
 
 @dataclass(frozen=True)
@@ -34,12 +34,12 @@ class RunOptions:
     weights_file: str | None = None
     torch_threads: int | None = None  # None: the path's rule (fast: 1 per run; legacy: cores / jobs)
     onednn: bool = False  # legacy path only: oneDNN kernels (the fast path always uses them)
-    fast: bool | None = None  # None: BENCH_FAST (default fast); see bench.numerics
+    fast: bool | None = None  # None: BENCH_FAST (default fast); see bench.network.numerics
     # Where records go under results_dir. `bench tune` keeps its trials in "tuning/runs", apart
     # from the tables: a trial is a normal record, but its searched values would otherwise
     # show up in the report as one variant per trial.
     runs_folder: str = "runs"
-    # `bench run --attack`: also evaluate the queries under this attack (bench.attack.AttackSpec);
+    # `bench run --attack`: also evaluate the queries under this attack (bench.evaluation.attack.AttackSpec);
     # its result is stored beside the record, which stays as a run without it writes it.
     attack: Any = None
 
@@ -70,7 +70,7 @@ def compute_record(run: PlannedRun, options: RunOptions) -> dict[str, Any]:
 
 
 def run_numerics(options: RunOptions) -> Numerics:
-    """How this process computes the run (`bench.numerics`).
+    """How this process computes the run (`bench.network.numerics`).
 
     Fast path: oneDNN at a fixed thread count, 1 unless --threads says otherwise, whatever
     --jobs is, so a spec and seed give the same bits with --jobs 1 and --jobs 2 (oneDNN's
@@ -83,7 +83,7 @@ def run_numerics(options: RunOptions) -> Numerics:
 
 
 def _compute_record(run: PlannedRun, options: RunOptions, numerics: Numerics) -> dict[str, Any]:
-    from bench.train import train_and_evaluate
+    from bench.training.train import train_and_evaluate
 
     # A cluster worker on another machine may not see the caller's results directory; it
     # then keeps the split in memory (its digest still goes into the record).
@@ -113,7 +113,7 @@ def _compute_record(run: PlannedRun, options: RunOptions, numerics: Numerics) ->
                              traceback.format_exc(limit=8), time.perf_counter() - started)
     record = {**base, **body, "environment": environment(body["device"]), "status": "complete",
               "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    from bench.work import work_of
+    from bench.training.work import work_of
 
     record["work"] = work_of(record)  # counted work per stage: what the cost claim is graded on
     return record

@@ -109,7 +109,7 @@ def architecture_fingerprint(name: str, channels: int) -> str:
     weights are allocated or drawn, so the global RNG is untouched."""
     import torch
 
-    from bench.backbones import build_backbone
+    from bench.network.backbones import build_backbone
 
     with torch.device("meta"):
         module = build_backbone(name, channels, pretrained=False)

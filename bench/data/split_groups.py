@@ -6,7 +6,7 @@ split draws nothing: `split.<part>: <group>` selects the items whose '+'-joined 
 include <group> (a list of names selects their union). The split seed therefore does not
 change a by_group split; the generator's seed (in the card's options) does.
 
-Called by `bench.splits.make_split` for `split.protocol: by_group`.
+Called by `bench.data.splits.make_split` for `split.protocol: by_group`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.data import DatasetCard, ImageSource
+from bench.data.loading import DatasetCard, ImageSource
 from bench.errors import UserError
 
 REQUIRED_PARTS = ("query", "train", "validation", "database")

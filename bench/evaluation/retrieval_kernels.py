@@ -1,9 +1,9 @@
-"""The low-level kernels behind `bench.retrieval`: popcount, the closed-form tie-aware AP and
+"""The low-level kernels behind `bench.evaluation.retrieval`: popcount, the closed-form tie-aware AP and
 the stable-order engine (NumPy and numba backends).
 
 They work only on already packed uint64 codes, validated class ids or packed label bitsets,
 and distance histograms; converting and validating inputs, driving the kernels in query
-chunks and assembling the metrics is `bench.retrieval`'s job (the public entry point, which
+chunks and assembling the metrics is `bench.evaluation.retrieval`'s job (the public entry point, which
 this module must not import). Kept apart so the numba-compiled numerics sit in one place.
 
 Why the engine looks the way it does: distances are integers 0..K, so per query one pass over

@@ -10,7 +10,7 @@ Scores are validation mAP only, like the search's; test metrics are never read.
 The check's runs are ordinary trial records (harmonised protocol plus the configuration's
 values, seeds 0..n-1), kept beside the search's under `tuning/runs`, so a rerun reads them
 instead of training. The verdict goes into the tuned entry as `transfer: {BITS: {...}}`, which
-`bench.spec.tuned_entry` reads before letting `--protocol tuned` use the entry at BITS.
+`bench.runs.spec.tuned_entry` reads before letting `--protocol tuned` use the entry at BITS.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 
 from bench.errors import UserError
-from bench.spec import RunSpec
-from bench.tune import BASE_PROTOCOL, TRIALS_FOLDER, TuneOutcome, TuneRequest, validation_score
+from bench.runs.spec import RunSpec
+from bench.tuning.tune import BASE_PROTOCOL, TRIALS_FOLDER, TuneOutcome, TuneRequest, validation_score
 
 TOP_CONFIGURATIONS = 3  # R4: the study's top 3 configurations
 TRANSFER_SEEDS = 2  # issue #26 asks 2 (the spec, 3): pooled over 3 configurations, 3 df
@@ -81,7 +81,7 @@ def check_transfer(outcome: TuneOutcome, request: TuneRequest, targets: list[int
                    seeds: int = TRANSFER_SEEDS,
                    log: Callable[[str], None] = print) -> dict[int, dict[str, Any]]:
     """Run (or read) the check runs of one method at each target length; {bits: verdict}."""
-    from bench.runner import execute_runs, plan_runs
+    from bench.sweeps.runner import execute_runs, plan_runs
 
     options = dataclasses.replace(options, runs_folder=TRIALS_FOLDER)
     configurations = top_configurations(outcome)
@@ -94,7 +94,7 @@ def check_transfer(outcome: TuneOutcome, request: TuneRequest, targets: list[int
         result = execute_runs(specs, options, jobs=min(request.jobs, len(specs)),
                               backend=request.backend)
         if result.aborted:
-            from bench.tune import TuningAborted
+            from bench.tuning.tune import TuningAborted
 
             raise TuningAborted(result.aborted)
         scores, run_ids = [], []

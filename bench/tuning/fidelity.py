@@ -1,6 +1,6 @@
 """Checks 5-7 of the methods-fidelity spec (issue 26), as functions and a script:
 
-    python -m bench.fidelity
+    python -m bench.tuning.fidelity
 
 5. every official default of every searched knob, resolved for C in {10, 100, 196, 555} and
    K in {16, 32, 64}, lies inside the knob's range;
@@ -17,9 +17,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bench.data import REPO_ROOT, load_card, read_yaml
-from bench.spec import load_tuned, tuned_dir, tuned_entry
-from bench.tune import edge_hits, outside, representative_task, resolved_defaults, search_space
+from bench.data.loading import REPO_ROOT, load_card, read_yaml
+from bench.runs.spec import load_tuned, tuned_dir, tuned_entry
+from bench.tuning.tune import edge_hits, outside, representative_task, resolved_defaults, search_space
 from methods import available_methods, get_method
 
 TABLE_CLASSES = (10, 100, 196, 555)

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.cards import (  # noqa: F401 - ground-truth helpers re-exported for callers
+from bench.data.cards import (  # noqa: F401 - ground-truth helpers re-exported for callers
     ITEM_CLASSES,
     REPO_ROOT,
     DatasetCard,
@@ -40,8 +40,7 @@ from bench.cards import (  # noqa: F401 - ground-truth helpers re-exported for c
     load_card,
     pair_class_names,
 )
-from bench.errors import UserError
-from bench.sources import (
+from bench.data.sources import (
     FASHION_MNIST_FILES,
     FashionMnistArrays,
     ImageSource,
@@ -50,6 +49,7 @@ from bench.sources import (
     find_root,
     read_fashion_mnist,
 )
+from bench.errors import UserError
 
 GENERATOR_VERSION = 1  # bump when a change alters the generated images or labels
 CACHE_ENV_VAR = "BENCH_CACHE"
@@ -76,7 +76,7 @@ class GeneratedSource(TensorSource):
         self.provenance = arrays["provenance"]
         self.construction: dict[str, Any] = meta["params"]
         self.digest: str = meta["digest"]
-        self.fingerprint = self.digest  # what bench.splits.data_fingerprint hashes for this source
+        self.fingerprint = self.digest  # what bench.data.splits.data_fingerprint hashes for this source
         self.cache_path = cache_path
         self.generation_seconds = generation_seconds
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.records import load_records
+from bench.runs.records import load_records
 
 
 def runs_frame(records: list[dict]) -> pd.DataFrame:
@@ -51,8 +51,8 @@ SPREAD_SDS = 2.0  # a new value further than 2 seed standard deviations from the
 def cell_key(record: dict) -> tuple:
     """What makes two runs the same configuration up to the seed: card, method, bits, protocol,
     split seed, pretrained flag and the identifying part of the resolved configuration."""
-    from bench.identity import canonical_json
-    from bench.spec import config_identity
+    from bench.runs.identity import canonical_json
+    from bench.runs.spec import config_identity
 
     spec = record["spec"]
     return (spec["dataset"], spec["method"], int(spec["bits"]), spec["protocol"],
@@ -62,7 +62,7 @@ def cell_key(record: dict) -> tuple:
 
 def committed_cells(committed_dir: Path, pairs: set[tuple[str, str]]) -> dict[tuple, dict[int, dict]]:
     """Committed complete records of the given (card, method) pairs, by cell and seed."""
-    from bench.records import CorruptRecord, read_record, record_files
+    from bench.runs.records import CorruptRecord, read_record, record_files
 
     cells: dict[tuple, dict[int, dict]] = {}
     for dataset, method in sorted(pairs):

@@ -30,14 +30,14 @@ from pathlib import Path
 from typing import Any
 
 from bench import RESULTS_VERSION
-from bench.data import REPO_ROOT, DatasetCard, load_card, read_yaml
+from bench.data.loading import REPO_ROOT, DatasetCard, load_card, read_yaml
 from bench.errors import UserError
-from bench.identity import architecture_token, identity_digest
+from bench.runs.identity import architecture_token, identity_digest
 from methods import get_method, method_source
 from methods.base import HARMONISED, TRAINING_PARAMS, HashMethod, Param
 
 PROTOCOLS = ("native", "harmonised", "tuned")
-TUNED_DIR = Path(__file__).resolve().parent / "tuned"
+TUNED_DIR = Path(__file__).resolve().parents[1] / "tuned"
 TUNED_ENV_VAR = "BENCH_TUNED_DIR"  # another folder of tuned settings (tests, experiments)
 # Config keys that describe where values came from, not values: kept out of the run id so
 # re-committing a setting with the same values does not orphan finished runs.
@@ -311,7 +311,7 @@ def card_protocol(card: DatasetCard) -> str:
     """The card's own default protocol: its `protocol` key, else harmonised for a backbone
     that trains from scratch (native learning rates were set for fine-tuning and differ by
     up to 300x) and native for a pretrainable one."""
-    from bench.backbones import PRETRAINABLE
+    from bench.network.backbones import PRETRAINABLE
 
     value = getattr(card, "protocol", None)
     if value is None and card.path and Path(card.path).is_file():
@@ -404,7 +404,7 @@ def config_identity(config: dict[str, Any]) -> dict[str, Any]:
 def run_id(spec: RunSpec, config: dict[str, Any], card: DatasetCard | None = None) -> str:
     """Readable prefix plus a hash of everything that determines the run's numbers: the spec,
     the resolved config (without provenance notes), the results version of the code, and the
-    backbone's name and architecture token, in the canonical form of `bench.identity` (the
+    backbone's name and architecture token, in the canonical form of `bench.runs.identity` (the
     same id on every machine and under every torch)."""
     card = card or load_card(spec.dataset)
     backbone = resolved_backbone(spec, card)
