@@ -7,6 +7,7 @@ import gzip
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -303,7 +304,7 @@ def test_two_identical_sweeps_at_once_train_each_run_once(tmp_path) -> None:
                                text=True, env=env) for _ in range(2)]
     outputs = [sweep.communicate(timeout=600) for sweep in sweeps]
     assert [sweep.returncode for sweep in sweeps] == [0, 0], outputs
-    trained = sum(out.count(": mAP ") for out, _ in outputs)
+    trained = sum(len(re.findall(r"^\[\d+/\d+\] done ", out, flags=re.M)) for out, _ in outputs)
     assert trained == 4, outputs  # four runs, each trained by exactly one of the sweeps
     records, problems = load_records(results)
     assert not problems and len(records) == 4 and all(r["status"] == "complete" for r in records)

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from bench.training.train import steps_per_epoch
-from bench.training.work import network_flops, record_work, work_of
+from bench.training.work import WORK_VERSION, network_flops, record_work, work_of
 
 
 def test_flop_counter_counts_a_linear_layer_by_hand():
@@ -33,7 +33,7 @@ def test_shc_and_crh_work_per_stage(make_record):
     hash_stage = w_crh["stages"]["hash"]
     assert hash_stage["optimizer_steps"] == 10 * steps_per_epoch(items, crh["config"]["batch_size"])
     assert hash_stage["images_fwd_bwd"] == 10 * items and hash_stage["flops_step_per_image"] == step
-    cls_epochs = shc["config"]["classifier_epochs"]
+    cls_epochs = shc["config"]["classifier_epochs"] or 10  # unset: 1:1 with the 10 stage-3 epochs
     expected = 10 * items * step + cls_epochs * items * cls_step + items * cls_forward
     assert set(w_shc["stages"]) == {"hash", "classifier", "similarity_encode", "centers"}
     assert w_shc["total_flops"] == pytest.approx(expected + w_shc["stages"]["centers"]["cpu_flops"])
@@ -47,7 +47,18 @@ def test_shc_and_crh_work_per_stage(make_record):
 
 def test_stored_work_is_used_and_an_unknown_card_has_none(make_record):
     record = make_record("crh", 16, 0, 0.6)
-    record["work"] = {"version": 1, "stages": {}, "total_flops": 5.0}
+    record["work"] = {"version": WORK_VERSION, "stages": {}, "total_flops": 5.0}
     assert record_work(record)["total_flops"] == 5.0
+    record["work"] = {"version": WORK_VERSION - 1, "stages": {}, "total_flops": 5.0}
+    assert record_work(record)["total_flops"] != 5.0  # an older count is recomputed
     other = make_record("crh", 16, 0, 0.6, dataset="no-such-card")
     assert work_of(other) is None
+
+
+def test_shc_stage_one_follows_its_record(make_record):
+    """A record that says its classifier trained 7 epochs in 280 steps is counted as such,
+    whatever the setting says (1:1 by default: None)."""
+    shc = make_record("shc", 16, 0, 0.6, epochs=10)
+    shc["method"]["classifier"] = {"epochs": 7, "steps": 280}
+    stage = work_of(shc)["stages"]["classifier"]
+    assert stage["optimizer_steps"] == 280 and stage["images_fwd_bwd"] == 7 * 5000

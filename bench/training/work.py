@@ -13,7 +13,7 @@ import functools
 import math
 from typing import Any
 
-WORK_VERSION = 1
+WORK_VERSION = 2  # 2: SHC stage 1 as its record says (1:1 with stage 3 when classifier_epochs is unset)
 FLOP_BATCH = 2
 
 
@@ -79,10 +79,15 @@ def work_of(record: dict) -> dict[str, Any] | None:
     stages = {"hash": _stage(epochs * _steps(items, batch), epochs * items, 0, hash_net)}
     method, detail = spec.get("method"), record.get("method") or {}
     if method == "shc":
-        cls_epochs = int(config.get("classifier_epochs") or 0)
+        # Stage 1 as the run trained it: its record says how many epochs and steps (1:1 with
+        # stage 3 by default, where `classifier_epochs` is unset); the setting, else the
+        # stage-3 epochs, for records that do not say.
+        trained = detail.get("classifier") or {}
+        cls_epochs = int(trained.get("epochs") or config.get("classifier_epochs") or epochs)
+        cls_steps = int(trained.get("steps") or cls_epochs * _steps(items, batch))
         cls_net = network_flops(backbone, card.channels, card.image_size, classes)
         flips = int(((detail.get("center_optimisation") or {}).get("flips")) or 0)
-        stages["classifier"] = _stage(cls_epochs * _steps(items, batch), cls_epochs * items, 0, cls_net)
+        stages["classifier"] = _stage(cls_steps, cls_epochs * items, 0, cls_net)
         stages["similarity_encode"] = _stage(0, 0, items, cls_net)
         stages["centers"] = _stage(0, 0, 0, (0.0, 0.0), flips * classes * bits)
     elif method == "crh":
