@@ -35,7 +35,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
                       help="override a setting, e.g. --set lr=1e-4 (repeatable)")
     what.add_argument("--backbone", help="override the dataset card's backbone")
-    what.add_argument("--split-seed", default="0", help="seed of the data split (default 0)")
+    what.add_argument("--split-seed", default=None,
+                      help="seed of the data split (default: the experiment's, else 0), or per-seed: "
+                           "each seed trains on its own split (seed = init + data order + split)")
     how = parser.add_argument_group("how to run")
     how.add_argument("--results", default=None, help="results directory (default: results/)")
     how.add_argument("--data-root", help="folder holding the dataset files")
@@ -101,6 +103,20 @@ def parse_int(text: str | int, flag: str, minimum: int, example: str) -> int:
 def parse_seed(text: str | int, flag: str) -> int:
     """One seed: a non-negative integer (numpy's generators refuse negative seeds)."""
     return parse_int(text, flag, 0, "0")
+
+
+def parse_split_seed(text: str | None, experiment: Any) -> int | str:
+    """--split-seed N (one split for every seed) or `per-seed` (each seed its own split, so a
+    seed replicates initial weights, data order and split); default: the experiment's, else 0."""
+    if text is None:
+        return experiment.split_seed if experiment is not None else 0
+    if str(text).strip() == "per-seed":
+        return "per-seed"
+    try:
+        return parse_seed(text, "--split-seed")
+    except UserError:
+        raise UserError(f"--split-seed '{text}' is not valid; give a non-negative integer or "
+                        f"per-seed") from None
 
 
 def parse_settings(items: list[str]) -> dict[str, str]:
@@ -171,7 +187,7 @@ def build_specs(args: argparse.Namespace) -> list:
         experiment.bits if experiment else (16, 32, 64))
     seeds = parse_int_list(args.seeds, "--seeds", 0, "0,1,2") if args.seeds is not None else list(
         experiment.seeds if experiment else (0,))
-    split_seed = parse_seed(args.split_seed, "--split-seed")
+    split_seed = parse_split_seed(args.split_seed, experiment)
     dataset = args.dataset or (experiment.dataset if experiment else "fashion-mnist")
     card = load_card(dataset)
     if experiment is None:
@@ -226,7 +242,9 @@ def build_specs(args: argparse.Namespace) -> list:
                 for seed in seeds:
                     specs.append(RunSpec(
                         method=method, dataset=dataset, bits=bit, seed=seed, protocol=protocol,
-                        backbone=backbone, pretrained=pretrained, split_seed=split_seed,
+                        backbone=backbone, pretrained=pretrained,
+                        split_seed=seed if split_seed == "per-seed" else split_seed,
+                        split_rule="per-seed" if split_seed == "per-seed" else "fixed",
                         overrides=tuple(sorted(overrides.items())),
                     ))
     return specs

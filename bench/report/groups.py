@@ -73,10 +73,16 @@ def scope_of(record: dict) -> Scope:
             if key == "eval_every" and config[key] == _schedule_eval_every(spec, config):
                 continue  # an override equal to the card's cadence changes nothing: same table
             settings[key] = config[key]
+    per_seed = spec.get("split_rule") == "per-seed"
     for key, default in _SCOPE_SPEC_DEFAULTS:
+        if key == "split_seed" and per_seed:
+            continue  # it follows the seed: one table over seeds, each on its own split
         if spec.get(key, default) != default:
             settings[key] = spec.get(key)
-    digest = str(get(record, "split", "digest", default="") or "")
+    if per_seed:
+        settings["split"] = "per-seed"
+    # A fixed split's tables are keyed by its digest; per-seed splits differ by seed by design.
+    digest = "per-seed" if per_seed else str(get(record, "split", "digest", default="") or "")
     return Scope(str(spec.get("dataset")), str(spec.get("protocol")),
                  tuple(sorted((k, jsonable(v)) for k, v in settings.items())), digest[:12])
 

@@ -48,6 +48,9 @@ LEGACY_BUDGET = (32, 30)
 _BUDGET_CHECK = [True]  # False only inside `budget_check_off` (a dry run that lists old records)
 
 
+SPLIT_RULES = ("fixed", "per-seed")
+
+
 @dataclass(frozen=True)
 class RunSpec:
     method: str
@@ -59,13 +62,27 @@ class RunSpec:
     pretrained: bool = False
     split_seed: int = 0
     overrides: tuple[tuple[str, Any], ...] = field(default=())
+    # "fixed": every seed trains on split `split_seed` (the v2 tables); "per-seed": the split
+    # follows the seed (split_seed == seed), so a seed replicates init, data order and split.
+    # Only a per-seed run names it, so the ids of fixed-split runs are as they always were.
+    split_rule: str = "fixed"
+
+    def __post_init__(self) -> None:
+        if self.split_rule not in SPLIT_RULES:
+            raise UserError(f"split rule '{self.split_rule}' is not valid; choose from "
+                            f"{', '.join(SPLIT_RULES)}")
+        if self.split_rule == "per-seed" and self.split_seed != self.seed:
+            raise UserError(f"a per-seed split has split_seed = seed ({self.seed}), not {self.split_seed}")
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "method": self.method, "dataset": self.dataset, "bits": self.bits, "seed": self.seed,
             "protocol": self.protocol, "backbone": self.backbone, "pretrained": self.pretrained,
             "split_seed": self.split_seed, "overrides": dict(self.overrides),
         }
+        if self.split_rule != "fixed":
+            data["split_rule"] = self.split_rule
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunSpec:
@@ -74,6 +91,7 @@ class RunSpec:
             seed=int(data["seed"]), protocol=data["protocol"], backbone=data["backbone"],
             pretrained=bool(data["pretrained"]), split_seed=int(data["split_seed"]),
             overrides=tuple(sorted(data["overrides"].items())),
+            split_rule=str(data.get("split_rule", "fixed")),
         )
 
     def label(self) -> str:

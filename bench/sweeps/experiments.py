@@ -26,7 +26,7 @@ from bench.errors import UserError
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parents[1] / "experiments"
 _KEYS = {"name", "description", "varies", "fixed", "dataset", "methods", "bits", "seeds",
-         "protocol", "settings", "grid", "backbone"}
+         "protocol", "settings", "grid", "backbone", "split_seed"}
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,7 @@ class Experiment:
     settings: dict[str, Any]
     grid: tuple[dict[str, Any], ...]
     backbone: str | None = None
+    split_seed: int | str = 0  # a fixed split's seed, or "per-seed": each seed its own split
     varies: str = ""
     fixed: str = ""
     path: str = field(default="")
@@ -105,8 +106,14 @@ def load_experiment(name_or_path: str, directory: Path = EXPERIMENTS_DIR) -> Exp
         for key in entry:
             if not isinstance(key, str):
                 raise UserError(f"{path}: setting name {key!r} is not a string")
+    split_seed = raw.get("split_seed", 0)
+    if split_seed != "per-seed" and (not isinstance(split_seed, int) or isinstance(split_seed, bool)
+                                     or split_seed < 0):
+        raise UserError(f"{path}: 'split_seed' must be a non-negative integer or 'per-seed', "
+                        f"got {split_seed!r}")
     return Experiment(
-        name=str(raw.get("name", path.stem)), description=str(raw.get("description", "")).strip(),
+        name=str(raw.get("name", path.stem)), split_seed=split_seed,
+        description=str(raw.get("description", "")).strip(),
         dataset=_optional_str(raw, "dataset", path, "fashion-mnist"), methods=tuple(methods),
         bits=_int_list(raw.get("bits", [16, 32, 64]), "bits", path, minimum=1),
         seeds=_int_list(raw.get("seeds", [0]), "seeds", path),
