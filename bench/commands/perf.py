@@ -15,6 +15,7 @@ BENCHMARKS: dict[str, str] = {
     "evaluator": "mAP@k + tie-aware mAP + PR by radius vs the per-query loop and faiss top-k search.",
     "loop": "Images/second of the shared training loop against a bare PyTorch loop (same model, data, loss).",
     "sweep": "Wall time of one 8-run sweep with --jobs 1, --jobs 2 and a 2-worker Dask LocalCluster.",
+    "cost": "Isolated wall time of SHC against CRH: sequential ABAB pairs, load recorded, log-ratio tests.",
 }
 
 
