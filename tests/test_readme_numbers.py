@@ -123,3 +123,26 @@ def test_numbers_json_counts_cells_with_and_without_holm(make_record):
     assert numbers["claim.crh-beats-baselines.FM.n_significant_holm"] == str(holm)
     assert numbers["claim.crh-beats-baselines.FM.n_against_holm"] == "0"
     assert (raw, holm) == (3, 1)
+
+
+def test_noninferiority_counts_cells_within_half_a_point_after_holm(make_record):
+    """Non-inferiority of CRH at 0.5 points, cell by cell (ttest_1samp of the per-seed
+    differences against -0.5, here by scipy on the raw values), Holm over the family: CRH a
+    point ahead of CSQ holds; 0.4 points behind MDS with a wide spread does not."""
+    import numpy as np
+    from scipy.stats import ttest_1samp
+
+    from bench.report import build_report
+    from bench.report.numbers import report_numbers
+
+    crh = [0.700, 0.710, 0.690, 0.720, 0.705]
+    rivals = {"csq": [0.690, 0.701, 0.679, 0.711, 0.694], "mds": [0.690, 0.730, 0.680, 0.740, 0.705]}
+    records = [make_record("crh", 16, s, v) for s, v in enumerate(crh)]
+    for name, values in rivals.items():
+        records += [make_record(name, 16, s, v) for s, v in enumerate(values)]
+    report = build_report(records, published=[])
+    numbers = report_numbers(report.analysis, report.verdicts)
+    ps = sorted(ttest_1samp((np.array(crh) - np.array(v)) * 100, -0.5, alternative="greater").pvalue
+                for v in rivals.values())
+    holm = sum(1 for i, p in enumerate(ps) if all(q * (len(ps) - j) < 0.05 for j, q in enumerate(ps[:i + 1])))
+    assert numbers["claim.crh-beats-baselines.FM.n_noninferior_holm"] == str(holm) == "1"

@@ -12,6 +12,7 @@ import io
 import math
 import re
 from collections.abc import Sequence
+from typing import Any
 
 from bench.report.analysis import Analysis, MainTable
 from bench.report.claims import CARD_SHORT, ClaimResult
@@ -129,6 +130,20 @@ def _tost_phrase(cell: Cell, default: Cell) -> str:
     return f"no significant difference (n={result.n})"
 
 
+NONINFERIORITY_MARGIN = 0.5  # mAP points: the CI gate's floor, under a third of the paper's smallest effect
+
+
+def noninferiority_p(c: Any) -> float:
+    """One-sided p of H0: mean paired difference <= -margin (CRH worse than the rival by at
+    least 0.5 points), from the cell's mean, seed SD and n: ttest_1samp(d, -0.5) in closed form."""
+    from scipy import stats
+
+    if c.n < 2 or not math.isfinite(c.sd) or c.sd <= 0:
+        return math.nan
+    t = (c.difference + NONINFERIORITY_MARGIN) / (c.sd / math.sqrt(c.n))
+    return float(stats.t.sf(t, c.n - 1))
+
+
 def claim_numbers(verdicts: Sequence[ClaimResult]) -> dict[str, str]:
     """Grades, IUT p, power and every family comparison of every claim."""
     out: dict[str, str] = {}
@@ -149,6 +164,11 @@ def claim_numbers(verdicts: Sequence[ClaimResult]) -> dict[str, str]:
             holm_for = holm_adjusted([c.p_for for c in family])
             out[f"{card}.n_significant_holm"] = str(sum(p < ALPHA for p in holm_for if not math.isnan(p)))
             out[f"{card}.n_against_holm"] = str(sum(c.significant_against for c in family))
+            if v.id == "crh-beats-baselines" and family:
+                # Non-inferiority at the 0.5-point margin (verdicts-v3 section 4): reported, never
+                # a grade; Holm over the family.
+                adjusted = holm_adjusted([noninferiority_p(c) for c in family])
+                out[f"{card}.n_noninferior_holm"] = str(sum(p < ALPHA for p in adjusted if not math.isnan(p)))
             out[f"{card}.n_favour"] = str(sum(c.favours for c in family))
             out[f"{card}.n_cells"] = str(len(family))
             out[f"{card}.n"] = "/".join(map(str, g.n)) or "0"
