@@ -72,7 +72,7 @@ def test_tuned_protocol_without_a_setting_is_refused(capsys, tmp_path):
 
 
 @pytest.mark.parametrize(("flags", "expected"), [
-    (["--split-seed", "-1"], "--split-seed '-1' is not valid; give a non-negative integer, e.g. 0"),
+    (["--split-seed", "-1"], "--split-seed '-1' is not valid; give a non-negative integer or per-seed"),
     (["--split-seed", "1.5"], "--split-seed '1.5' is not valid"),
     (["--split-seed", "x"], "--split-seed 'x' is not valid"),
     (["--seeds", "-1"], "--seeds '-1' is not valid; give comma-separated non-negative integers, e.g. 0,1,2"),
