@@ -64,7 +64,8 @@ def table_numbers(analysis: Analysis) -> dict[str, str]:
             spread = f" ± {stat.std:.2f}" if stat.n > 1 else ""
             out[key] = f"{stat.mean:.2f}{spread} ({stat.n})"
             out[key + ".mean"] = _plain(stat.mean)
-        for method in table.methods:  # cells without complete records say so
+        listed = [*table.methods, *(m for m in _table_methods(scope.dataset) if m not in table.methods)]
+        for method in listed:  # cells without complete records (or a row the table lacks) say so
             for bits in table.bits:
                 key = f"{prefix}{_method_key(method)}.{bits}"
                 if key not in out:
@@ -79,6 +80,20 @@ def table_numbers(analysis: Analysis) -> dict[str, str]:
             if not math.isnan(value):
                 out[f"{prefix}chance.{bits}"] = _plain(value)
     return out
+
+
+def _table_methods(dataset: str) -> list[str]:
+    """The rows the card's primary table lists (its experiment's methods), so that a row with
+    no current records still has keys ("not run") instead of breaking the README."""
+    from bench.data.loading import load_card
+    from bench.errors import UserError
+    from bench.sweeps.experiments import load_experiment
+
+    try:
+        card = load_card(dataset)
+        return list(load_experiment(card.table).methods) if card.table else []
+    except UserError:
+        return []
 
 
 def _slug(text: str) -> str:
