@@ -12,6 +12,10 @@ records.
 Nothing here reads the clock, the environment or absolute paths, and every random draw
 (bootstrap, permutations) is seeded from a label, so the same records give byte-identical
 files. Submodules import each other directly, never through this package (no import cycles).
+
+May import: `bench.tuning` and everything below it (`bench.sweeps`, `bench.training`,
+`bench.runs`, `bench.data`, `bench.evaluation`, `bench.errors`, `methods`); never
+`bench.commands`.
 """
 
 from __future__ import annotations
