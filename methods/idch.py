@@ -18,7 +18,10 @@ file's reading (shared/specs/methods-wave3.md, section 1):
 h is the shared linear hash layer's output; the retrieval code is sign(h); the class centers
 (for the record and the semantics check) are sign(mu). The centers are an owned parameter,
 seeded N(0, 1) as DCWH seeds them, optimised with the network at the run's learning rate and
-weight decay (DCWH's optimizer holds its centers in the same SGD group).
+weight decay. (DCWH's optimizer gives its loss module's parameters the network's lr and weight
+decay 5e-4, but its `-u` switch, which makes the centers parameters, also leaves them out of the
+optimizer, so they never move there: not copied. Its default mode recomputes the centers as class
+means of h every 2 epochs instead; that variant is not offered here.)
 """
 
 from __future__ import annotations
