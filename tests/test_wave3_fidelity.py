@@ -185,7 +185,7 @@ def test_mlh_total_weights_and_two_branches_with_one_evaluated() -> None:
     u_p = torch.tanh(method.owned["pair_head"](features))
     expected = (4 * center_branch_loss(u_c, labels, method.centers, math.sqrt(8))
                 + pairwise_likelihood_loss(u_p, labels) + mutual_loss(u_c, u_p))
-    assert float(total) == pytest.approx(float(expected), rel=1e-6)
+    assert float(total.detach()) == pytest.approx(float(expected.detach()), rel=1e-6)
     total.backward()
     head = method.owned["pair_head"]
     assert head.weight.grad is not None and float(head.weight.grad.abs().sum()) > 0
