@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: setup data tune-main reproduce test lint bench-perf clean-venv mutants
+.PHONY: setup data tune-main tune-wave3 reproduce test lint bench-perf clean-venv mutants
 
 setup: $(STAMP) data
 
@@ -37,6 +37,14 @@ RUN_FLAGS ?=
 TABLE_METHODS := crh,csq,dpn,hashnet,shc,orthohash,mds,hclm,classify-then-hash
 tune-main: setup
 	$(PY) -m bench tune --dataset fashion-mnist --methods $(TABLE_METHODS) --bits 32 --epochs 60 \
+	  --trials 24 --transfer-to 16,64 --jobs $(JOBS) --commit
+
+# Issue 29's methods under the same search as the table's (same card, bits, epochs, 24 trials,
+# seeded sampler, transfer check), merged into the same committed file; then their rows:
+#   python -m bench run --experiment main-table-wave3 and --experiment main-table-pairs-wave3.
+WAVE3_METHODS := idch,mlh,ics,lbhash
+tune-wave3: setup
+	$(PY) -m bench tune --dataset fashion-mnist --methods $(WAVE3_METHODS) --bits 32 --epochs 60 \
 	  --trials 24 --transfer-to 16,64 --jobs $(JOBS) --commit
 
 reproduce: tune-main

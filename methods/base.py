@@ -19,8 +19,12 @@ from torch import nn
 from bench.errors import UserError
 from methods.context import Batch, Param, Task, TrainContext
 
-__all__ = ["HARMONISED", "SCALE_RULES", "SHARED_SEARCH", "TRAINING_PARAMS", "Batch", "HashMethod",
-           "Param", "Task", "TrainContext", "cosine_scale"]
+__all__ = ["HARMONISED", "RECONSTRUCTION", "SCALE_RULES", "SHARED_SEARCH", "TRAINING_PARAMS", "Batch",
+           "HashMethod", "Param", "Task", "TrainContext", "cosine_scale"]
+
+# How a parameter's `source` (or a piece in `HashMethod.reconstructed`) says that it was not read
+# from the paper or its code but reconstructed ("reconstruction: what was assumed and from what").
+RECONSTRUCTION = "reconstruction:"
 
 # Training settings every method has. A method's `native` dict replaces some of these with
 # its paper's values; the "harmonised" protocol replaces them with one shared set.
@@ -119,11 +123,27 @@ class HashMethod:
     retrieval_output: ClassVar[str] = "sign(h), h = the shared linear hash layer's output"
     # Owned modules' learning rate as a multiple of the run's `lr` (default `parameter_groups`).
     owned_lr_scale: ClassVar[float] = 1.0
+    # Pieces of the method its sources do not settle (piece -> what was assumed), for a method
+    # rebuilt from an abstract or a predecessor's code. Together with every parameter whose
+    # `source` starts with RECONSTRUCTION they make the method a reconstruction: `bench list`
+    # names the unknowns, the record carries them (`method_api.reconstruction`) and the report
+    # marks the method's rows. Empty for a method read from its paper or official code.
+    reconstructed: ClassVar[dict[str, str]] = {}
 
     def __init__(self, config: dict[str, Any], task: Task) -> None:
         self.config = config
         self.task = task
         self.owned = nn.ModuleDict()
+
+    @classmethod
+    def reconstruction(cls) -> dict[str, str]:
+        """What of this method is reconstructed, not read (unknown -> what was assumed): the
+        `reconstructed` pieces, then each parameter whose source starts "reconstruction:"."""
+        unknowns = dict(cls.reconstructed)
+        for key, param in cls.params.items():
+            if param.source.startswith(RECONSTRUCTION):
+                unknowns[key] = param.source[len(RECONSTRUCTION):].strip()
+        return unknowns
 
     @classmethod
     def resolve_rules(cls, config: dict[str, Any], pretrained: bool) -> dict[str, Any]:
@@ -197,5 +217,9 @@ class HashMethod:
                 "parameters": int(sum(p.numel() for p in parameters)),
                 "trainable": int(sum(p.numel() for p in parameters if p.requires_grad)),
             }
-        return {"retrieval_output": self.retrieval_output, "owned_modules": modules,
-                "owned_lr_scale": self.owned_lr_scale}
+        api = {"retrieval_output": self.retrieval_output, "owned_modules": modules,
+               "owned_lr_scale": self.owned_lr_scale}
+        unknowns = self.reconstruction()
+        if unknowns:  # only reconstructed methods carry the key: other records keep their shape
+            api["reconstruction"] = unknowns
+        return api

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import methods
@@ -168,3 +169,76 @@ def test_grad_clip_bounds_every_step(registered: type[HashMethod], tmp_path: Pat
     steps = -(-360 // 32)
     assert abs(scale_after(1e-9) - 1.0) <= 0.1 * 1e-9 * steps * 1.01 + 1e-7
     assert abs(scale_after(0.0) - 1.0) > 1e-4
+
+
+class KeyedState(HashMethod):
+    """Learnable centers in their own optimizer group (lr x 0.1, no weight decay), a table keyed
+    by the batch's dataset indices (built in setup), and a head on the features that only trains:
+    the forms IDCH, ICS and MLH use, on the API as it is."""
+
+    name = "keyed-state-test"
+    summary = "test-only method with keyed state and its own optimizer group"
+
+    def __init__(self, config: dict[str, Any], task: Task) -> None:
+        super().__init__(config, task)
+        self.owned["centers"] = nn.Linear(task.bits, task.num_classes, bias=False)
+        self.seen: list[np.ndarray] = []
+
+    def setup(self, ctx: TrainContext) -> None:
+        features = ctx.model.hash_layer.in_features
+        self.owned["head"] = nn.Linear(features, self.task.bits).to(ctx.device)
+        self.owned["table"] = nn.Module()
+        self.owned["table"].register_buffer("visits", torch.zeros(int(ctx.train_indices.max()) + 1))
+
+    def parameter_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
+        return [{"params": list(self.owned["centers"].parameters()), "lr": 0.1 * lr,
+                 "weight_decay": 0.0},
+                {"params": list(self.owned["head"].parameters()), "lr": lr, "weight_decay": weight_decay}]
+
+    def loss(self, h: torch.Tensor, labels: torch.Tensor, ctx: TrainContext) -> torch.Tensor:
+        assert ctx.batch is not None
+        self.seen.append(np.asarray(ctx.batch.indices))
+        self.owned["table"].visits[torch.as_tensor(ctx.batch.indices)] += 1
+        logits = self.owned["centers"](torch.tanh(h))
+        second = torch.tanh(self.owned["head"](ctx.batch.features))
+        mutual = (1 - F.cosine_similarity(torch.tanh(h), second)).mean()
+        return F.cross_entropy(logits, labels.argmax(dim=1)) + mutual
+
+
+def test_own_optimizer_groups_keyed_state_and_a_training_only_branch(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    registry = dict(methods._discover())
+    registry[KeyedState.name] = KeyedState
+    monkeypatch.setattr(methods, "_REGISTRY", registry)
+    import bench.training.train as train
+
+    seen: dict[str, Any] = {}
+    real = train.build_optimizer
+
+    def spy(model: Any, config: Any, method: Any = None) -> Any:
+        optimizer = real(model, config, method)
+        seen["groups"] = [(g["lr"], g["weight_decay"], len(g["params"])) for g in optimizer.param_groups]
+        seen["method"] = method
+        return optimizer
+
+    monkeypatch.setattr(train, "build_optimizer", spy)
+    spec = RunSpec(KeyedState.name, "synthetic", 8, protocol="harmonised",
+                   overrides=(("batch_size", 32), ("epochs", 2), ("lr", 0.01),
+                              ("lr_schedule", "constant"), ("weight_decay", 0.001)))
+    body = train_and_evaluate(spec, results_dir=tmp_path, device="cpu", progress_bars=False)
+    # backbone, the method's two groups with their own lr and weight decay, the hash layer last
+    groups = seen["groups"]
+    assert groups[1] == (0.001, 0.0, 1) and groups[2] == (0.01, 0.001, 2) and groups[-1][:2] == (0.01, 0.001)
+    method = seen["method"]
+    train_size = body["split"]["sizes"]["train"]
+    visited = np.concatenate(method.seen)
+    from bench.data.loading import load_card, open_dataset
+    from bench.data.splits import make_split
+
+    card = load_card("synthetic")
+    split = make_split(card, open_dataset(card), 0, tmp_path / "splits")
+    assert len(visited) <= 2 * train_size and set(visited.tolist()) <= set(split.train.tolist())
+    visits = method.owned["table"].visits
+    assert int(visits.sum()) == len(visited) and int(visits.max()) == 2  # keyed by dataset index
+    assert body["method_api"]["owned_modules"]["head"]["trainable"] > 0
+    assert body["method_api"]["retrieval_output"] == HashMethod.retrieval_output  # the head only trains

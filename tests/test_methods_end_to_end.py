@@ -32,7 +32,17 @@ SETTINGS = {"batch_size": 32, "epochs": 6, "eval_every": 2}
 MARGIN_OVER_UNTRAINED = 0.10
 # Methods whose centers legitimately change during training (each has its own test below);
 # every other method's centers must stay those it set up before the first step.
-MOVING_CENTERS = {"crh"}
+MOVING_CENTERS = {"crh", "idch"}
+# A method that needs another learning rate on this card to learn at all, with the reason. LBHash
+# (modfire's CSQ_D): at the harmonised 1e-3 its surrogates learn to read the class from the
+# logits' magnitudes and every code collapses to one sign pattern (measured: 1 distinct
+# database code, mAP 0.306 vs 0.210 untrained); at 1e-2, inside the shared lr range, it learns.
+LEARNING_RATE = {"lbhash": 1e-2}
+# Where the total loss is not a descent objective, the term that must fall and over how many
+# epochs: LBHash's map term is a game against the reversed byte and its bit permutation is
+# redrawn after every 4th epoch (which resets what its surrogates learnt), so its net term
+# must fall within the first permutation.
+FALLING = {"lbhash": ("loss_net", 4)}
 
 
 @dataclasses.dataclass
@@ -48,7 +58,8 @@ _CACHE: dict[tuple[str, bool], Outcome] = {}
 def outcome(method: str, untrained: bool = False) -> Outcome:
     key = (method, untrained)
     if key not in _CACHE:
-        overrides = dict(SETTINGS, **({"lr": 0.0} if untrained else {}))
+        lr = 0.0 if untrained else LEARNING_RATE.get(method)
+        overrides = dict(SETTINGS, **({"lr": lr} if lr is not None else {}))
         spec = RunSpec(method, "synthetic", 16, seed=0, protocol="harmonised",
                        overrides=tuple(sorted(overrides.items())))
         seen: dict[str, Any] = {}
@@ -95,8 +106,9 @@ def test_training_beats_an_untrained_run(method: str) -> None:
     assert gain >= MARGIN_OVER_UNTRAINED, (
         f"{method}: trained mAP {trained['metrics']['mAP']:.3f} vs untrained "
         f"{untrained['metrics']['mAP']:.3f}")
-    losses = [entry["loss"] for entry in trained["history"]]
-    assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+    key, epochs = FALLING.get(method, ("loss", SETTINGS["epochs"]))
+    losses = [entry[key] for entry in trained["history"][:epochs]]
+    assert all(np.isfinite([entry["loss"] for entry in trained["history"]])) and losses[-1] < losses[0]
 
 
 @pytest.mark.parametrize("method", available_methods())
@@ -198,3 +210,24 @@ def test_crh_reassigns_and_its_centers_follow_the_assignment() -> None:
 
 # Compares floats with a stored record or another process: also run under AVX2 kernels (Makefile).
 pytestmark = pytest.mark.float_sensitive
+
+
+# ----------------------------------------------------------------------------- IDCH
+def test_idch_centers_are_its_learnt_centers_at_the_selected_epoch() -> None:
+    record = outcome("idch").record
+    selected = record["method_at_selected_epoch"]
+    assert as_int(record["centers"]).tolist() == selected["centers"]
+    # They trained with the network and moved apart (the separation term), epoch after epoch.
+    history = [entry["method"]["centers"]["mean_cosine"] for entry in record["history"]]
+    assert len(history) == SETTINGS["epochs"]
+    assert all(later < earlier for earlier, later in zip(history, history[1:], strict=False))
+
+
+# ----------------------------------------------------------------------------- the record's mark
+@pytest.mark.parametrize("method", available_methods())
+def test_record_carries_the_reconstruction_mark(method: str) -> None:
+    from methods import get_method
+
+    unknowns = get_method(method).reconstruction()
+    api = outcome(method).record["method_api"]
+    assert api.get("reconstruction", {}) == unknowns

@@ -124,3 +124,17 @@ def test_the_pairs_card_ground_truth_judges_the_centers(make_record):
     (comparison,) = result.comparisons
     assert comparison.a > 0.3 and comparison.p < 0.01
 
+
+
+def test_a_reconstructed_method_is_marked_beside_its_row(make_record):
+    """Records whose method_api names reconstructed pieces (issue 29) get "(reconstruction)"
+    beside the row and a note naming the unknowns; methods read from their sources do not."""
+    idch = cell(make_record, "idch", 16, 0.70)
+    for record in idch:
+        record["method_api"] = {"reconstruction": {"sigma": "DCDH's value", "loss": "two steps summed"}}
+    report = build_report(cell(make_record, "crh", 16, 0.8) + idch)
+    rows = {row[0]: row for row in mAP_table(report, "Fashion-MNIST").rows}
+    assert "IDCH (reconstruction)" in rows and "CRH" in rows
+    markdown = report.markdown()
+    assert "IDCH is a reconstruction (its records say so): sigma, loss not read" in markdown
+    assert "CRH is a reconstruction" not in markdown

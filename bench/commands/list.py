@@ -24,6 +24,10 @@ def execute(args: argparse.Namespace) -> int:
             source = method_source(name)
             origin = "" if source.builtin else f"  [{source.describe()}]"
             print(f"  {name:10s} {get_method(name).summary}{origin}")
+            unknowns = get_method(name).reconstruction()
+            if unknowns:  # rebuilt from abstracts or a predecessor's code: name what is not read
+                print(f"  {'':10s} reconstruction: {', '.join(unknowns)} (what was assumed: "
+                      f"`bench list settings`)")
         for problem in plugin_problems():
             print(f"  warning: {problem}")
     if args.what in ("all", "datasets"):
@@ -50,4 +54,9 @@ def execute(args: argparse.Namespace) -> int:
                 native = f" (native: {method.native[key]})" if key in method.native else ""
                 choices = f" [{'|'.join(map(str, param.choices))}]" if param.choices else ""
                 print(f"  {key:22s} {param.default!r}{native}{choices}  {param.help}")
+            for piece, assumed in method.reconstructed.items():
+                print(f"  {'(' + piece + ')':22s} reconstruction: {assumed}")
+            for key, param in method.params.items():
+                if param.source.startswith(("reconstruction:", "deviation:")):
+                    print(f"  {'':22s} {key}: {param.source}")
     return 0

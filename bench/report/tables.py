@@ -31,6 +31,7 @@ from bench.report.util import (
     metric_points,
     per_query_ap,
     plural,
+    reconstruction_unknowns,
     short,
 )
 from bench.report.verdicts import CI_BOOTSTRAP, NOT_MEASURABLE, difference_text, n80_text
@@ -206,6 +207,19 @@ def _method_cell(table: MainTable, method: str, bits: int, key: str, best: dict[
     return f"**{text}**" if method in best.get(bits, ()) else text
 
 
+def _unknowns(table: MainTable, method: str) -> dict[str, str]:
+    """What the method's records in this table name as reconstructed (empty: read from sources)."""
+    return reconstruction_unknowns(r for (m, _), c in table.cells.items() if m == method
+                                   for r in c.group.runs.values())
+
+
+def reconstruction_notes(table: MainTable) -> list[str]:
+    """One line per reconstructed method of the table, naming what its sources left unread."""
+    return [f"{method_name(m)} is a reconstruction (its records say so): {', '.join(unknowns)} not "
+            f"read from its paper or code (`python -m bench list settings` says what was assumed)."
+            for m in table.methods if (unknowns := _unknowns(table, m))]
+
+
 def metric_table(doc: Doc, table: MainTable, key: str, title: str, with_margin: bool) -> None:
     """One metric: a row per method, then the floor and chance rows set apart."""
     getter = metric_points(key)
@@ -218,7 +232,7 @@ def metric_table(doc: Doc, table: MainTable, key: str, title: str, with_margin: 
             header.append(f"{bits}: − floor")
     rows, classes = [], []
     for method in [m for m in table.methods if m not in REFERENCE_METHODS]:
-        row = [method_name(method)]
+        row = [method_name(method) + (" (reconstruction)" if _unknowns(table, method) else "")]
         for bits in table.bits:
             row.append(_method_cell(table, method, bits, key, best))
             if with_margin:
@@ -265,6 +279,7 @@ def main_table(doc: Doc, analysis: Analysis, table: MainTable, published: list[d
                      "(`python -m bench run --methods classify-then-hash ...`).")
     notes.append(f"Chance: the expected score of random ±1 codes on this query set and database "
                  f"({chance_how(table)}; see bench/evaluation/chance.py).")
+    notes += reconstruction_notes(table)
     doc.bullets(notes)
     published_next_to(doc, table, published)
 

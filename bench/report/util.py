@@ -22,7 +22,8 @@ PUBLISHED_FILE = PACKAGE_DIR / "published.yaml"
 
 METHOD_ORDER = ("crh", "csq", "dpn", "hashnet", "shc")
 DISPLAY_NAMES = {"crh": "CRH", "csq": "CSQ", "dpn": "DPN", "hashnet": "HashNet", "shc": "SHC",
-                 "orthohash": "OrthoHash", "mds": "MDS", "hclm": "HCLM"}
+                 "orthohash": "OrthoHash", "mds": "MDS", "hclm": "HCLM", "idch": "IDCH", "mlh": "MLH",
+                 "ics": "ICS", "lbhash": "LBHash"}
 # Methods shown as reference rows (set apart from the hashing methods, never "best").
 FLOOR_METHOD = "classify-then-hash"
 REFERENCE_METHODS = (FLOOR_METHOD,)
@@ -31,6 +32,15 @@ MAIN_METRICS = (("mAP", "mAP"), ("mAP_tie_aware", "tie-aware mAP"), ("p_at_r2", 
 
 def method_name(method: str) -> str:
     return DISPLAY_NAMES.get(method, method)
+
+
+def reconstruction_unknowns(records: Iterable[dict]) -> dict[str, str]:
+    """What the records' method left unread (`method_api.reconstruction`: unknown -> what was
+    assumed); empty for a method read from its paper or code."""
+    unknowns: dict[str, str] = {}
+    for record in records:
+        unknowns.update(get(record, "method_api", "reconstruction", default=None) or {})
+    return unknowns
 
 
 def method_sort_key(method: str) -> tuple[int, str]:
