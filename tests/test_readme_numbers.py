@@ -20,10 +20,16 @@ ALLOWED = {"1.76", "3.08", "6.6"}  # the paper's range and its "up to +6.6 %": q
 DECIMAL = re.compile(r"(?<![\w.])[-+]?\d+\.\d+(?![\w.]*\d)")
 
 
-def results_prose(template: str) -> str:
-    """The results section (from "## Results" to the next level-2 heading) without fenced
+# Sections outside the results that quote measured values (chance, a lent machine's versions)
+# and the constants they may still state: definitions, not measurements.
+MEASURED_ELSEWHERE = {"Datasets": {"0.5", "0.2"}, "The report and its verdicts": set(),
+                      "Protocols and what a number means": set()}
+
+
+def results_prose(template: str, heading: str = "Results") -> str:
+    """A level-2 section (from "## <heading>" to the next level-2 heading) without fenced
     code, inline code, link targets and placeholders."""
-    section = template.split("\n## Results", 1)[1].split("\n## ", 1)[0]
+    section = template.split(f"\n## {heading}", 1)[1].split("\n## ", 1)[0]
     section = re.sub(r"```.*?```", "", section, flags=re.S)
     section = re.sub(r"`[^`]*`", "", section)
     section = re.sub(r"\]\([^)]*\)", "]", section)
@@ -36,6 +42,14 @@ def decimals(text: str) -> list[str]:
 
 def test_the_template_results_hold_no_hand_typed_decimal():
     assert decimals(results_prose(TEMPLATE.read_text())) == []
+
+
+@pytest.mark.parametrize("heading", sorted(MEASURED_ELSEWHERE))
+def test_measured_values_outside_the_results_come_from_numbers_json(heading: str) -> None:
+    """Chance rates and the GPU image's versions are read from the records; what is left typed
+    in these sections is a definition (a card's similarity weights, a sampling floor)."""
+    typed = decimals(results_prose(TEMPLATE.read_text(), heading))
+    assert [d for d in typed if d not in MEASURED_ELSEWHERE[heading]] == []
 
 
 def test_the_decimal_rule_catches_a_typed_number():

@@ -33,6 +33,7 @@ from bench.errors import UserError
 from bench.report.analysis import Analysis, analyze, schedule_comparisons
 from bench.report.budget import budget_section
 from bench.report.claims import ClaimResult, evaluate_claims, load_claims
+from bench.report.timing import isolated_timing_section, load_timing, timing_details
 from bench.report.document import Block, Doc, FigurePlan, anchor
 from bench.report.figures import render_figure
 from bench.report.frame import claims_frame, runs_csv
@@ -118,14 +119,16 @@ def _header(doc: Doc, a: Analysis, verdicts: list[ClaimResult]) -> None:
 
 def build_report(records: Sequence[dict], problems: Sequence[str] = (), claims: Sequence[dict] | None = None,
                  published: Sequence[dict] | None = None, results_version: Any = RESULTS_VERSION,
-                 trials: Sequence[dict] = (), tuned: dict[str, dict] | None = None) -> Report:
+                 trials: Sequence[dict] = (), tuned: dict[str, dict] | None = None,
+                 timing: dict[str, Any] | None = None) -> Report:
     """The whole report as data: a pure function of its arguments (`trials`: tuning trial
-    records; `tuned`: card -> parsed tuned setting)."""
+    records; `tuned`: card -> parsed tuned setting; `timing`: the `bench perf cost` files
+    graded, bench.report.timing.timing_details)."""
     claims = load_claims() if claims is None else claims
     published = load_published() if published is None else list(published)
     analysis = analyze(records, problems, results_version)
     frame = claims_frame(analysis)
-    verdicts = evaluate_claims(frame, claims)
+    verdicts = evaluate_claims(frame, claims, timing)
     doc = Doc()
     _header(doc, analysis, verdicts)
     claims_section(doc, verdicts)
@@ -137,6 +140,7 @@ def build_report(records: Sequence[dict], problems: Sequence[str] = (), claims: 
     ablations(doc, analysis)
     centers(doc, analysis, frame)
     cost(doc, analysis)
+    isolated_timing_section(doc, timing or timing_details(()))
     published_section(doc, analysis, list(published))
     quality(doc, analysis)
     appendix(doc, analysis)
@@ -213,8 +217,10 @@ def generate(results_dir: Path, out_dir: Path, claims_file: Path = CLAIMS_FILE,
     from bench.tuning.tune import TRIALS_FOLDER
 
     trials, trial_problems = load_for_report(results_dir, TRIALS_FOLDER)
+    timing = timing_details(*load_timing(results_dir))
     report = build_report(records, problems + trial_problems, load_claims(claims_file),
-                          load_published(published_file), trials=trials, tuned=load_tuned_settings())
+                          load_published(published_file), trials=trials, tuned=load_tuned_settings(),
+                          timing=timing)
     return write_report(report, out_dir)
 
 

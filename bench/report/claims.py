@@ -19,8 +19,8 @@ from bench.report.grading import CardGrade, grade_card, overall, with_families
 from bench.report.semantics import fmt_rho, semantics_of_cell
 from bench.report.stats import ALPHA
 from bench.report.util import CLAIMS_FILE, FLOOR_METHOD, method_name, read_yaml
+from bench.report.timing import timing_details, timing_numbers
 from bench.report.verdicts import (
-    NOT_MEASURABLE,
     Checked,
     Comparison,
     compare,
@@ -224,8 +224,9 @@ def two_stage_cost(frame: pd.DataFrame, p: dict) -> Checked:
     if walls:
         out.notes.append(f"context only: committed wall-time ratios x{min(walls):.2f} to x{max(walls):.2f}, "
                          "measured under load (not graded)")
-    out.details["timing"] = {"verdict": NOT_MEASURABLE, "summary": "no isolated timing records "
-                             "(`bench perf cost`: sequential ABAB pairs, load below 0.5, TOST at +-5 %)"}
+    timing = p.get("_timing") or timing_details(())
+    out.details["timing"] = timing
+    out.details["numbers"] = timing_numbers(timing)
     return out
 
 
@@ -294,12 +295,15 @@ class ClaimResult:
                 "by_card": {g.card: g.to_dict() for g in self.by_card}, **dict(self.details)}
 
 
-def evaluate_claims(frame: pd.DataFrame, claims: Sequence[dict]) -> list[ClaimResult]:
+def evaluate_claims(frame: pd.DataFrame, claims: Sequence[dict],
+                    timing: dict[str, Any] | None = None) -> list[ClaimResult]:
+    """Every claim graded on `frame`; `timing` (bench.report.timing.timing_details) is shown
+    beside the cost claim's counted-work grade."""
     results = []
     measured_cards = set(frame["card"]) if not frame.empty else set()
     unit = replication_unit(frame)
     for claim in claims:
-        params = {"min_seeds": 2, **dict(claim.get("params") or {})}
+        params = {"min_seeds": 2, **dict(claim.get("params") or {}), "_timing": timing}
         check = CHECKS.get(str(claim.get("check")))
         checked = (check(frame, params) if check is not None
                    else Checked(empty=f"unknown check '{claim.get('check')}'"))

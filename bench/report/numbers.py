@@ -20,7 +20,7 @@ from bench.report.grading import power_rows
 from bench.report.groups import Cell
 from bench.report.stats import ALPHA, Stat, equivalence_test, holm_adjusted, paired_test
 from bench.report.tables import chance_value
-from bench.report.util import FLOOR_METHOD, fmt_p, method_name, metric_points
+from bench.report.util import FLOOR_METHOD, fmt_p, get, method_name, metric_points, num
 
 EQUIVALENCE_MARGIN = 0.5  # mAP points (spec section 4: the CI gate's floor, under a third of 1.76)
 POWER_COLUMNS = ("claim", "card", "bits", "comparison", "key", "n", "delta", "sd", "power_now", "n80")
@@ -71,6 +71,10 @@ def table_numbers(analysis: Analysis) -> dict[str, str]:
                 if key not in out:
                     cell = table.cell(method, bits)
                     out[key] = out[key + ".mean"] = "not run" if cell is None else "incomplete"
+        counted = [r for cell in table.cells.values() if cell.complete for r in cell.records()]
+        out[f"{prefix}runs"] = str(len(counted))
+        seconds = [num(get(r, "timings", "total")) for r in counted]
+        out[f"{prefix}run_hours"] = _plain(sum(s for s in seconds if not math.isnan(s)) / 3600, 1)
         for bits in table.bits:
             means = [(table.complete(m, bits).stat(metric_points("mAP")).mean, m) for m in table.methods
                      if m != FLOOR_METHOD and table.complete(m, bits) is not None]
@@ -206,9 +210,26 @@ def claim_numbers(verdicts: Sequence[ClaimResult]) -> dict[str, str]:
     return out
 
 
+def environment_numbers(analysis: Analysis) -> dict[str, str]:
+    """`env.<cpu|cuda>.runs|python|torch`: what the counted runs ran on, so the README names
+    the versions of a lent machine's image from its records, not from memory (several
+    versions are joined by " / ")."""
+    by_kind: dict[str, list[dict]] = {}
+    for record in analysis.included:
+        device = str(get(record, "environment", "device", default="cpu"))
+        by_kind.setdefault("cuda" if device.startswith("cuda") else "cpu", []).append(record)
+    out: dict[str, str] = {}
+    for kind, records in sorted(by_kind.items()):
+        out[f"env.{kind}.runs"] = str(len(records))
+        for key in ("python", "torch"):
+            out[f"env.{kind}.{key}"] = " / ".join(sorted({str(get(r, "environment", key)) for r in records}))
+    return out
+
+
 def report_numbers(analysis: Analysis, verdicts: Sequence[ClaimResult]) -> dict[str, str]:
     """Every key the README template may use, sorted."""
-    numbers = {**table_numbers(analysis), **ablation_numbers(analysis), **claim_numbers(verdicts)}
+    numbers = {**table_numbers(analysis), **ablation_numbers(analysis), **claim_numbers(verdicts),
+               **environment_numbers(analysis)}
     for v in verdicts:
         for name, value in dict(v.details).get("numbers", {}).items():
             numbers[f"claim.{v.id}.{name}"] = value

@@ -355,7 +355,7 @@ def claims_section(doc: Doc, verdicts: list[ClaimResult]) -> None:
             doc.bullets(f"*{g.card}:* **{g.label}** — {g.reason}; {g.power_text}" for g in v.by_card)
         timing = dict(v.details).get("timing")
         if timing:
-            doc.p(f"*Isolated timing:* **{timing['verdict']}** — {timing['summary']}.")
+            doc.p(f"*Isolated timing (secondary, not graded):* {timing['summary']}.")
         rows = []
         for c in v.comparisons:
             digits = 3 if c.unit == "Spearman ρ" else 2
