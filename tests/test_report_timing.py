@@ -61,7 +61,8 @@ def test_no_files_say_not_measured(tmp_path: Path) -> None:
 def test_the_cost_claim_shows_timing_without_changing_its_grade(tmp_path: Path, make_record, claims) -> None:
     records = [make_record(method, 32, seed, 0.8) for method in ("crh", "shc") for seed in range(3)]
     plain = build_report(records, claims=claims)
-    timed = build_report(records, claims=claims, timing=timing_details(*load_timing(cost_file(tmp_path).parents[1])))
+    timing = timing_details(*load_timing(cost_file(tmp_path).parents[1]))
+    timed = build_report(records, claims=claims, timing=timing)
     cost_plain = next(v for v in plain.verdicts if "cost" in v.id)
     cost_timed = next(v for v in timed.verdicts if "cost" in v.id)
     assert cost_timed.label == cost_plain.label

@@ -33,7 +33,6 @@ from bench.errors import UserError
 from bench.report.analysis import Analysis, analyze, schedule_comparisons
 from bench.report.budget import budget_section
 from bench.report.claims import ClaimResult, evaluate_claims, load_claims
-from bench.report.timing import isolated_timing_section, load_timing, timing_details
 from bench.report.document import Block, Doc, FigurePlan, anchor
 from bench.report.figures import render_figure
 from bench.report.frame import claims_frame, runs_csv
@@ -59,6 +58,7 @@ from bench.report.tables import (
     main_comparison,
     verdict_table,
 )
+from bench.report.timing import isolated_timing_section, load_timing, timing_details
 from bench.report.tuning import tuning_section
 from bench.report.util import CLAIMS_FILE, PUBLISHED_FILE, get
 from bench.report.verdicts import CONSISTENT, CONTRADICTED, GRADES, MIXED, NOT_MEASURABLE, SUPPORTED

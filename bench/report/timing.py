@@ -39,7 +39,8 @@ def load_timing(results_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
         except (OSError, json.JSONDecodeError) as error:
             problems.append(f"{name}: unreadable ({type(error).__name__})")
             continue
-        if not isinstance(data, dict) or data.get("benchmark") != BENCHMARK or not isinstance(data.get("pairs"), list):
+        if (not isinstance(data, dict) or data.get("benchmark") != BENCHMARK
+                or not isinstance(data.get("pairs"), list)):
             problems.append(f"{name}: not a `bench perf cost` result")
             continue
         files.append({**data, "_file": name})
@@ -48,7 +49,8 @@ def load_timing(results_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
 
 def _label(data: dict[str, Any]) -> str:
     return (f"{data.get('dataset', '?')} {data.get('bits', '?')} bits, {data.get('epochs', '?')} epochs, "
-            f"{data.get('host_cpu', '?')}, {data.get('threads', '?')} thread(s), {str(data.get('date', '?'))[:10]}")
+            f"{data.get('host_cpu', '?')}, {data.get('threads', '?')} thread(s), "
+            f"{str(data.get('date', '?'))[:10]}")
 
 
 def timing_summary(data: dict[str, Any]) -> dict[str, Any]:
