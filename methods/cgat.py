@@ -59,7 +59,8 @@ def center_codes(labels: torch.Tensor, codes: torch.Tensor, code_labels: torch.T
 
 def pgd_linf(output: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, targets: torch.Tensor,
              eps: float, step: float, steps: int, random_start: bool,
-             box: tuple[torch.Tensor, torch.Tensor, torch.Tensor], generator: torch.Generator) -> torch.Tensor:
+             box: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+             generator: torch.Generator) -> torch.Tensor:
     """L-inf PGD on normalised `images` minimising mean(tanh(output(x')) * targets), with `eps`
     and `step` in pixel units: every iterate stays within eps pixels of the image and inside the
     valid pixel range (`box` = low, high, per-pixel factor, as `ImageSource.pixel_box`). The
@@ -134,7 +135,8 @@ def base_settings(base: type[HashMethod], given: Any, pretrained: bool = False) 
 
 class CgAT(HashMethod):
     name = "cgat"
-    summary = "Center-guided adversarial training around a base method: PGD towards -b*, center codes from a code memory"
+    summary = ("Center-guided adversarial training around a base method: PGD towards -b*, center "
+               "codes from a code memory")
     reference = ("Wang et al., CgAT: Center-Guided Adversarial Training for Deep Hashing-Based Retrieval, "
                  "WWW 2023")
     params = {
@@ -143,7 +145,8 @@ class CgAT(HashMethod):
                              "its losses (model/hashing_loss.py)"),
         "base_settings": Param({}, "the base's own settings, as a mapping (unset keys: the base's defaults)",
                                source="the base method's sources"),
-        "eps": Param(8 / 255, "training attack budget in pixel units (L-inf)", source=f"{_SOURCE}: epsilon 8/255"),
+        "eps": Param(8 / 255, "training attack budget in pixel units (L-inf)",
+                     source=f"{_SOURCE}: epsilon 8/255"),
         "step": Param(2 / 255, "PGD step in pixel units", source=f"{_SOURCE}: step 2/255"),
         "steps": Param(7, "PGD iterations per training step", source=f"{_SOURCE}: iteration 7"),
         "random_start": Param(True, "start PGD from a uniform point in the budget",
@@ -245,15 +248,16 @@ class CgAT(HashMethod):
             return self.base.attack_output(ctx.model.hash_layer(features).float(), features)
         return output
 
-    def adversarial_images(self, ctx: TrainContext, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def adversarial_images(self, ctx: TrainContext, images: torch.Tensor,
+                           targets: torch.Tensor) -> torch.Tensor:
         """The batch attacked as CgAT trains against it (the network in the mode the loop left it)."""
         box = ctx.pixel_box()
         if box is None:
             raise UserError("cgat: the training images declare no normalisation, so a pixel budget "
                             "cannot be applied")
         c = self.config
-        return pgd_linf(self._output(ctx), images, targets, float(c["eps"]), float(c["step"]), int(c["steps"]),
-                        bool(c["random_start"]), box, self.generator)
+        return pgd_linf(self._output(ctx), images, targets, float(c["eps"]), float(c["step"]),
+                        int(c["steps"]), bool(c["random_start"]), box, self.generator)
 
     def loss(self, h: torch.Tensor, labels: torch.Tensor, ctx: TrainContext) -> torch.Tensor:
         base_loss = self.base.loss(h, labels, self._view(ctx))
@@ -307,8 +311,10 @@ class CgAT(HashMethod):
     def describe_api(self) -> dict[str, Any]:
         api = super().describe_api()
         base_api = self.base.describe_api()
-        api["retrieval_output"] = f"{self.retrieval_output} ({self.base_class.name}: {base_api['retrieval_output']})"
+        api["retrieval_output"] = (f"{self.retrieval_output} ({self.base_class.name}: "
+                                   f"{base_api['retrieval_output']})")
         api["base"] = {"method": self.base_class.name, **base_api}
         if "reconstruction" in base_api:
-            api["reconstruction"] = {f"base {key}": value for key, value in base_api["reconstruction"].items()}
+            api["reconstruction"] = {f"base {key}": value
+                                     for key, value in base_api["reconstruction"].items()}
         return api

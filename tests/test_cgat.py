@@ -127,7 +127,9 @@ def test_the_training_pgd_stays_in_the_budget_and_the_pixel_box() -> None:
     assert (adversarial >= -1 - 1e-6).all() and (adversarial <= 1 + 1e-6).all()
     assert (adversarial - images).abs().max() > eps / 2  # it moved (7 steps of 2/255 from a random start)
     assert all(p.grad is None for p in ctx.model.parameters())  # gradient wrt the images only
-    objective = (lambda x: (torch.tanh(method._output(ctx)(x)) * targets).mean())
+    def objective(x: torch.Tensor) -> torch.Tensor:
+        return (torch.tanh(method._output(ctx)(x)) * targets).mean()
+
     with torch.no_grad():
         assert float(objective(adversarial)) < float(objective(images))  # towards -b*
 
@@ -159,7 +161,8 @@ def test_the_adversarial_term_is_the_centered_tanh_of_the_attacked_codes() -> No
     rows = np.arange(6)
     loss = step(method, ctx, rows)
     assert set(ctx.logged) == {"base", "adversarial"} and ctx.logged["adversarial"][0] != 0
-    assert float(loss.detach()) == pytest.approx(ctx.logged["base"][0] + ctx.logged["adversarial"][0], abs=1e-6)
+    total = ctx.logged["base"][0] + ctx.logged["adversarial"][0]
+    assert float(loss.detach()) == pytest.approx(total, abs=1e-6)
     assert -1.0 <= ctx.logged["adversarial"][0] <= 1.0
     loss.backward()
     assert ctx.model.hash_layer.weight.grad is not None and ctx.model.hash_layer.weight.grad.abs().sum() > 0

@@ -43,7 +43,8 @@ def test_parts_merge_over_the_experiment(tmp_path: Path) -> None:
     assert experiment.attack == "center:eps=0,steps=1"
     assert experiment.methods == ("csq", "cgat")
     first, second = experiment.parts
-    assert (first.protocol, first.methods, first.settings, first.grid) == ("tuned", ("csq",), {"epochs": 1}, ({},))
+    assert (first.protocol, first.methods, first.settings, first.grid) == (
+        "tuned", ("csq",), {"epochs": 1}, ({},))
     assert second.protocol == "harmonised" and second.settings == {"epochs": 1, "batch_size": 64}
     assert second.grid == ({"base": "csq"},) and second.dataset == "synthetic" and second.seeds == (0,)
     assert experiment.units == experiment.parts
@@ -82,11 +83,13 @@ def test_a_dry_run_expands_part_by_part(tmp_path: Path, capsys, monkeypatch) -> 
     labels = sorted(line.split("/")[0].split(maxsplit=1)[1].strip() for line in lines)
     assert len(lines) == 3
     assert any("csq synthetic 16b seed 0 tuned [epochs=1]" in line for line in lines)
-    assert any("csq synthetic 16b seed 0 harmonised [base=csq,batch_size=64,epochs=1]" in line for line in lines)
-    assert any("cgat synthetic 16b seed 0 harmonised [base=csq,batch_size=64,epochs=1]" in line for line in lines), labels
+    harmonised = "synthetic 16b seed 0 harmonised [base=csq,batch_size=64,epochs=1]"
+    assert any(f"csq {harmonised}" in line for line in lines)
+    assert any(f"cgat {harmonised}" in line for line in lines), labels
     assert main(["run", "--experiment", path, "--methods", "cgat", "--dry-run",
                  "--results", str(tmp_path / "r")]) == 0
-    assert [line.split()[1] for line in capsys.readouterr().out.splitlines() if line.startswith("todo")] == ["cgat"]
+    planned = [line.split()[1] for line in capsys.readouterr().out.splitlines() if line.startswith("todo")]
+    assert planned == ["cgat"]
     assert main(["run", "--experiment", path, "--methods", "dpn", "--dry-run"]) == 2
     assert "dpn not in experiment parts-test" in capsys.readouterr().err
 
