@@ -173,3 +173,24 @@ def test_csq_base_settings_make_no_variant(make_record) -> None:
     record = make_record("cgat", 32, 0, 0.7, protocol="harmonised",
                          settings={"base_settings": base_settings(CSQ, {})})
     assert variant_of(record) == ()
+
+
+def test_rows_of_another_table_do_not_take_the_cards_headline(make_record) -> None:
+    """Fashion-MNIST names main-table (tuned, 60 epochs) as its primary table. A harmonised
+    60-epoch table with one more complete cell (say CgAT, run there beside its bases) stays
+    'also measured'; a card that names no table keeps the most-complete rule."""
+    from bench.report.analysis import analyze
+
+    def table(protocol: str, methods: tuple[str, ...], dataset: str = "fashion-mnist") -> list[dict]:
+        return [make_record(m, 32, s, 0.8, protocol=protocol, epochs=60, dataset=dataset)
+                for m in methods for s in range(2)]
+
+    records = table("tuned", ("crh", "csq")) + table("harmonised", ("crh", "csq", "dpn"))
+    analysis = analyze(records)
+    assert max(sum(c.complete for c in t.cells.values()) for t in analysis.main.values()) == 3
+    (scope,) = [s for s in analysis.main if s.protocol == "tuned"]
+    assert analysis.primary["fashion-mnist"] == scope
+    synthetic = table("tuned", ("crh", "csq"), "synthetic") + table("harmonised", ("crh", "csq", "dpn"),
+                                                                     "synthetic")
+    analysis = analyze(synthetic)
+    assert analysis.primary["synthetic"].protocol == "harmonised"
