@@ -92,3 +92,10 @@ class TrainContext(Protocol):
     def encode_with(self, module: nn.Module, indices: np.ndarray) -> np.ndarray: ...
 
     def labels_of(self, indices: np.ndarray) -> np.ndarray: ...
+
+    def pixel_box(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """(low, high, per_pixel), each [1, C, 1, 1] on the run's device: the valid pixel range
+        [0, 1] in the normalised inputs `batch.images` holds, and the factor that turns a budget
+        in pixel units (e.g. 8/255) into input units; None when the images declare no
+        normalisation. For a method that perturbs its training images (adversarial training)."""
+        ...

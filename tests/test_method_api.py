@@ -242,3 +242,49 @@ def test_own_optimizer_groups_keyed_state_and_a_training_only_branch(
     assert int(visits.sum()) == len(visited) and int(visits.max()) == 2  # keyed by dataset index
     assert body["method_api"]["owned_modules"]["head"]["trainable"] > 0
     assert body["method_api"]["retrieval_output"] == HashMethod.retrieval_output  # the head only trains
+
+
+class SeesPixelBox(HashMethod):
+    """Reads the pixel box in its loss, the hook a method that perturbs its training images needs."""
+
+    name = "pixel-box-test"
+    summary = "test-only method that reads ctx.pixel_box()"
+
+    def __init__(self, config: dict[str, Any], task: Task) -> None:
+        super().__init__(config, task)
+        self.boxes: list[tuple[torch.Tensor, ...]] = []
+        self.outside = 0
+
+    def loss(self, h: torch.Tensor, labels: torch.Tensor, ctx: TrainContext) -> torch.Tensor:
+        box = ctx.pixel_box()
+        assert box is not None and ctx.batch is not None
+        low, high, _ = box
+        self.outside += int(((ctx.batch.images < low - 1e-6) | (ctx.batch.images > high + 1e-6)).sum())
+        self.boxes.append(box)
+        return (torch.tanh(h) - (2 * labels[:, :1] - 1)).pow(2).mean()
+
+
+def test_the_step_sees_the_pixel_box_of_its_images(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """ctx.pixel_box() is the source's box (synthetic: mean 0.5, std 0.5, so pixels [0, 1] are
+    inputs [-1, 1] and one pixel unit is 2 input units), on the run's device, and every training
+    image lies inside it."""
+    registry = dict(methods._discover())
+    registry[SeesPixelBox.name] = SeesPixelBox
+    monkeypatch.setattr(methods, "_REGISTRY", registry)
+    seen: list[SeesPixelBox] = []
+    original_init = SeesPixelBox.__init__
+
+    def spy_init(self: SeesPixelBox, config: dict[str, Any], task: Task) -> None:
+        original_init(self, config, task)
+        seen.append(self)
+
+    monkeypatch.setattr(SeesPixelBox, "__init__", spy_init)
+    spec = RunSpec(SeesPixelBox.name, "synthetic", 8, protocol="harmonised",
+                   overrides=(("batch_size", 64), ("epochs", 1)))
+    train_and_evaluate(spec, results_dir=tmp_path, device="cpu", progress_bars=False)
+    method = seen[0]
+    assert method.boxes and method.outside == 0
+    low, high, per_pixel = method.boxes[0]
+    assert low.shape == (1, 1, 1, 1) and low.device.type == "cpu"
+    assert float(low) == pytest.approx(-1.0) and float(high) == pytest.approx(1.0)
+    assert float(per_pixel) == pytest.approx(2.0)

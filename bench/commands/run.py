@@ -50,7 +50,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                      help="also evaluate the queries under an L-inf PGD attack on their codes "
                           "(bench/evaluation/attack.py): center (CgAT's class center code) or self (the "
                           "query's own code), e.g. center:eps=8/255,steps=20; stored beside the "
-                          "record under <results>/attacks/; a stored run trains again for it")
+                          "record under <results>/attacks/; a stored run trains again for it. "
+                          "Default: the experiment's `attack`, if it names one")
     how.add_argument("--jobs", type=int, default=1,
                      help="parallel runs: local worker processes, or LocalCluster workers with "
                           "--backend dask (default 1)")
@@ -162,7 +163,42 @@ def budget_epochs(args: argparse.Namespace, experiment: Any, card: Any) -> int |
 
 
 def build_specs(args: argparse.Namespace) -> list:
-    """Expand CLI flags (and an optional experiment) into RunSpecs; validates everything."""
+    """Expand CLI flags (and an optional experiment) into RunSpecs; validates everything. An
+    experiment made of parts expands part by part (--methods keeps each part's methods that it
+    names); what a part notes (its protocol, a budget refusal) is joined on `args`."""
+    from bench.sweeps.experiments import load_experiment
+
+    experiment = load_experiment(args.experiment) if args.experiment else None
+    if experiment is not None and experiment.attack is not None:
+        args.experiment_attack = experiment.attack
+    if experiment is None or not experiment.parts:
+        return _build_unit(args, experiment)
+    requested = None if args.methods is None else [m.strip() for m in args.methods.split(",")]
+    if requested is not None:
+        missing = [m for m in requested if m not in experiment.methods]
+        if missing:
+            raise UserError(f"--methods: {', '.join(missing)} not in experiment {experiment.name} "
+                            f"(its methods: {', '.join(experiment.methods)})")
+    specs, notes, refusals = [], [], []
+    for part in experiment.parts:
+        chosen = [m for m in part.methods if requested is None or m in requested]
+        if not chosen:
+            continue
+        part_args = argparse.Namespace(**{**vars(args), "methods": ",".join(chosen)})
+        specs += _build_unit(part_args, part)
+        if getattr(part_args, "protocol_note", None):
+            notes.append(f"{', '.join(chosen)}: {part_args.protocol_note}")
+        if getattr(part_args, "budget_refusal", None):
+            refusals.append(part_args.budget_refusal)
+    if notes:
+        args.protocol_note = "\n".join(notes)
+    if refusals:
+        args.budget_refusal = "; ".join(refusals)
+    return specs
+
+
+def _build_unit(args: argparse.Namespace, experiment: Any) -> list:
+    """The RunSpecs of one run set: the CLI flags over an experiment (or one of its parts)."""
     from bench.data.loading import load_card
     from bench.network.backbones import PRETRAINABLE as PRETRAINABLE_BACKBONES
     from bench.runs.spec import (
@@ -173,10 +209,8 @@ def build_specs(args: argparse.Namespace) -> list:
         default_protocol,
         tuned_values,
     )
-    from bench.sweeps.experiments import load_experiment
     from methods import get_method
 
-    experiment = load_experiment(args.experiment) if args.experiment else None
     if experiment is None and args.methods is None:
         raise UserError("give --methods (e.g. --methods crh,csq) or --experiment NAME")
     methods = ([m.strip() for m in args.methods.split(",")] if args.methods is not None
@@ -284,6 +318,10 @@ def execute(args: argparse.Namespace) -> int:
 
         attack = parse_attack(args.attack)
     specs = build_specs(args)
+    if attack is None and getattr(args, "experiment_attack", None):
+        from bench.evaluation.attack import parse_attack
+
+        attack = parse_attack(args.experiment_attack)  # the experiment's; --attack wins
     note = getattr(args, "protocol_note", None)  # which protocol a bare command resolved to
     if getattr(args, "table_note", None):
         note = f"{args.table_note}\n{note}" if note else args.table_note
@@ -311,12 +349,15 @@ def execute(args: argparse.Namespace) -> int:
     if refusal:
         # Reading a stored record applies no setting: only runs still to train are refused.
         # (an attack-only rerun reproduces a stored run with the values it was made with)
-        to_train = [run for run in planned
-                    if args.force or run_state(run, options)[0] not in ("done", "attack")]
+        # (only tuned runs meet tuned values: an experiment's harmonised part trains regardless)
+        to_train = [run for run in planned if run.spec.protocol == "tuned"
+                    and (args.force or run_state(run, options)[0] not in ("done", "attack"))]
         if to_train:
             raise UserError(refusal)
-        print(f"note: every record exists ({len(planned)}); they were made with tuned values "
-              f"searched at another budget, and nothing is trained: {refusal}", flush=True)
+        tuned = sum(run.spec.protocol == "tuned" for run in planned)
+        what = "every record exists" if tuned == len(planned) else "every tuned run's record exists"
+        print(f"note: {what} ({tuned}); they were made with tuned values searched at another "
+              f"budget, and no tuned run is trained: {refusal}", flush=True)
     with budget_check_off() if refusal else contextlib.nullcontext():
         outcome = execute_runs(specs, options, jobs=args.jobs, backend=backend,
                                scheduler=args.scheduler)

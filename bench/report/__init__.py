@@ -1,7 +1,7 @@
 """The reproduction report: tables, figures and graded claim verdicts as a pure function of run
 records.
 
-    records (+ corrupt-file problems, claims.yaml, published.yaml)
+    records (+ corrupt-file problems, claims.yaml, published.yaml, attack results)
       -> analysis.analyze()        which runs count, grouped into comparable tables
       -> frame.claims_frame()      a tidy frame of the counted runs
       -> claims.evaluate_claims()  comparisons per claim, graded per card family (grading.py)
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,8 @@ import pandas as pd
 from bench import RESULTS_VERSION
 from bench.errors import UserError
 from bench.report.analysis import Analysis, analyze, schedule_comparisons
+from bench.report.attacks import SECTION as ATTACK_SECTION
+from bench.report.attacks import AttackView, attack_numbers, attack_section, attack_views, load_attacks
 from bench.report.budget import budget_section
 from bench.report.claims import ClaimResult, evaluate_claims, load_claims
 from bench.report.document import Block, Doc, FigurePlan, anchor
@@ -83,6 +85,7 @@ class Report:
     verdicts: list[ClaimResult]
     analysis: Analysis
     frame: pd.DataFrame
+    attack_views: list[AttackView] = field(default_factory=list)
 
     def markdown(self) -> str:
         return render_markdown(self.blocks)
@@ -94,7 +97,7 @@ def evaluate(records: Sequence[dict], claims: Sequence[dict] | None = None) -> l
     return evaluate_claims(claims_frame(analysis), load_claims() if claims is None else claims)
 
 
-def _header(doc: Doc, a: Analysis, verdicts: list[ClaimResult]) -> None:
+def _header(doc: Doc, a: Analysis, verdicts: list[ClaimResult], sections: Sequence[str] = SECTIONS) -> None:
     doc.h(1, "hashbench reproduction report: CRH against its baselines")
     total = len(a.included) + len(a.older) + len(a.failed)
     commits = sorted({str(get(r, "code", "commit", default="?"))[:10] for r in a.included})
@@ -114,25 +117,32 @@ def _header(doc: Doc, a: Analysis, verdicts: list[ClaimResult]) -> None:
           "with 95 % t intervals; every table names n; reference rows (the classify-then-hash floor and "
           "chance) are set apart below the methods. Machine-readable: verdicts.json (every comparison) "
           "and runs.csv (one row per run).")
-    doc.bullets(f"[{title}](#{anchor(title)})" for title in SECTIONS)
+    doc.bullets(f"[{title}](#{anchor(title)})" for title in sections)
 
 
 def build_report(records: Sequence[dict], problems: Sequence[str] = (), claims: Sequence[dict] | None = None,
                  published: Sequence[dict] | None = None, results_version: Any = RESULTS_VERSION,
                  trials: Sequence[dict] = (), tuned: dict[str, dict] | None = None,
-                 timing: dict[str, Any] | None = None) -> Report:
+                 timing: dict[str, Any] | None = None, attacks: Sequence[dict] = ()) -> Report:
     """The whole report as data: a pure function of its arguments (`trials`: tuning trial
     records; `tuned`: card -> parsed tuned setting; `timing`: the `bench perf cost` files
-    graded, bench.report.timing.timing_details)."""
+    graded, bench.report.timing.timing_details; `attacks`: the attack results,
+    bench.report.attacks.load_attacks)."""
     claims = load_claims() if claims is None else claims
     published = load_published() if published is None else list(published)
     analysis = analyze(records, problems, results_version)
     frame = claims_frame(analysis)
     verdicts = evaluate_claims(frame, claims, timing)
+    views, unmatched = attack_views(analysis, attacks)
+    sections = SECTIONS
+    if views or unmatched:  # the section exists only where attack results do
+        at = SECTIONS.index("Main comparison") + 1
+        sections = (*SECTIONS[:at], ATTACK_SECTION, *SECTIONS[at:])
     doc = Doc()
-    _header(doc, analysis, verdicts)
+    _header(doc, analysis, verdicts, sections)
     claims_section(doc, verdicts)
     main_comparison(doc, analysis, list(published))
+    attack_section(doc, analysis, views, unmatched)
     tuning_section(doc, trials, tuned or {})
     budget_section(doc, analysis)
     curves(doc, analysis)
@@ -144,7 +154,7 @@ def build_report(records: Sequence[dict], problems: Sequence[str] = (), claims: 
     published_section(doc, analysis, list(published))
     quality(doc, analysis)
     appendix(doc, analysis)
-    return Report(doc.blocks, doc.figures, verdicts, analysis, frame)
+    return Report(doc.blocks, doc.figures, verdicts, analysis, frame, views)
 
 
 def render_figures(report: Report) -> dict[str, bytes]:
@@ -202,6 +212,7 @@ def write_report(report: Report, out_dir: Path, images: dict[str, bytes] | None 
     runs.write_text(runs_csv(report.analysis))
     (out_dir / "power.csv").write_text(power_csv(report.verdicts))
     numbers = report_numbers(report.analysis, report.verdicts)
+    numbers = dict(sorted({**numbers, **attack_numbers(report.analysis, report.attack_views)}.items()))
     (out_dir / "numbers.json").write_text(json.dumps(numbers, indent=1, sort_keys=True, ensure_ascii=False)
                                           + "\n")
     return Written(markdown, page, tuple(written), tuple(report.verdicts), runs)
@@ -218,9 +229,10 @@ def generate(results_dir: Path, out_dir: Path, claims_file: Path = CLAIMS_FILE,
 
     trials, trial_problems = load_for_report(results_dir, TRIALS_FOLDER)
     timing = timing_details(*load_timing(results_dir))
-    report = build_report(records, problems + trial_problems, load_claims(claims_file),
+    attacks, attack_problems = load_attacks(results_dir)
+    report = build_report(records, problems + trial_problems + attack_problems, load_claims(claims_file),
                           load_published(published_file), trials=trials, tuned=load_tuned_settings(),
-                          timing=timing)
+                          timing=timing, attacks=attacks)
     return write_report(report, out_dir)
 
 

@@ -196,15 +196,47 @@ def _failed_key(scope: Scope, method: Any, bits: int, variant: tuple) -> tuple:
 
 
 PROTOCOL_PREFERENCE = {"tuned": 2, "harmonised": 1, "native": 0}
+_DECLARED: dict[str, tuple[str, int] | None] = {}
+
+
+def declared_table(dataset: str) -> tuple[str, int] | None:
+    """(protocol, epochs) of the table the card names as its primary (`table:`, an experiment
+    with no other setting), or None: no such key, or a card or experiment this code cannot read."""
+    if dataset not in _DECLARED:
+        from bench.data.loading import load_card
+        from bench.errors import UserError
+        from bench.runs.spec import card_protocol
+        from bench.sweeps.experiments import load_experiment
+
+        try:
+            card = load_card(dataset)
+            experiment = load_experiment(card.table) if card.table else None
+        except UserError:
+            experiment = None
+        epochs = (experiment.settings.get("epochs") or card.schedule.get("epochs")) if experiment else None
+        plain = experiment is not None and set(experiment.settings) <= {"epochs"} and not experiment.parts \
+            and experiment.split_seed == 0 and experiment.backbone is None
+        _DECLARED[dataset] = ((experiment.protocol or card_protocol(card), int(epochs))
+                              if plain and epochs else None)
+    return _DECLARED[dataset]
+
+
+def _is_declared(scope: Scope) -> bool:
+    declared = declared_table(scope.dataset)
+    return declared is not None and (scope.protocol, scope.epochs) == declared and \
+        {key for key, _ in scope.settings} == {"epochs"}
 
 
 def _primary_rank(table: MainTable) -> tuple:
-    """A card's headline table: the most complete cells; among equally complete tables the
-    tuned protocol (every method at its own searched values) over harmonised over native,
-    then more runs in complete cells (seeds x cells), then the fewest extra settings."""
+    """A card's headline table: the one its card names (`table:`), so that rows run in
+    another table only (CgAT beside its bases under another protocol) cannot take the headline;
+    then the most complete cells; among equally complete tables the tuned protocol (every
+    method at its own searched values) over harmonised over native, then more runs in complete
+    cells (seeds x cells), then the fewest extra settings."""
     cells = table.cells.values()
-    return (sum(c.complete for c in cells), PROTOCOL_PREFERENCE.get(table.scope.protocol, -1),
-            sum(len(c.used) for c in cells), -len(table.scope.settings))
+    return (_is_declared(table.scope), sum(c.complete for c in cells),
+            PROTOCOL_PREFERENCE.get(table.scope.protocol, -1), sum(len(c.used) for c in cells),
+            -len(table.scope.settings))
 
 
 def analyze(records: Sequence[dict], problems: Sequence[str] = (),

@@ -378,6 +378,30 @@ def _stage_parts(cell: Cell) -> list[tuple[str, float]]:
     return parts
 
 
+def draw_attack(panels: Sequence[tuple[str, Sequence[tuple[str, Stat, Stat]]]],
+                attack_id: str) -> Callable[[Any], None]:
+    """Clean and attacked mAP side by side per row (mean ± sd over seeds), one panel per bit
+    length: a light and a dark bar per row, in the row's color."""
+    def draw(fig: Any) -> None:
+        axes = np.atleast_1d(fig.subplots(1, len(panels), sharey=True))
+        colors = _palette(label for _, rows in panels for label, _, _ in rows)
+        for ax, (title, rows) in zip(axes, panels, strict=True):
+            for i, (label, clean, attacked) in enumerate(rows):
+                color = colors[label]
+                for offset, stat, alpha in ((-0.2, clean, 0.35), (0.2, attacked, 1.0)):
+                    error = 0.0 if math.isnan(stat.std) else stat.std
+                    ax.bar(i + offset, stat.mean, width=0.38, yerr=error, capsize=2, color=color,
+                           alpha=alpha, edgecolor=color)
+            ax.set_xticks(range(len(rows)))
+            ax.set_xticklabels([label for label, _, _ in rows], rotation=30, ha="right")
+            ax.set(title=title, ylabel="mAP (%)", ylim=(0, 100))
+            ax.grid(False, axis="x")
+            ax.grid(True, axis="y", alpha=0.3)
+        fig.suptitle(f"clean (light) and attacked (dark) mAP, attack {attack_id}")
+
+    return draw
+
+
 def render_figure(plan: FigurePlan) -> bytes:
     """Draw one figure to PNG bytes, deterministically (fixed rc, no metadata)."""
     import matplotlib

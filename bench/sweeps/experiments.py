@@ -12,6 +12,12 @@ Format (every key but `name` optional; lists expand as a product):
     grid:                             # one run set per entry, merged over `settings`
       - {heads: 2}
       - {heads: 4}
+    attack: center                    # also evaluate every run under this attack (`bench run
+                                      # --attack`; the command line's --attack wins)
+    parts:                            # run sets with their own methods, protocol, settings or
+      - {methods: [csq], protocol: tuned}       # grid, each merged over the keys above (one
+      - {methods: [cgat], protocol: harmonised,  # experiment whose rows need two protocols)
+         grid: [{base: csq}, {base: crh}]}
 """
 
 from __future__ import annotations
@@ -26,7 +32,9 @@ from bench.errors import UserError
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parents[1] / "experiments"
 _KEYS = {"name", "description", "varies", "fixed", "dataset", "methods", "bits", "seeds",
-         "protocol", "settings", "grid", "backbone", "split_seed"}
+         "protocol", "settings", "grid", "backbone", "split_seed", "attack", "parts"}
+# What a part may set; the rest (dataset, split, attack, name) is the experiment's.
+_PART_KEYS = {"description", "methods", "bits", "seeds", "protocol", "settings", "grid", "backbone"}
 
 
 @dataclass(frozen=True)
@@ -45,6 +53,13 @@ class Experiment:
     varies: str = ""
     fixed: str = ""
     path: str = field(default="")
+    attack: str | None = None  # `bench run --attack` text every run of the experiment gets
+    parts: tuple[Experiment, ...] = ()  # run sets with their own keys (empty: the experiment is one)
+
+    @property
+    def units(self) -> tuple[Experiment, ...]:
+        """What expands into runs: the parts, or the experiment itself."""
+        return self.parts or (self,)
 
 
 def available_experiments(directory: Path = EXPERIMENTS_DIR) -> list[str]:
@@ -93,6 +108,41 @@ def load_experiment(name_or_path: str, directory: Path = EXPERIMENTS_DIR) -> Exp
     unknown = sorted(str(key) for key in set(raw) - _KEYS)
     if unknown:
         raise UserError(f"{path}: unknown key '{unknown[0]}'; valid keys: {', '.join(sorted(_KEYS))}")
+    attack = raw.get("attack")
+    if attack is not None:
+        from bench.evaluation.attack import parse_attack
+
+        if not isinstance(attack, str):
+            raise UserError(f"{path}: 'attack' must be an attack as --attack takes it (e.g. center), "
+                            f"got {attack!r}")
+        try:
+            parse_attack(attack)
+        except UserError as error:
+            raise UserError(f"{path}: 'attack': {error}") from None
+    parts_raw = raw.get("parts")
+    if parts_raw is None:
+        return _experiment(raw, path, attack)
+    if not isinstance(parts_raw, list) or not parts_raw or not all(isinstance(p, dict) for p in parts_raw):
+        raise UserError(f"{path}: 'parts' must be a list of mappings (each with its own methods, "
+                        f"protocol, settings or grid)")
+    parts = []
+    for number, part in enumerate(parts_raw, 1):
+        wrong = sorted(str(key) for key in set(part) - _PART_KEYS)
+        if wrong:
+            raise UserError(f"{path}: part {number}: key '{wrong[0]}' is the experiment's or unknown; a "
+                            f"part may set {', '.join(sorted(_PART_KEYS))}")
+        merged = {**{k: v for k, v in raw.items() if k != "parts"}, **part}
+        if isinstance(raw.get("settings"), dict) and isinstance(part.get("settings"), dict):
+            merged["settings"] = {**raw["settings"], **part["settings"]}
+        parts.append(_experiment(merged, path, attack))
+    methods = tuple(dict.fromkeys(m for p in parts for m in p.methods))
+    whole = _experiment({**{k: v for k, v in raw.items() if k != "parts"}, "methods": list(methods)},
+                        path, attack)
+    return Experiment(**{**whole.__dict__, "parts": tuple(parts)})
+
+
+def _experiment(raw: dict[str, Any], path: Path, attack: str | None) -> Experiment:
+    """One run set from its (merged) keys, validated."""
     methods = raw.get("methods", [])
     methods = [methods] if isinstance(methods, str) else methods
     if not isinstance(methods, list) or not methods or not all(isinstance(m, str) for m in methods):
@@ -120,5 +170,5 @@ def load_experiment(name_or_path: str, directory: Path = EXPERIMENTS_DIR) -> Exp
         protocol=_optional_str(raw, "protocol", path, None), settings=dict(settings),
         grid=tuple(grid), backbone=_optional_str(raw, "backbone", path, None),
         varies=str(raw.get("varies", "")).strip(), fixed=str(raw.get("fixed", "")).strip(),
-        path=str(path),
+        path=str(path), attack=attack,
     )

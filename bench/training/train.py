@@ -178,6 +178,11 @@ class RunContext:
         return encode(module, self.source, indices, self.device, num_workers=self.num_workers,
                       numerics=self.numerics, cache=self.cache)
 
+    def pixel_box(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """The source's pixel box (`ImageSource.pixel_box`) on the run's device."""
+        box = self.source.pixel_box()
+        return None if box is None else tuple(part.to(self.device) for part in box)  # type: ignore[return-value]
+
     @property
     def total_steps(self) -> int:
         return self.steps_per_epoch * int(self.config["epochs"])
