@@ -197,15 +197,36 @@ def test_the_vocabulary_keeps_the_most_frequent_terms_ties_alphabetical() -> Non
     assert choose_vocabulary(["a b", "c"], 5) == []  # single letters are not terms
 
 
+# ----------------------------------------------------------------------------- metrics
+def test_precision_at_k_is_among_the_recorded_ns_and_counts_the_top_k() -> None:
+    from bench.evaluation.retrieval import evaluate_retrieval
+    from bench.training.train import PR_AT_N, pr_at_n
+
+    assert pr_at_n(load_card("fashion-mnist")) == PR_AT_N  # image cards: as before
+    assert pr_at_n(load_card("wordnet-nouns")) == PR_AT_N  # 100 is already there
+    assert pr_at_n(dataclasses.replace(load_card("synthetic-documents"), precision_at=7)) == \
+        (1, 7, 10, 50, 100, 500, 1000, 2000, 5000)
+    # Query code 0000 against a database ranked by Hamming distance 0, 1, 2, 3 (stable order):
+    # relevant items at ranks 1 and 3, so P@2 = 1/2 and P@4 = 2/4.
+    database = np.array([[1, 1, 1, 1], [1, 1, 1, -1], [1, 1, -1, -1], [1, -1, -1, -1]])
+    result = evaluate_retrieval(np.ones((1, 4)), database, np.array([0]), np.array([0, 1, 0, 1]),
+                                topk=4, pr_at_n=[2, 4])
+    assert result["precision_at_n"] == [0.5, 0.5]
+    result = evaluate_retrieval(np.ones((1, 4)), database, np.array([0]), np.array([0, 0, 1, 1]),
+                                topk=4, pr_at_n=[1, 3])
+    assert result["precision_at_n"] == [1.0, 2 / 3]
+
+
 # ----------------------------------------------------------------------------- the loop
 @needs_sklearn
-def test_csq_trains_on_a_document_card_and_writes_a_record(tmp_path: Path, one_thread) -> None:
+def test_csq_trains_on_a_document_card_and_writes_a_record(tmp_path: Path, one_thread, capsys) -> None:
     from bench.cli import main
     from bench.runs.records import read_record
 
     code = main(["run", "--methods", "csq", "--dataset", "synthetic-documents", "--bits", "16",
                  "--epochs", "2", "--results", str(tmp_path), "--quiet"])
     assert code == 0
+    assert ", P@10 " in next(line for line in capsys.readouterr().out.splitlines() if "done csq" in line)
     (path,) = (tmp_path / "runs" / "synthetic-documents" / "csq").glob("*.json.gz")
     record = read_record(path)
     assert record["status"] == "complete" and record["metrics"]["topk"] == 50
