@@ -55,15 +55,15 @@ from methods.context import Batch, Task
 
 PR_AT_N = (1, 10, 50, 100, 500, 1000, 2000, 5000)
 
+__all__ = ["PR_AT_N", "RunContext", "TrainingDiverged", "encode", "iterate_batches", "pick_device",
+           "seed_everything", "stage_optimizer", "steps_per_epoch", "train_and_evaluate",
+           "validation_database"]
+
 
 def pr_at_n(card: DatasetCard) -> tuple[int, ...]:
     """The Ns precision and recall are recorded at: PR_AT_N, plus the card's precision@k."""
     k = card.precision_at
     return PR_AT_N if k is None or k in PR_AT_N else tuple(sorted({*PR_AT_N, k}))
-
-__all__ = ["PR_AT_N", "RunContext", "TrainingDiverged", "encode", "iterate_batches", "pick_device",
-           "seed_everything", "stage_optimizer", "steps_per_epoch", "train_and_evaluate",
-           "validation_database"]
 
 
 def iterate_batches(
