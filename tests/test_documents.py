@@ -77,11 +77,16 @@ def fixture_card(tmp_path: Path, **options) -> tuple:
 def test_the_loader_labels_by_lexicographer_file_and_digests_the_documents(tmp_path: Path) -> None:
     card, root = fixture_card(tmp_path)
     source = load_wordnet(card, root)
-    assert source.texts[0] == "an invented top-level entry"
-    assert source.labels.argmax(axis=1).tolist() == [0, 2, 2, 25, 3]  # lex_filenum - 3
+    labels = dict(zip(source.ids, source.labels.argmax(axis=1).tolist(), strict=True))
+    assert labels == {"00000010": 0, "00000055": 2, "00000140": 2, "00000190": 25, "00000250": 3}
+    assert dict(zip(source.ids, source.texts, strict=True))["00000010"] == "an invented top-level entry"
     assert source.labels.shape == (5, 26) and source.modality == "features"
     same = load_wordnet(card, root)
-    assert same.fingerprint == source.fingerprint and len(source.fingerprint) == 64
+    assert same.fingerprint == source.fingerprint and same.ids == source.ids
+    # the items' order is seeded (the file's follows the class); the fingerprint covers it
+    reordered = load_wordnet(dataclasses.replace(card, options={"order_seed": 1}), root)
+    assert reordered.ids != source.ids and reordered.fingerprint != source.fingerprint
+    assert reordered.description["corpus_sha256"] == source.description["corpus_sha256"]
     with pytest.raises(RuntimeError, match="for_split"):
         source.batch(np.array([0]), False)
 
@@ -89,7 +94,7 @@ def test_the_loader_labels_by_lexicographer_file_and_digests_the_documents(tmp_p
 def test_a_changed_corpus_is_refused(tmp_path: Path) -> None:
     """The card freezes its corpus: a package update that changes one gloss is detected."""
     card, root = fixture_card(tmp_path)
-    digest = load_wordnet(card, root).fingerprint
+    digest = load_wordnet(card, root).description["corpus_sha256"]
     frozen = dataclasses.replace(card, options={"documents": 5, "corpus_sha256": digest})
     load_wordnet(frozen, root)
     (root / "data.noun").write_text(FIXTURE.replace("a rigid bar", "a stiff bar"))
@@ -289,8 +294,10 @@ def test_the_real_card_is_the_frozen_corpus() -> None:
     card = load_card("wordnet-nouns")
     source = open_dataset(card)
     assert len(source) == card.options["documents"] == 82115
-    counts = np.bincount(source.labels.argmax(axis=1), minlength=26)
+    class_ids = source.labels.argmax(axis=1)
+    counts = np.bincount(class_ids, minlength=26)
     assert counts.max() == 11587 and counts.min() == 42 and (counts > 0).all()
+    assert len(np.unique(class_ids[:200])) > 15  # the file's order (by class) is not kept
     split = make_split(card, source, 0, None)
     assert split.sizes() == {"query": 2000, "train": 10000, "validation": 1000,
                              "validation_database": 5000, "database": 80115}

@@ -5,8 +5,11 @@
   ` | `: a definition, often followed by quoted examples) is the document and its
   lexicographer file (`lex_filenum`, the second field; 03 noun.Tops .. 28 noun.time, see
   lexnames(5WN)) is its class. The corpus is frozen by the card: its document count and the
-  sha256 of its documents (`options.documents`, `options.corpus_sha256`), so a package update
-  that changes a single gloss is refused rather than silently giving other numbers.
+  sha256 of its documents in file order (`options.documents`, `options.corpus_sha256`), so a
+  package update that changes a single gloss is refused rather than silently giving other
+  numbers. The items are then put in a seeded order (`options.order_seed`): the file's order
+  follows the class, and retrieval breaks distance ties by database index. The source's
+  fingerprint (what a split digest covers) is the digest of the documents in that order.
 - `synthetic_documents`: seeded documents drawn from per-class word lists, for tests.
 
 The vocabulary is a function of the split: it is built from the training documents only
@@ -140,6 +143,7 @@ class DocumentSource(ImageSource):
         self.identity = json.dumps(identity, sort_keys=True, separators=(",", ":"))
         self.fingerprint = digest  # what bench.data.splits.data_fingerprint hashes for this source
         self.max_terms = max_terms
+        self.ids = [str(i) for i in range(len(texts))]
 
     def batch(self, indices: np.ndarray, train: bool) -> torch.Tensor:
         raise RuntimeError("a document source has no vectors before its split: use source.for_split(split)")
@@ -172,6 +176,10 @@ def check_frozen(card: DatasetCard, count: int, digest: str, where: str) -> None
 
 def load_wordnet(card: DatasetCard, data_root: str | os.PathLike | None) -> DocumentSource:
     """The noun glosses of the wordnet-base package, one class per lexicographer file."""
+    unknown = sorted(set(card.options) - {"documents", "corpus_sha256", "order_seed"})
+    if unknown:
+        raise UserError(f"{card.path}: unknown option '{unknown[0]}'; valid: corpus_sha256, documents, "
+                        f"order_seed")
     name = card.files.get("data", WORDNET_FILE)
     root = find_root(card, data_root, [name])
     path = root / name
@@ -194,9 +202,17 @@ def load_wordnet(card: DatasetCard, data_root: str | os.PathLike | None) -> Docu
     texts = [g.text for g in glosses]
     digest = corpus_digest(ids, class_ids, texts)
     check_frozen(card, len(texts), digest, str(path))
-    identity = {"corpus": f"WordNet noun glosses ({name})", "root": str(root),
-                "documents": len(texts), "corpus_sha256": digest}
-    return DocumentSource(texts, one_hot(class_ids, card.num_classes), False, identity, digest, card.features)
+    # The file lists synsets by offset, which follows the hierarchy and so the class; retrieval
+    # breaks ties by database index, so the items are put in a seeded order that does not.
+    seed = int(card.options.get("order_seed", 0))
+    order = np.random.default_rng(seed).permutation(len(texts))
+    ids, class_ids, texts = [ids[i] for i in order], class_ids[order], [texts[i] for i in order]
+    identity = {"corpus": f"WordNet noun glosses ({name})", "root": str(root), "documents": len(texts),
+                "corpus_sha256": digest, "order": f"file order permuted with seed {seed}"}
+    source = DocumentSource(texts, one_hot(class_ids, card.num_classes), False, identity,
+                            corpus_digest(ids, class_ids, texts), card.features)
+    source.ids = ids
+    return source
 
 
 # ----------------------------------------------------------------------------- synthetic
