@@ -4,6 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+WORDNET := /usr/share/wordnet/data.noun
 
 .PHONY: setup data tune-main tune-wave3 reproduce robustness test lint bench-perf clean-venv mutants
 
@@ -15,6 +16,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[test,faiss,dask]"
 	touch $(STAMP)
 
+# Fashion-MNIST (every image card) is required; WordNet (the document card wordnet-nouns) is
+# installed too when missing, but without root only named: its tests skip without it.
 data:
 	@if [ -f "$(FMNIST)" ] || [ -n "$$BENCH_DATA" ]; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ]; then \
@@ -23,6 +26,13 @@ data:
 	else \
 	  echo "Fashion-MNIST is missing: run 'sudo apt-get install -y dataset-fashion-mnist' (or set BENCH_DATA)"; \
 	  exit 2; \
+	fi
+	@if [ -f "$(WORDNET)" ] || [ -n "$$BENCH_DATA" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then \
+	  apt-get install -y --no-install-recommends wordnet-base >/dev/null 2>&1 || \
+	  (apt-get update >/dev/null && apt-get install -y --no-install-recommends wordnet-base >/dev/null); \
+	else \
+	  echo "note: WordNet is missing (card wordnet-nouns; its tests skip): run 'sudo apt-get install -y wordnet-base'"; \
 	fi
 
 # JOBS parallel runs (one torch thread each when JOBS = cores); RUN_FLAGS=--force retrains

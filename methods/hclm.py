@@ -291,6 +291,20 @@ def resolve_features(value: str, pretrained: bool) -> str:
     return ("backbone" if pretrained else "pixels") if value == "auto" else value
 
 
+class InputFeatures(nn.Module):
+    """The `pixels` features: images average-pooled to at most 16 x 16 per channel and
+    flattened; a feature-vector card's inputs (e.g. TF-IDF rows) as they are."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(16), nn.Flatten())
+        self.saw_images = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.saw_images = x.dim() == 4
+        return self.pool(x) if self.saw_images else x
+
+
 class HCLM(HashMethod):
     name = "hclm"
     summary = ("sHCLM: fixed Tammes + ITQ ±1 proxies assigned by class similarity; CE (or "
@@ -365,8 +379,10 @@ class HCLM(HashMethod):
             features = ctx.encode_with(ctx.model.backbone, indices)
             what = "backbone features before training"
         else:
-            features = ctx.encode_with(nn.Sequential(nn.AdaptiveAvgPool2d(16), nn.Flatten()), indices)
-            what = "training images average-pooled to 16x16 per channel"
+            inputs = InputFeatures()
+            features = ctx.encode_with(inputs, indices)
+            what = ("training images average-pooled to 16x16 per channel" if inputs.saw_images
+                    else "training inputs (feature vectors, as they are)")
         kappa = None if self.config["kappa"] is None else float(self.config["kappa"])
         similarity, self.kappa = gaussian_class_similarity(features, labels, kappa)
         self.similarity_measure = f"exp(-|u_i-u_j|^2/(2 kappa^2)), u = class means of {what}"

@@ -35,8 +35,9 @@ def execute(args: argparse.Namespace) -> int:
         for name in available_datasets():
             card = load_card(name)
             kind = ", multi-label" if card.multi_label else ""
-            print(f"  {name:20s} {card.title} ({card.num_classes} classes{kind}, "
-                  f"mAP@{card.map_at or 'all'})")
+            precision = f", P@{card.precision_at}" if card.precision_at else ""
+            print(f"  {name:20s} {card.title} ({card.num_classes} classes{kind}{card.size_text()}, "
+                  f"mAP@{card.map_at or 'all'}{precision})")
     if args.what in ("all", "backbones"):
         print("backbones:")
         for name, text in BACKBONES.items():

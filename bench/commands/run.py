@@ -247,11 +247,12 @@ def _build_unit(args: argparse.Namespace, experiment: Any) -> list:
             more = f" ({len(refusals) - 1} more (method, bits) refused alike)" if len(refusals) > 1 else ""
             args.budget_refusal = f"{refusals[0]}{more}"
     backbone = args.backbone or (experiment.backbone if experiment else None)
-    if backbone is not None:
-        from bench.network.backbones import BACKBONES
+    from bench.network.backbones import check_backbone_fits
 
-        if backbone not in BACKBONES:
-            raise UserError(f"unknown backbone '{backbone}'; valid backbones: {', '.join(BACKBONES)}")
+    check_backbone_fits(card, backbone or card.backbone)
+    if getattr(args, "attack", None) is not None and not card.is_image:
+        raise UserError(f"--attack perturbs image pixels; dataset '{card.name}' has feature vectors "
+                        f"({card.modality}), which have no pixel budget")
     pretrained = (backbone or card.backbone) in PRETRAINABLE_BACKBONES and not args.no_pretrained
 
     cli_settings = parse_settings(args.settings)

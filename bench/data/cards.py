@@ -51,6 +51,25 @@ class DatasetCard:
     ground_truth: dict[str, Any] = field(default_factory=dict)
     table: str | None = None  # the card's primary table (an experiment): a bare run's budget
     path: str = ""
+    # What an item is: "image" (pixels [C, H, W]) or "features" (a vector of `features` floats,
+    # e.g. a document's TF-IDF row): feature cards have no pixel box, augmentation or conv backbone.
+    modality: str = "image"
+    features: int = 0
+    precision_at: int | None = None  # a card's second headline metric: precision@k of the test ranking
+
+    @property
+    def is_image(self) -> bool:
+        return self.modality == "image"
+
+    @property
+    def input_width(self) -> int:
+        """What the backbone's first layer takes: image channels, or the feature vector's width."""
+        return self.channels if self.is_image else self.features
+
+    def size_text(self) -> str:
+        """The card's declared item count for listings ("82,115 documents"), or ""."""
+        count = self.options.get("documents")
+        return f", {int(count):,} documents" if isinstance(count, int) else ""
 
     def ground_truth_similarity(self, same_group: float | None = None) -> np.ndarray | None:
         """The [C, C] class similarity the card declares (known by construction, not learnt),
@@ -62,10 +81,14 @@ _CARD_KEYS = {
     "name", "title", "loader", "num_classes", "multi_label", "map_at", "backbone",
     "image_size", "channels", "split", "schedule", "search_paths", "install_hint",
     "class_names", "files", "options", "published", "ground_truth", "protocol", "table",
+    "modality", "features", "precision_at",
 }
+MODALITIES = ("image", "features")
 _REQUIRED_CARD_KEYS = ("name", "loader", "num_classes", "split")
 LOADERS = ("fashion_mnist", "cifar", "list_file", "synthetic", "fashion_mnist_mosaic",
-           "fashion_mnist_pairs")
+           "fashion_mnist_pairs", "wordnet", "synthetic_documents")
+# Loaders whose items are documents, turned into TF-IDF feature vectors (bench.data.documents).
+DOCUMENT_LOADERS = ("wordnet", "synthetic_documents")
 # Loaders that build their images from the Fashion-MNIST files (found like that card's).
 FASHION_MNIST_LOADERS = ("fashion_mnist", "fashion_mnist_mosaic", "fashion_mnist_pairs")
 FASHION_MNIST_FILES = {
@@ -116,6 +139,22 @@ def load_card(name: str, cards_dir: Path = CARDS_DIR) -> DatasetCard:
             f"dataset card {path}: loader '{raw['loader']}' is not one of {', '.join(LOADERS)}"
         )
     map_at = raw.get("map_at", "all")
+    modality = raw.get("modality", "image")
+    if modality not in MODALITIES:
+        raise UserError(f"dataset card {path}: modality '{modality}' is not one of {', '.join(MODALITIES)}")
+    features = raw.get("features", 0)
+    valid_width = isinstance(features, int) and not isinstance(features, bool) and features >= 1
+    if modality == "features" and not valid_width:
+        raise UserError(f"dataset card {path}: a features card needs features: N (the input width, "
+                        f"an integer >= 1), got {features!r}")
+    if (modality == "features") != (raw["loader"] in DOCUMENT_LOADERS):
+        raise UserError(f"dataset card {path}: loader '{raw['loader']}' makes "
+                        f"{'feature vectors' if raw['loader'] in DOCUMENT_LOADERS else 'images'}; "
+                        f"set modality: {'features' if raw['loader'] in DOCUMENT_LOADERS else 'image'}")
+    precision_at = raw.get("precision_at")
+    if precision_at is not None and (isinstance(precision_at, bool) or not isinstance(precision_at, int)
+                                     or precision_at < 1):
+        raise UserError(f"dataset card {path}: precision_at = {precision_at!r}; use an integer >= 1")
     class_names = tuple(raw.get("class_names") or ())
     if not class_names and raw["loader"] == "fashion_mnist_pairs":
         class_names = pair_class_names((raw.get("options") or {}).get("item_names") or ())
@@ -127,8 +166,8 @@ def load_card(name: str, cards_dir: Path = CARDS_DIR) -> DatasetCard:
         multi_label=bool(raw.get("multi_label", False)),
         map_at=None if map_at in (None, "all") else int(map_at),
         backbone=raw.get("backbone", "small_cnn"),
-        image_size=int(raw.get("image_size", 224)),
-        channels=int(raw.get("channels", 3)),
+        image_size=int(raw.get("image_size", 224)) if modality == "image" else 0,
+        channels=int(raw.get("channels", 3)) if modality == "image" else 0,
         split=dict(raw["split"]),
         schedule=dict(raw.get("schedule") or {}),
         search_paths=tuple(raw.get("search_paths") or ()),
@@ -139,6 +178,9 @@ def load_card(name: str, cards_dir: Path = CARDS_DIR) -> DatasetCard:
         ground_truth=dict(raw.get("ground_truth") or {}),
         table=raw.get("table"),
         path=str(path),
+        modality=modality,
+        features=int(features) if modality == "features" else 0,
+        precision_at=precision_at,
     )
 
 

@@ -2,7 +2,8 @@
 
 A dataset is described by a YAML card in `datasets/` (where its files are looked for, its
 classes, split protocol, mAP@k and schedule). This module reads cards and turns files on
-disk into an `ImageSource`: labels as a multi-hot matrix plus a way to fetch image batches.
+disk into an `ImageSource`: labels as a multi-hot matrix plus a way to fetch input batches
+(images; for document cards, TF-IDF vectors once the split is known: `source.for_split(split)`).
 Nothing is ever downloaded: every loader reads local files and says where it looked.
 """
 
@@ -25,8 +26,10 @@ from bench.data.cards import (  # noqa: F401
     load_card,
     read_yaml,
 )
+from bench.data.documents import load_synthetic_documents, load_wordnet
 from bench.data.mosaics import load_generated
 from bench.data.sources import (  # noqa: F401
+    FeatureSource,
     FileSource,
     ImageSource,
     TensorSource,
@@ -181,6 +184,8 @@ _LOADER_FUNCTIONS = {
 
 _LOADER_FUNCTIONS["fashion_mnist_mosaic"] = load_generated
 _LOADER_FUNCTIONS["fashion_mnist_pairs"] = load_generated
+_LOADER_FUNCTIONS["wordnet"] = load_wordnet
+_LOADER_FUNCTIONS["synthetic_documents"] = load_synthetic_documents
 
 
 def open_dataset(card: DatasetCard, data_root: str | os.PathLike | None = None) -> ImageSource:

@@ -1,5 +1,6 @@
-"""Image sources (labels as a multi-hot matrix plus a way to fetch image batches), locating a
-card's files on disk, and the IDX reader for Fashion-MNIST. Nothing is ever downloaded."""
+"""Sources (labels as a multi-hot matrix plus a way to fetch input batches: images, or feature
+vectors for non-image cards), locating a card's files on disk, and the IDX reader for
+Fashion-MNIST. Nothing is ever downloaded."""
 
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ class ImageSource:
     # A class similarity known by construction (generated cards), for judging centers.
     ground_truth_similarity: np.ndarray | None = None
     ground_truth_measure: str = ""
+    modality = "image"  # "features" for sources of feature vectors (FeatureSource)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -65,6 +67,11 @@ class ImageSource:
             return None
         mean, std = stats
         return (0.0 - mean) / std, (1.0 - mean) / std, 1.0 / std
+
+    def for_split(self, split: Any) -> ImageSource:
+        """The source a run with `split` trains on: itself, except where the inputs depend on
+        the split (a document card's vocabulary comes from its training documents)."""
+        return self
 
 
 def ground_truth_record(source: ImageSource) -> dict[str, Any] | None:
@@ -107,6 +114,40 @@ class TensorSource(ImageSource):
 
     def normalisation(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self._mean, self._std
+
+
+class FeatureSource(ImageSource):
+    """N x V float feature vectors (a non-image card: e.g. TF-IDF rows of documents), held as a
+    dense array or a SciPy sparse matrix; a batch is the rows as a dense float32 [B, V] tensor.
+    No pixel box and no normalisation: attacks and image augmentation do not apply."""
+
+    modality = "features"
+
+    def __init__(self, features: Any, labels: np.ndarray, groups: np.ndarray, multi_label: bool,
+                 identity: str, fingerprint: str = "") -> None:
+        if features.ndim != 2 or features.shape[0] != labels.shape[0]:
+            raise UserError(f"feature source {identity}: features {features.shape} do not match "
+                            f"labels {labels.shape}")
+        self.features = features.tocsr() if hasattr(features, "tocsr") else np.asarray(features, np.float32)
+        self.labels = labels.astype(np.uint8)
+        self.groups = groups
+        self.num_classes = labels.shape[1]
+        self.multi_label = multi_label
+        self.identity = identity
+        if fingerprint:
+            self.fingerprint = fingerprint  # what bench.data.splits.data_fingerprint hashes
+
+    @property
+    def width(self) -> int:
+        return int(self.features.shape[1])
+
+    def batch(self, indices: np.ndarray, train: bool) -> torch.Tensor:
+        rows = self.features[np.asarray(indices, dtype=np.int64)]
+        dense = rows.toarray() if hasattr(rows, "toarray") else rows
+        return torch.from_numpy(np.ascontiguousarray(dense, dtype=np.float32))
+
+    def pixel_box(self) -> None:
+        return None
 
 
 class FileSource(ImageSource):

@@ -1,7 +1,7 @@
 """Seeded query / train / validation / validation-database / database splits, saved, hashed
 and leak-checked.
 
-Three protocols:
+Four protocols:
 - `per_class`: draw a fixed number of images per class from named groups (the CIFAR-10
   convention: 100 query and 500 train images per class); the database is everything but
   the query set, or a per-class sample of it.
@@ -9,6 +9,10 @@ Three protocols:
   Stanford Cars, NABirds); only the validation parts are drawn here.
 - `by_group`: every part is a named group of the source's per-item `groups` array
   (generated cards whose loader already decided which image belongs where).
+- `stratified`: each part has a total `count`, spread over the classes in proportion to their
+  sizes in the whole corpus (largest remainders, ties by class id), so every part keeps the
+  corpus's class mix; for corpora whose smallest class is far smaller than its largest (the
+  WordNet nouns: 42 to 11,587 documents), where a fixed number per class would not fit.
 
 Model selection (protocol v2) ranks the validation queries against a *validation database*:
 held-out images disjoint from train, query and the validation queries, so selection mirrors
@@ -38,7 +42,7 @@ from bench.data.split_groups import draw_by_group, group_members
 from bench.errors import UserError
 
 SPLIT_PARTS = ("query", "train", "validation", "validation_database", "database")
-SPLIT_PROTOCOLS = ("per_class", "lists", "by_group")
+SPLIT_PROTOCOLS = ("per_class", "lists", "by_group", "stratified")
 SELECTION_V1 = "v1: validation queries vs train set"
 
 
@@ -288,7 +292,52 @@ def _draw_by_group(card: DatasetCard, source: ImageSource, rng: np.random.Genera
     return draw_by_group(card, source)
 
 
-_DRAW = {"per_class": _draw_per_class, "lists": _draw_from_lists, "by_group": _draw_by_group}
+def proportional_counts(class_sizes: np.ndarray, total: int) -> np.ndarray:
+    """`total` spread over classes in proportion to `class_sizes`: floors, then one more for the
+    largest remainders (ties: the lower class id)."""
+    quota = class_sizes * total / class_sizes.sum()
+    counts = np.floor(quota).astype(np.int64)
+    order = np.lexsort((np.arange(len(quota)), -(quota - counts)))
+    counts[order[: total - int(counts.sum())]] += 1
+    return counts
+
+
+def _draw_stratified(card: DatasetCard, source: ImageSource, rng: np.random.Generator) -> dict:
+    spec = card.split
+    class_ids = _class_ids_for_sampling(source)
+    sizes = np.bincount(class_ids, minlength=source.num_classes)
+
+    def part(name: str, exclude: list[np.ndarray], within: np.ndarray | None = None) -> np.ndarray:
+        cfg = _mapping(card, name, spec[name])
+        count = cfg.get("count")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise UserError(f"{card.path}: split.{name}.count = {count!r}; use an integer >= 1")
+        pool = np.arange(len(source)) if within is None else within
+        pool = np.setdiff1d(pool, np.concatenate(exclude))
+        chosen = []
+        for c, wanted in enumerate(proportional_counts(sizes, count).tolist()):
+            members = pool[class_ids[pool] == c]
+            if len(members) < wanted:
+                raise UserError(f"split {name}: class {c} has {len(members)} items left, fewer than "
+                                f"its share {wanted} of count={count}")
+            chosen.append(rng.choice(members, size=wanted, replace=False))
+        return np.sort(np.concatenate(chosen))
+
+    empty = np.empty(0, dtype=np.int64)
+    query = part("query", [empty])
+    train = part("train", [query])
+    validation = part("validation", [query, train])
+    if spec.get("database", "all_but_query") != "all_but_query":
+        raise UserError(f"{card.path}: a stratified split's database is all_but_query")
+    database = np.setdiff1d(np.arange(len(source)), query)
+    parts = {"query": query, "train": train, "validation": validation, "database": database}
+    if "validation_database" in spec:
+        parts["validation_database"] = part("validation_database", [query, train, validation], database)
+    return parts
+
+
+_DRAW = {"per_class": _draw_per_class, "lists": _draw_from_lists, "by_group": _draw_by_group,
+         "stratified": _draw_stratified}
 
 
 def make_split(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -45,6 +46,20 @@ class TinyCNN(SmallCNN):
 
     def __init__(self, in_channels: int) -> None:
         super().__init__(in_channels, width=8, feature_dim=32)
+
+
+class MLP(nn.Module):
+    """For feature-vector cards (documents as TF-IDF rows): V -> 1000 -> 1000, ReLU after each
+    layer; the hash layer reads the last 1000 units (widths: methods-wave3 spec, section 9)."""
+
+    def __init__(self, in_features: int, hidden: int = 1000) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(inplace=True),
+                                  nn.Linear(hidden, hidden), nn.ReLU(inplace=True))
+        self.feature_dim = hidden
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
 
 
 def _torchvision_backbone(arch: str, weights_file: str | None, pretrained: bool) -> nn.Module:
@@ -91,8 +106,23 @@ BACKBONES: dict[str, str] = {
     "resnet18": "torchvision ResNet-18 (224 px)",
     "resnet34": "torchvision ResNet-34 (224 px; CRH paper's backbone)",
     "resnet50": "torchvision ResNet-50 (224 px; CSQ paper's backbone)",
+    "mlp": "V -> 1000 -> 1000 MLP, ReLU (feature-vector cards: TF-IDF documents)",
 }
 PRETRAINABLE = {"alexnet", "resnet18", "resnet34", "resnet50"}
+FEATURE_BACKBONES = {"mlp"}  # take a feature vector [B, V]; every other backbone takes images
+
+
+def check_backbone_fits(card: Any, name: str) -> None:
+    """Refuse, in one line, an image backbone on a feature-vector card or the reverse."""
+    if name not in BACKBONES:
+        raise UserError(f"unknown backbone '{name}'; valid backbones: {', '.join(BACKBONES)}")
+    takes_features = name in FEATURE_BACKBONES
+    if takes_features == card.is_image:
+        wanted = ", ".join(sorted(FEATURE_BACKBONES) if not card.is_image
+                           else sorted(set(BACKBONES) - FEATURE_BACKBONES))
+        raise UserError(f"backbone '{name}' takes {'feature vectors' if takes_features else 'images'}; "
+                        f"dataset '{card.name}' has {'images' if card.is_image else 'feature vectors'} "
+                        f"(valid backbones for it: {wanted})")
 
 
 def build_backbone(
@@ -104,6 +134,8 @@ def build_backbone(
         return TinyCNN(in_channels)
     if name == "small_cnn":
         return SmallCNN(in_channels)
+    if name == "mlp":  # in_channels is the feature vector's width (card.input_width)
+        return MLP(in_channels)
     if in_channels != 3:
         raise UserError(f"backbone '{name}' needs 3-channel images; this dataset has {in_channels}")
     return _torchvision_backbone(name, weights_file, pretrained)

@@ -73,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
     config = resolve_config(spec, card)
     source = open_dataset(card, args.data_root)
     split = make_split(card, source, 0, None)
+    source = source.for_split(split)
     train_index = split.train
     numerics = resolve("cpu", threads=torch.get_num_threads())
     # pre-normalised floats, as a bare script holds, in the network's memory format
@@ -85,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
 
     def bare() -> float:
         torch.manual_seed(0)
-        model = numerics.module(HashNetwork(build_backbone(card.backbone, card.channels), args.bits))
+        model = numerics.module(HashNetwork(build_backbone(card.backbone, card.input_width), args.bits))
         with applied(numerics):
             return bare_loop_images_per_second(
                 images, labels, model, lambda h, y: method.loss(h, y, None), batch, args.epochs,

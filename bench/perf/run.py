@@ -147,11 +147,12 @@ def bare_run(spec, numerics, data_root: str | None, validations: int) -> dict[st
         started = time.perf_counter()
         source = open_dataset(card, data_root)
         split = make_split(card, source, spec.split_seed, None)
+        source = source.for_split(split)
         reference, _ = validation_database(split, card.map_at)
         images = numerics.images(source.batch(np.arange(len(source)), False))
         labels = torch.from_numpy(source.labels).float()
         seed_everything(spec.seed)
-        model = numerics.module(HashNetwork(build_backbone(card.backbone, card.channels), spec.bits))
+        model = numerics.module(HashNetwork(build_backbone(card.backbone, card.input_width), spec.bits))
         task = Task(bits=spec.bits, num_classes=card.num_classes, multi_label=card.multi_label,
                     seed=spec.seed, epochs=int(config["epochs"]), device=torch.device("cpu"),
                     pretrained=spec.pretrained)

@@ -430,7 +430,7 @@ def run_id(spec: RunSpec, config: dict[str, Any], card: DatasetCard | None = Non
         **spec.to_dict(), "overrides": None,
         "config": config_identity(config),
         "results_version": RESULTS_VERSION,
-        "backbone_architecture": [backbone, architecture_token(backbone, card.channels)],
+        "backbone_architecture": [backbone, architecture_token(backbone, card.input_width)],
     }
     source = method_source(spec.method)
     if not source.builtin:  # a plugin's code is its package version (built-in ids never change)

@@ -190,7 +190,10 @@ def store(run: PlannedRun, record: dict[str, Any], outcome: SweepOutcome, total:
         outcome.completed.append(run.run_id)
         seconds = record.get("timings", {}).get("total")
         took = f" in {seconds:.1f} s" if isinstance(seconds, (int, float)) else ""
-        print(f"{counter}done {run.spec.label()}: mAP {record['metrics']['mAP']:.4f}{took}", flush=True)
+        metrics = record["metrics"]
+        extra = metrics.get("precision_at_k")  # a card's second headline metric (document cards)
+        also = f", P@{extra['k']} {extra['value']:.4f}" if isinstance(extra, dict) else ""
+        print(f"{counter}done {run.spec.label()}: mAP {metrics['mAP']:.4f}{also}{took}", flush=True)
     else:
         outcome.failed.append((run.run_id, record.get("failure", "unknown")))
         print(f"{counter}FAILED {run.spec.label()}: {record.get('failure')}", flush=True)

@@ -32,7 +32,7 @@ from bench.data.loading import DatasetCard, ImageSource, ground_truth_record, lo
 from bench.data.splits import Split, make_split
 from bench.errors import UserError
 from bench.evaluation.retrieval import evaluate_retrieval
-from bench.network.backbones import HashNetwork, build_backbone
+from bench.network.backbones import HashNetwork, build_backbone, check_backbone_fits
 from bench.network.numerics import ImageCache, Numerics, applied, fused_for_inference, pick_device, resolve
 from bench.runs.records import relative_to_results
 from bench.runs.spec import RunSpec, resolve_config, run_id
@@ -58,6 +58,12 @@ PR_AT_N = (1, 10, 50, 100, 500, 1000, 2000, 5000)
 __all__ = ["PR_AT_N", "RunContext", "TrainingDiverged", "encode", "iterate_batches", "pick_device",
            "seed_everything", "stage_optimizer", "steps_per_epoch", "train_and_evaluate",
            "validation_database"]
+
+
+def pr_at_n(card: DatasetCard) -> tuple[int, ...]:
+    """The Ns precision and recall are recorded at: PR_AT_N, plus the card's precision@k."""
+    k = card.precision_at
+    return PR_AT_N if k is None or k in PR_AT_N else tuple(sorted({*PR_AT_N, k}))
 
 
 def iterate_batches(
@@ -199,7 +205,7 @@ class RunContext:
     def new_backbone(self) -> torch.nn.Module:
         """A fresh backbone of the run's kind (SHC trains a classifier on one)."""
         backbone = build_backbone(
-            self.spec.backbone or self.card.backbone, self.card.channels, self.spec.pretrained,
+            self.spec.backbone or self.card.backbone, self.card.input_width, self.spec.pretrained,
             self.weights_file,
         )
         backbone = backbone.to(self.device)
@@ -236,6 +242,8 @@ def _attack(model: torch.nn.Module, method: HashMethod, source: ImageSource, spl
     """The query images attacked (bench.evaluation.attack); the result goes beside the record, not in it."""
     from bench.evaluation.attack import attack_queries
 
+    if source.modality != "image":
+        raise UserError(f"--attack perturbs image pixels; {source.modality} inputs have no pixel budget")
     box = source.pixel_box()
     if box is None:
         raise UserError(f"--attack: the images of {source.identity} declare no normalisation, so a "
@@ -343,11 +351,13 @@ def _build_run(spec: RunSpec, results_dir: Path | None, data_root: str | None, t
                 pretrained=spec.pretrained)
     method_cls.check(config, task)
 
+    check_backbone_fits(card, spec.backbone or card.backbone)
     source = open_dataset(card, data_root)
     split = make_split(card, source, spec.split_seed, Path(results_dir) / "splits" if results_dir else None)
+    source = source.for_split(split)  # a document card's vocabulary: its training documents only
 
     seed_everything(spec.seed)
-    backbone = build_backbone(spec.backbone or card.backbone, card.channels, spec.pretrained,
+    backbone = build_backbone(spec.backbone or card.backbone, card.input_width, spec.pretrained,
                               weights_file)
     model = numerics.module(HashNetwork(backbone, spec.bits).to(torch_device))
     method: HashMethod = method_cls(config, task)
@@ -506,8 +516,11 @@ def _encode_and_evaluate(run: Run, selected: HashMethod,
     eval_start = time.perf_counter()
     metrics = evaluate_retrieval(
         query_codes, db_codes, run.source.labels[run.split.query], run.source.labels[run.split.database],
-        topk=run.card.map_at, zero_relevant=run.zero_relevant, pr_at_n=PR_AT_N, per_query=True,
+        topk=run.card.map_at, zero_relevant=run.zero_relevant, pr_at_n=pr_at_n(run.card), per_query=True,
     )
+    if run.card.precision_at is not None:  # the card's second headline metric
+        k = run.card.precision_at
+        metrics["precision_at_k"] = {"k": k, "value": metrics["precision_at_n"][metrics["pr_at_n"].index(k)]}
     # Per-query AP (query order of the split) for paired or bootstrap intervals in the report.
     metrics["per_query_ap"] = rounded(metrics.pop("ap_per_query"))
     metrics["per_query_ap_tie_aware"] = rounded(metrics.pop("ap_tie_aware_per_query"))

@@ -20,7 +20,8 @@ FLOP_BATCH = 2
 @functools.cache
 def network_flops(backbone: str, channels: int, image_size: int, outputs: int) -> tuple[float, float]:
     """(FLOPs per image of one training step, FLOPs per image of a forward pass) of backbone +
-    a linear head with `outputs` units, counted by torch.utils.flop_counter.FlopCounterMode."""
+    a linear head with `outputs` units, counted by torch.utils.flop_counter.FlopCounterMode.
+    image_size 0: the input is a feature vector of `channels` values (a features card)."""
     import torch
     from torch import nn
     from torch.utils.flop_counter import FlopCounterMode
@@ -30,7 +31,7 @@ def network_flops(backbone: str, channels: int, image_size: int, outputs: int) -
     torch.manual_seed(0)
     body = build_backbone(backbone, channels, pretrained=False)
     network = nn.Sequential(body, nn.Linear(body.feature_dim, outputs))
-    images = torch.randn(FLOP_BATCH, channels, image_size, image_size)
+    images = torch.randn(FLOP_BATCH, channels, *((image_size, image_size) if image_size else ()))
     network.train()
     with FlopCounterMode(display=False) as step:
         network(images).square().mean().backward()
@@ -75,7 +76,7 @@ def work_of(record: dict) -> dict[str, Any] | None:
         return None
     backbone = str(spec.get("backbone") or card.backbone)
     classes = int((record.get("task") or {}).get("num_classes") or card.num_classes)
-    hash_net = network_flops(backbone, card.channels, card.image_size, bits)
+    hash_net = network_flops(backbone, card.input_width, card.image_size, bits)
     stages = {"hash": _stage(epochs * _steps(items, batch), epochs * items, 0, hash_net)}
     method, detail = spec.get("method"), record.get("method") or {}
     if method == "shc":
@@ -85,7 +86,7 @@ def work_of(record: dict) -> dict[str, Any] | None:
         trained = detail.get("classifier") or {}
         cls_epochs = int(trained.get("epochs") or config.get("classifier_epochs") or epochs)
         cls_steps = int(trained.get("steps") or cls_epochs * _steps(items, batch))
-        cls_net = network_flops(backbone, card.channels, card.image_size, classes)
+        cls_net = network_flops(backbone, card.input_width, card.image_size, classes)
         flips = int(((detail.get("center_optimisation") or {}).get("flips")) or 0)
         stages["classifier"] = _stage(cls_steps, cls_epochs * items, 0, cls_net)
         stages["similarity_encode"] = _stage(0, 0, items, cls_net)
