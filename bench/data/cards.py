@@ -51,6 +51,9 @@ class DatasetCard:
     ground_truth: dict[str, Any] = field(default_factory=dict)
     table: str | None = None  # the card's primary table (an experiment): a bare run's budget
     path: str = ""
+    # How an unsupervised method's checkpoint is chosen: None or "last-epoch" (validation mAP needs
+    # labels), or "validation" (the card declares that selection may read validation labels).
+    unsupervised_selection: str | None = None
 
     def ground_truth_similarity(self, same_group: float | None = None) -> np.ndarray | None:
         """The [C, C] class similarity the card declares (known by construction, not learnt),
@@ -62,7 +65,9 @@ _CARD_KEYS = {
     "name", "title", "loader", "num_classes", "multi_label", "map_at", "backbone",
     "image_size", "channels", "split", "schedule", "search_paths", "install_hint",
     "class_names", "files", "options", "published", "ground_truth", "protocol", "table",
+    "unsupervised_selection",
 }
+UNSUPERVISED_SELECTION = ("last-epoch", "validation")
 _REQUIRED_CARD_KEYS = ("name", "loader", "num_classes", "split")
 LOADERS = ("fashion_mnist", "cifar", "list_file", "synthetic", "fashion_mnist_mosaic",
            "fashion_mnist_pairs")
@@ -116,6 +121,10 @@ def load_card(name: str, cards_dir: Path = CARDS_DIR) -> DatasetCard:
             f"dataset card {path}: loader '{raw['loader']}' is not one of {', '.join(LOADERS)}"
         )
     map_at = raw.get("map_at", "all")
+    selection = raw.get("unsupervised_selection")
+    if selection is not None and selection not in UNSUPERVISED_SELECTION:
+        raise UserError(f"dataset card {path}: unsupervised_selection '{selection}' is not one of "
+                        f"{', '.join(UNSUPERVISED_SELECTION)}")
     class_names = tuple(raw.get("class_names") or ())
     if not class_names and raw["loader"] == "fashion_mnist_pairs":
         class_names = pair_class_names((raw.get("options") or {}).get("item_names") or ())
@@ -139,6 +148,7 @@ def load_card(name: str, cards_dir: Path = CARDS_DIR) -> DatasetCard:
         ground_truth=dict(raw.get("ground_truth") or {}),
         table=raw.get("table"),
         path=str(path),
+        unsupervised_selection=selection,
     )
 
 
