@@ -54,6 +54,9 @@ class DatasetCard:
     # How an unsupervised method's checkpoint is chosen: None or "last-epoch" (validation mAP needs
     # labels), or "validation" (the card declares that selection may read validation labels).
     unsupervised_selection: str | None = None
+    # The unsupervised regime's training views on this card, where the default does not fit
+    # (bench.training.regime.Augmentation's fields: crop_area, shift, flip, noise).
+    augmentation: dict[str, Any] = field(default_factory=dict)
 
     def ground_truth_similarity(self, same_group: float | None = None) -> np.ndarray | None:
         """The [C, C] class similarity the card declares (known by construction, not learnt),
@@ -65,7 +68,7 @@ _CARD_KEYS = {
     "name", "title", "loader", "num_classes", "multi_label", "map_at", "backbone",
     "image_size", "channels", "split", "schedule", "search_paths", "install_hint",
     "class_names", "files", "options", "published", "ground_truth", "protocol", "table",
-    "unsupervised_selection",
+    "unsupervised_selection", "augmentation",
 }
 UNSUPERVISED_SELECTION = ("last-epoch", "validation")
 _REQUIRED_CARD_KEYS = ("name", "loader", "num_classes", "split")
@@ -149,6 +152,7 @@ def load_card(name: str, cards_dir: Path = CARDS_DIR) -> DatasetCard:
         table=raw.get("table"),
         path=str(path),
         unsupervised_selection=selection,
+        augmentation=dict(raw.get("augmentation") or {}),
     )
 
 

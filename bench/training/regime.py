@@ -7,7 +7,9 @@ or does not train at all (`trains = False`), issue 31. Nothing here names a meth
 - **Views.** Its training images come through the run's declared augmentation
   (`Augmentation`): a square crop of 0.5 to 1 of the image area resized back, a shift of up to
   2 pixels each way, a horizontal flip with probability 1/2 and Gaussian noise of 0.02 (pixel
-  units), clipped to the source's pixel box (`ImageSource.pixel_box`). The draws come from a
+  units), clipped to the source's pixel box (`ImageSource.pixel_box`); a card may change these
+  (its `augmentation` key, e.g. the synthetic card, whose classes are random pixel patterns that
+  no crop or flip preserves, uses noise only). The draws come from a
   generator seeded from the run's seed, apart from the streams of initial weights and data
   order, so the same run gives the same views. A method that asks for two views
   (`views = 2`) gets both forwarded in one batch.
@@ -21,6 +23,7 @@ or does not train at all (`trains = False`), issue 31. Nothing here names a meth
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -53,6 +56,31 @@ class Augmentation:
     shift: int = 2
     flip: float = 0.5
     noise: float = 0.02
+
+    @classmethod
+    def of_card(cls, card: DatasetCard) -> Augmentation:
+        """The default views, with what the card's `augmentation` key changes (checked)."""
+        changes = dict(card.augmentation)
+        where = f"dataset card {card.path or card.name}: augmentation"
+        unknown = sorted(set(changes) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise UserError(f"{where}: unknown key '{unknown[0]}'; valid: "
+                            f"{', '.join(cls.__dataclass_fields__)}")
+        try:
+            if "crop_area" in changes:
+                low, high = (float(v) for v in changes["crop_area"])
+                if not 0 < low <= high <= 1:
+                    raise ValueError
+                changes["crop_area"] = (low, high)
+            if "shift" in changes and (int(changes["shift"]) != changes["shift"] or changes["shift"] < 0):
+                raise ValueError
+            for key in ("flip", "noise"):
+                if key in changes and not 0 <= float(changes[key]) <= (1 if key == "flip" else math.inf):
+                    raise ValueError
+        except (TypeError, ValueError):
+            raise UserError(f"{where}: {changes} is not valid (crop_area: [low, high] in (0, 1]; "
+                            f"shift: pixels >= 0; flip: a probability; noise: >= 0)") from None
+        return cls(**changes)
 
     def record(self) -> dict[str, Any]:
         return {**asdict(self), "crop_area": list(self.crop_area),

@@ -377,6 +377,7 @@ def _build_run(spec: RunSpec, results_dir: Path | None, data_root: str | None, t
                      model=model, device=torch_device, progress_bars=progress_bars,
                      num_workers=num_workers, weights_file=weights_file, numerics=numerics,
                      cache=cache, supervised=method_cls.supervised,
+                     augmentation=regime.Augmentation.of_card(card),
                      augment_generator=regime.augmentation_generator(spec.seed))
     run = Run(spec=spec, card=card, config=config, source=source, split=split, model=model,
               method=method, ctx=ctx, numerics=numerics, cache=cache,
