@@ -5,7 +5,8 @@ records.
       -> analysis.analyze()        which runs count, grouped into comparable tables
       -> frame.claims_frame()      a tidy frame of the counted runs
       -> claims.evaluate_claims()  comparisons per claim, graded per card family (grading.py)
-      -> build_report()            document blocks (tables.py, sections.py) + figure plans
+      -> build_report()            document blocks (tables.py, sections.py, unsupervised.py) +
+                                   figure plans
       -> write_report()            report.md, report.html (self-contained), figures/*.png,
                                    verdicts.json, runs.csv, power.csv, numbers.json
 
@@ -60,6 +61,8 @@ from bench.report.tables import (
     verdict_table,
 )
 from bench.report.tuning import tuning_section
+from bench.report.unsupervised import SECTION as UNSUPERVISED_SECTION
+from bench.report.unsupervised import unsupervised_section
 from bench.report.util import CLAIMS_FILE, PUBLISHED_FILE, get
 from bench.report.verdicts import CONSISTENT, CONTRADICTED, GRADES, MIXED, NOT_MEASURABLE, SUPPORTED
 
@@ -114,7 +117,10 @@ def _header(doc: Doc, a: Analysis, verdicts: list[ClaimResult]) -> None:
           "with 95 % t intervals; every table names n; reference rows (the classify-then-hash floor and "
           "chance) are set apart below the methods. Machine-readable: verdicts.json (every comparison) "
           "and runs.csv (one row per run).")
-    doc.bullets(f"[{title}](#{anchor(title)})" for title in SECTIONS)
+    sections = list(SECTIONS)
+    if a.unsupervised:  # only when such runs exist: reports without them keep their bytes
+        sections.insert(sections.index("Main comparison") + 1, UNSUPERVISED_SECTION)
+    doc.bullets(f"[{title}](#{anchor(title)})" for title in sections)
 
 
 def build_report(records: Sequence[dict], problems: Sequence[str] = (), claims: Sequence[dict] | None = None,
@@ -133,6 +139,7 @@ def build_report(records: Sequence[dict], problems: Sequence[str] = (), claims: 
     _header(doc, analysis, verdicts)
     claims_section(doc, verdicts)
     main_comparison(doc, analysis, list(published))
+    unsupervised_section(doc, analysis)
     tuning_section(doc, trials, tuned or {})
     budget_section(doc, analysis)
     curves(doc, analysis)
