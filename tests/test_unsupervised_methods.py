@@ -182,3 +182,11 @@ def test_cimon_two_epochs_on_the_synthetic_card(tmp_path: Path) -> None:
     assert "centers" not in body
     assert body["method_api"]["reconstruction"] == get_method("cimon").reconstruction()
     assert body["config"]["similarity_features"] == "pixels"  # auto, from scratch
+
+
+def test_cimon_reads_the_backbone_when_asked(tmp_path: Path) -> None:
+    """The path a pretrained run takes (`--weights FILE`: similarity_features auto -> backbone)."""
+    body = run(tmp_path, "cimon", epochs=1, similarity_features="backbone")
+    similarity = body["method"]["similarity"]
+    assert similarity["features"] == "backbone features before training"
+    assert body["method_api"]["reconstruction"]["similarity_features"].startswith("paper: pretrained VGG")
