@@ -20,7 +20,7 @@ from bench.errors import UserError
 from methods.base import HashMethod
 
 ENTRY_POINT_GROUP = "hashbench.methods"
-_INFRASTRUCTURE = {"base", "centers", "context"}
+_INFRASTRUCTURE = {"base", "centers", "context", "projection"}
 _REGISTRY: dict[str, type[HashMethod]] = {}
 _SOURCES: dict[str, MethodSource] = {}
 _PROBLEMS: list[str] = []

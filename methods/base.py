@@ -129,6 +129,22 @@ class HashMethod:
     # names the unknowns, the record carries them (`method_api.reconstruction`) and the report
     # marks the method's rows. Empty for a method read from its paper or official code.
     reconstructed: ClassVar[dict[str, str]] = {}
+    # The unsupervised regime (issue 31): False means the method never sees a label. The loop then
+    # hands `loss` labels of shape [B, 0], `ctx.labels_of` raises, `class_centers` must be None,
+    # training images come through the run's seeded augmentation (`ctx.augment`) and the
+    # checkpoint is the last epoch's (validation mAP needs labels) unless the card says otherwise.
+    supervised: ClassVar[bool] = True
+    # Augmented views of each training image an unsupervised method's step sees (1 or 2): with 2,
+    # the loop forwards both views in one batch; `h` is the first view's and `ctx.batch.views`
+    # holds every view's hash output.
+    views: ClassVar[int] = 1
+    # False: no gradient training. The loop runs no epoch and builds no optimizer; the method fits
+    # whatever it needs in `setup` (LSH's projection, ITQ's PCA and rotation) and is selected as
+    # fitted. The epoch budget in its configuration is then only the table it belongs to.
+    trains: ClassVar[bool] = True
+    # True: retrieval codes come from `encode_inputs` (the method's own function of the network's
+    # normalised inputs) instead of the network; for methods that hash the inputs themselves.
+    encodes_inputs: ClassVar[bool] = False
 
     def __init__(self, config: dict[str, Any], task: Task) -> None:
         self.config = config
@@ -167,8 +183,9 @@ class HashMethod:
 
     def loss(self, h: torch.Tensor, labels: torch.Tensor, ctx: TrainContext) -> torch.Tensor:
         """Scalar loss of a batch. `h` is the hash layer's real output [B, K]; `labels` is the
-        multi-hot float matrix [B, C]; `ctx.batch` holds the images, indices and backbone
-        features too. Components may be logged with `ctx.log(name, value)`."""
+        multi-hot float matrix [B, C] ([B, 0] for an unsupervised method); `ctx.batch` holds the
+        images, indices and backbone features too (and every augmented view's output for an
+        unsupervised method). Components may be logged with `ctx.log(name, value)`."""
         raise NotImplementedError
 
     def after_step(self, ctx: TrainContext) -> None:
@@ -192,6 +209,11 @@ class HashMethod:
         mode. Default: the hash layer's output; OrthoHash returns BN(h); a classify-then-hash
         baseline returns the center of its predicted class."""
         return h
+
+    def encode_inputs(self, inputs: torch.Tensor) -> torch.Tensor:
+        """With `encodes_inputs`: the real-valued output [B, K] whose sign is the retrieval code of
+        a batch of the network's inputs (normalised images, or a card's feature vectors)."""
+        raise NotImplementedError
 
     def attack_output(self, h: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """The differentiable output an adversarial attack on the codes pushes (bench.evaluation.attack):

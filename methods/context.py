@@ -51,6 +51,10 @@ class Batch:
     labels: torch.Tensor
     features: torch.Tensor
     h: torch.Tensor
+    # Unsupervised methods (`HashMethod.supervised = False`): the hash output of each augmented
+    # view of the batch, in view order (`views[0] is h`), and the views' images.
+    views: tuple[torch.Tensor, ...] = ()
+    view_images: tuple[torch.Tensor, ...] = ()
 
 
 class TrainContext(Protocol):
@@ -91,11 +95,19 @@ class TrainContext(Protocol):
 
     def encode_with(self, module: nn.Module, indices: np.ndarray) -> np.ndarray: ...
 
-    def labels_of(self, indices: np.ndarray) -> np.ndarray: ...
+    def labels_of(self, indices: np.ndarray) -> np.ndarray:
+        """Multi-hot labels [N, C]; raises bench.errors.UserError for an unsupervised method."""
+        ...
 
     def pixel_box(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
         """(low, high, per_pixel), each [1, C, 1, 1] on the run's device: the valid pixel range
         [0, 1] in the normalised inputs `batch.images` holds, and the factor that turns a budget
         in pixel units (e.g. 8/255) into input units; None when the images declare no
         normalisation. For a method that perturbs its training images (adversarial training)."""
+        ...
+
+    def augment(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """One augmented view of a batch of normalised images (the run's declared augmentation:
+        crop, shift, flip, noise, clipped to the source's pixel box), drawn from `generator`
+        (default: the run's own augmentation stream, seeded from the run's seed)."""
         ...

@@ -56,6 +56,12 @@ class DatasetCard:
     modality: str = "image"
     features: int = 0
     precision_at: int | None = None  # a card's second headline metric: precision@k of the test ranking
+    # How an unsupervised method's checkpoint is chosen: None or "last-epoch" (validation mAP needs
+    # labels), or "validation" (the card declares that selection may read validation labels).
+    unsupervised_selection: str | None = None
+    # The unsupervised regime's training views on this card, where the default does not fit
+    # (bench.training.regime.Augmentation's fields: crop_area, shift, flip, noise).
+    augmentation: dict[str, Any] = field(default_factory=dict)
 
     @property
     def is_image(self) -> bool:
@@ -81,9 +87,10 @@ _CARD_KEYS = {
     "name", "title", "loader", "num_classes", "multi_label", "map_at", "backbone",
     "image_size", "channels", "split", "schedule", "search_paths", "install_hint",
     "class_names", "files", "options", "published", "ground_truth", "protocol", "table",
-    "modality", "features", "precision_at",
+    "modality", "features", "precision_at", "unsupervised_selection", "augmentation",
 }
 MODALITIES = ("image", "features")
+UNSUPERVISED_SELECTION = ("last-epoch", "validation")
 _REQUIRED_CARD_KEYS = ("name", "loader", "num_classes", "split")
 LOADERS = ("fashion_mnist", "cifar", "list_file", "synthetic", "fashion_mnist_mosaic",
            "fashion_mnist_pairs", "wordnet", "synthetic_documents")
@@ -155,6 +162,10 @@ def load_card(name: str, cards_dir: Path = CARDS_DIR) -> DatasetCard:
     if precision_at is not None and (isinstance(precision_at, bool) or not isinstance(precision_at, int)
                                      or precision_at < 1):
         raise UserError(f"dataset card {path}: precision_at = {precision_at!r}; use an integer >= 1")
+    selection = raw.get("unsupervised_selection")
+    if selection is not None and selection not in UNSUPERVISED_SELECTION:
+        raise UserError(f"dataset card {path}: unsupervised_selection '{selection}' is not one of "
+                        f"{', '.join(UNSUPERVISED_SELECTION)}")
     class_names = tuple(raw.get("class_names") or ())
     if not class_names and raw["loader"] == "fashion_mnist_pairs":
         class_names = pair_class_names((raw.get("options") or {}).get("item_names") or ())
@@ -181,6 +192,8 @@ def load_card(name: str, cards_dir: Path = CARDS_DIR) -> DatasetCard:
         modality=modality,
         features=int(features) if modality == "features" else 0,
         precision_at=precision_at,
+        unsupervised_selection=selection,
+        augmentation=dict(raw.get("augmentation") or {}),
     )
 
 

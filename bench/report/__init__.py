@@ -5,7 +5,8 @@ records.
       -> analysis.analyze()        which runs count, grouped into comparable tables
       -> frame.claims_frame()      a tidy frame of the counted runs
       -> claims.evaluate_claims()  comparisons per claim, graded per card family (grading.py)
-      -> build_report()            document blocks (tables.py, sections.py) + figure plans
+      -> build_report()            document blocks (tables.py, sections.py, unsupervised.py) +
+                                   figure plans
       -> write_report()            report.md, report.html (self-contained), figures/*.png,
                                    verdicts.json, runs.csv, power.csv, numbers.json
 
@@ -62,6 +63,8 @@ from bench.report.tables import (
 )
 from bench.report.timing import isolated_timing_section, load_timing, timing_details
 from bench.report.tuning import tuning_section
+from bench.report.unsupervised import SECTION as UNSUPERVISED_SECTION
+from bench.report.unsupervised import unsupervised_section
 from bench.report.util import CLAIMS_FILE, PUBLISHED_FILE, get
 from bench.report.verdicts import CONSISTENT, CONTRADICTED, GRADES, MIXED, NOT_MEASURABLE, SUPPORTED
 
@@ -134,15 +137,18 @@ def build_report(records: Sequence[dict], problems: Sequence[str] = (), claims: 
     frame = claims_frame(analysis)
     verdicts = evaluate_claims(frame, claims, timing)
     views, unmatched = attack_views(analysis, attacks)
-    sections = SECTIONS
-    if views or unmatched:  # the section exists only where attack results do
-        at = SECTIONS.index("Main comparison") + 1
-        sections = (*SECTIONS[:at], ATTACK_SECTION, *SECTIONS[at:])
+    # Sections that exist only where their runs do (reports without them keep their bytes),
+    # in the order they are written below: attacks, then the unsupervised table.
+    extra = [*([ATTACK_SECTION] if views or unmatched else []),
+             *([UNSUPERVISED_SECTION] if analysis.unsupervised else [])]
+    at = SECTIONS.index("Main comparison") + 1
+    sections = (*SECTIONS[:at], *extra, *SECTIONS[at:])
     doc = Doc()
     _header(doc, analysis, verdicts, sections)
     claims_section(doc, verdicts)
     main_comparison(doc, analysis, list(published))
     attack_section(doc, analysis, views, unmatched)
+    unsupervised_section(doc, analysis)
     tuning_section(doc, trials, tuned or {})
     budget_section(doc, analysis)
     curves(doc, analysis)

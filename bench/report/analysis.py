@@ -6,7 +6,9 @@ bench.RESULTS_VERSION`) enter the numbers. Records from older code, failed runs,
 and cells whose seed set is incomplete are listed in "Data quality" and kept out. Each dataset
 card's *primary* table is its main table with the most complete cells (the headline
 comparisons of a claim are made there); other main tables (longer schedules, other
-protocols) are shown after it."""
+protocols) are shown after it. Tables of runs whose training saw no labels (the unsupervised
+regime) are kept apart (`Analysis.unsupervised`): never a card's primary table, never in the
+claims' frame."""
 
 from __future__ import annotations
 
@@ -102,6 +104,7 @@ class Analysis:
     multi_digest: set[str]
     primary: dict[str, Scope] = field(default_factory=dict)  # dataset card -> its primary table
     results_version: Any = RESULTS_VERSION  # the version treated as current code
+    unsupervised: dict[Scope, MainTable] = field(default_factory=dict)  # apart from `main`
 
     @property
     def scopes(self) -> list[Scope]:
@@ -261,6 +264,7 @@ def analyze(records: Sequence[dict], problems: Sequence[str] = (),
     multi_digest = {d for d, values in digests.items() if len(values) > 1}
 
     main: dict[Scope, MainTable] = {}
+    unsupervised: dict[Scope, MainTable] = {}
     crh: dict[Scope, CrhAblations] = {}
     for scope in sorted({g.scope for g in groups}):
         in_scope = [g for g in groups if g.scope == scope]
@@ -273,7 +277,8 @@ def analyze(records: Sequence[dict], problems: Sequence[str] = (),
             only_failed = {(k[3], k[4]): tuple(sorted(v)) for k, v in failed_seeds.items()
                            if k[:3] == (scope.dataset, scope.protocol, scope.settings) and not k[5]
                            and (k[3], k[4]) not in cells}
-            main[scope] = MainTable(scope, expected, cells, only_failed)
+            (unsupervised if scope.unsupervised else main)[scope] = MainTable(scope, expected, cells,
+                                                                                only_failed)
         ablations = build_crh_ablations(scope, in_scope)
         if ablations is not None:
             crh[scope] = ablations
@@ -283,4 +288,4 @@ def analyze(records: Sequence[dict], problems: Sequence[str] = (),
         if best is None or _primary_rank(main[scope]) > _primary_rank(main[best]):
             primary[scope.dataset] = scope
     return Analysis(included, older, failed, problems, groups, conflicts, main, crh, multi_digest, primary,
-                    results_version)
+                    results_version, unsupervised)

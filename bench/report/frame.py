@@ -23,10 +23,13 @@ CLAIM_COLUMNS = ("run_id", "card", "table", "primary", "protocol", "epochs", "me
 
 
 def claims_frame(analysis: Analysis) -> pd.DataFrame:
-    """The runs that count, with mAP-like metrics in points and cost in seconds."""
+    """The runs that count, with mAP-like metrics in points and cost in seconds. Runs whose
+    training saw no labels are left out: no claim here is about them."""
     rows = []
     for index, group in enumerate(analysis.groups):
         scope = group.scope
+        if scope.unsupervised:
+            continue
         for seed, record in sorted(group.runs.items()):
             rows.append({
                 "run_id": str(record.get("run_id")), "card": scope.dataset,

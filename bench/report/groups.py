@@ -1,7 +1,8 @@
 """What makes runs comparable: scopes, groups of seeds, and cells judged against a seed set.
 
 A *scope* is dataset, protocol, the epoch count and any overridden training setting,
-backbone/split seed when not default, and the split digest. Inside a scope a *group* is one
+backbone/split seed when not default, the split digest, and the regime when training saw no
+labels (`regime=unsupervised`: such runs are never in a supervised table). Inside a scope a *group* is one
 method x bit length x configuration; its *variant* is how the method-specific configuration
 differs from the method's defaults (empty for the main comparison; CRH's ablations are
 variants). A *cell* is a group judged against the seed set expected where it is shown."""
@@ -20,6 +21,7 @@ from bench.errors import UserError
 from bench.report.stats import Stat
 from bench.report.util import get, jsonable, method_sort_key
 
+UNSUPERVISED = "unsupervised"  # the scope setting `regime` of runs whose training saw no labels
 # Training settings shared by all methods: an overridden one is part of a run's scope.
 _SCOPE_SPEC_DEFAULTS = (("backbone", None), ("pretrained", False), ("split_seed", 0))
 
@@ -58,6 +60,11 @@ class Scope:
         return f"{base}-{tag}"
 
     @property
+    def unsupervised(self) -> bool:
+        """Training saw no labels: the scope's tables stand apart from every supervised table."""
+        return dict(self.settings).get("regime") == json.dumps(UNSUPERVISED)
+
+    @property
     def epochs(self) -> int:
         value = dict(self.settings).get("epochs")
         return int(json.loads(value) or 0) if value is not None else 0
@@ -81,6 +88,8 @@ def scope_of(record: dict) -> Scope:
             settings[key] = spec.get(key)
     if per_seed:
         settings["split"] = "per-seed"
+    if get(record, "regime", "supervised", default=True) is False:
+        settings["regime"] = UNSUPERVISED  # records of supervised runs carry no `regime`
     # A fixed split's tables are keyed by its digest; per-seed splits differ by seed by design.
     digest = "per-seed" if per_seed else str(get(record, "split", "digest", default="") or "")
     return Scope(str(spec.get("dataset")), str(spec.get("protocol")),

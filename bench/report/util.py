@@ -23,7 +23,8 @@ PUBLISHED_FILE = PACKAGE_DIR / "published.yaml"
 METHOD_ORDER = ("crh", "csq", "dpn", "hashnet", "shc")
 DISPLAY_NAMES = {"crh": "CRH", "csq": "CSQ", "dpn": "DPN", "hashnet": "HashNet", "shc": "SHC",
                  "orthohash": "OrthoHash", "mds": "MDS", "hclm": "HCLM", "idch": "IDCH", "mlh": "MLH",
-                 "ics": "ICS", "lbhash": "LBHash", "cgat": "CgAT"}
+                 "ics": "ICS", "lbhash": "LBHash", "cgat": "CgAT", "lsh": "LSH", "itq": "ITQ",
+                 "cimon": "CIMON"}
 # Methods shown as reference rows (set apart from the hashing methods, never "best").
 FLOOR_METHOD = "classify-then-hash"
 REFERENCE_METHODS = (FLOOR_METHOD,)

@@ -12,7 +12,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from bench.data.loading import ground_truth_record
 from bench.data.splits import Split, selection_description, selection_reference
+from bench.runs.records import relative_to_results
+from bench.runs.spec import run_id
+from bench.training import regime
 
 
 class TrainingDiverged(RuntimeError):
@@ -129,3 +133,35 @@ def validation_database(split: Split, topk: int | None) -> tuple[np.ndarray, dic
         val_topk = max(1, int(round(topk * len(reference) / len(split.database))))
     return reference, {**selection_description(split), "criterion": f"validation mAP@{val_topk or 'all'}",
                        "topk": val_topk}
+
+
+def record_body(run: Any, selected: Any, metrics: dict[str, Any],
+                 extras: dict[str, Any]) -> dict[str, Any]:
+    """The record body of a trained run (`bench.training.train.Run`) and its selected method: spec,
+    resolved config, task, split, selection, metrics, history."""
+    spec, card, split = run.spec, run.card, run.split
+    truth = ground_truth_record(run.source)
+    selection = {**run.selection, "best_epoch": run.best["epoch"], "best_val_mAP": run.best["val_mAP"]}
+    if run.rule != regime.VALIDATION:  # supervised records keep their shape
+        selection["rule"] = regime.RULE_TEXT[run.rule]
+    return {
+        "run_id": run_id(spec, run.config),
+        "device": str(run.ctx.device),
+        "numerics": run.numerics.record(),
+        "spec": spec.to_dict(),
+        "config": run.config,
+        "task": {"num_classes": card.num_classes, "multi_label": card.multi_label,
+                 "class_names": list(card.class_names),
+                 **({"ground_truth_similarity": truth} if truth else {})},
+        "split": {"digest": split.digest, "path": relative_to_results(split.path), "sizes": split.sizes(),
+                  "seed": spec.split_seed, "data": run.source.identity},
+        "selection": selection,
+        **({"regime": run.regime} if run.regime is not None else {}),
+        "metrics": metrics,
+        "history": run.history,
+        "timings": run.timings,
+        "method": run.method.record(),
+        "method_api": run.method.describe_api(),
+        "method_at_selected_epoch": selected.record(),
+        **extras,
+    }

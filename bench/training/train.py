@@ -28,14 +28,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from bench.data.loading import DatasetCard, ImageSource, ground_truth_record, load_card, open_dataset
+from bench.data.loading import DatasetCard, ImageSource, load_card, open_dataset
 from bench.data.splits import Split, make_split
 from bench.errors import UserError
 from bench.evaluation.retrieval import evaluate_retrieval
 from bench.network.backbones import HashNetwork, build_backbone, check_backbone_fits
 from bench.network.numerics import ImageCache, Numerics, applied, fused_for_inference, pick_device, resolve
-from bench.runs.records import relative_to_results
-from bench.runs.spec import RunSpec, resolve_config, run_id
+from bench.runs.spec import RunSpec, resolve_config
+from bench.training import regime
 from bench.training.parts import (
     TrainingDiverged,
     build_scheduler,
@@ -43,6 +43,7 @@ from bench.training.parts import (
     class_feature_similarity,
     code_ties,
     optimizer_for,
+    record_body,
     rounded,
     seed_everything,
     stage_optimizer,
@@ -137,6 +138,8 @@ def encode(
                     out = backbone(images)
                 elif features:
                     out = backbone(images)
+                elif method is not None and type(method).encodes_inputs:
+                    out = method.encode_inputs(images.float())
                 elif method is not None:
                     backbone_features = backbone(images).float()
                     out = method.retrieval_code(model.hash_layer(backbone_features), backbone_features)
@@ -170,14 +173,27 @@ class RunContext:
     batch: Batch | None = None
     numerics: Numerics | None = None
     cache: ImageCache | None = None
+    supervised: bool = True
+    augmentation: regime.Augmentation = field(default_factory=regime.Augmentation)
+    augment_generator: torch.Generator | None = None
 
     @property
     def train_indices(self) -> np.ndarray:
         return self.split.train
 
     def labels_of(self, indices: np.ndarray) -> np.ndarray:
-        """Multi-hot labels [N, C] of dataset items."""
+        """Multi-hot labels [N, C] of dataset items (refused to an unsupervised method)."""
+        if not self.supervised:
+            raise UserError(f"method {self.spec.method} is unsupervised: it may not read labels "
+                            f"(ctx.labels_of)")
         return np.asarray(self.source.labels[indices])
+
+    def augment(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """One view of normalised images under the run's declared augmentation (bench.training.regime)."""
+        generator = generator if generator is not None else self.augment_generator
+        if generator is None:
+            generator = self.augment_generator = regime.augmentation_generator(self.spec.seed)
+        return self.augmentation(images, generator, self.source.pixel_box())
 
     def encode_with(self, module: torch.nn.Module, indices: np.ndarray) -> np.ndarray:
         """Outputs of any module (e.g. SHC's stage-1 classifier) for dataset items, unaugmented."""
@@ -221,8 +237,9 @@ class RunContext:
     ) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
         """One shuffled pass over the training split."""
         order = self.split.train[torch.randperm(len(self.split.train), generator=generator).numpy()]
-        return iterate_batches(self.source, order, batch_size or int(self.config["batch_size"]),
-                               True, self.device, self.num_workers, self.numerics, self.cache)
+        batches = iterate_batches(self.source, order, batch_size or int(self.config["batch_size"]),
+                                  True, self.device, self.num_workers, self.numerics, self.cache)
+        return batches if self.supervised else regime.unlabelled(batches)
 
 
 def build_optimizer(model: HashNetwork, config: dict[str, Any],
@@ -311,6 +328,8 @@ class Run:
     validation_reference: np.ndarray
     selection: dict[str, Any]
     zero_relevant: str
+    rule: str = regime.VALIDATION
+    regime: dict[str, Any] | None = None  # what training saw, for a run that is not supervised training
     timings: dict[str, float] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
     best: dict[str, Any] = field(default_factory=lambda: {"epoch": -1, "val_mAP": -math.inf, "state": None})
@@ -336,7 +355,7 @@ def _train_and_evaluate(
                                           num_workers, numerics, run.cache)
     run.timings["total"] = time.perf_counter() - started
     run.timings["method_stages"] = dict(run.ctx.stage_times)
-    return _record_body(run, selected, metrics, extras)
+    return record_body(run, selected, metrics, extras)
 
 
 def _build_run(spec: RunSpec, results_dir: Path | None, data_root: str | None, torch_device: torch.device,
@@ -350,6 +369,7 @@ def _build_run(spec: RunSpec, results_dir: Path | None, data_root: str | None, t
                 seed=spec.seed, epochs=int(config["epochs"]), device=torch_device,
                 pretrained=spec.pretrained)
     method_cls.check(config, task)
+    views = regime.check_views(method_cls.views, spec.method)
 
     check_backbone_fits(card, spec.backbone or card.backbone)
     source = open_dataset(card, data_root)
@@ -371,16 +391,22 @@ def _build_run(spec: RunSpec, results_dir: Path | None, data_root: str | None, t
     ctx = RunContext(spec=spec, config=config, card=card, task=task, source=source, split=split,
                      model=model, device=torch_device, progress_bars=progress_bars,
                      num_workers=num_workers, weights_file=weights_file, numerics=numerics,
-                     cache=cache)
+                     cache=cache, supervised=method_cls.supervised,
+                     augmentation=regime.Augmentation.of_card(card),
+                     augment_generator=regime.augmentation_generator(spec.seed))
     run = Run(spec=spec, card=card, config=config, source=source, split=split, model=model,
               method=method, ctx=ctx, numerics=numerics, cache=cache,
               validation_reference=validation_reference, selection=selection,
-              zero_relevant=zero_relevant)
+              zero_relevant=zero_relevant,
+              rule=regime.selection_rule(method_cls.supervised, method_cls.trains, card))
+    run.regime = regime.regime_record(method_cls.supervised, method_cls.trains, views, run.rule,
+                                      ctx.augmentation)
     run.timings["data"] = time.perf_counter() - started
     ctx.steps_per_epoch = steps_per_epoch(len(split.train), int(config["batch_size"]))
 
     setup_start = time.perf_counter()
     method.setup(ctx)
+    regime.centers_allowed(method_cls.supervised, method.class_centers(), spec.method)
     seed_everything(spec.seed + 1)  # setup may consume randomness; keep the loop's order fixed
     run.timings["method_setup"] = time.perf_counter() - setup_start
     return run
@@ -390,6 +416,11 @@ def _train_with_selection(run: Run, progress_bars: bool) -> None:
     """Train for the configured epochs; every eval_every epochs (and at the last), score the
     validation queries against the validation database and keep the best epoch's state."""
     config, spec, model, method = run.config, run.spec, run.model, run.method
+    if run.rule == regime.FITTED:  # nothing to train: score the fitted method once, keep it
+        seconds, encode_seconds = _validate(run, {}, -1)
+        run.timings.update({"train": 0.0, "validation": seconds, "validation_encode": encode_seconds,
+                            "method_hooks": 0.0})
+        return
     optimizer = build_optimizer(model, config, method)
     scheduler = build_scheduler(optimizer, config)
     order_generator = torch.Generator().manual_seed(spec.seed)
@@ -435,13 +466,21 @@ def _train_one_epoch(run: Run, epoch: int, optimizer: torch.optim.Optimizer,
     collected_codes: list[torch.Tensor] = []
     collected_labels: list[torch.Tensor] = []
     batches = ctx.train_batches(order_generator)
+    views = 0 if ctx.supervised else type(method).views
     for indices, images, labels in tqdm(batches, total=ctx.steps_per_epoch, desc=f"epoch {epoch + 1}",
                                         leave=False, disable=not progress_bars):
+        view_images = tuple(ctx.augment(images) for _ in range(views))  # unsupervised: its views
+        if view_images:
+            images = torch.cat(view_images) if views > 1 else view_images[0]
         with numerics.autocast():  # bf16 on CUDA only; the loss is computed in float32
             features = model.features(images)
             h = model.hash_layer(features)
         features, h = features.float(), h.float()
-        ctx.batch = Batch(indices=indices, images=images, labels=labels, features=features, h=h)
+        view_h: tuple[torch.Tensor, ...] = h.split(len(indices)) if view_images else ()
+        if view_images:  # the first view is the batch's own; every view's output in `views`
+            images, features, h = view_images[0], features[: len(indices)], view_h[0]
+        ctx.batch = Batch(indices=indices, images=images, labels=labels, features=features, h=h,
+                          views=view_h, view_images=view_images)
         loss = method.loss(h, labels, ctx)
         loss_value = float(loss.detach())  # one host sync per step, reused for the check
         if not math.isfinite(loss_value):
@@ -489,7 +528,11 @@ def _validate(run: Run, entry: dict[str, Any], epoch: int) -> tuple[float, float
         zero_relevant=run.zero_relevant,
     )
     entry["val_mAP"] = float(val_metrics["mAP"])
-    if entry["val_mAP"] > run.best["val_mAP"]:
+    if run.rule == regime.VALIDATION:
+        keep = entry["val_mAP"] > run.best["val_mAP"]
+    else:  # the last epoch, or the fitted method (epoch -1: selected as epoch 0)
+        keep = epoch + 1 == int(run.config["epochs"]) or run.rule == regime.FITTED
+    if keep:
         run.best = {"epoch": epoch + 1, "val_mAP": entry["val_mAP"],
                     "state": copy.deepcopy({k: v.detach().cpu() for k, v in run.model.state_dict().items()}),
                     "method": copy.deepcopy(run.method)}
@@ -543,29 +586,3 @@ def _describe_codes_and_centers(run: Run, selected: HashMethod, db_codes: np.nda
         extras["center_semantics"] = center_semantics(center_array, similarity)
     return extras
 
-
-def _record_body(run: Run, selected: HashMethod, metrics: dict[str, Any],
-                 extras: dict[str, Any]) -> dict[str, Any]:
-    """The record body: spec, resolved config, task, split, selection, metrics, history."""
-    spec, card, split = run.spec, run.card, run.split
-    truth = ground_truth_record(run.source)
-    return {
-        "run_id": run_id(spec, run.config),
-        "device": str(run.ctx.device),
-        "numerics": run.numerics.record(),
-        "spec": spec.to_dict(),
-        "config": run.config,
-        "task": {"num_classes": card.num_classes, "multi_label": card.multi_label,
-                 "class_names": list(card.class_names),
-                 **({"ground_truth_similarity": truth} if truth else {})},
-        "split": {"digest": split.digest, "path": relative_to_results(split.path), "sizes": split.sizes(),
-                  "seed": spec.split_seed, "data": run.source.identity},
-        "selection": {**run.selection, "best_epoch": run.best["epoch"], "best_val_mAP": run.best["val_mAP"]},
-        "metrics": metrics,
-        "history": run.history,
-        "timings": run.timings,
-        "method": run.method.record(),
-        "method_api": run.method.describe_api(),
-        "method_at_selected_epoch": selected.record(),
-        **extras,
-    }
