@@ -20,13 +20,14 @@ def execute(args: argparse.Namespace) -> int:
 
     if args.what in ("all", "methods"):
         print("methods:")
+        width = max(map(len, available_methods()), default=10)  # one column, however long a name
         for name in available_methods():
             source = method_source(name)
             origin = "" if source.builtin else f"  [{source.describe()}]"
-            print(f"  {name:10s} {get_method(name).summary}{origin}")
+            print(f"  {name:{width}s} {get_method(name).summary}{origin}")
             unknowns = get_method(name).reconstruction()
             if unknowns:  # rebuilt from abstracts or a predecessor's code: name what is not read
-                print(f"  {'':10s} reconstruction: {', '.join(unknowns)} (what was assumed: "
+                print(f"  {'':{width}s} reconstruction: {', '.join(unknowns)} (what was assumed: "
                       f"`bench list settings`)")
         for problem in plugin_problems():
             print(f"  warning: {problem}")
