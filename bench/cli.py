@@ -21,7 +21,7 @@ COMMANDS: dict[str, str] = {
     "list": "Show methods, datasets, backbones and experiments.",
     "evaluate": "Evaluate retrieval for codes produced anywhere (.npy files).",
     "perf": "Benchmarks that print a figure next to its comparison.",
-    "readme": "Render README.md from docs/README.template.md and reports/numbers.json (--check: compare).",
+    "readme": "Render README.md and docs/*.md from templates and reports/numbers.json (--check: compare).",
     "centers": "Center generators only (no training): min/mean Hamming distance, GV bound, time.",
     "records": "Maintain stored records: `records migrate` rewrites old ones in the current format.",
 }

@@ -1,6 +1,7 @@
 """README numbers come from the records: the template's results section holds no decimal
 literal but the paper's own figures, `bench readme` renders every placeholder from
-numbers.json, and `--check` names the first key whose number differs."""
+numbers.json, and `--check` names the first key whose number differs. The README and the
+pages under docs/ (docs/templates/<page>.md -> docs/<page>.md) are checked alike."""
 
 from __future__ import annotations
 
@@ -12,10 +13,11 @@ import pytest
 
 from bench.cli import main
 from bench.errors import UserError
-from bench.report.readme import PLACEHOLDER, first_difference, render
+from bench.report.readme import PLACEHOLDER, first_difference, pages, render
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "docs" / "README.template.md"
+TEMPLATES = [template for template, _ in pages(ROOT)]  # the README's and every docs page's
 ALLOWED = {"1.76", "3.08", "6.6"}  # the paper's range and its "up to +6.6 %": quoted, not measured
 DECIMAL = re.compile(r"(?<![\w.])[-+]?\d+\.\d+(?![\w.]*\d)")
 
@@ -36,19 +38,27 @@ def results_prose(template: str, heading: str = "Results") -> str:
     return PLACEHOLDER.sub("", section)
 
 
+def template_with(heading: str) -> str:
+    """The text of the one template (README or docs page) holding the level-2 section."""
+    holding = [t for t in TEMPLATES if f"\n## {heading}" in t.read_text()]
+    assert len(holding) == 1, f"section '## {heading}' is in {len(holding)} templates, expected one"
+    return holding[0].read_text()
+
+
 def decimals(text: str) -> list[str]:
     return [m.lstrip("+-") for m in DECIMAL.findall(text) if m.lstrip("+-") not in ALLOWED]
 
 
 def test_the_template_results_hold_no_hand_typed_decimal():
-    assert decimals(results_prose(TEMPLATE.read_text())) == []
+    assert "\n## Results" in TEMPLATE.read_text(), "the results stay in the README"
+    assert decimals(results_prose(template_with("Results"))) == []
 
 
 @pytest.mark.parametrize("heading", sorted(MEASURED_ELSEWHERE))
 def test_measured_values_outside_the_results_come_from_numbers_json(heading: str) -> None:
     """Chance rates and the GPU image's versions are read from the records; what is left typed
     in these sections is a definition (a card's similarity weights, a sampling floor)."""
-    typed = decimals(results_prose(TEMPLATE.read_text(), heading))
+    typed = decimals(results_prose(template_with(heading), heading))
     assert [d for d in typed if d not in MEASURED_ELSEWHERE[heading]] == []
 
 
@@ -84,6 +94,55 @@ def test_readme_command_check_exit_codes(tmp_path, capsys):
     assert "table.FM.crh.32" in capsys.readouterr().err
     assert readme.read_text() == before  # --check writes nothing
     assert main([*args[:-2], "--readme", str(readme), "--numbers", str(tmp_path / "missing.json")]) == 2
+
+
+def test_every_docs_template_is_rendered_and_every_rendered_page_has_a_template():
+    """`bench readme` covers README.md and each docs/templates/<page>.md -> docs/<page>.md, and
+    no docs/*.md page is left without its template (it would drift from numbers.json)."""
+    pairs = pages(ROOT)
+    assert pairs[0] == (ROOT / "docs" / "README.template.md", ROOT / "README.md")
+    rendered = {page for _, page in pairs}
+    assert {template.name for template, _ in pairs[1:]} == {page.name for page in rendered} - {"README.md"}
+    assert set((ROOT / "docs").glob("*.md")) - {pairs[0][0]} <= rendered
+
+
+def test_readme_command_renders_and_checks_every_page(tmp_path, monkeypatch, capsys):
+    """No --template/--readme: every page; --check names the page that differs."""
+    import bench.data.loading
+
+    (tmp_path / "docs" / "templates").mkdir(parents=True)
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "docs" / "README.template.md").write_text("top {{a}}\n")
+    (tmp_path / "docs" / "templates" / "page.md").write_text("page {{b}}\n")
+    (tmp_path / "reports" / "numbers.json").write_text(json.dumps({"a": "1.00", "b": "2.00"}))
+    monkeypatch.setattr(bench.data.loading, "REPO_ROOT", tmp_path)
+    assert main(["readme"]) == 0
+    assert (tmp_path / "README.md").read_text() == "top 1.00\n"
+    assert (tmp_path / "docs" / "page.md").read_text() == "page 2.00\n"
+    assert main(["readme", "--check"]) == 0
+    (tmp_path / "docs" / "page.md").write_text("page 2.01\n")
+    capsys.readouterr()
+    assert main(["readme", "--check"]) == 1
+    err = capsys.readouterr().err
+    assert "page.md" in err and "'b'" in err and "README.md differs" not in err
+
+
+def test_relative_links_in_the_rendered_pages_resolve():
+    """Links between the README and the docs pages (and into the repository) name files that
+    exist, and an anchor names a heading of the linked page."""
+    for _, page in pages(ROOT):
+        text = page.read_text()
+        for target in re.findall(r"\]\(([^)\s]+)\)", re.sub(r"```.*?```", "", text, flags=re.S)):
+            if "://" in target or target.startswith("mailto:"):
+                continue
+            path, _, anchor = target.partition("#")
+            linked = (page.parent / path).resolve() if path else page
+            assert linked.exists(), f"{page.name} links to {target}, which does not exist"
+            if anchor and linked.suffix == ".md":
+                headings = re.findall(r"^#+ (.+)$", re.sub(r"```.*?```", "", linked.read_text(), flags=re.S),
+                                      flags=re.M)
+                slugs = {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+                assert anchor in slugs, f"{page.name} links to {target}: no such heading"
 
 
 def test_numbers_json_holds_table_cells_and_claim_grades(make_record):

@@ -1,8 +1,9 @@
 """The numbers the README quotes, as the report computes them (reports/numbers.json), and the
 seeds-for-power table (reports/power.csv).
 
-README.md is rendered from docs/README.template.md by `python -m bench readme`, which fills
-each `{{key}}` from numbers.json: a hand-typed number cannot drift from the records. Values
+README.md is rendered from docs/README.template.md (and each docs/<page>.md from
+docs/templates/<page>.md) by `python -m bench readme`, which fills each `{{key}}` from
+numbers.json: a hand-typed number cannot drift from the records. Values
 are strings formatted as the README shows them."""
 
 from __future__ import annotations

@@ -1,5 +1,7 @@
 """README.md rendered from docs/README.template.md and reports/numbers.json: every `{{key}}`
 is replaced by the value the report computed, so the README's numbers come from the records.
+The pages under docs/ are rendered the same way, docs/templates/<page>.md -> docs/<page>.md;
+`pages` is the one place that pairs every template with the file it renders.
 
 `render` is pure; `first_difference` names where a README differs from its rendering (what
 `python -m bench readme --check` reports)."""
@@ -13,6 +15,20 @@ from pathlib import Path
 from bench.errors import UserError
 
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z0-9_.\-]+)\s*\}\}")
+
+
+README_TEMPLATE = Path("docs") / "README.template.md"
+PAGE_TEMPLATES = Path("docs") / "templates"
+
+
+def pages(root: Path) -> list[tuple[Path, Path]]:
+    """Every (template, rendered file) pair under `root`: README.md from docs/README.template.md,
+    then docs/<page>.md from each docs/templates/<page>.md, sorted by name."""
+    root = Path(root)
+    pairs = [(root / README_TEMPLATE, root / "README.md")]
+    pairs += [(template, root / "docs" / template.name)
+              for template in sorted((root / PAGE_TEMPLATES).glob("*.md"))]
+    return pairs
 
 
 def load_numbers(path: Path) -> dict[str, str]:

@@ -10,7 +10,8 @@ in the caller's results directory and no two processes ever write the same file.
 - `--backend dask`: a `distributed.LocalCluster` of N single-threaded worker processes on
   this machine, or, with `--scheduler ADDRESS`, an existing cluster. A cluster's workers
   need this package and the datasets installed; they decide their own device and threads
-  (see the README for one run per GPU).
+  (see docs/report.md, "Sweeps, parallel runs and clusters", for one run
+  per GPU).
 """
 
 from __future__ import annotations
