@@ -143,6 +143,7 @@ class MISH(HashMethod):
     reference = "Hansen et al., Unsupervised Multi-Index Semantic Hashing, WWW 2021"
     supervised = False
     views = 0
+    inputs = ("features",)
     retrieval_output = "sign(h) = threshold 0.5 on sigmoid(h), h = the shared hash layer's output"
     params = {
         "sigma_start": Param(1.0, "decoder noise sigma at step 0", source=_SPEC),

@@ -60,7 +60,8 @@ def outcome(method: str, untrained: bool = False) -> Outcome:
     if key not in _CACHE:
         lr = 0.0 if untrained else LEARNING_RATE.get(method)
         overrides = dict(SETTINGS, **({"lr": lr} if lr is not None else {}))
-        spec = RunSpec(method, "synthetic", 16, seed=0, protocol="harmonised",
+        dataset = get_method(method).example_dataset()
+        spec = RunSpec(method, dataset, 16, seed=0, protocol="harmonised",
                        overrides=tuple(sorted(overrides.items())))
         seen: dict[str, Any] = {}
         real = bench.training.train.build_optimizer
@@ -77,7 +78,7 @@ def outcome(method: str, untrained: bool = False) -> Outcome:
                 record = train_and_evaluate(spec, results_dir=folder, device="cpu", progress_bars=False)
         finally:
             torch.set_num_threads(previous)
-        card = load_card("synthetic")
+        card = load_card(dataset)
         config = resolve_config(spec, card)
         task = Task(bits=16, num_classes=card.num_classes, multi_label=card.multi_label, seed=0,
                     epochs=int(config["epochs"]), device=torch.device("cpu"))
