@@ -1,8 +1,8 @@
 """MISH (Hansen, Hansen, Simonsen, Alstrup, Lioma, "Unsupervised Multi-Index Semantic Hashing",
 WWW 2021), in the unsupervised regime (`supervised = False`), for feature (document) cards only.
 Facts from shared/specs/methods-wave3.md section 9 and the official code (Varyn/MISH,
-code/model.py), read for facts; pieces the read parts did not settle are `reconstruction:`
-parameters or `reconstructed` entries.
+code/model.py and code/main.py's argument defaults), read for facts; pieces that differ from it
+or that it did not settle are `reconstruction:` parameters or `reconstructed` entries.
 
 Per training batch (the unaugmented term vectors x, `views = 0`; no label is read):
 1. Encoder: p = sigmoid(h), h = the shared hash layer's output (the official encoder ends in a
@@ -10,24 +10,28 @@ Per training batch (the unaugmented term vectors x, `views = 0`; no label is rea
    (identity in p); code c = 2b - 1. Retrieval: threshold 0.5 on p, i.e. sign(h).
 2. Decoder (owned): noisy code z = c + sigma * e, e ~ N(0, I); word logits
    z @ (E * w[:, None])^T + bias, with a word embedding E [V, K], a per-word importance w [V]
-   (initial U(0.1, 1), as model.py) and a bias [V]; loss_rec = -sum over words present in the
-   document (x > 0) of log softmax. sigma = max(0, 1 - 1e-6 * step) (spec: 1, -1e-6 per step).
-   Plus `kl_weight` x KL(Bernoulli(p) || Bernoulli(1/2)) summed over bits, as model.py.
+   (initial U(0.1, 1)), E initial U(-1, 1), a zero bias [V]; loss_rec = -sum over words present
+   in the document (x > 0) of log softmax, summed over the batch (main.py agg_loss 1).
+   sigma = max(0, 1 - 1e-6 * step) (main.py: 1.0, reduction 1e-6). Plus `kl_weight` x
+   KL(Bernoulli(p) || Bernoulli(1/2)) summed over bits (main.py KLweight 0: off).
 3. Bit balance (model.py's "pred_one_all" with gradient reversal): for each bit i a linear map
    (owned, no bias) predicts every other bit's p from p_i; the predictor minimises the masked
    squared error, and the gradient reaching p_i is reversed, so the encoder makes bits hard to
-   predict from each other. Weight `bit_balance`.
-4. Multi-index problem pairs: a ring memory of the last `memory` deterministic codes (and their
-   dataset indices). For each document one random `block`-bit substring is chosen; a memory code
-   that equals it on that substring (a multi-index hit) but is not among its `neighbours` nearest
-   memory codes in full Hamming distance is a problem pair. The term `problem_pair` x mean over
-   the block's bits of (2p - 1) * c_partner pushes the document's bits in that substring away from
-   the partner's (its partner code is stored, so no gradient reaches the partner).
+   predict from each other. Weight `bit_balance`, off by default as main.py's coef_bb (-1).
+4. Multi-index problem pairs (model.py find_problematic_pair): a ring memory of the last
+   `memory` deterministic codes (and their dataset indices). For each document one random
+   `block`-bit substring is chosen; a memory code that equals it on that substring (a
+   multi-index hit) but lies outside its `top_k` nearest memory codes in full Hamming distance is
+   a problem pair. Loss: `problem_pair` x sum over pairs of the substring inner product of the
+   deterministic codes (straight-through), so the pair is pushed apart on that substring.
 
-Left out: the official "updated" variant that picks the block and the allowed in-block distance
+Left out: the neighbour reconstruction term (main.py doc2weight 1: the decoder also
+reconstructs the document from the code of its nearest neighbour by precomputed self-taught
+hashing codes, `numnbr` 10; no STH codes exist here), the official "updated" variant that picks the block and the allowed in-block distance
 from the distance to the k-th neighbour, its `top_k_pair` / `new_top_k_pair` positive pairs, the
 optional bit rotation (`rotate`), the lower-dimensional word embedding option, and a multi-index
 search metric at evaluation (the evaluator scores full Hamming ranking, as for every method).
+The spec's "10 neighbours" is main.py's numnbr, which belongs to the left-out neighbour term.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from methods.base import HashMethod, Param, TrainContext
 
 _CODE = "Varyn/MISH code/model.py"
 _SPEC = "shared/specs/methods-wave3.md section 9"
+_MAIN = "Varyn/MISH code/main.py default:"
 
 
 class StraightThroughBernoulli(torch.autograd.Function):
@@ -84,7 +89,7 @@ class WordDecoder(nn.Module):
 
     def __init__(self, vocabulary: int, bits: int, generator: torch.Generator) -> None:
         super().__init__()
-        self.embedding = nn.Parameter(torch.randn(vocabulary, bits, generator=generator) / bits ** 0.5)
+        self.embedding = nn.Parameter(2 * torch.rand(vocabulary, bits, generator=generator) - 1)
         self.importance = nn.Parameter(0.1 + 0.9 * torch.rand(vocabulary, generator=generator))
         self.bias = nn.Parameter(torch.zeros(vocabulary))
 
@@ -120,7 +125,7 @@ def problem_partners(codes: torch.Tensor, memory: torch.Tensor, blocks: torch.Te
     """For each code (±1, [B, K]) the memory row (±1, [M, K]) that matches it exactly on its
     chosen block (`blocks`, [B] block numbers) but is not among its `neighbours` nearest memory
     codes (full inner product), excluding `same` ([B, M] True where the row is the document
-    itself); -1 where there is none. The first such row in memory order (callers shuffle)."""
+    itself); -1 where there is none. The first such row in memory order."""
     similarity = codes @ memory.T  # [B, M]
     masked = similarity.masked_fill(same, float("-inf"))
     k = min(neighbours, memory.shape[0])
@@ -148,25 +153,28 @@ class MISH(HashMethod):
     params = {
         "sigma_start": Param(1.0, "decoder noise sigma at step 0", source=_SPEC),
         "sigma_decay": Param(1e-6, "decoder noise sigma decrease per optimizer step", source=_SPEC),
-        "kl_weight": Param(0.0, "weight of KL(Bernoulli(p) || Bernoulli(1/2))",
-                           source="reconstruction: the term is in " + _CODE + "; its default "
-                                  "(main.py's KLweight) was not read, so it is off"),
-        "bit_balance": Param(1.0, "weight of the gradient-reversal bit-balance term",
-                             source="reconstruction: the term (pred_one_all) is in " + _CODE
-                                    + "; main.py's coef_bb default was not read"),
-        "problem_pair": Param(1.0, "weight of the problem-pair term",
-                              source="reconstruction: pair selection follows " + _CODE
-                                     + " find_problematic_pair; the loss on a pair was not read"),
-        "block": Param(16, "bits per substring of the multi-index", source=_SPEC),
-        "memory": Param(20000, "codes kept in the pair memory", source=_SPEC),
-        "neighbours": Param(10, "nearest memory codes a problem partner must lie outside", source=_SPEC),
+        "kl_weight": Param(0.0, "weight of KL(Bernoulli(p) || Bernoulli(1/2))", source=_MAIN + " KLweight"),
+        "bit_balance": Param(0.0, "weight of the gradient-reversal bit-balance term (0: off)",
+                             source=_MAIN + " coef_bb -1 (off)"),
+        "problem_pair": Param(1.0, "weight of the problem-pair term", source=_MAIN + " problem_pair (alpha_1)"),
+        "block": Param(16, "bits per substring of the multi-index", source=_MAIN + " block_size"),
+        "memory": Param(20000, "codes kept in the pair memory", source=_MAIN + " memsize"),
+        "top_k": Param(100, "nearest memory codes a problem partner must lie outside",
+                       source=_CODE + " kk=100 (scaled by memory / training size, 1 when all fit)"),
     }
     native = {"optimizer": "adam", "lr": 1e-3, "batch_size": 40}
     native_source = f"{_SPEC} (official code/main.py): Adam lr 1e-3, batch 40"
     reconstructed = {
         "encoder": "the shared backbone (mlp) and hash layer through a sigmoid stand in for the "
-                   "official dense ReLU encoder with dropout",
-        "word embedding init": "N(0, 1/K) for E; the official initialisation was not read",
+                   "official dense ReLU encoder with dropout 0.8",
+        "problem pair side": "the official code stops the document's gradient and re-encodes the "
+                             "partner from its words; here the partner's stored code is fixed and "
+                             "the document moves (the loop sees only the batch's inputs)",
+        "problem pair choice": "the first qualifying memory code in memory order, block drawn "
+                               "uniformly (official default: sample_blocks 1 and "
+                               "problem_pair_choose_last 1, which pick the block from the k-th "
+                               "neighbour distance and the farthest pair)",
+        "bit balance type": "pred_one_all (official default type_bb: pred_rev_block); off by default",
     }
 
     def __init__(self, config: dict[str, Any], task: Any) -> None:
@@ -193,6 +201,8 @@ class MISH(HashMethod):
         self.owned["decoder"] = WordDecoder(sample.shape[1], bits, self.generator).to(ctx.device)
         self.owned["balance"] = nn.Linear(bits, bits, bias=False).to(ctx.device)
         self.block = min(int(self.config["block"]), bits)
+        # main.py: a memory larger than the training set shrinks to it (no stale duplicates)
+        self.memory_size = min(int(self.config["memory"]), len(ctx.train_indices))
         self.memory_codes = torch.zeros(0, bits, device=ctx.device)
 
     def loss(self, h: torch.Tensor, labels: torch.Tensor, ctx: TrainContext) -> torch.Tensor:
@@ -202,11 +212,11 @@ class MISH(HashMethod):
         code = 2 * sample_bits(p, self.generator) - 1
         sigma = noise_sigma(ctx.step, float(self.config["sigma_start"]), float(self.config["sigma_decay"]))
         noise = torch.randn(code.shape, generator=self.generator).to(code.device)
-        reconstruction = self.owned["decoder"].loss(code + sigma * noise, documents).mean()
+        reconstruction = self.owned["decoder"].loss(code + sigma * noise, documents).sum()
         total = reconstruction
         ctx.log("reconstruction", reconstruction.detach())
         if float(self.config["kl_weight"]) > 0:
-            total = total + float(self.config["kl_weight"]) * kl_to_half(p).mean()
+            total = total + float(self.config["kl_weight"]) * kl_to_half(p).sum()
         if float(self.config["bit_balance"]) > 0:
             balance = bit_balance_loss(p, self.owned["balance"].weight)
             ctx.log("bit_balance", balance.detach())
@@ -225,20 +235,22 @@ class MISH(HashMethod):
             return p.sum() * 0
         blocks = torch.randint(0, p.shape[1] // self.block, (len(p),), generator=self.generator).to(p.device)
         same = (indices[:, None] == self.memory_index[None]).to(p.device)
-        partner = problem_partners(codes, memory, blocks, self.block, int(self.config["neighbours"]), same)
+        partner = problem_partners(codes, memory, blocks, self.block, int(self.config["top_k"]), same)
         found = partner >= 0
         self.pairs_found += int(found.sum())
         ctx.log("problem_pairs", float(found.float().mean()))
         if not bool(found.any()):
             return p.sum() * 0
         columns = blocks[found, None] * self.block + torch.arange(self.block, device=p.device)[None]
-        own = torch.gather(2 * p[found] - 1, 1, columns)
+        # the deterministic code with a straight-through gradient: value sign(h), d/dp = 2
+        straight = 2 * StraightThroughBernoulli.apply(p[found], torch.full_like(p[found], 0.5)) - 1
+        own = torch.gather(straight, 1, columns)
         theirs = torch.gather(memory[partner[found]], 1, columns)
-        return (own * theirs).mean(dim=1).sum() / len(p)
+        return (own * theirs).sum()
 
     def _remember(self, codes: torch.Tensor, indices: torch.Tensor) -> None:
         assert self.memory_codes is not None
-        size = int(self.config["memory"])
+        size = self.memory_size
         if len(self.memory_codes) < size:
             room = size - len(self.memory_codes)
             self.memory_codes = torch.cat([self.memory_codes, codes[:room]])

@@ -15,7 +15,7 @@ from bench.errors import UserError
 from bench.runs.spec import RunSpec
 from bench.training.regime import check_views
 from bench.training.train import train_and_evaluate
-from methods.mish import WordDecoder, bit_balance_loss, noise_sigma, sample_bits
+from methods.mish import WordDecoder, bit_balance_loss, noise_sigma, problem_partners, sample_bits
 from tests.test_unsupervised import corrupted_training_labels
 
 pytest.importorskip("sklearn")  # the document card's TF-IDF
@@ -61,6 +61,20 @@ def test_bit_balance_reverses_the_gradient_into_the_bits() -> None:
     assert torch.allclose(p.grad, -plain.grad, atol=1e-6)
 
 
+def test_problem_partners_collide_on_the_block_but_lie_outside_the_top_k() -> None:
+    codes = torch.tensor([[1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0]])
+    memory = torch.tensor([[1.0, 1.0, -1.0, -1.0],   # equal on block 0, inner product 0
+                           [1.0, 1.0, 1.0, -1.0],    # inner product 2: the nearest (top 1)
+                           [-1.0, -1.0, 1.0, 1.0]])  # equal on block 1, inner product 0
+    none = torch.zeros(2, 3, dtype=torch.bool)
+    assert problem_partners(codes, memory, torch.tensor([0, 1]), 2, 1, none).tolist() == [0, 2]
+    # the top-1 neighbour is never a problem pair; inside the top 3 nothing is
+    assert problem_partners(codes, memory, torch.tensor([0, 1]), 2, 3, none).tolist() == [-1, -1]
+    # a document is not its own partner
+    itself = torch.tensor([[True, False, False], [False, False, False]])
+    assert problem_partners(codes, memory, torch.tensor([0, 0]), 2, 1, itself).tolist() == [-1, 0]
+
+
 def test_views_zero_is_the_unaugmented_batch_and_three_is_refused() -> None:
     assert check_views(0, "m") == 0
     with pytest.raises(UserError, match="0 \\(the unaugmented batch\\), 1 or 2"):
@@ -78,7 +92,7 @@ def test_two_epochs_on_documents_unsupervised_and_blind_to_labels(tmp_path: Path
     assert len(record["history"]) == 2 and np.isfinite(record["metrics"]["mAP"])
     assert record["regime"]["supervised"] is False and record["regime"]["views"] == 0
     assert set(record["method_api"]["owned_modules"]) == {"decoder", "balance"}
-    assert "kl_weight" in record["method_api"]["reconstruction"]
+    assert "problem pair side" in record["method_api"]["reconstruction"]
     corrupted_training_labels(monkeypatch)
     # A document source hands its labels to the per-split feature source it builds: restore those
     # too before scoring (the shared helper restores the corpus's).
