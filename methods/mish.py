@@ -27,11 +27,12 @@ Per training batch (the unaugmented term vectors x, `views = 0`; no label is rea
 
 Left out: the neighbour reconstruction term (main.py doc2weight 1: the decoder also
 reconstructs the document from the code of its nearest neighbour by precomputed self-taught
-hashing codes, `numnbr` 10; no STH codes exist here), the official "updated" variant that picks the block and the allowed in-block distance
-from the distance to the k-th neighbour, its `top_k_pair` / `new_top_k_pair` positive pairs, the
-optional bit rotation (`rotate`), the lower-dimensional word embedding option, and a multi-index
-search metric at evaluation (the evaluator scores full Hamming ranking, as for every method).
-The spec's "10 neighbours" is main.py's numnbr, which belongs to the left-out neighbour term.
+hashing codes, `numnbr` 10; no STH codes exist here), the official "updated" variant that
+picks the block and the allowed in-block distance from the distance to the k-th neighbour,
+its `top_k_pair` / `new_top_k_pair` positive pairs, the optional bit rotation (`rotate`), the
+lower-dimensional word embedding option, and a multi-index search metric at evaluation (the
+evaluator scores full Hamming ranking, as for every method). The spec's "10 neighbours" is
+main.py's numnbr, which belongs to the left-out neighbour term.
 """
 
 from __future__ import annotations
@@ -40,7 +41,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from bench.errors import UserError
@@ -156,7 +156,8 @@ class MISH(HashMethod):
         "kl_weight": Param(0.0, "weight of KL(Bernoulli(p) || Bernoulli(1/2))", source=_MAIN + " KLweight"),
         "bit_balance": Param(0.0, "weight of the gradient-reversal bit-balance term (0: off)",
                              source=_MAIN + " coef_bb -1 (off)"),
-        "problem_pair": Param(1.0, "weight of the problem-pair term", source=_MAIN + " problem_pair (alpha_1)"),
+        "problem_pair": Param(1.0, "weight of the problem-pair term",
+                              source=_MAIN + " problem_pair (alpha_1)"),
         "block": Param(16, "bits per substring of the multi-index", source=_MAIN + " block_size"),
         "memory": Param(20000, "codes kept in the pair memory", source=_MAIN + " memsize"),
         "top_k": Param(100, "nearest memory codes a problem partner must lie outside",
@@ -224,7 +225,8 @@ class MISH(HashMethod):
         deterministic = torch.where(h.detach() >= 0, 1.0, -1.0)
         indices = torch.as_tensor(np.asarray(ctx.batch.indices), dtype=torch.long)
         if float(self.config["problem_pair"]) > 0:
-            total = total + float(self.config["problem_pair"]) * self._problem_pairs(p, deterministic, indices, ctx)
+            pairs = self._problem_pairs(p, deterministic, indices, ctx)
+            total = total + float(self.config["problem_pair"]) * pairs
         self._remember(deterministic, indices)
         return total
 
@@ -256,7 +258,7 @@ class MISH(HashMethod):
             self.memory_codes = torch.cat([self.memory_codes, codes[:room]])
             self.memory_index = torch.cat([self.memory_index, indices[:room]])
             codes, indices = codes[room:], indices[room:]
-        for code, index in zip(codes, indices):  # ring: overwrite the oldest
+        for code, index in zip(codes, indices, strict=True):  # ring: overwrite the oldest
             self.memory_codes[self.write] = code
             self.memory_index[self.write] = index
             self.write = (self.write + 1) % size
