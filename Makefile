@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 WORDNET := /usr/share/wordnet/data.noun
 
-.PHONY: setup data tune-main tune-wave3 unsupervised reproduce robustness test lint bench-perf clean-venv mutants
+.PHONY: setup data tune-main tune-wave3 unsupervised documents reproduce robustness test lint bench-perf clean-venv mutants
 
 setup: $(STAMP) data
 
@@ -61,6 +61,11 @@ tune-wave3: setup
 # no training label read (bench/experiments/unsupervised.yaml); the report shows their table apart.
 unsupervised: setup
 	$(PY) -m bench run --experiment unsupervised --jobs $(JOBS) $(RUN_FLAGS)
+
+# Document hashing (wordnet-nouns, needs Debian's wordnet-base and scikit-learn): MISH, LSH, ITQ
+# and CSQ as a supervised reference, 16/32/64 bits, 3 seeds (bench/experiments/documents.yaml).
+documents: setup
+	$(PY) -m bench run --experiment documents --jobs $(JOBS) $(RUN_FLAGS)
 	$(PY) -m bench report
 
 reproduce: tune-main

@@ -145,6 +145,15 @@ class HashMethod:
     # True: retrieval codes come from `encode_inputs` (the method's own function of the network's
     # normalised inputs) instead of the network; for methods that hash the inputs themselves.
     encodes_inputs: ClassVar[bool] = False
+    # What the method can hash: "images", "features" (a feature card's vectors, e.g. TF-IDF
+    # documents) or both. A method that refuses one kind says so in `setup`, in one line; tests
+    # that run every method pick a card of a kind it takes (`example_dataset`).
+    inputs: ClassVar[tuple[str, ...]] = ("images", "features")
+
+    @classmethod
+    def example_dataset(cls) -> str:
+        """The small synthetic card of a kind this method takes (for tests and smoke runs)."""
+        return "synthetic" if "images" in cls.inputs else "synthetic-documents"
 
     def __init__(self, config: dict[str, Any], task: Task) -> None:
         self.config = config

@@ -37,7 +37,10 @@ MOVING_CENTERS = {"crh", "idch"}
 # (modfire's CSQ_D): at the harmonised 1e-3 its surrogates learn to read the class from the
 # logits' magnitudes and every code collapses to one sign pattern (measured: 1 distinct
 # database code, mAP 0.306 vs 0.210 untrained); at 1e-2, inside the shared lr range, it learns.
-LEARNING_RATE = {"lbhash": 1e-2}
+# MISH on synthetic-documents (24 steps on 120 documents): its decoder's U(-1, 1) word embeddings
+# (the official initialisation) move too little at 1e-3 (measured: mAP 0.458 vs untrained 0.402;
+# at 3e-3: 0.693).
+LEARNING_RATE = {"lbhash": 1e-2, "mish": 3e-3}
 # Where the total loss is not a descent objective, the term that must fall and over how many
 # epochs: LBHash's map term is a game against the reversed byte and its bit permutation is
 # redrawn after every 4th epoch (which resets what its surrogates learnt), so its net term
@@ -60,7 +63,8 @@ def outcome(method: str, untrained: bool = False) -> Outcome:
     if key not in _CACHE:
         lr = 0.0 if untrained else LEARNING_RATE.get(method)
         overrides = dict(SETTINGS, **({"lr": lr} if lr is not None else {}))
-        spec = RunSpec(method, "synthetic", 16, seed=0, protocol="harmonised",
+        dataset = get_method(method).example_dataset()
+        spec = RunSpec(method, dataset, 16, seed=0, protocol="harmonised",
                        overrides=tuple(sorted(overrides.items())))
         seen: dict[str, Any] = {}
         real = bench.training.train.build_optimizer
@@ -77,7 +81,7 @@ def outcome(method: str, untrained: bool = False) -> Outcome:
                 record = train_and_evaluate(spec, results_dir=folder, device="cpu", progress_bars=False)
         finally:
             torch.set_num_threads(previous)
-        card = load_card("synthetic")
+        card = load_card(dataset)
         config = resolve_config(spec, card)
         task = Task(bits=16, num_classes=card.num_classes, multi_label=card.multi_label, seed=0,
                     epochs=int(config["epochs"]), device=torch.device("cpu"))

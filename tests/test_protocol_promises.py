@@ -118,6 +118,7 @@ def install_spies(monkeypatch: pytest.MonkeyPatch, fake_validation: list[float] 
 
     def encode_spy(model: Any, source: Any, indices: np.ndarray, *args: Any, **kwargs: Any):
         parts = trace.parts_of(np.asarray(indices))
+        trace.source = source  # the source the loop encodes from (a document card's per-split vectors)
         event = {"kind": "encode", "parts": parts, "indices": np.array(indices, copy=True),
                  "features": bool(kwargs.get("features", False))}
         trace.events.append(event)
@@ -173,7 +174,7 @@ def _one_thread(one_thread: None) -> None:
 def test_query_set_is_encoded_and_scored_once_after_training(method: str, tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     trace = install_spies(monkeypatch)
-    record = run(tmp_path, method, epochs=3, eval_every=1)
+    record = run(tmp_path, method, get_method(method).example_dataset(), epochs=3, eval_every=1)
     split = trace.split
     assert np.intersect1d(split.query, split.database).size == 0
 
@@ -233,7 +234,8 @@ def test_query_metrics_are_those_of_the_restored_best_checkpoint(method: str, tm
     # Validation says epoch 2 of 3 is best; a high constant learning rate makes sure epoch 3's
     # weights (and so its query metrics) differ from epoch 2's.
     trace = install_spies(monkeypatch, fake_validation=[0.5, 0.9, 0.3])
-    record = run(tmp_path, method, epochs=3, eval_every=1, lr=0.01, lr_schedule="constant",
+    record = run(tmp_path, method, get_method(method).example_dataset(), epochs=3, eval_every=1,
+                 lr=0.01, lr_schedule="constant",
                  **MOVING_WEIGHTS.get(method, {}))
     cls = get_method(method)
     if not cls.trains:  # fitted in setup: scored once, selected as fitted (epoch 0)

@@ -12,7 +12,9 @@ or does not train at all (`trains = False`), issue 31. Nothing here names a meth
   no crop or flip preserves, uses noise only). The draws come from a
   generator seeded from the run's seed, apart from the streams of initial weights and data
   order, so the same run gives the same views. A method that asks for two views
-  (`views = 2`) gets both forwarded in one batch.
+  (`views = 2`) gets both forwarded in one batch; one that declares `views = 0` takes the
+  training batch unaugmented (a method that reconstructs its input, e.g. a document's term
+  vector, on cards whose inputs no image augmentation applies to).
 - **Selection.** Validation mAP needs labels, so the checkpoint is the last epoch's, unless the
   card declares `unsupervised_selection: validation`. The validation mAP is still computed at
   the card's cadence, for the history and for a tuner's score (a tuner does read validation
@@ -149,8 +151,9 @@ def selection_rule(supervised: bool, trains: bool, card: DatasetCard) -> str:
 
 
 def check_views(views: int, name: str) -> int:
-    if views not in (1, 2):
-        raise UserError(f"method {name} declares views = {views}; the loop supplies 1 or 2 views")
+    if views not in (0, 1, 2):
+        raise UserError(f"method {name} declares views = {views}; the loop supplies 0 (the "
+                        f"unaugmented batch), 1 or 2 views")
     return int(views)
 
 
@@ -173,7 +176,8 @@ def regime_record(supervised: bool, trains: bool, views: int, rule: str,
         record["validation_labels"] = ("read only for the validation mAP the record shows and a "
                                        "tuner's score, never to choose the checkpoint")
     if not supervised and trains:
-        record["augmentation"] = augmentation.record()
+        record["augmentation"] = (augmentation.record() if views else
+                                  "none: the method takes the unaugmented training batch (views = 0)")
         record["views"] = views
     return record
 
