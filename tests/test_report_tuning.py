@@ -7,11 +7,12 @@ from bench.report import build_report
 from bench.report.tuning import tuning_rows
 
 
-def trial(run_id: str, lr: float, lambda_q: float, val: float, test: float, seed: int = 0) -> dict:
+def trial(run_id: str, lr: float, lambda_q: float, val: float, test: float, seed: int = 0,
+          epochs: int = 30) -> dict:
     return {"run_id": run_id, "status": "complete",
             "spec": {"dataset": "fashion-mnist", "method": "csq", "bits": 32, "seed": seed,
                      "protocol": "harmonised", "overrides": {"lr": lr, "lambda_q": lambda_q}},
-            "config": {"lr": lr, "lambda_q": lambda_q, "epochs": 30},
+            "config": {"lr": lr, "lambda_q": lambda_q, "epochs": epochs},
             "selection": {"best_val_mAP": val}, "metrics": {"mAP": test}}
 
 
@@ -23,6 +24,8 @@ SETTING = {"fashion-mnist": {"dataset": "fashion-mnist", "methods": {"csq": {
 def test_rows_take_the_default_trial_by_its_values_and_the_chosen_one_by_run_id():
     trials = [trial("other", 0.0005, 0.05, 0.70, 0.71),
               trial("default-other-seed", 1e-3, 1e-4, 0.10, 0.10, seed=1),  # not the study's seed
+              # the same default values searched at another budget: another study's trial 0
+              trial("default-60-epochs", 1e-3, 1e-4, 0.20, 0.20, epochs=60),
               trial("default", 1e-3, 1e-4, 0.75, 0.74),  # CSQ's harmonised default: lr 1e-3, lambda_q 1e-4
               trial("best", 0.002, 0.01, 0.80, 0.78)]
     (row,) = tuning_rows(trials, SETTING)

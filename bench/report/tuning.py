@@ -28,6 +28,10 @@ def default_trial(trials: Sequence[dict], card: str, method: str, entry: dict) -
         if (spec.get("dataset"), spec.get("method"), spec.get("bits"), spec.get("seed")) != (
                 card, method, entry.get("bits"), entry.get("seed")):
             continue
+        # A search at another budget has its own default trial (same values, other epochs):
+        # the default shown beside a chosen value is the one from the same study's budget.
+        if entry.get("epochs") is not None and config.get("epochs") != entry.get("epochs"):
+            continue
         if record.get("status") == "complete" and all(config.get(k) == v for k, v in point.items()):
             return record
     return None
