@@ -174,6 +174,8 @@ def test_without_a_named_file_the_committed_setting_is_left_alone(tmp_path, tune
     assert yaml.safe_load(beside.read_text())["methods"]["csq"]["trials"] == 1
     out = capsys.readouterr().out
     assert f"tuned setting written: {beside}" in out and "--commit" in out
+    # the count printed is the one run, and a count below R5's is said, not silently replaced
+    assert "1 trials each" in out and "warning: --trials 1 is below R5's 12" in out
     assert main(["tune", "--methods", "csq", "--trials", "1", *FAST, "--results", str(results),
                  "--commit", "--output", str(tmp_path / "x.yaml")]) == 2  # one or the other
 

@@ -110,8 +110,12 @@ def execute(args: argparse.Namespace) -> int:
     for name in methods:
         search_space(name)  # a malformed space is refused before anything trains
     counts = knob_counts(methods)
+    least = trial_budget(methods)
     print("searched knobs: " + ", ".join(f"{m} {n}" for m, n in counts.items())
-          + f"; equal budget (R5): {trial_budget(methods)} trials each", flush=True)
+          + f"; {trials} trials each (equal budget; R5 asks at least {least} for these methods)", flush=True)
+    if trials < least:
+        print(f"warning: --trials {trials} is below R5's {least} for these methods; a search that "
+              "others are compared with needs the same count for every method", flush=True)
     request = TuneRequest(card=card, bits=bits, trials=trials, epochs=epochs, seed=seed,
                           split_seed=split_seed, jobs=args.jobs,
                           pretrained=card.backbone in PRETRAINABLE and not args.no_pretrained)
