@@ -69,3 +69,41 @@ def test_unsupervised_runs_stand_apart(make_record, claims) -> None:
 def test_a_report_without_unsupervised_runs_does_not_mention_them(make_record) -> None:
     report = build_report(supervised(make_record, "crh", 16, 0.8))
     assert not report.analysis.unsupervised and "Unsupervised" not in report.markdown()
+
+
+def with_precision(records: list[dict], value: float, base_rate: float) -> list[dict]:
+    """Give records the card's precision@100 and a precision-by-radius curve whose last point (the
+    whole database) is the relevant share `base_rate`."""
+    for record in records:
+        seed = record["spec"]["seed"]
+        record["metrics"]["precision_at_k"] = {"k": 100, "value": value + 0.01 * seed}
+        record["metrics"]["precision_at_radius"] = [0.9] * record["spec"]["bits"] + [base_rate]
+    return records
+
+
+def test_a_card_with_precision_at_k_gets_it_beside_map(make_record) -> None:
+    """A document card declares P@100 as its second headline metric: the unsupervised table gets a
+    P@100 table (mean over seeds, chance = the relevant share of the database), the supervised
+    table a P@100 block, and numbers.json a `.p_at_k` key per cell."""
+    from bench.report.numbers import table_numbers
+
+    apart = with_precision(unsupervised(make_record, "lsh", 16, 0.30), 0.40, 0.05)
+    apart += with_precision(unsupervised(make_record, "itq", 16, 0.35), 0.50, 0.05)
+    plain = with_precision(supervised(make_record, "csq", 16, 0.80), 0.70, 0.05)
+    report = build_report(plain + apart)
+    markdown = report.markdown()
+    assert "**P@100** (the card's second headline metric)" in markdown and "**P@100**" in markdown
+    blocks = report.blocks
+    start = next(i for i, b in enumerate(blocks) if isinstance(b, Heading) and "Unsupervised regime" in b.text)
+    tables = [b for b in blocks[start:] if isinstance(b, Table)]
+    rows = {row[0]: row for row in tables[1].rows}  # the second table is P@100
+    # ITQ: values 0.50, 0.51, 0.52 -> 51.00 percent; LSH 41.00; chance 5.00; CSQ the reference.
+    assert rows["ITQ"][1].startswith("**51.00 [") and rows["LSH"][1].startswith("41.00 [")
+    assert rows["*chance (random codes)*"][1] == "5.00"
+    reference = next(r for r in tables[1].rows if r[0].startswith("*supervised reference"))
+    assert reference[1].startswith("CSQ: 71.00 [")
+    numbers = table_numbers(report.analysis)
+    assert numbers["table.FM.unsupervised.itq.16.p_at_k"] == "51.00 ± 1.00 (3)"
+    assert numbers["table.FM.unsupervised.lsh.16"].startswith("30.20 ± 0.20 (3)")
+    assert numbers["table.FM.csq.16.p_at_k"] == "71.00 ± 1.00 (3)"
+    assert numbers["table.FM.unsupervised.chance.16.p_at_k"] == "5.00"

@@ -21,7 +21,7 @@ from bench.report.grading import power_rows
 from bench.report.groups import Cell
 from bench.report.stats import ALPHA, Stat, equivalence_test, holm_adjusted, paired_test
 from bench.report.tables import chance_value
-from bench.report.util import FLOOR_METHOD, fmt_p, get, method_name, metric_points, num
+from bench.report.util import FLOOR_METHOD, fmt_p, get, method_name, metric_points, num, precision_metric
 
 EQUIVALENCE_MARGIN = 0.5  # mAP points (spec section 4: the CI gate's floor, under a third of 1.76)
 POWER_COLUMNS = ("claim", "card", "bits", "comparison", "key", "n", "delta", "sd", "power_now", "n80")
@@ -51,21 +51,39 @@ def _plain(value: float, digits: int = 2) -> str:
     return "n/a" if math.isnan(value) else f"{value:.{digits}f}"
 
 
+def _unsupervised_tag(analysis: Analysis, table: MainTable) -> str:
+    """"unsupervised." for a card's one unsupervised table; with several, their settings too."""
+    same_card = [s for s in analysis.unsupervised if s.dataset == table.scope.dataset]
+    return "unsupervised." if len(same_card) == 1 else "unsupervised." + table_tag(analysis, table)
+
+
+def _cell_text(stat: Stat) -> str:
+    spread = f" ± {stat.std:.2f}" if stat.n > 1 else ""
+    return f"{stat.mean:.2f}{spread} ({stat.n})"
+
+
 def table_numbers(analysis: Analysis) -> dict[str, str]:
     """`table.<card>.[<setting>.]<method>.<bits>` = "mean ± sd (n)" of every complete cell,
-    `.mean` the mean alone, and `chance` per bit length."""
+    `.mean` the mean alone, `.p_at_k` the card's precision@k where it has one, and `chance` per
+    bit length; the unsupervised regime's tables under `table.<card>.unsupervised.`."""
     out: dict[str, str] = {}
-    for scope, table in analysis.main.items():
-        prefix = f"table.{card_key(scope.dataset)}.{table_tag(analysis, table)}"
+    tables = [(t, f"table.{card_key(s.dataset)}.{table_tag(analysis, t)}", True)
+              for s, t in analysis.main.items()]
+    tables += [(t, f"table.{card_key(s.dataset)}.{_unsupervised_tag(analysis, t)}", False)
+               for s, t in analysis.unsupervised.items()]
+    for table, prefix, supervised in tables:
+        precision = precision_metric(table.records())
         for (method, bits), cell in table.cells.items():
             if not cell.complete:
                 continue
             stat: Stat = cell.stat(metric_points("mAP"))
             key = f"{prefix}{_method_key(method)}.{bits}"
-            spread = f" ± {stat.std:.2f}" if stat.n > 1 else ""
-            out[key] = f"{stat.mean:.2f}{spread} ({stat.n})"
+            out[key] = _cell_text(stat)
             out[key + ".mean"] = _plain(stat.mean)
-        listed = [*table.methods, *(m for m in _table_methods(scope.dataset) if m not in table.methods)]
+            if precision is not None:
+                out[key + ".p_at_k"] = _cell_text(cell.stat(metric_points(precision[0])))
+        listed = [*table.methods, *(m for m in _table_methods(table.scope.dataset) if supervised
+                                    and m not in table.methods)]
         for method in listed:  # cells without complete records (or a row the table lacks) say so
             for bits in table.bits:
                 key = f"{prefix}{_method_key(method)}.{bits}"
@@ -84,6 +102,8 @@ def table_numbers(analysis: Analysis) -> dict[str, str]:
             value = chance_value(table, bits, "mAP")
             if not math.isnan(value):
                 out[f"{prefix}chance.{bits}"] = _plain(value)
+            if precision is not None and not math.isnan(value := chance_value(table, bits, precision[0])):
+                out[f"{prefix}chance.{bits}.p_at_k"] = _plain(value)
     return out
 
 

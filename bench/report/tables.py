@@ -21,6 +21,7 @@ from bench.report.stats import query_bootstrap_ci
 from bench.report.util import (
     FLOOR_METHOD,
     MAIN_METRICS,
+    PRECISION_AT_K,
     REFERENCE_METHODS,
     card_info,
     fmt_p,
@@ -31,6 +32,7 @@ from bench.report.util import (
     metric_points,
     per_query_ap,
     plural,
+    precision_metric,
     reconstruction_unknowns,
     short,
 )
@@ -92,6 +94,10 @@ def chance_value(table: MainTable, bits: int, key: str) -> float:
             value = chance_precision_within_radius(record, 2)
             if value is not None:
                 return value * 100
+        elif key == PRECISION_AT_K:  # random codes rank at random: P@k = the relevant share R_q / N
+            curve = get(record, "metrics", "precision_at_radius")
+            if curve:
+                return float(curve[-1]) * 100
     return math.nan
 
 
@@ -269,6 +275,8 @@ def main_table(doc: Doc, analysis: Analysis, table: MainTable, published: list[d
           "dataset card defines it. Cells: mean over seeds [95 % t interval]; **bold** = best hashing "
           "method per bit length; \"− floor\" = margin over classify-then-hash in points.")
     has_floor = any(m == FLOOR_METHOD and c.complete for (m, _), c in table.cells.items())
+    if (precision := precision_metric(table.records())) is not None and precision not in metrics:
+        metrics = (*metrics, precision)
     for key, title in metrics:
         metric_table(doc, table, key, title, with_margin=key == "mAP" and has_floor)
     notes = []

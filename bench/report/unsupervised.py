@@ -20,41 +20,49 @@ from bench.report.tables import (
     chance_value,
     reconstruction_notes,
 )
-from bench.report.util import REFERENCE_METHODS, card_info, get, method_name, metric_points
+from bench.report.util import (
+    REFERENCE_METHODS,
+    card_info,
+    get,
+    method_name,
+    metric_points,
+    precision_metric,
+)
 
 SECTION = "Unsupervised regime"
 
 
-def supervised_reference(analysis: Analysis, table: MainTable, bits: int) -> str:
-    """The best hashing method of the card's primary (supervised) table at `bits`, with its cell."""
+def supervised_reference(analysis: Analysis, table: MainTable, bits: int, key: str = "mAP") -> str:
+    """The best hashing method of the card's primary (supervised) table at `bits` by `key`, with
+    its cell."""
     scope = analysis.primary.get(table.scope.dataset)
     if scope is None:
         return "no supervised table"
     primary = analysis.main[scope]
-    getter = metric_points("mAP")
+    getter = metric_points(key)
     cells = [(c.stat(getter).mean, m, c) for m in primary.methods if m not in REFERENCE_METHODS
              and (c := primary.complete(m, bits)) is not None]
     cells = [x for x in cells if not math.isnan(x[0])]
     if not cells:
         return "not measured"
     _, method, cell = max(cells, key=lambda x: (x[0], x[1]))
-    return f"{method_name(method)}: {cell_text(cell, 'mAP')}"
+    return f"{method_name(method)}: {cell_text(cell, key)}"
 
 
-def unsupervised_table(doc: Doc, analysis: Analysis, table: MainTable) -> None:
-    getter = metric_points("mAP")
+def unsupervised_table(doc: Doc, analysis: Analysis, table: MainTable, key: str = "mAP") -> None:
+    getter = metric_points(key)
     best = _best(table, getter)
     header = ["method", *(f"{b} bits (n={len(table.expected[b])})" for b in table.bits)]
     rows, classes = [], []
     for method in table.methods:
         marked = " (reconstruction)" if _unknowns(table, method) else ""
         rows.append([method_name(method) + marked,
-                     *(_method_cell(table, method, b, "mAP", best) for b in table.bits)])
+                     *(_method_cell(table, method, b, key, best) for b in table.bits)])
         classes.append("")
     primary = analysis.primary.get(table.scope.dataset)
     rows.append([f"*supervised reference ({analysis.scope_label(primary) if primary else 'none'})*",
-                 *(supervised_reference(analysis, table, b) for b in table.bits)])
-    rows.append([CHANCE_LABEL, *("n/a" if math.isnan(v := chance_value(table, b, "mAP")) else f"{v:.2f}"
+                 *(supervised_reference(analysis, table, b, key) for b in table.bits)])
+    rows.append([CHANCE_LABEL, *("n/a" if math.isnan(v := chance_value(table, b, key)) else f"{v:.2f}"
                                  for b in table.bits)])
     classes += ["ref", "ref"]
     doc.table(header, rows, classes)
@@ -78,6 +86,10 @@ def unsupervised_section(doc: Doc, analysis: Analysis) -> None:
         doc.p(f"mAP in percent, mean over seeds [95 % t interval]; **bold** = best per bit length. "
               f"Selection: {'; '.join(rules)}.")
         unsupervised_table(doc, analysis, table)
+        if (precision := precision_metric(table.records())) is not None:
+            key, title = precision
+            doc.p(f"**{title}** (the card's second headline metric), in percent, same layout.")
+            unsupervised_table(doc, analysis, table, key)
         doc.bullets([f"Chance: random ±1 codes on this query set and database ({chance_how(table)}).",
                      "Supervised reference: the best hashing method of the card's primary table at "
                      "that length (trained with labels; another budget or protocol may apply).",

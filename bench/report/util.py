@@ -126,8 +126,19 @@ def metric(name: str) -> Callable[[dict], float]:
 
 
 def metric_points(name: str) -> Callable[[dict], float]:
-    """A metric in percent points (mAP-like values are stored as fractions)."""
-    return lambda record: num(get(record, "metrics", name)) * 100
+    """A metric in percent points (mAP-like values are stored as fractions); a dotted name reads
+    a nested value (`precision_at_k.value`)."""
+    path = name.split(".")
+    return lambda record: num(get(record, "metrics", *path)) * 100
+
+
+PRECISION_AT_K = "precision_at_k.value"  # a card's second headline metric (`precision_at` in the card)
+
+
+def precision_metric(records: Iterable[dict]) -> tuple[str, str] | None:
+    """(key, title) of the precision@k the records carry (the card declares k), or None."""
+    ks = sorted({int(k) for r in records if (k := get(r, "metrics", "precision_at_k", "k")) is not None})
+    return (PRECISION_AT_K, "P@" + "/".join(map(str, ks))) if ks else None
 
 
 def training_cost(record: dict, parts: Sequence[str] = ("method_setup", "train", "method_hooks")) -> float:
