@@ -24,6 +24,9 @@ class Param:
     help: str
     choices: tuple[Any, ...] | None = None
     source: str = ""
+    # Named rules a numeric parameter also accepts as text (HashNet's alpha "10/K"); the method
+    # resolves them for the task (`resolve_default`), so a rule is stored, and keyed, as written.
+    rules: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

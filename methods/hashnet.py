@@ -95,7 +95,8 @@ class HashNet(HashMethod):
     params = {
         "alpha": Param(0.1, "scale of the inner product in the pair sigmoid sigma(alpha <u_i, u_j>)",
                        source="HashNet paper / DeepHash-pytorch config (alpha 0.1); the authors' "
-                              "PyTorch code uses 10 / K, the native protocol's value (alpha: 10/K)"),
+                              "PyTorch code uses 10 / K, the native protocol's value (alpha: 10/K)",
+                       rules=(ALPHA_RULE,)),
         "continuation": Param("iteration", "how beta grows: iteration (paper), epoch "
                               "(DeepHash-pytorch form) or none (beta = 1, ablation)",
                               choices=("iteration", "epoch", "none"),

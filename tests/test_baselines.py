@@ -11,6 +11,7 @@ import torch
 
 from bench.cli import main
 from bench.data.loading import load_card
+from bench.errors import UserError
 from bench.runs.records import read_record
 from bench.runs.spec import RunSpec, resolve_config
 from methods import available_methods, get_method
@@ -249,6 +250,21 @@ def test_hashnet_loss_applies_the_current_beta() -> None:
     assert float(loss) == pytest.approx(float(expected))
     assert ctx.logged["beta"] == [pytest.approx(math.sqrt(3.0))]
     assert method.on_epoch_end(0, None, None, ctx) == {"beta": pytest.approx(math.sqrt(3.0))}
+
+
+def test_hashnet_alpha_takes_the_authors_rule_under_any_protocol() -> None:
+    """`--set alpha=10/K` (the hashnet-alpha experiment) keeps the rule as written, so the run is
+    keyed by the rule, and resolves it per length; any other text is refused naming the rule."""
+    card = load_card("synthetic")
+    for bits in (16, 64):
+        spec = RunSpec(method="hashnet", dataset="synthetic", bits=bits, protocol="harmonised",
+                       overrides=(("alpha", "10/K"),))
+        config = resolve_config(spec, card)
+        assert config["alpha"] == "10/K"
+        assert HashNet(config, make_task(bits=bits)).alpha == pytest.approx(10 / bits)
+    with pytest.raises(UserError, match=r"alpha='10/X' is not a valid float or 10/K"):
+        resolve_config(RunSpec(method="hashnet", dataset="synthetic", bits=16, protocol="harmonised",
+                               overrides=(("alpha", "10/X"),)), card)
 
 
 # ----------------------------------------------------------------------------- protocols

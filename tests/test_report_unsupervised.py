@@ -94,7 +94,8 @@ def test_a_card_with_precision_at_k_gets_it_beside_map(make_record) -> None:
     markdown = report.markdown()
     assert "**P@100** (the card's second headline metric)" in markdown and "**P@100**" in markdown
     blocks = report.blocks
-    start = next(i for i, b in enumerate(blocks) if isinstance(b, Heading) and "Unsupervised regime" in b.text)
+    start = next(i for i, b in enumerate(blocks)
+                 if isinstance(b, Heading) and "Unsupervised regime" in b.text)
     tables = [b for b in blocks[start:] if isinstance(b, Table)]
     rows = {row[0]: row for row in tables[1].rows}  # the second table is P@100
     # ITQ: values 0.50, 0.51, 0.52 -> 51.00 percent; LSH 41.00; chance 5.00; CSQ the reference.

@@ -110,6 +110,8 @@ def coerce_value(key: str, raw: Any, param: Param, where: str) -> Any:
     """Convert an override (often a string from the command line) to the parameter's type."""
     default = param.default
     value = raw
+    if isinstance(raw, str) and raw.strip() in param.rules:
+        return raw.strip()  # a named rule the method resolves for the task
     try:
         if isinstance(raw, str):
             text = raw.strip()
@@ -136,7 +138,8 @@ def coerce_value(key: str, raw: Any, param: Param, where: str) -> Any:
             value = int(raw)
     except ValueError:
         kind = type(default).__name__ if default is not None else "int"
-        raise UserError(f"{where}: {key}={raw!r} is not a valid {kind}") from None
+        rules = f" or {' / '.join(param.rules)}" if param.rules else ""
+        raise UserError(f"{where}: {key}={raw!r} is not a valid {kind}{rules}") from None
     _check_type(key, raw, value, default, where)
     if param.choices is not None and value not in param.choices:
         raise UserError(
