@@ -26,6 +26,7 @@ from methods.centers import (
     hadamard_centers,
     min_pairwise_distance,
     multi_label_targets,
+    require_distinct_codes,
     tie_breaker,
 )
 
@@ -94,9 +95,7 @@ class ClassifyThenHash(HashMethod):
 
     @classmethod
     def check(cls, config: dict[str, Any], task: Task) -> None:
-        if 2**task.bits < task.num_classes:
-            raise UserError(f"classify-then-hash: {task.num_classes} classes cannot get distinct "
-                            f"{task.bits}-bit centers (2^{task.bits} < {task.num_classes}); use more bits")
+        require_distinct_codes("classify-then-hash", task.num_classes, task.bits)
         if int(config["center_tries"]) < 1:
             raise UserError(f"classify-then-hash: center_tries={config['center_tries']} must be >= 1")
 

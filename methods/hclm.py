@@ -44,7 +44,7 @@ from torch import nn
 
 from bench.errors import UserError
 from methods.base import HARMONISED, SHARED_SEARCH, HashMethod, Param, Task, TrainContext
-from methods.centers import argmin_near_tie, distance_summary
+from methods.centers import argmin_near_tie, distance_summary, require_distinct_codes
 
 _SEED_TAG = 0x48434C4D  # "HCLM"
 
@@ -210,9 +210,7 @@ def hclm_proxies(num_classes: int, bits: int, rng: np.random.Generator,
     """The proxy matrix W [C, K] (int8 ±1) and a summary (Tammes, ITQ, repairs, assignment,
     achieved minimum / mean Hamming distance, seconds). Without `similarity`, classes keep the
     Tammes order (a random assignment: the points are exchangeable)."""
-    if 2**bits < num_classes:
-        raise UserError(f"hclm: {num_classes} classes cannot get distinct {bits}-bit proxies "
-                        f"(2^{bits} < {num_classes}); use more bits")
+    require_distinct_codes("hclm", num_classes, bits, "proxies")
     started = time.perf_counter()
     points, tammes = tammes_points(num_classes, bits, rng, tammes_steps)
     v = points * np.sqrt(bits)  # the sphere of radius sqrt(K), where the ±1 codes lie
@@ -345,9 +343,7 @@ class HCLM(HashMethod):
 
     @classmethod
     def check(cls, config: dict[str, Any], task: Task) -> None:
-        if 2**task.bits < task.num_classes:
-            raise UserError(f"hclm: {task.num_classes} classes cannot get distinct {task.bits}-bit "
-                            f"proxies (2^{task.bits} < {task.num_classes}); use more bits")
+        require_distinct_codes("hclm", task.num_classes, task.bits, "proxies")
         kappa = config["kappa"]
         if kappa is not None and not float(kappa) > 0:
             raise UserError(f"hclm: kappa={kappa} is invalid; valid: > 0, or unset (mean distance)")
