@@ -289,6 +289,12 @@ def resolve_features(value: str, pretrained: bool) -> str:
     return ("backbone" if pretrained else "pixels") if value == "auto" else value
 
 
+def resolve_feature_rules(config: dict[str, Any], pretrained: bool) -> dict[str, Any]:
+    """`resolve_rules` of a method with a `similarity_features` setting (HCLM, CIMON): `auto`
+    fixed to what the run uses, so the run id and the record carry it."""
+    return {**config, "similarity_features": resolve_features(config["similarity_features"], pretrained)}
+
+
 class InputFeatures(nn.Module):
     """The `pixels` features: images average-pooled to at most 16 x 16 per channel and
     flattened; a feature-vector card's inputs (e.g. TF-IDF rows) as they are."""
@@ -338,8 +344,7 @@ class HCLM(HashMethod):
 
     @classmethod
     def resolve_rules(cls, config: dict[str, Any], pretrained: bool) -> dict[str, Any]:
-        return {**config, "similarity_features": resolve_features(config["similarity_features"],
-                                                                  pretrained)}
+        return resolve_feature_rules(config, pretrained)
 
     @classmethod
     def check(cls, config: dict[str, Any], task: Task) -> None:
