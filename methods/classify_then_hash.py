@@ -27,8 +27,8 @@ from methods.centers import (
     min_pairwise_distance,
     multi_label_targets,
     require_distinct_codes,
-    tie_breaker,
 )
+from methods.csq import center_tensors
 
 
 def classifier_loss(logits: torch.Tensor, labels: torch.Tensor, multi_label: bool) -> torch.Tensor:
@@ -87,10 +87,8 @@ class ClassifyThenHash(HashMethod):
             centers = hadamard_centers(task.num_classes, task.bits, rng, tries)
         else:
             centers = bernoulli_centers(task.num_classes, task.bits, rng, task.bits / 4, tries)
-        tie = tie_breaker(rng, task.bits)
         device = task.device if task.device is not None else torch.device("cpu")
-        self.centers = torch.as_tensor(centers, dtype=torch.float32, device=device)
-        self.tie_breaker = torch.as_tensor(tie, dtype=torch.float32, device=device)
+        self.centers, self.tie_breaker = center_tensors(centers, rng, task.bits, device)
         self.feature_dim: int | None = None
 
     @classmethod
