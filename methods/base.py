@@ -20,7 +20,7 @@ from bench.errors import UserError
 from methods.context import Batch, Param, Task, TrainContext
 
 __all__ = ["HARMONISED", "RECONSTRUCTION", "SCALE_RULES", "SHARED_SEARCH", "TRAINING_PARAMS", "Batch",
-           "HashMethod", "Param", "Task", "TrainContext", "cosine_scale"]
+           "HashMethod", "Param", "Task", "TrainContext", "cosine_scale", "scale_default"]
 
 # How a parameter's `source` (or a piece in `HashMethod.reconstructed`) says that it was not read
 # from the paper or its code but reconstructed ("reconstruction: what was assumed and from what").
@@ -96,6 +96,12 @@ def cosine_scale(value: Any, bits: int, classes: int, default: str) -> tuple[flo
         raise UserError(f"scale={value!r} is not valid; give a positive number or one of "
                         f"{', '.join(SCALE_RULES)} (default: {default})")
     return number, "set"
+
+
+def scale_default(key: str, value: Any, task: Task, rule: str) -> Any:
+    """`resolve_default` for a method with a cosine-softmax `scale` whose unset value follows
+    `rule` (see `cosine_scale`): the number behind `scale`; any other setting passes unchanged."""
+    return cosine_scale(value, task.bits, task.num_classes, rule)[0] if key == "scale" else value
 
 
 class HashMethod:

@@ -46,6 +46,14 @@ def argmin_near_tie(values: np.ndarray, tolerance: float = NEAR_TIE_TOLERANCE) -
     return int(np.flatnonzero(flat <= lowest + tolerance * max(1.0, abs(lowest)))[0])
 
 
+def require_distinct_codes(method: str, classes: int, bits: int, what: str = "centers") -> None:
+    """Refuse (UserError naming `method`) a task whose `classes` cannot get distinct `bits`-bit
+    codes (`what`: centers, proxies, targets), i.e. 2^bits < classes."""
+    if 2**bits < classes:
+        raise UserError(f"{method}: {classes} classes cannot get distinct {bits}-bit {what} "
+                        f"(2^{bits} < {classes}); use more bits")
+
+
 # ----------------------------------------------------------------------------- CSQ centers
 def hadamard_centers(num_classes: int, bits: int, rng: np.random.Generator,
                      max_tries: int = 1000) -> np.ndarray:

@@ -23,9 +23,9 @@ official tanh output). Deviation: one run replaces "train the base, then fine-tu
 checkpoint": the adversarial term is switched on at `adv_start` of the run's epochs (100/130)
 under the run's own optimizer and schedule.
 
-`center_codes` and `pgd_linf` compute what the attack evaluation's `center_targets` and `pgd`
-compute (bench/evaluation/attack.py, which imports nothing of the methods): tests/test_cgat.py
-holds the two to the same outputs, so a model is trained against the attack it is measured with.
+`center_codes` and `pgd_linf` are also the attack evaluation's (bench/evaluation/attack.py calls
+them for `center_targets` and `pgd`), so a model is trained against the attack it is measured with;
+tests/test_cgat.py holds CgAT's training attack to the evaluation's for the same settings and seed.
 """
 
 from __future__ import annotations

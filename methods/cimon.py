@@ -41,7 +41,7 @@ from torch import nn
 
 from bench.errors import UserError
 from methods.base import HARMONISED, SHARED_SEARCH, HashMethod, Param, Task, TrainContext
-from methods.hclm import resolve_features
+from methods.hclm import resolve_feature_rules, resolve_features
 
 _SEED_TAG = 0x43494D4E  # "CIMN"
 DISSIMILAR, UNUSED, SIMILAR = -1, 0, 1  # pair kinds as stored
@@ -176,8 +176,7 @@ class CIMON(HashMethod):
 
     @classmethod
     def resolve_rules(cls, config: dict[str, Any], pretrained: bool) -> dict[str, Any]:
-        return {**config, "similarity_features": resolve_features(config["similarity_features"],
-                                                                  pretrained)}
+        return resolve_feature_rules(config, pretrained)
 
     @classmethod
     def check(cls, config: dict[str, Any], task: Task) -> None:

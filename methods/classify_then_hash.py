@@ -26,8 +26,9 @@ from methods.centers import (
     hadamard_centers,
     min_pairwise_distance,
     multi_label_targets,
-    tie_breaker,
+    require_distinct_codes,
 )
+from methods.csq import center_tensors
 
 
 def classifier_loss(logits: torch.Tensor, labels: torch.Tensor, multi_label: bool) -> torch.Tensor:
@@ -86,17 +87,13 @@ class ClassifyThenHash(HashMethod):
             centers = hadamard_centers(task.num_classes, task.bits, rng, tries)
         else:
             centers = bernoulli_centers(task.num_classes, task.bits, rng, task.bits / 4, tries)
-        tie = tie_breaker(rng, task.bits)
         device = task.device if task.device is not None else torch.device("cpu")
-        self.centers = torch.as_tensor(centers, dtype=torch.float32, device=device)
-        self.tie_breaker = torch.as_tensor(tie, dtype=torch.float32, device=device)
+        self.centers, self.tie_breaker = center_tensors(centers, rng, task.bits, device)
         self.feature_dim: int | None = None
 
     @classmethod
     def check(cls, config: dict[str, Any], task: Task) -> None:
-        if 2**task.bits < task.num_classes:
-            raise UserError(f"classify-then-hash: {task.num_classes} classes cannot get distinct "
-                            f"{task.bits}-bit centers (2^{task.bits} < {task.num_classes}); use more bits")
+        require_distinct_codes("classify-then-hash", task.num_classes, task.bits)
         if int(config["center_tries"]) < 1:
             raise UserError(f"classify-then-hash: center_tries={config['center_tries']} must be >= 1")
 

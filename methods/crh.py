@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.errors import UserError
-from methods.base import SHARED_SEARCH, HashMethod, Param, Task, TrainContext, cosine_scale
+from methods.base import SHARED_SEARCH, HashMethod, Param, Task, TrainContext, cosine_scale, scale_default
 from methods.centers import assignment_cost, compose_centers, head_width, random_codebook, reassign_heads
 
 PAPER_EPOCHS = 300  # single-label schedule the cadence defaults (20 warm-up, every 5th) refer to
@@ -141,11 +141,9 @@ class CRH(HashMethod):
 
     @classmethod
     def resolve_default(cls, key: str, value: Any, task: Task) -> Any:
-        if key == "scale":
-            return cosine_scale(value, task.bits, task.num_classes, "adacos")[0]
         if key == "lambda_q" and value is None:
             return default_lambda_q(task)
-        return value
+        return scale_default(key, value, task, "adacos")
 
     @classmethod
     def check(cls, config: dict[str, Any], task: Task) -> None:

@@ -31,6 +31,15 @@ def central_similarity_loss(
     return center_loss + lambda_q * quantization
 
 
+def center_tensors(centers: np.ndarray, rng: np.random.Generator, bits: int,
+                   device: torch.device | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The class centers [C, K] and the tie-break code of composed multi-label targets, drawn
+    next from `rng` (CSQ's stream), as float32 tensors on `device`."""
+    tie = tie_breaker(rng, bits)
+    return (torch.as_tensor(centers, dtype=torch.float32, device=device),
+            torch.as_tensor(tie, dtype=torch.float32, device=device))
+
+
 class CSQ(HashMethod):
     name = "csq"
     summary = "Central Similarity Quantization: fixed Hadamard centers, BCE + quantization"
@@ -60,10 +69,7 @@ class CSQ(HashMethod):
 
     def set_centers(self, centers: np.ndarray, rng: np.random.Generator) -> None:
         """Fix the class centers (SHC reuses this loss with its own optimised centers)."""
-        device = self.task.device
-        self.centers = torch.as_tensor(centers, dtype=torch.float32, device=device)
-        tie = tie_breaker(rng, self.task.bits)
-        self.tie_breaker = torch.as_tensor(tie, dtype=torch.float32, device=device)
+        self.centers, self.tie_breaker = center_tensors(centers, rng, self.task.bits, self.task.device)
 
     def loss(self, h: torch.Tensor, labels: torch.Tensor, ctx: Any) -> torch.Tensor:
         targets = multi_label_targets(labels, self.centers, self.tie_breaker)

@@ -44,7 +44,7 @@ from torch import nn
 
 from bench.errors import UserError
 from methods.base import HARMONISED, SHARED_SEARCH, HashMethod, Param, Task, TrainContext
-from methods.centers import argmin_near_tie, distance_summary
+from methods.centers import argmin_near_tie, distance_summary, require_distinct_codes
 
 _SEED_TAG = 0x48434C4D  # "HCLM"
 
@@ -210,9 +210,7 @@ def hclm_proxies(num_classes: int, bits: int, rng: np.random.Generator,
     """The proxy matrix W [C, K] (int8 ±1) and a summary (Tammes, ITQ, repairs, assignment,
     achieved minimum / mean Hamming distance, seconds). Without `similarity`, classes keep the
     Tammes order (a random assignment: the points are exchangeable)."""
-    if 2**bits < num_classes:
-        raise UserError(f"hclm: {num_classes} classes cannot get distinct {bits}-bit proxies "
-                        f"(2^{bits} < {num_classes}); use more bits")
+    require_distinct_codes("hclm", num_classes, bits, "proxies")
     started = time.perf_counter()
     points, tammes = tammes_points(num_classes, bits, rng, tammes_steps)
     v = points * np.sqrt(bits)  # the sphere of radius sqrt(K), where the ±1 codes lie
@@ -291,6 +289,12 @@ def resolve_features(value: str, pretrained: bool) -> str:
     return ("backbone" if pretrained else "pixels") if value == "auto" else value
 
 
+def resolve_feature_rules(config: dict[str, Any], pretrained: bool) -> dict[str, Any]:
+    """`resolve_rules` of a method with a `similarity_features` setting (HCLM, CIMON): `auto`
+    fixed to what the run uses, so the run id and the record carry it."""
+    return {**config, "similarity_features": resolve_features(config["similarity_features"], pretrained)}
+
+
 class InputFeatures(nn.Module):
     """The `pixels` features: images average-pooled to at most 16 x 16 per channel and
     flattened; a feature-vector card's inputs (e.g. TF-IDF rows) as they are."""
@@ -340,14 +344,11 @@ class HCLM(HashMethod):
 
     @classmethod
     def resolve_rules(cls, config: dict[str, Any], pretrained: bool) -> dict[str, Any]:
-        return {**config, "similarity_features": resolve_features(config["similarity_features"],
-                                                                  pretrained)}
+        return resolve_feature_rules(config, pretrained)
 
     @classmethod
     def check(cls, config: dict[str, Any], task: Task) -> None:
-        if 2**task.bits < task.num_classes:
-            raise UserError(f"hclm: {task.num_classes} classes cannot get distinct {task.bits}-bit "
-                            f"proxies (2^{task.bits} < {task.num_classes}); use more bits")
+        require_distinct_codes("hclm", task.num_classes, task.bits, "proxies")
         kappa = config["kappa"]
         if kappa is not None and not float(kappa) > 0:
             raise UserError(f"hclm: kappa={kappa} is invalid; valid: > 0, or unset (mean distance)")

@@ -40,8 +40,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.errors import UserError
-from methods.base import SHARED_SEARCH, HashMethod, Param, Task, TrainContext, cosine_scale
-from methods.centers import DEFAULT_PATIENCE, mds_centers
+from methods.base import SHARED_SEARCH, HashMethod, Param, Task, TrainContext, cosine_scale, scale_default
+from methods.centers import DEFAULT_PATIENCE, mds_centers, require_distinct_codes
 
 OFFICIAL_GRAD_CLIP = 5.0
 
@@ -159,13 +159,11 @@ class MDS(HashMethod):
 
     @classmethod
     def resolve_default(cls, key: str, value: Any, task: Task) -> Any:
-        return cosine_scale(value, task.bits, task.num_classes, "sqrt_k")[0] if key == "scale" else value
+        return scale_default(key, value, task, "sqrt_k")
 
     @classmethod
     def check(cls, config: dict[str, Any], task: Task) -> None:
-        if 2**task.bits < task.num_classes:
-            raise UserError(f"mds: {task.num_classes} classes cannot get distinct {task.bits}-bit "
-                            f"centers (2^{task.bits} < {task.num_classes}); use more bits")
+        require_distinct_codes("mds", task.num_classes, task.bits)
         for key in ("lambda_q", "beta"):
             if not float(config[key]) >= 0:
                 raise UserError(f"mds: {key}={config[key]!r} must be >= 0")

@@ -32,8 +32,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.errors import UserError
-from methods.base import HARMONISED, SHARED_SEARCH, HashMethod, Param, Task, TrainContext, cosine_scale
-from methods.centers import DEFAULT_PATIENCE, mds_centers
+from methods.base import (
+    HARMONISED,
+    SHARED_SEARCH,
+    HashMethod,
+    Param,
+    Task,
+    TrainContext,
+    cosine_scale,
+    scale_default,
+)
+from methods.centers import DEFAULT_PATIENCE, mds_centers, require_distinct_codes
 from methods.mds import center_bce_loss
 
 _SUMMARY = "third-party summaries of arXiv 2510.07703 (arxivlens: lambda1 = 4, lambda2 = lambda3 = 1)"
@@ -102,13 +111,11 @@ class MLH(HashMethod):
 
     @classmethod
     def resolve_default(cls, key: str, value: Any, task: Task) -> Any:
-        return cosine_scale(value, task.bits, task.num_classes, "sqrt_k")[0] if key == "scale" else value
+        return scale_default(key, value, task, "sqrt_k")
 
     @classmethod
     def check(cls, config: dict[str, Any], task: Task) -> None:
-        if 2**task.bits < task.num_classes:
-            raise UserError(f"mlh: {task.num_classes} classes cannot get distinct {task.bits}-bit "
-                            f"centers (2^{task.bits} < {task.num_classes}); use more bits")
+        require_distinct_codes("mlh", task.num_classes, task.bits)
         try:
             cosine_scale(config.get("scale"), task.bits, task.num_classes, "sqrt_k")
         except UserError as error:

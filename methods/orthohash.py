@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.errors import UserError
-from methods.base import SHARED_SEARCH, HashMethod, Param, Task, TrainContext, cosine_scale
-from methods.centers import bernoulli_centers, distance_summary, hadamard_centers
+from methods.base import SHARED_SEARCH, HashMethod, Param, Task, TrainContext, cosine_scale, scale_default
+from methods.centers import bernoulli_centers, distance_summary, hadamard_centers, require_distinct_codes
 
 CODEBOOKS = ("bernoulli", "maxhd", "hadamard")
 RELEASED_CODE_SCALE = 8.0  # kamwoh/orthohash hard-codes s = 8 for every bit length
@@ -194,15 +194,14 @@ class OrthoHash(HashMethod):
 
     @classmethod
     def resolve_default(cls, key: str, value: Any, task: Task) -> Any:
-        return cosine_scale(value, task.bits, task.num_classes, "sqrt_k")[0] if key == "scale" else value
+        return scale_default(key, value, task, "sqrt_k")
 
     @classmethod
     def check(cls, config: dict[str, Any], task: Task) -> None:
         """Refuse m < 0, s <= 0 and a MaxHD floor the sampler cannot meet, before training."""
         s = resolve_settings(config, task)
-        if 2**task.bits < task.num_classes and s["codebook"] != "bernoulli":
-            raise UserError(f"orthohash: {task.num_classes} classes cannot get distinct {task.bits}-bit "
-                            f"targets (2^{task.bits} < {task.num_classes}); use more bits")
+        if s["codebook"] != "bernoulli":
+            require_distinct_codes("orthohash", task.num_classes, task.bits, "targets")
         cls._targets(s, task)
 
     @staticmethod

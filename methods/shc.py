@@ -56,6 +56,7 @@ from methods.centers import (
     hamming_distances,
     mds_centers,
     min_pairwise_distance,
+    require_distinct_codes,
 )
 from methods.csq import CSQ
 
@@ -260,11 +261,7 @@ def plotkin_limit(bits: int, distance: int) -> int | None:
 
 def resolve_min_distance(task: Task, config: dict[str, Any]) -> tuple[int, str]:
     """d_min and how it was chosen; refuses infeasible settings."""
-    if 2**task.bits < task.num_classes:
-        raise UserError(
-            f"shc: {task.num_classes} classes cannot get distinct {task.bits}-bit centers "
-            f"(2^{task.bits} < {task.num_classes}); use more bits"
-        )
+    require_distinct_codes("shc", task.num_classes, task.bits)
     chosen = config.get("min_distance")
     if chosen is None:
         return gilbert_varshamov_target(task.num_classes, task.bits), "gilbert-varshamov d*"

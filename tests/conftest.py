@@ -237,6 +237,34 @@ def write_results():
 
 
 @pytest.fixture
+def register_method(monkeypatch: pytest.MonkeyPatch):
+    """register_method(cls) -> cls: the method registry plus `cls` (a test's own HashMethod
+    subclass), for this test only."""
+    import methods
+
+    def register(cls):
+        registry = dict(methods._discover())
+        registry[cls.name] = cls
+        monkeypatch.setattr(methods, "_REGISTRY", registry)
+        return cls
+
+    return register
+
+
+@pytest.fixture
+def tuned_csq(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A tuned setting for csq on the synthetic card at 16 bits and 1 epoch, in tmp_path/tuned
+    (BENCH_TUNED_DIR for this test); returns the setting's file."""
+    tuned = tmp_path / "tuned"
+    tuned.mkdir()
+    monkeypatch.setenv("BENCH_TUNED_DIR", str(tuned))
+    setting = tuned / "synthetic.yaml"
+    setting.write_text("dataset: synthetic\nmethods:\n  csq:\n    values: {lr: 0.0005}\n"
+                       "    bits: 16\n    epochs: 1\n")
+    return setting
+
+
+@pytest.fixture
 def one_thread():
     """Train single-threaded: on a small shared machine, torch's intra-op threads oversubscribe
     the cores and a tiny run slows down several-fold."""

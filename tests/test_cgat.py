@@ -18,7 +18,7 @@ from bench.network.backbones import HashNetwork, build_backbone
 from bench.runs.spec import RunSpec, resolve_config
 from bench.training.train import train_and_evaluate
 from methods.base import Batch, Task
-from methods.cgat import CgAT, adversarial_start_epoch, center_codes, pgd_linf
+from methods.cgat import CgAT, adversarial_start_epoch, center_codes
 
 BOX = (torch.full((1, 1, 1, 1), -1.0), torch.full((1, 1, 1, 1), 1.0), torch.full((1, 1, 1, 1), 2.0))
 
@@ -31,22 +31,28 @@ def test_center_code_of_the_spec_example() -> None:
     assert center_codes(torch.tensor([[1, 0], [0, 1]]), codes, labels).tolist() == [[1, 0, -1], [-1, 0, 1]]
 
 
-def test_center_code_and_pgd_are_the_attack_evaluations() -> None:
-    """Training and evaluation attack with the same numbers (the evaluation does not import the
-    method, so this test holds the two together): multi-label center codes and a PGD run."""
-    rng = torch.Generator().manual_seed(0)
-    codes = torch.where(torch.rand(40, 8, generator=rng) > 0.5, 1.0, -1.0)
-    labels = (torch.rand(40, 4, generator=rng) > 0.6).float()
-    queries = (torch.rand(7, 4, generator=rng) > 0.5).float()
-    assert torch.equal(center_codes(queries, codes, labels), center_targets(queries, codes, labels))
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 8))
-    images = torch.rand(5, 1, 4, 4, generator=rng) * 2 - 1
-    targets = torch.sign(model(images)).detach()
-    spec = AttackSpec(target="self", eps=0.1, step=0.02, steps=4)
-    ours = pgd_linf(model, images, targets, spec.eps, spec.step, spec.steps, True, BOX,
-                    torch.Generator().manual_seed(3))
-    theirs = pgd(model, images, targets, spec, BOX, torch.Generator().manual_seed(3))
+def test_the_training_attack_is_the_attack_evaluations() -> None:
+    """Training and evaluation attack with the same numbers: CgAT's training step (its settings,
+    its seeded generator, its code memory) gives exactly the center codes and the perturbation
+    that the attack evaluation's `center_targets` and `pgd` give for the same settings and the
+    same random start."""
+    method, ctx = make_cgat()
+    ctx.model.train()
+    method.memory_codes = torch.where(torch.rand(24, 8, generator=torch.Generator().manual_seed(2)) > 0.5,
+                                      1.0, -1.0)
+    rows = np.array([0, 1, 2, 3, 4, 7, 11])
+    images, labels = ctx.images[rows], ctx.labels[rows]
+    targets = method.centers_for(labels)
+    assert torch.equal(targets, center_targets(labels, method.memory_codes, method.memory_labels))
+    assert (targets != 0).any()
+    start = method.generator.get_state()
+    ours = method.adversarial_images(ctx, images, targets)
+    spec = AttackSpec(target="center", eps=method.config["eps"], step=method.config["step"],
+                      steps=method.config["steps"], random_start=method.config["random_start"], seed=0)
+    assert (spec.eps, spec.step, spec.steps, spec.random_start) == (8 / 255, 2 / 255, 7, True)
+    theirs = pgd(method._output(ctx), images, targets, spec, BOX, torch.Generator().set_state(start))
     assert torch.equal(ours, theirs)
+    assert not torch.equal(ours, images)  # a real perturbation, not two no-ops
 
 
 @pytest.mark.parametrize("epochs,start", [(60, 46), (130, 100), (2, 1), (1, 0), (13, 10)])

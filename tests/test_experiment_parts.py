@@ -64,19 +64,7 @@ def test_bad_experiment_keys_are_one_line(tmp_path: Path, text: str, expected: s
         load_experiment(write(tmp_path, "name: bad\nmethods: [csq]\n" + text))
 
 
-def tuned_csq(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A tuned setting for csq on the synthetic card at 16 bits and 1 epoch."""
-    tuned = tmp_path / "tuned"
-    tuned.mkdir()
-    monkeypatch.setenv("BENCH_TUNED_DIR", str(tuned))
-    setting = tuned / "synthetic.yaml"
-    setting.write_text("dataset: synthetic\nmethods:\n  csq:\n    values: {lr: 0.0005}\n"
-                       "    bits: 16\n    epochs: 1\n")
-    return setting
-
-
-def test_a_dry_run_expands_part_by_part(tmp_path: Path, capsys, monkeypatch) -> None:
-    tuned_csq(tmp_path, monkeypatch)
+def test_a_dry_run_expands_part_by_part(tmp_path: Path, capsys, tuned_csq: Path) -> None:
     path = write(tmp_path, PARTS)
     assert main(["run", "--experiment", path, "--dry-run", "--results", str(tmp_path / "r")]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("todo")]
@@ -106,11 +94,11 @@ def test_the_robustness_experiment_plans_the_main_rows_and_cgat(capsys) -> None:
 
 
 def test_an_experiments_attack_runs_and_the_harmonised_part_trains_past_a_tuned_refusal(
-        tmp_path: Path, monkeypatch, capsys, one_thread) -> None:
+        tmp_path: Path, capsys, one_thread, tuned_csq: Path) -> None:
     """The tuned part's values were searched at another budget and its record exists: it is
     only read (and trained again for its attack); the harmonised part trains; every run gets the
     experiment's attack beside its record."""
-    setting = tuned_csq(tmp_path, monkeypatch)
+    setting = tuned_csq
     results = tmp_path / "results"
     assert main(["run", "--methods", "csq", "--bits", "16", "--protocol", "tuned", "--dataset", "synthetic",
                  "--epochs", "1", "--results", str(results), *FAST]) == 0

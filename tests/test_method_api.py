@@ -14,7 +14,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import methods
 from bench.runs.spec import RunSpec
 from bench.training.train import train_and_evaluate
 from methods.base import HashMethod, Param, Task, TrainContext
@@ -63,11 +62,8 @@ class OwnsState(HashMethod):
 
 
 @pytest.fixture
-def registered(monkeypatch: pytest.MonkeyPatch) -> type[HashMethod]:
-    registry = dict(methods._discover())
-    registry[OwnsState.name] = OwnsState
-    monkeypatch.setattr(methods, "_REGISTRY", registry)
-    return OwnsState
+def registered(register_method) -> type[HashMethod]:
+    return register_method(OwnsState)
 
 
 def test_owned_modules_are_trained_checkpointed_and_used_for_retrieval(
@@ -206,10 +202,8 @@ class KeyedState(HashMethod):
 
 
 def test_own_optimizer_groups_keyed_state_and_a_training_only_branch(
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    registry = dict(methods._discover())
-    registry[KeyedState.name] = KeyedState
-    monkeypatch.setattr(methods, "_REGISTRY", registry)
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, register_method) -> None:
+    register_method(KeyedState)
     import bench.training.train as train
 
     seen: dict[str, Any] = {}
@@ -264,13 +258,12 @@ class SeesPixelBox(HashMethod):
         return (torch.tanh(h) - (2 * labels[:, :1] - 1)).pow(2).mean()
 
 
-def test_the_step_sees_the_pixel_box_of_its_images(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_the_step_sees_the_pixel_box_of_its_images(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                   register_method) -> None:
     """ctx.pixel_box() is the source's box (synthetic: mean 0.5, std 0.5, so pixels [0, 1] are
     inputs [-1, 1] and one pixel unit is 2 input units), on the run's device, and every training
     image lies inside it."""
-    registry = dict(methods._discover())
-    registry[SeesPixelBox.name] = SeesPixelBox
-    monkeypatch.setattr(methods, "_REGISTRY", registry)
+    register_method(SeesPixelBox)
     seen: list[SeesPixelBox] = []
     original_init = SeesPixelBox.__init__
 

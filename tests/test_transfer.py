@@ -105,16 +105,11 @@ def test_bad_transfer_input_is_one_line_and_exit_2(tmp_path: Path, capsys, flags
     assert not (tmp_path / "t.yaml").exists()
 
 
-def test_a_budget_mismatch_refuses_only_runs_still_to_train(tmp_path: Path, monkeypatch, capsys,
-                                                            one_thread) -> None:
+def test_a_budget_mismatch_refuses_only_runs_still_to_train(tmp_path: Path, capsys, one_thread,
+                                                            tuned_csq: Path) -> None:
     """Reading a stored record applies no setting: once a run exists, a later search at another
     budget does not block regenerating the table from it, but any run still to train is refused."""
-    tuned = tmp_path / "tuned"
-    tuned.mkdir()
-    monkeypatch.setenv("BENCH_TUNED_DIR", str(tuned))
-    setting = tuned / "synthetic.yaml"
-    setting.write_text("dataset: synthetic\nmethods:\n  csq:\n    values: {lr: 0.0005}\n"
-                       "    bits: 16\n    epochs: 1\n")
+    setting = tuned_csq
     run = ["run", "--methods", "csq", "--bits", "16", "--protocol", "tuned", *FAST,
            "--results", str(tmp_path / "results")]
     assert main(run) == 0  # at its budget: trained

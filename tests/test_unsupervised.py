@@ -15,7 +15,6 @@ import pytest
 import torch
 
 import bench.training.train as train
-import methods
 from bench.data.loading import load_card
 from bench.errors import UserError
 from bench.runs.spec import RunSpec
@@ -80,11 +79,8 @@ class Watcher(HashMethod):
 
 
 @pytest.fixture
-def watcher(monkeypatch: pytest.MonkeyPatch) -> type[HashMethod]:
-    registry = dict(methods._discover())
-    registry[Watcher.name] = Watcher
-    monkeypatch.setattr(methods, "_REGISTRY", registry)
-    return Watcher
+def watcher(register_method) -> type[HashMethod]:
+    return register_method(Watcher)
 
 
 # ----------------------------------------------------------------------------- the guard

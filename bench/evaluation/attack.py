@@ -11,7 +11,8 @@ mean(tanh(r(x')) * t), which pushes the query's code away from a target code t:
 The budget is in pixel units (8/255 by default) and turned into the network's normalised input
 units per channel (`ImageSource.pixel_box`); every step is projected back into the budget and
 the valid pixel range. Random starts draw from a generator seeded by the attack and the run,
-so an attack is deterministic.
+so an attack is deterministic. The center codes and the PGD are CgAT's own (`methods.cgat`:
+`center_codes`, `pgd_linf`), so a model CgAT trains is measured with the attack it trained against.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import numpy as np
 import torch
 
 from bench.errors import UserError
+from methods.cgat import center_codes, pgd_linf
 
 TARGETS = ("center", "self")
 ATTACKS_FOLDER = "attacks"  # under the results folder: <card>/<method>/<run id>.<attack id>.json
@@ -100,15 +102,8 @@ def center_targets(query_labels: torch.Tensor, train_codes: torch.Tensor,
                    train_labels: torch.Tensor) -> torch.Tensor:
     """CgAT's center code of each query [Q, K] from ±1 training codes [N, K]: with P the
     training items sharing a label with the query and M the others,
-    sign(|M| * sum_P b - |P| * sum_M b) (0 where that is a tie)."""
-    shares = (query_labels.float() @ train_labels.float().T > 0).float()  # [Q, N]
-    codes = train_codes.float()
-    total = codes.sum(dim=0, keepdim=True)
-    sum_pos = shares @ codes
-    sum_neg = total - sum_pos
-    n_pos = shares.sum(dim=1, keepdim=True)
-    n_neg = codes.shape[0] - n_pos
-    return torch.sign(n_neg * sum_pos - n_pos * sum_neg)
+    sign(|M| * sum_P b - |P| * sum_M b) (0 where that is a tie); `methods.cgat.center_codes`."""
+    return center_codes(query_labels, train_codes, train_labels)
 
 
 def pgd(output: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, targets: torch.Tensor,
@@ -116,22 +111,10 @@ def pgd(output: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, ta
         generator: torch.Generator) -> torch.Tensor:
     """Adversarial versions of normalised `images`: L-inf PGD minimising
     mean(tanh(output(x')) * targets), within eps pixels of the clean images and inside the
-    valid pixel range (`box` = low, high, 1/std per channel, from `ImageSource.pixel_box`)."""
-    low, high, per_pixel = (part.to(images.device) for part in box)
-    eps, step = spec.eps * per_pixel, spec.step * per_pixel
-    lower, upper = torch.maximum(images - eps, low), torch.minimum(images + eps, high)
-    adversarial = images.clone()
-    if spec.random_start and spec.eps > 0:
-        noise = torch.rand(images.shape, generator=generator, dtype=images.dtype) * 2 - 1
-        adversarial = adversarial + noise.to(images.device) * eps
-    adversarial = torch.max(torch.min(adversarial, upper), lower).detach()
-    for _ in range(spec.steps if spec.eps > 0 else 0):
-        adversarial.requires_grad_(True)
-        loss = (torch.tanh(output(adversarial)) * targets).mean()
-        (gradient,) = torch.autograd.grad(loss, adversarial)
-        adversarial = adversarial.detach() - step * gradient.sign()
-        adversarial = torch.max(torch.min(adversarial, upper), lower).detach()
-    return adversarial
+    valid pixel range (`box` = low, high, 1/std per channel, from `ImageSource.pixel_box`):
+    CgAT's training PGD (`methods.cgat.pgd_linf`) with the spec's budget, step and start."""
+    return pgd_linf(output, images, targets, spec.eps, spec.step, spec.steps, spec.random_start, box,
+                    generator)
 
 
 def attack_path(results_dir: Path, dataset: str, method: str, run_id: str, spec: AttackSpec) -> Path:
