@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bench.runs.records import write_record
-from bench.sweeps.summary import SPREAD_SDS, regression_frame
+from bench.sweeps.summary import regression_frame
 
 CONFIG = {"lr": 0.001, "epochs": 60, "tuned_setting": {"path": "bench/tuned/x.yaml"}}
 
@@ -30,22 +30,29 @@ def committed(tmp_path: Path) -> Path:
     return folder
 
 
-def test_a_new_value_far_from_the_committed_seeds_is_flagged(committed: Path) -> None:
-    far = 0.81 + (SPREAD_SDS + 0.5) * 0.01
-    near = 0.81 + (SPREAD_SDS - 0.5) * 0.01
-    frame = regression_frame([record(0, far), record(1, near)], committed, same_folder=False)
+def test_a_new_seed_outside_the_prediction_interval_is_flagged(committed: Path) -> None:
+    """Seeds 5 and 6 are new: the reference is one more draw from seeds 0-2, mean 0.81 +- t(0.975,
+    2 df) * 0.01 * sqrt(1 + 1/3)."""
+    half = 4.302652729749464 * 0.01 * math.sqrt(1 + 1 / 3)  # t by the table
+    far, near = 0.81 + 1.1 * half, 0.81 - 0.9 * half
+    frame = regression_frame([record(5, far), record(6, near)], committed, same_folder=False)
     assert list(frame["check"]) == ["OUTSIDE the seeds' spread", "within the seeds' spread"]
-    assert list(frame["committed_same_seed"]) == [0.80, 0.81]
-    assert frame["mean"].tolist() == pytest.approx([0.81, 0.81])
-    half = 4.302652729749464 * 0.01 / math.sqrt(3)  # t(0.975, 2 df), by the table
-    assert frame["ci95"][0] == pytest.approx((0.81 - half, 0.81 + half))
+    assert list(frame["committed_same_seed"]) == [None, None]
+    assert frame["n"].tolist() == [3, 3] and frame["mean"].tolist() == pytest.approx([0.81, 0.81])
+    assert frame["pi95"][0] == pytest.approx((0.81 - half, 0.81 + half))
+
+
+def test_a_committed_seed_is_shown_beside_it_and_left_out_of_the_spread(committed: Path) -> None:
+    frame = regression_frame([record(0, 0.805)], committed, same_folder=False)
+    assert frame["committed_same_seed"][0] == 0.80
+    assert frame["n"][0] == 2 and frame["mean"][0] == pytest.approx(0.815)
 
 
 def test_provenance_does_not_split_a_cell_but_a_setting_does(committed: Path) -> None:
     moved = {**CONFIG, "tuned_setting": {"path": "elsewhere.yaml"}}
     other = {**CONFIG, "lr": 0.002}
     frame = regression_frame([record(0, 0.80, moved), record(0, 0.80, other)], committed, same_folder=False)
-    assert frame["n"].tolist() == [3, 0]
+    assert frame["n"].tolist() == [2, 0]
     assert frame["check"][1] == "no committed cell for this configuration"
 
 
@@ -53,6 +60,16 @@ def test_runs_stored_in_the_committed_folder_are_compared_with_the_other_seeds(c
     frame = regression_frame([record(0, 0.80)], committed, same_folder=True)
     assert frame["n"][0] == 2 and frame["committed_same_seed"][0] is None
     assert frame["mean"][0] == pytest.approx(0.815)
+
+
+def test_a_batch_of_new_seeds_is_not_its_own_reference(committed: Path) -> None:
+    """Three seeds of a new setting, just stored in the committed folder: no committed cell."""
+    new = {**CONFIG, "lr": 0.003}
+    batch = [record(seed, 0.7 + 0.01 * seed, new, method="csq") for seed in range(3)]
+    for seed, run in enumerate(batch):
+        write_record(committed / "runs" / "fashion-mnist" / "csq" / f"s{seed}.json.gz", run)
+    frame = regression_frame(batch, committed, same_folder=True)
+    assert set(frame["check"]) == {"no committed cell for this configuration"}
 
 
 def test_a_bare_run_trains_at_the_budget_of_the_cards_table(capsys) -> None:

@@ -45,7 +45,10 @@ def print_summary(results_dir: Path, run_ids: list[str] | None = None) -> list[d
 
 
 # ----------------------------------------------------------------------------- regression check
-SPREAD_SDS = 2.0  # a new value further than 2 seed standard deviations from the mean is flagged
+# A new seed is flagged when it falls outside the 95 % prediction interval of one more draw from
+# the committed seeds, mean +- t(0.975, n-1) * sd * sqrt(1 + 1/n): the interval for a single new
+# value, not the (narrower) interval for the mean, and honest about how little two seeds say.
+PREDICTION_LEVEL = 0.95
 
 
 def cell_key(record: dict) -> tuple:
@@ -78,55 +81,39 @@ def committed_cells(committed_dir: Path, pairs: set[tuple[str, str]]) -> dict[tu
 
 
 def regression_frame(new_records: list[dict], committed_dir: Path, same_folder: bool) -> pd.DataFrame:
-    """Each new run's mAP beside the committed runs of the same configuration: the same seed's
-    value, the mean and 95 % t-interval over the committed seeds, and a flag when the new value
-    lies more than SPREAD_SDS seed standard deviations from that mean. When the runs were stored
-    in the committed folder itself (`same_folder`), a run is compared with the other seeds only."""
+    """Each new run's mAP beside the runs of the same configuration that were stored before this
+    command: the same seed's value, the mean over those seeds and the 95 % prediction interval of
+    one more seed, flagged when the new value lies outside it. Runs of this command never count
+    as committed (a batch of new seeds is not its own reference); when the runs were stored in
+    the committed folder itself (`same_folder`), a run is also kept out of its own comparison."""
     import numpy as np
     from scipy import stats
 
     complete = [r for r in new_records if r.get("status") == "complete"]
+    batch = {r.get("run_id") for r in complete}
     cells = committed_cells(committed_dir, {(r["spec"]["dataset"], r["spec"]["method"]) for r in complete})
     rows = []
     for record in complete:
         seed, value = int(record["spec"]["seed"]), float(record["metrics"]["mAP"])
-        by_seed = cells.get(cell_key(record), {})
+        by_seed = {s: r for s, r in cells.get(cell_key(record), {}).items()
+                   if not (same_folder and r.get("run_id") in batch)}
         same = by_seed.get(seed)
-        itself = same_folder and same is not None and same.get("run_id") == record["run_id"]
-        others = {s: r for s, r in by_seed.items() if not (itself and s == seed)}
-        values = np.array([float(r["metrics"]["mAP"]) for r in others.values()])
+        values = np.array([float(r["metrics"]["mAP"]) for s, r in by_seed.items() if s != seed])
         row = {"method": record["spec"]["method"], "bits": int(record["spec"]["bits"]), "seed": seed,
-               "mAP": value, "committed_same_seed": None if itself or same is None
-               else float(same["metrics"]["mAP"]), "n": len(values), "mean": None, "ci95": None,
-               "check": ""}
+               "mAP": value, "committed_same_seed": None if same is None else float(same["metrics"]["mAP"]),
+               "n": len(values), "mean": None, "pi95": None, "check": ""}
         if len(values) == 0:
             row["check"] = "no committed cell for this configuration"
         else:
             row["mean"] = float(values.mean())
             if len(values) >= 2:
                 sd = float(values.std(ddof=1))
-                half = float(stats.t.ppf(0.975, len(values) - 1)) * sd / np.sqrt(len(values))
-                row["ci95"] = (row["mean"] - half, row["mean"] + half)
-                outside = abs(value - row["mean"]) > SPREAD_SDS * sd
+                t = float(stats.t.ppf(0.5 + PREDICTION_LEVEL / 2, len(values) - 1))
+                half = t * sd * float(np.sqrt(1 + 1 / len(values)))
+                row["pi95"] = (row["mean"] - half, row["mean"] + half)
+                outside = abs(value - row["mean"]) > half
                 row["check"] = "OUTSIDE the seeds' spread" if outside else "within the seeds' spread"
             else:
                 row["check"] = "one committed seed: no spread to compare with"
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-def print_regression(new_records: list[dict], committed_dir: Path, same_folder: bool) -> None:
-    """The closing regression check of `bench run` (see `regression_frame`)."""
-    frame = regression_frame(new_records, committed_dir, same_folder)
-    if frame.empty:
-        return
-    print(f"beside the committed runs of the same configuration ({committed_dir}):")
-    for row in frame.itertuples():
-        same = ("" if row.committed_same_seed is None
-                else f", committed seed {row.seed} {row.committed_same_seed:.4f}")
-        if row.mean is None:
-            print(f"  {row.method} {row.bits}b seed {row.seed}: mAP {row.mAP:.4f}{same}; {row.check}")
-            continue
-        interval = "" if row.ci95 is None else f", 95% CI [{row.ci95[0]:.4f}, {row.ci95[1]:.4f}]"
-        print(f"  {row.method} {row.bits}b seed {row.seed}: mAP {row.mAP:.4f}{same}; committed mean "
-              f"{row.mean:.4f} over {row.n} seeds{interval}: {row.check}")
