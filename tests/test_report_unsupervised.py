@@ -108,3 +108,5 @@ def test_a_card_with_precision_at_k_gets_it_beside_map(make_record) -> None:
     assert numbers["table.FM.unsupervised.lsh.16"].startswith("30.20 ± 0.20 (3)")
     assert numbers["table.FM.csq.16.p_at_k"] == "71.00 ± 1.00 (3)"
     assert numbers["table.FM.unsupervised.chance.16.p_at_k"] == "5.00"
+    assert numbers["table.FM.unsupervised.reference.16"].startswith("CSQ: 80.20 [")
+    assert numbers["table.FM.unsupervised.reference.16.p_at_k"].startswith("CSQ: 71.00 [")

@@ -21,6 +21,7 @@ from bench.report.grading import power_rows
 from bench.report.groups import Cell
 from bench.report.stats import ALPHA, Stat, equivalence_test, holm_adjusted, paired_test
 from bench.report.tables import chance_value
+from bench.report.unsupervised import supervised_reference
 from bench.report.util import FLOOR_METHOD, fmt_p, get, method_name, metric_points, num, precision_metric
 
 EQUIVALENCE_MARGIN = 0.5  # mAP points (spec section 4: the CI gate's floor, under a third of 1.76)
@@ -104,6 +105,11 @@ def table_numbers(analysis: Analysis) -> dict[str, str]:
                 out[f"{prefix}chance.{bits}"] = _plain(value)
             if precision is not None and not math.isnan(value := chance_value(table, bits, precision[0])):
                 out[f"{prefix}chance.{bits}.p_at_k"] = _plain(value)
+            if not supervised:  # what labels buy: the best of the card's supervised primary table
+                out[f"{prefix}reference.{bits}"] = supervised_reference(analysis, table, bits)
+                if precision is not None:
+                    out[f"{prefix}reference.{bits}.p_at_k"] = supervised_reference(analysis, table, bits,
+                                                                                  precision[0])
     return out
 
 
