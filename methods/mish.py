@@ -130,12 +130,12 @@ def problem_partners(codes: torch.Tensor, memory: torch.Tensor, blocks: torch.Te
     masked = similarity.masked_fill(same, float("-inf"))
     k = min(neighbours, memory.shape[0])
     kth = masked.topk(k, dim=1).values[:, -1:]
-    starts = blocks * block
-    columns = starts[:, None] + torch.arange(block, device=codes.device)[None]
-    own = torch.gather(codes, 1, columns)  # [B, block]
-    theirs = memory[:, None, :].expand(-1, len(codes), -1)  # [M, B, K]
-    in_block = torch.gather(theirs, 2, columns[None].expand(memory.shape[0], -1, -1))
-    hit = (in_block * own[None]).sum(dim=2).T == block  # [B, M]
+    # Inner products on every block at once ([n, B, M], one matmul per block; sums of +-1 are
+    # exact in float), then each code's own block: equal on the block <=> product == block.
+    used = codes.shape[1] // block * block
+    per_block = torch.einsum("bnk,mnk->nbm", codes[:, :used].unflatten(1, (-1, block)),
+                             memory[:, :used].unflatten(1, (-1, block)))
+    hit = per_block[blocks, torch.arange(len(codes), device=codes.device)] == block  # [B, M]
     problem = hit & (similarity < kth) & ~same
     first = torch.where(problem.any(dim=1), problem.float().argmax(dim=1), torch.full_like(blocks, -1))
     return first
@@ -258,10 +258,14 @@ class MISH(HashMethod):
             self.memory_codes = torch.cat([self.memory_codes, codes[:room]])
             self.memory_index = torch.cat([self.memory_index, indices[:room]])
             codes, indices = codes[room:], indices[room:]
-        for code, index in zip(codes, indices, strict=True):  # ring: overwrite the oldest
-            self.memory_codes[self.write] = code
-            self.memory_index[self.write] = index
-            self.write = (self.write + 1) % size
+        # Ring: overwrite the oldest. As writing one code after another would: of a batch larger
+        # than the ring only the last `size` codes stay, in the slots they would end in.
+        count = len(codes)
+        codes, indices = codes[-size:], indices[-size:]
+        slots = (self.write + count - len(codes) + torch.arange(len(codes))) % size
+        self.memory_codes[slots.to(self.memory_codes.device)] = codes
+        self.memory_index[slots] = indices
+        self.write = (self.write + count) % size
 
     def record(self) -> dict[str, Any]:
         return {"problem_pairs_found": self.pairs_found,

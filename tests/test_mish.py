@@ -75,6 +75,49 @@ def test_problem_partners_collide_on_the_block_but_lie_outside_the_top_k() -> No
     assert problem_partners(codes, memory, torch.tensor([0, 0]), 2, 1, itself).tolist() == [-1, 0]
 
 
+def test_problem_partners_match_a_pairwise_loop_on_random_codes() -> None:
+    """The vectorised search against the definition, pair by pair: equal on the chosen block,
+    inner product below the k-th largest (self excluded), not the document itself, first in memory
+    order. 6-bit blocks of 18-bit codes collide often enough to exercise every branch."""
+    generator = torch.Generator().manual_seed(3)
+    codes = torch.randint(0, 2, (40, 18), generator=generator).float() * 2 - 1
+    memory = torch.randint(0, 2, (300, 18), generator=generator).float() * 2 - 1
+    blocks = torch.randint(0, 3, (40,), generator=generator)
+    same = torch.rand(40, 300, generator=generator) < 0.01
+    found = problem_partners(codes, memory, blocks, 6, 20, same).tolist()
+    expected = []
+    for i in range(40):
+        products = [float(codes[i] @ memory[m]) for m in range(300)]
+        kth = sorted((v for m, v in enumerate(products) if not same[i, m]), reverse=True)[19]
+        start = int(blocks[i]) * 6
+        partner = next((m for m in range(300) if not same[i, m] and products[m] < kth
+                        and torch.equal(codes[i, start:start + 6], memory[m, start:start + 6])), -1)
+        expected.append(partner)
+    assert found == expected and sum(x >= 0 for x in found) > 5
+
+
+@pytest.mark.parametrize("batch", [3, 7, 12])
+def test_the_memory_ring_keeps_what_writing_one_by_one_would(batch: int) -> None:
+    from methods.mish import MISH
+
+    method = MISH.__new__(MISH)  # only the ring's state
+    method.memory_size, method.write = 5, 0
+    method.memory_codes = torch.zeros(0, 2)
+    method.memory_index = torch.zeros(0, dtype=torch.long)
+    slots, write = [None] * 5, 0
+    filled = 0
+    for step in range(4):
+        ids = torch.arange(step * batch, (step + 1) * batch)
+        method._remember(torch.stack([ids.float(), -ids.float()], dim=1), ids)
+        for index in ids.tolist():  # the definition: fill, then overwrite the oldest
+            if filled < 5:
+                slots[filled], filled = index, filled + 1
+            else:
+                slots[write], write = index, (write + 1) % 5
+    assert method.memory_index.tolist() == slots
+    assert method.memory_codes[:, 0].tolist() == [float(i) for i in slots]
+
+
 def test_views_zero_is_the_unaugmented_batch_and_three_is_refused() -> None:
     assert check_views(0, "m") == 0
     with pytest.raises(UserError, match="0 \\(the unaugmented batch\\), 1 or 2"):
