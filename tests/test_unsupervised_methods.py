@@ -56,7 +56,8 @@ def toy(rng: np.random.Generator, half: int = 60, dims: int = 10) -> np.ndarray:
 def test_itq_rotation_stays_orthogonal_and_its_loss_never_rises() -> None:
     rng = np.random.default_rng(0)
     data = toy(rng)
-    directions, kept = pca_directions(data, 4)
+    directions, kept, how = pca_directions(data, 4)
+    assert how == "exact SVD"
     assert np.allclose(directions.T @ directions, np.eye(4)) and 0 < kept < 1
     v = data @ directions
     start = random_rotation(4, rng)
@@ -66,6 +67,24 @@ def test_itq_rotation_stays_orthogonal_and_its_loss_never_rises() -> None:
     assert len(losses) == 51 and all(b <= a + 1e-9 for a, b in zip(losses, losses[1:], strict=False))
     assert losses[-1] < losses[0]
     assert losses[-1] == pytest.approx(quantization_loss(v, rotation))
+
+
+def test_wide_inputs_get_the_exact_top_subspace_from_the_randomized_finder() -> None:
+    """A 300 x 500 matrix with a clear spectral gap after 8 directions: the sketched directions
+    span the subspace of numpy's exact SVD (projectors equal) and keep the same variance."""
+    rng = np.random.default_rng(4)
+    signal = rng.standard_normal((300, 8)) @ (rng.standard_normal((8, 500)) * 5)
+    data = signal + 0.01 * rng.standard_normal((300, 500))
+    data -= data.mean(axis=0)
+    directions, kept, how = pca_directions(data, 8, np.random.default_rng(5), exact_limit=100)
+    assert how.startswith("randomized range finder (26 columns")
+    _, singular, vt = np.linalg.svd(data, full_matrices=False)
+    exact = vt[:8].T
+    assert np.abs(directions @ directions.T - exact @ exact.T).max() < 1e-8
+    assert kept == pytest.approx((singular[:8] ** 2).sum() / (singular**2).sum(), rel=1e-10)
+    # the same seed gives the same directions
+    again, _, _ = pca_directions(data, 8, np.random.default_rng(5), exact_limit=100)
+    assert np.array_equal(directions, again)
 
 
 def test_itq_codes_are_balanced_on_a_symmetric_set() -> None:
