@@ -85,3 +85,13 @@ def test_a_bare_run_trains_at_the_budget_of_the_cards_table(capsys) -> None:
     assert main(["run", "--methods", "crh", "--bits", "16", "--epochs", "7", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "[epochs=7]" in out and "budget:" not in out
+
+
+def test_the_printed_check_names_the_prediction_interval(committed: Path, capsys) -> None:
+    from bench.sweeps.summary import print_regression
+
+    print_regression([record(5, 0.95), record(0, 0.80, {**CONFIG, "lr": 0.5})], committed, same_folder=False)
+    out = capsys.readouterr().out
+    assert "crh 32b seed 5: mAP 0.9500; committed mean 0.8100 over 3 other seeds" in out
+    assert "95% prediction interval [" in out and "OUTSIDE the seeds' spread" in out
+    assert "no committed cell for this configuration" in out

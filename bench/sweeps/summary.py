@@ -117,3 +117,21 @@ def regression_frame(new_records: list[dict], committed_dir: Path, same_folder: 
                 row["check"] = "one committed seed: no spread to compare with"
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def print_regression(new_records: list[dict], committed_dir: Path, same_folder: bool) -> None:
+    """The closing regression check of `bench run` (see `regression_frame`)."""
+    frame = regression_frame(new_records, committed_dir, same_folder)
+    if frame.empty:
+        return
+    print(f"beside the runs of the same configuration stored before this command ({committed_dir}):")
+    for row in frame.itertuples():
+        same = ("" if row.committed_same_seed is None
+                else f", committed seed {row.seed} {row.committed_same_seed:.4f}")
+        if row.mean is None:
+            print(f"  {row.method} {row.bits}b seed {row.seed}: mAP {row.mAP:.4f}{same}; {row.check}")
+            continue
+        interval = ("" if row.pi95 is None
+                    else f", 95% prediction interval [{row.pi95[0]:.4f}, {row.pi95[1]:.4f}]")
+        print(f"  {row.method} {row.bits}b seed {row.seed}: mAP {row.mAP:.4f}{same}; committed mean "
+              f"{row.mean:.4f} over {row.n} other seeds{interval}: {row.check}")
