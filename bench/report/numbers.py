@@ -91,6 +91,8 @@ def table_numbers(analysis: Analysis) -> dict[str, str]:
                 if key not in out:
                     cell = table.cell(method, bits)
                     out[key] = out[key + ".mean"] = "not run" if cell is None else "incomplete"
+                    if precision is not None:
+                        out[key + ".p_at_k"] = out[key]
         counted = [r for cell in table.cells.values() if cell.complete for r in cell.records()]
         out[f"{prefix}runs"] = str(len(counted))
         seconds = [num(get(r, "timings", "total")) for r in counted]
