@@ -35,12 +35,12 @@ OVERSAMPLE, POWER_ITERATIONS = 2.0, 8  # sketch width = 2 K + 10 columns; 8 subs
 
 
 def pca_directions(centred: np.ndarray, dims: int, rng: np.random.Generator | None = None,
-                   exact_limit: int = EXACT_PCA_LIMIT) -> tuple[np.ndarray, float, str]:
+                   ) -> tuple[np.ndarray, float, str]:
     """The top `dims` principal directions [D, dims] of centred data, the fraction of the
-    variance they keep, and how they were found: an exact SVD, or, when both sides exceed
-    `exact_limit`, the randomized range finder seeded from `rng`."""
+    variance they keep, and how they were found: an exact SVD without `rng`, the randomized
+    range finder seeded from `rng` with it (the caller decides when an input is too wide)."""
     x = torch.as_tensor(centred, dtype=torch.float64)
-    if min(x.shape) <= exact_limit or rng is None:
+    if rng is None:
         _, singular, vt = torch.linalg.svd(x, full_matrices=False)
         energy = (singular**2).numpy()
         return vt[:dims].T.numpy(), float(energy[:dims].sum() / max(energy.sum(), 1e-300)), "exact SVD"

@@ -40,6 +40,8 @@ from bench.report.document import Block, Doc, FigurePlan, anchor
 from bench.report.figures import render_figure
 from bench.report.frame import claims_frame, runs_csv
 from bench.report.groups import expected_seed_set
+from bench.report.history import SECTION as HISTORY_SECTION
+from bench.report.history import GradeChange, grade_changes, history_numbers, history_section, load_history
 from bench.report.numbers import power_csv, report_numbers
 from bench.report.published import load_published
 from bench.report.render import render_html, render_markdown
@@ -89,6 +91,7 @@ class Report:
     analysis: Analysis
     frame: pd.DataFrame
     attack_views: list[AttackView] = field(default_factory=list)
+    grade_changes: list[GradeChange] = field(default_factory=list)
 
     def markdown(self) -> str:
         return render_markdown(self.blocks)
@@ -126,11 +129,12 @@ def _header(doc: Doc, a: Analysis, verdicts: list[ClaimResult], sections: Sequen
 def build_report(records: Sequence[dict], problems: Sequence[str] = (), claims: Sequence[dict] | None = None,
                  published: Sequence[dict] | None = None, results_version: Any = RESULTS_VERSION,
                  trials: Sequence[dict] = (), tuned: dict[str, dict] | None = None,
-                 timing: dict[str, Any] | None = None, attacks: Sequence[dict] = ()) -> Report:
+                 timing: dict[str, Any] | None = None, attacks: Sequence[dict] = (),
+                 history: dict[str, Any] | None = None) -> Report:
     """The whole report as data: a pure function of its arguments (`trials`: tuning trial
     records; `tuned`: card -> parsed tuned setting; `timing`: the `bench perf cost` files
     graded, bench.report.timing.timing_details; `attacks`: the attack results,
-    bench.report.attacks.load_attacks)."""
+    bench.report.attacks.load_attacks; `history`: the v2 grades, bench.report.history)."""
     claims = load_claims() if claims is None else claims
     published = load_published() if published is None else list(published)
     analysis = analyze(records, problems, results_version)
@@ -143,9 +147,13 @@ def build_report(records: Sequence[dict], problems: Sequence[str] = (), claims: 
              *([UNSUPERVISED_SECTION] if analysis.unsupervised else [])]
     at = SECTIONS.index("Main comparison") + 1
     sections = (*SECTIONS[:at], *extra, *SECTIONS[at:])
+    changes = grade_changes(verdicts, history, claims)
+    if changes:  # right after the claims it annotates
+        sections = (sections[0], HISTORY_SECTION, *sections[1:])
     doc = Doc()
     _header(doc, analysis, verdicts, sections)
     claims_section(doc, verdicts)
+    history_section(doc, changes, history)
     main_comparison(doc, analysis, list(published))
     attack_section(doc, analysis, views, unmatched)
     unsupervised_section(doc, analysis)
@@ -160,7 +168,7 @@ def build_report(records: Sequence[dict], problems: Sequence[str] = (), claims: 
     published_section(doc, analysis, list(published))
     quality(doc, analysis)
     appendix(doc, analysis)
-    return Report(doc.blocks, doc.figures, verdicts, analysis, frame, views)
+    return Report(doc.blocks, doc.figures, verdicts, analysis, frame, views, changes)
 
 
 def render_figures(report: Report) -> dict[str, bytes]:
@@ -218,7 +226,8 @@ def write_report(report: Report, out_dir: Path, images: dict[str, bytes] | None 
     runs.write_text(runs_csv(report.analysis))
     (out_dir / "power.csv").write_text(power_csv(report.verdicts))
     numbers = report_numbers(report.analysis, report.verdicts)
-    numbers = dict(sorted({**numbers, **attack_numbers(report.analysis, report.attack_views)}.items()))
+    numbers = dict(sorted({**numbers, **attack_numbers(report.analysis, report.attack_views),
+                           **history_numbers(report.grade_changes)}.items()))
     (out_dir / "numbers.json").write_text(json.dumps(numbers, indent=1, sort_keys=True, ensure_ascii=False)
                                           + "\n")
     return Written(markdown, page, tuple(written), tuple(report.verdicts), runs)
@@ -238,7 +247,7 @@ def generate(results_dir: Path, out_dir: Path, claims_file: Path = CLAIMS_FILE,
     attacks, attack_problems = load_attacks(results_dir)
     report = build_report(records, problems + trial_problems + attack_problems, load_claims(claims_file),
                           load_published(published_file), trials=trials, tuned=load_tuned_settings(),
-                          timing=timing, attacks=attacks)
+                          timing=timing, attacks=attacks, history=load_history(results_dir))
     return write_report(report, out_dir)
 
 
