@@ -194,13 +194,19 @@ def test_entries_per_budget_and_legacy_entries(tmp_path, monkeypatch) -> None:
         tuned(32)
 
 
-def test_committed_tuned_files_load_as_32_bits_30_epochs() -> None:
+def test_committed_tuned_files_keep_the_30_epoch_entries_beside_the_60_epoch_search() -> None:
+    """The entries written before budgets were keyed load as 32 bits/30 epochs; Fashion-MNIST's
+    search at its table budget (32 bits, 60 epochs) sits beside them for every table row."""
     from bench.runs.spec import entry_budget, load_tuned
+    from bench.sweeps.experiments import load_experiment
 
-    for card in ("fashion-mnist", "fashion-mnist-multi"):
+    rows = load_experiment("main-table").methods
+    for card, budgets in (("fashion-mnist", {(32, 30), (32, 60)}), ("fashion-mnist-multi", {(32, 30)})):
         setting = load_tuned(card)
         assert setting is not None and setting.methods
-        assert {entry_budget(e) for m in setting.methods for e in setting.entries(m)} == {(32, 30)}
+        assert {entry_budget(e) for m in setting.methods for e in setting.entries(m)} == budgets
+        for method in rows:
+            assert {entry_budget(e) for e in setting.entries(method)} == budgets, (card, method)
 
 
 def test_budget_mismatch_is_refused_in_one_line(capsys, tmp_path, monkeypatch) -> None:
