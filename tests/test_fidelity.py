@@ -143,7 +143,25 @@ def test_edge_hits_of_a_tuned_file(tmp_path) -> None:
     (tmp_path / "synthetic.yaml").write_text(
         "dataset: synthetic\nmethods:\n  csq:\n    values: {lr: 0.0029, lambda_q: 0.001}\n"
         "    search_space: {lr: [log, 0.0001, 0.003], lambda_q: [log, 1.0e-05, 0.1]}\n")
-    assert tuned_edge_hits(tmp_path) == ["synthetic csq lr at high edge (0.0029 in [0.0001, 0.003])"]
+    assert tuned_edge_hits(tmp_path) == ["synthetic csq lr at high edge (0.0029 in [0.0001, 0.003]; "
+                                         "searched at 32 bits/30 epochs)"]
+
+
+def test_an_edge_hit_of_a_superseded_entry_is_counted_apart(tmp_path) -> None:
+    """A later search at the same bit length replaces an entry for new tables: its edge hit no
+    longer fails check 7 and is listed apart; the later entry's own hit would count."""
+    from bench.tuning.fidelity import tuned_edge_hits
+
+    space = "    search_space: {lr: [log, 0.0001, 0.003], lambda_q: [log, 1.0e-05, 0.1]}\n"
+    (tmp_path / "synthetic.yaml").write_text(
+        "dataset: synthetic\nmethods:\n  csq:\n"
+        "  - values: {lr: 0.0029, lambda_q: 0.001}\n    bits: 32\n    epochs: 30\n    date: '2026-11-25'\n"
+        + space.replace("    ", "    ", 1)
+        + "  - values: {lr: 0.001, lambda_q: 0.001}\n    bits: 32\n    epochs: 60\n    date: '2026-12-04'\n"
+        + space)
+    assert tuned_edge_hits(tmp_path) == []
+    assert tuned_edge_hits(tmp_path, superseded=True) == [
+        "synthetic csq lr at high edge (0.0029 in [0.0001, 0.003]; searched at 32 bits/30 epochs)"]
 
 
 # ----------------------------------------------------------------------------- check 6: budget
