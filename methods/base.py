@@ -129,6 +129,9 @@ class HashMethod:
     retrieval_output: ClassVar[str] = "sign(h), h = the shared linear hash layer's output"
     # Owned modules' learning rate as a multiple of the run's `lr` (default `parameter_groups`).
     owned_lr_scale: ClassVar[float] = 1.0
+    # Settings that name a configuration in the report even at their default (a wrapper's base
+    # method): "CgAT (base=csq)" beside "CgAT (base=crh)", never a bare "CgAT".
+    label_keys: ClassVar[tuple[str, ...]] = ()
     # Pieces of the method its sources do not settle (piece -> what was assumed), for a method
     # rebuilt from an abstract or a predecessor's code. Together with every parameter whose
     # `source` starts with RECONSTRUCTION they make the method a reconstruction: `bench list`

@@ -139,6 +139,7 @@ class CgAT(HashMethod):
                "codes from a code memory")
     reference = ("Wang et al., CgAT: Center-Guided Adversarial Training for Deep Hashing-Based Retrieval, "
                  "WWW 2023")
+    label_keys = ("base",)
     params = {
         "base": Param("csq", "the registered hashing method wrapped (its loss, hooks, codes and centers)",
                       source=f"{_SOURCE} fine-tunes DPSH by default, which this suite lacks; CSQ is one of "
