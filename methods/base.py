@@ -239,6 +239,12 @@ class HashMethod:
         (an argmax) returns a smooth stand-in whose sign agrees with its code."""
         return self.retrieval_code(h, features)
 
+    def selectable_from(self) -> int:
+        """The first epoch (1-based) whose checkpoint validation selection may keep: 1, unless
+        the training changes character mid-run and the earlier checkpoints are another model
+        (CgAT: only checkpoints after its adversarial term switched on are CgAT's)."""
+        return 1
+
     def class_centers(self) -> torch.Tensor | None:
         """The ±1 target code of each class [C, K], for center-based methods (else None)."""
         return None

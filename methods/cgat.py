@@ -285,6 +285,12 @@ class CgAT(HashMethod):
     def after_step(self, ctx: TrainContext) -> None:
         self.base.after_step(self._view(ctx))
 
+    def selectable_from(self) -> int:
+        """Checkpoints before the adversarial term are the base method's, not CgAT's: selection
+        keeps the best validation epoch from the first adversarial epoch on (the official code
+        evaluates the adversarially fine-tuned model)."""
+        return self.adv_start_epoch + 1
+
     def on_epoch_end(self, epoch: int, codes: torch.Tensor | None, labels: torch.Tensor | None,
                      ctx: TrainContext) -> dict[str, Any] | None:
         collects = type(self.base).collects_codes
