@@ -46,10 +46,13 @@ def study_id() -> str:
 
 
 def study(results: Path):
+    return named_study(results, study_id())
+
+
+def named_study(results: Path, name: str):
     import optuna
 
-    return optuna.load_study(study_name=study_id(),
-                             storage=f"sqlite:///{results / 'tuning' / (study_id() + '.db')}")
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{results / 'tuning' / (name + '.db')}")
 
 
 def searched(record: dict) -> tuple[float, float]:
@@ -240,3 +243,41 @@ def test_a_study_never_proposes_a_batch(tmp_path, tuned_dir, monkeypatch):
     assert main(["tune", "--methods", "csq", "--trials", "9", *FAST, "--results", str(tmp_path),
                  "--output", str(tmp_path / "t.yaml"), "--jobs", "2"]) == 1
     assert seen == [1]
+
+
+def test_a_widened_range_keeps_the_search_and_adds_the_extra_trials(tmp_path, monkeypatch, one_thread):
+    """After an edge hit the range is widened: the new study (another name, its ranges in its
+    digest) starts from the narrower study's finished trials, default first, and trains only
+    the extra ones; a space that does not contain the old one starts afresh."""
+    from bench.tuning.tune import search_space, study_name
+    from methods import get_method
+
+    results = tmp_path / "results"
+    assert tune(results, 3) == 0
+    narrow = study(results)
+    before = records(results)
+    csq = get_method("csq")
+    wider = {**search_space("csq"), "lambda_q": ("log", 1e-6, 3.0)}
+    monkeypatch.setattr(csq, "search_space", wider)
+    assert tune(results, 4, "--output", str(tmp_path / "wide.yaml")) == 0
+    wide_id = study_name("synthetic", "csq", 16, 1, wider)
+    assert wide_id != narrow.study_name
+    wide = named_study(results, wide_id)
+    assert len(wide.trials) == 4
+    for old, new in zip(narrow.trials, wide.trials[:3], strict=True):
+        assert (new.params, new.value) == (old.params, old.value)
+        assert new.distributions["lambda_q"].low == 1e-6 and new.distributions["lambda_q"].high == 3.0
+        assert new.user_attrs["inherited_from"] == f"{narrow.study_name}#{old.number}"
+    assert wide.trials[0].user_attrs.get("default") is True
+    after = records(results)
+    assert len(after) == 4 and set(before) <= set(after)  # one new trial trained, three reused
+    entry = yaml.safe_load((tmp_path / "wide.yaml").read_text())["methods"]["csq"]
+    assert entry["widened_from"] == narrow.study_name and entry["trials"] == 4
+
+    narrower = {**search_space("csq"), "lambda_q": ("log", 1e-4, 1e-2)}  # not a widening
+    monkeypatch.setattr(csq, "search_space", narrower)
+    assert tune(results, 1, "--output", str(tmp_path / "narrow.yaml")) == 0
+    fresh_id = study_name("synthetic", "csq", 16, 1, narrower)
+    fresh = named_study(results, fresh_id)
+    assert len(fresh.trials) == 1 and "inherited_from" not in fresh.trials[0].user_attrs
+    assert "widened_from" not in yaml.safe_load((tmp_path / "narrow.yaml").read_text())["methods"]["csq"]

@@ -109,14 +109,20 @@ def variant_label(method: str, protocol: str, variant: Variant) -> str:
     """A configuration's name beside its method: the settings that differ from the method's
     defaults, leaving out those that follow from the others by the method's own rules (CgAT's
     base_settings follow from its base) and abbreviating a mapping that does not."""
-    if not variant:
+    from methods import get_method
+
+    try:  # settings that name the configuration even at their default (CgAT's base)
+        always = tuple(getattr(get_method(method), "label_keys", ()))
+    except Exception:  # noqa: BLE001 - an unknown method keeps its plain name
+        always = ()
+    defaults = method_defaults(method, protocol)
+    if not variant and not (always and defaults):
         return method_name(method)
     changed = {key: json.loads(value) for key, value in variant}
-    shown = dict(changed)
-    defaults = method_defaults(method, protocol)
     if defaults is not None:
-        from methods import get_method
-
+        changed = {**{k: defaults[k] for k in always if k in defaults}, **changed}
+    shown = dict(changed)
+    if defaults is not None:
         try:
             derived = get_method(method).resolve_rules(
                 {**defaults, **{k: v for k, v in changed.items() if not isinstance(v, (dict, list))}}, False)

@@ -23,6 +23,7 @@ from bench.report.stats import ALPHA, Stat, equivalence_test, holm_adjusted, pai
 from bench.report.tables import chance_value
 from bench.report.unsupervised import supervised_reference
 from bench.report.util import FLOOR_METHOD, fmt_p, get, method_name, metric_points, num, precision_metric
+from bench.report.variants import variant_numbers
 
 EQUIVALENCE_MARGIN = 0.5  # mAP points (spec section 4: the CI gate's floor, under a third of 1.76)
 POWER_COLUMNS = ("claim", "card", "bits", "comparison", "key", "n", "delta", "sd", "power_now", "n80")
@@ -93,6 +94,8 @@ def table_numbers(analysis: Analysis) -> dict[str, str]:
                     out[key] = out[key + ".mean"] = "not run" if cell is None else "incomplete"
                     if precision is not None:
                         out[key + ".p_at_k"] = out[key]
+        if supervised:
+            out.update(variant_numbers(analysis, table, prefix))
         counted = [r for cell in table.cells.values() if cell.complete for r in cell.records()]
         out[f"{prefix}runs"] = str(len(counted))
         seconds = [num(get(r, "timings", "total")) for r in counted]

@@ -11,7 +11,8 @@ resolved for the card's C and the study's K (e.g. OrthoHash's s = sqrt(K)), so t
 is never worse than the default on validation, and the default's score is kept beside the tuned
 one. Knobs several methods share are searched on one range (`methods.base.SHARED_SEARCH`).
 A chosen value within EDGE_FRACTION of a range edge that is not a hard bound is an edge hit
-(`edge_hits`): the range is widened (`widen`) and every method runs the same extra trials.
+(`edge_hits`): the range is widened (`widen`) and every method runs the same extra trials; a
+widened study starts from the finished trials of the study it widens (`inherit_trials`).
 
 Trials are normal runs (harmonised protocol plus the trial's values as overrides) executed by
 `bench.sweeps.runner.execute_runs`, so every trial is a run record and a trial whose record exists is
@@ -185,6 +186,67 @@ def widen(space: dict[str, tuple], hits: list[tuple[str, str]]) -> dict[str, tup
     return wider
 
 
+def distributions(space: dict[str, tuple]) -> dict[str, Any]:
+    """Optuna's distribution for each knob of a space (what `suggest` draws from)."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    out: dict[str, Any] = {}
+    for key, spec in space.items():
+        if spec[0] == "choice":
+            out[key] = CategoricalDistribution(list(spec[1]))
+        elif spec[0] == "int":
+            out[key] = IntDistribution(int(spec[1]), int(spec[2]))
+        else:
+            out[key] = FloatDistribution(float(spec[1]), float(spec[2]), log=spec[0] == "log")
+    return out
+
+
+def _inside(narrow: Any, wide: Any) -> bool:
+    """Every value `narrow` can draw, `wide` can draw too (same kind and scale)."""
+    if type(narrow) is not type(wide):
+        return False
+    if hasattr(wide, "choices"):
+        return set(narrow.choices) <= set(wide.choices)
+    return (getattr(narrow, "log", False) == getattr(wide, "log", False)
+            and wide.low <= narrow.low and narrow.high <= wide.high)
+
+
+def inherit_trials(study: Any, folder: Path, prefix: str, space: dict[str, tuple]) -> str | None:
+    """Give a new, widened study the finished trials of the narrower study it widens.
+
+    Widening a range after an edge hit must not throw the search away: the earlier study's
+    trials are points of the wider space too. The parent is the study in `folder` named
+    `<prefix>-<digest>` (same card, method, bits and epochs) with the same knobs, every range
+    inside the new one, and the most finished trials; its trials are copied in order (with
+    their user attributes, so trial 0 stays the default) under the new ranges, and the search
+    goes on from there to the larger trial count every method gets. Returns the parent's name."""
+    import optuna
+    from optuna.trial import TrialState, create_trial
+
+    wide = distributions(space)
+    best: tuple[int, str, list] | None = None
+    for path in sorted(folder.glob(f"{prefix}-*.db")):
+        if path.stem == study.study_name:
+            continue
+        try:
+            earlier = optuna.load_study(study_name=path.stem, storage=f"sqlite:///{path.resolve()}")
+        except KeyError:  # a file holding some other study
+            continue
+        trials = [t for t in earlier.get_trials(deepcopy=False)
+                  if t.state in (TrialState.COMPLETE, TrialState.FAIL)]
+        fits = trials and all(set(t.distributions) == set(wide)
+                              and all(_inside(d, wide[k]) for k, d in t.distributions.items())
+                              for t in trials)
+        if fits and (best is None or len(trials) > best[0]):
+            best = (len(trials), path.stem, sorted(trials, key=lambda t: t.number))
+    if best is None:
+        return None
+    study.add_trials([create_trial(params=dict(t.params), distributions=wide, value=t.value, state=t.state,
+                                   user_attrs={**t.user_attrs, "inherited_from": f"{best[1]}#{t.number}"})
+                      for t in best[2]])
+    return best[1]
+
+
 def knob_counts(methods: list[str]) -> dict[str, int]:
     """How many settings each method's search varies (reported beside its tuned table)."""
     return {method: len(search_space(method)) for method in methods}
@@ -301,6 +363,9 @@ def tune_method(method: str, request: TuneRequest, options: Any,
             study_name=name, storage=f"sqlite:///{storage_path.resolve()}", direction="maximize",
             load_if_exists=True, sampler=optuna.samplers.TPESampler(seed=request.seed),
         )
+        parent = None
+        if not study.trials and epochs is not None:
+            parent = inherit_trials(study, folder, name.rsplit("-", 1)[0], space)
         if not study.trials:
             card = request.card
             task = Task(bits=request.bits, num_classes=card.num_classes, multi_label=card.multi_label,
@@ -369,6 +434,8 @@ def tune_method(method: str, request: TuneRequest, options: Any,
                "default_moved_to_edge": list(trials[0].user_attrs.get("default_moved_to_edge", []))
                if trials else [],
                "edge_hits": [list(hit) for hit in edge_hits(dict(best.params), space)],
+               "widened_from": parent or next((str(t.user_attrs["inherited_from"]).split("#")[0]
+                                               for t in trials if "inherited_from" in t.user_attrs), None),
                "knobs": len(space)},
     )
 
@@ -411,6 +478,7 @@ def write_setting(path: Path | None, request: TuneRequest, outcomes: list[TuneOu
             "default_point": result.extra.get("default_point"),
             "default_moved_to_edge": result.extra.get("default_moved_to_edge"),
             "edge_hits": result.extra.get("edge_hits"),
+            **({"widened_from": result.extra["widened_from"]} if result.extra.get("widened_from") else {}),
             "seed": request.seed,
             "split_seed": request.split_seed,
             "base_protocol": BASE_PROTOCOL,
