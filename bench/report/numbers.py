@@ -59,11 +59,6 @@ def _unsupervised_tag(analysis: Analysis, table: MainTable) -> str:
     return "unsupervised." if len(same_card) == 1 else "unsupervised." + table_tag(analysis, table)
 
 
-def _cell_text(stat: Stat) -> str:
-    spread = f" ± {stat.std:.2f}" if stat.n > 1 else ""
-    return f"{stat.mean:.2f}{spread} ({stat.n})"
-
-
 def table_numbers(analysis: Analysis) -> dict[str, str]:
     """`table.<card>.[<setting>.]<method>.<bits>` = "mean ± sd (n)" of every complete cell,
     `.mean` the mean alone, `.p_at_k` the card's precision@k where it has one, and `chance` per
@@ -80,10 +75,10 @@ def table_numbers(analysis: Analysis) -> dict[str, str]:
                 continue
             stat: Stat = cell.stat(metric_points("mAP"))
             key = f"{prefix}{_method_key(method)}.{bits}"
-            out[key] = _cell_text(stat)
+            out[key] = stat.cell_text()
             out[key + ".mean"] = _plain(stat.mean)
             if precision is not None:
-                out[key + ".p_at_k"] = _cell_text(cell.stat(metric_points(precision[0])))
+                out[key + ".p_at_k"] = cell.stat(metric_points(precision[0])).cell_text()
         listed = [*table.methods, *(m for m in _table_methods(table.scope.dataset) if supervised
                                     and m not in table.methods)]
         for method in listed:  # cells without complete records (or a row the table lacks) say so

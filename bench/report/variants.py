@@ -98,7 +98,7 @@ def variant_numbers(analysis: Analysis, table: MainTable, prefix: str) -> dict[s
                 continue
             stat = cell.stat(getter)
             key = f"{prefix}{row.method}.{row.slug}.{bits}"
-            out[key] = f"{stat.mean:.2f}" + (f" ± {stat.std:.2f}" if stat.n > 1 else "") + f" ({stat.n})"
+            out[key] = stat.cell_text()
             out[key + ".mean"] = f"{stat.mean:.2f}"
             out[key + ".diff"] = _difference(row, table, bits)
     return out
