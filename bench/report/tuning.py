@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from bench.report.document import Doc
+from bench.report.document import Doc, Table
+from bench.report.render import render_markdown
 from bench.report.util import get, method_name, method_sort_key, num
 
 
@@ -189,7 +190,7 @@ def transfer_numbers(settings: dict[str, dict]) -> dict[str, str]:
     from bench.report.numbers import card_key
 
     numbers: dict[str, str] = {}
-    tables: dict[str, list[str]] = {}
+    tables: dict[str, list[tuple[str, ...]]] = {}
     for row in transfer_rows(settings):
         budget = f"transfer.{card_key(row['card'])}.{row['bits']}b-{row['epochs']}e"
         cells = transfer_cells(row)
@@ -197,8 +198,7 @@ def transfer_numbers(settings: dict[str, dict]) -> dict[str, str]:
         numbers.update({f"{prefix}.chosen": _pct(row["chosen"]), f"{prefix}.best": _pct(row["best"]),
                         f"{prefix}.gap": cells[5], f"{prefix}.spread": cells[6],
                         f"{prefix}.verdict": cells[7]})
-        lines = tables.setdefault(budget, ["| " + " | ".join(TRANSFER_HEADER) + " |",
-                                           "|" + "---|" * len(TRANSFER_HEADER)])
-        lines.append("| " + " | ".join(cells) + " |")
-    numbers.update({f"{budget}.table": "\n".join(lines) for budget, lines in tables.items()})
+        tables.setdefault(budget, []).append(cells)
+    numbers.update({f"{budget}.table": render_markdown([Table(TRANSFER_HEADER, tuple(rows))]).rstrip("\n")
+                    for budget, rows in tables.items()})
     return numbers
