@@ -1,0 +1,73 @@
+#!/bin/bash
+# One batch of reproduction v3 (issues 26 and 32) on a lent machine: one H200 shared by every
+# process, 16 cores, one CPU thread per process. Deadline-bound; everything it starts resumes.
+#   phase 1  the primary Fashion-MNIST table's 32-bit cells, 10 per-seed splits (main-table-v3):
+#            the 60-epoch search's 32-bit values are final, so these cells come first;
+#   phase 2  the same table at the lengths whose transfer check holds in the committed tuned
+#            file (V3_16, V3_64 name the methods; a method still owed a check is refused there);
+#   phase 3  the multi-label card's equal-budget search at its table budget (30 epochs, shared
+#            ranges, 24 trials, then the transfer check to 16 and 64 bits), one process per
+#            method, 2 trials at a time, until the deadline (the studies resume on any machine).
+# What finished is packed into $OUT/results.tar.gz (records, splits, studies, trial records and
+# the logs) for the 2-core machine to unpack at the repository root.
+# The tree the device tool sends must stay under 64 MiB: move results/ and reports/ out of the
+# checkout for the call (the batch reads neither, only bench/tuned/), carry .whl (Optuna and its
+# pure-Python needs, cp312 SQLAlchemy) and .fmnist (the Debian package's four .gz files).
+# Local check of the command lines: SETUP=0 OUT=/tmp/o RESULTS=/tmp/r RUN_EXTRA=--dry-run \
+#   MULTI_DATASET=fashion-mnist-mini TUNE_EXTRA="--epochs 1 --trials 2" MULTI_METHODS=csq \
+#   DEVICE=cpu DEADLINE=300 tools/device_v3.sh
+set -u
+T0=$(date +%s)
+DEADLINE=${DEADLINE:-530}
+PY=${PY:-python3}
+RESULTS=${RESULTS:-results}
+DEVICE=${DEVICE:-cuda}
+JOBS=${JOBS:-16}
+V3_16=${V3_16:-crh,mds}
+V3_64=${V3_64:-mds}
+RUN_EXTRA=${RUN_EXTRA:-}
+MULTI_DATASET=${MULTI_DATASET:-fashion-mnist-multi}
+MULTI_METHODS=${MULTI_METHODS:-crh,csq,dpn,hashnet,shc,orthohash,mds,hclm,classify-then-hash}
+TUNE_EXTRA=${TUNE_EXTRA:---epochs 30 --trials 24}
+LOGS=$(mktemp -d)
+export PYTHONUNBUFFERED=1
+left() { echo $(( DEADLINE - ($(date +%s) - T0) )); }
+stamp() { echo "$(date -u +%FT%TZ) +$(( $(date +%s) - T0 ))s $* load: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$LOGS/batch.log"; }
+run_part() {  # name, then `bench run` arguments
+  local name=$1; shift
+  [ "$(left)" -gt 30 ] || { stamp "$name skipped: deadline"; return; }
+  stamp "$name start"
+  timeout -k 10 "$(left)" $PY -m bench run "$@" --device "$DEVICE" --quiet --results "$RESULTS" $RUN_EXTRA \
+      > "$LOGS/$name.log" 2>&1
+  stamp "$name end rc=$? ($(grep -c ' done ' "$LOGS/$name.log") runs done)"
+}
+
+if [ "${SETUP:-1}" = 1 ]; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 3
+  export PYTHONPATH=/tmp/site
+  mkdir -p /usr/share/datasets/fashion-mnist && cp .fmnist/*.gz /usr/share/datasets/fashion-mnist/ || exit 3
+fi
+touch "$LOGS/start-marker"; sleep 1
+stamp "batch start on $(nproc) cores:$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"
+$PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" | tee -a "$LOGS/batch.log"
+
+run_part v3-32 --experiment main-table-v3 --bits 32 --jobs "$JOBS"
+run_part v3-16 --experiment main-table-v3 --bits 16 --methods "$V3_16" --jobs 10 &
+run_part v3-64 --experiment main-table-v3 --bits 64 --methods "$V3_64" --jobs 6 &
+wait
+
+if [ "$(left)" -gt 60 ]; then
+  stamp "multi-label search start: $MULTI_METHODS"
+  for m in ${MULTI_METHODS//,/ }; do
+    timeout -k 10 "$(left)" $PY -m bench tune --dataset "$MULTI_DATASET" --methods "$m" --bits 32 $TUNE_EXTRA \
+        --jobs 2 --transfer-to 16,64 --device "$DEVICE" --quiet --results "$RESULTS" \
+        --output "$LOGS/tuned-$MULTI_DATASET-$m.yaml" > "$LOGS/tune-$m.log" 2>&1 &
+  done
+  wait
+  stamp "multi-label search end: $(ls "$LOGS"/tuned-*.yaml 2>/dev/null | wc -l) methods complete"
+fi
+stamp "batch end"
+find "$RESULTS" -type f ! -name "*.lock" -newer "$LOGS/start-marker" > "$LOGS/new-files.txt"
+cp "$LOGS/batch.log" "$OUT/batch.log"
+tar czf "$OUT/results.tar.gz" -T "$LOGS/new-files.txt" -C "$LOGS" .
+echo "packed $(wc -l < "$LOGS/new-files.txt") files"
