@@ -129,6 +129,9 @@ class HashMethod:
     retrieval_output: ClassVar[str] = "sign(h), h = the shared linear hash layer's output"
     # Owned modules' learning rate as a multiple of the run's `lr` (default `parameter_groups`).
     owned_lr_scale: ClassVar[float] = 1.0
+    # Settings that name a configuration in the report even at their default (a wrapper's base
+    # method): "CgAT (base=csq)" beside "CgAT (base=crh)", never a bare "CgAT".
+    label_keys: ClassVar[tuple[str, ...]] = ()
     # Pieces of the method its sources do not settle (piece -> what was assumed), for a method
     # rebuilt from an abstract or a predecessor's code. Together with every parameter whose
     # `source` starts with RECONSTRUCTION they make the method a reconstruction: `bench list`
@@ -235,6 +238,12 @@ class HashMethod:
         by default `retrieval_code`; a method whose code is not differentiable in its input
         (an argmax) returns a smooth stand-in whose sign agrees with its code."""
         return self.retrieval_code(h, features)
+
+    def selectable_from(self) -> int:
+        """The first epoch (1-based) whose checkpoint validation selection may keep: 1, unless
+        the training changes character mid-run and the earlier checkpoints are another model
+        (CgAT: only checkpoints after its adversarial term switched on are CgAT's)."""
+        return 1
 
     def class_centers(self) -> torch.Tensor | None:
         """The ±1 target code of each class [C, K], for center-based methods (else None)."""

@@ -139,6 +139,7 @@ class CgAT(HashMethod):
                "codes from a code memory")
     reference = ("Wang et al., CgAT: Center-Guided Adversarial Training for Deep Hashing-Based Retrieval, "
                  "WWW 2023")
+    label_keys = ("base",)
     params = {
         "base": Param("csq", "the registered hashing method wrapped (its loss, hooks, codes and centers)",
                       source=f"{_SOURCE} fine-tunes DPSH by default, which this suite lacks; CSQ is one of "
@@ -283,6 +284,12 @@ class CgAT(HashMethod):
     # ------------------------------------------------------------------ the base's hooks
     def after_step(self, ctx: TrainContext) -> None:
         self.base.after_step(self._view(ctx))
+
+    def selectable_from(self) -> int:
+        """Checkpoints before the adversarial term are the base method's, not CgAT's: selection
+        keeps the best validation epoch from the first adversarial epoch on (the official code
+        evaluates the adversarially fine-tuned model)."""
+        return self.adv_start_epoch + 1
 
     def on_epoch_end(self, epoch: int, codes: torch.Tensor | None, labels: torch.Tensor | None,
                      ctx: TrainContext) -> dict[str, Any] | None:

@@ -34,8 +34,8 @@ EXACT_PCA_LIMIT = 4096
 OVERSAMPLE, POWER_ITERATIONS = 2.0, 8  # sketch width = 2 K + 10 columns; 8 subspace iterations
 
 
-def pca_directions(centred: np.ndarray, dims: int, rng: np.random.Generator | None = None,
-                   ) -> tuple[np.ndarray, float, str]:
+def pca_directions(centred: np.ndarray, dims: int,
+                   rng: np.random.Generator | None = None) -> tuple[np.ndarray, float, str]:
     """The top `dims` principal directions [D, dims] of centred data, the fraction of the
     variance they keep, and how they were found: an exact SVD without `rng`, the randomized
     range finder seeded from `rng` with it (the caller decides when an input is too wide)."""

@@ -143,7 +143,25 @@ def test_edge_hits_of_a_tuned_file(tmp_path) -> None:
     (tmp_path / "synthetic.yaml").write_text(
         "dataset: synthetic\nmethods:\n  csq:\n    values: {lr: 0.0029, lambda_q: 0.001}\n"
         "    search_space: {lr: [log, 0.0001, 0.003], lambda_q: [log, 1.0e-05, 0.1]}\n")
-    assert tuned_edge_hits(tmp_path) == ["synthetic csq lr at high edge (0.0029 in [0.0001, 0.003])"]
+    assert tuned_edge_hits(tmp_path) == ["synthetic csq lr at high edge (0.0029 in [0.0001, 0.003]; "
+                                         "searched at 32 bits/30 epochs)"]
+
+
+def test_an_edge_hit_of_a_superseded_entry_is_counted_apart(tmp_path) -> None:
+    """A later search at the same bit length replaces an entry for new tables: its edge hit no
+    longer fails check 7 and is listed apart; the later entry's own hit would count."""
+    from bench.tuning.fidelity import tuned_edge_hits
+
+    space = "    search_space: {lr: [log, 0.0001, 0.003], lambda_q: [log, 1.0e-05, 0.1]}\n"
+    (tmp_path / "synthetic.yaml").write_text(
+        "dataset: synthetic\nmethods:\n  csq:\n"
+        "  - values: {lr: 0.0029, lambda_q: 0.001}\n    bits: 32\n    epochs: 30\n    date: '2026-11-25'\n"
+        + space.replace("    ", "    ", 1)
+        + "  - values: {lr: 0.001, lambda_q: 0.001}\n    bits: 32\n    epochs: 60\n    date: '2026-12-04'\n"
+        + space)
+    assert tuned_edge_hits(tmp_path) == []
+    assert tuned_edge_hits(tmp_path, superseded=True) == [
+        "synthetic csq lr at high edge (0.0029 in [0.0001, 0.003]; searched at 32 bits/30 epochs)"]
 
 
 # ----------------------------------------------------------------------------- check 6: budget
@@ -194,13 +212,19 @@ def test_entries_per_budget_and_legacy_entries(tmp_path, monkeypatch) -> None:
         tuned(32)
 
 
-def test_committed_tuned_files_load_as_32_bits_30_epochs() -> None:
+def test_committed_tuned_files_keep_the_30_epoch_entries_beside_the_60_epoch_search() -> None:
+    """The entries written before budgets were keyed load as 32 bits/30 epochs; Fashion-MNIST's
+    search at its table budget (32 bits, 60 epochs) sits beside them for every table row."""
     from bench.runs.spec import entry_budget, load_tuned
+    from bench.sweeps.experiments import load_experiment
 
-    for card in ("fashion-mnist", "fashion-mnist-multi"):
+    rows = load_experiment("main-table").methods
+    for card, budgets in (("fashion-mnist", {(32, 30), (32, 60)}), ("fashion-mnist-multi", {(32, 30)})):
         setting = load_tuned(card)
         assert setting is not None and setting.methods
-        assert {entry_budget(e) for m in setting.methods for e in setting.entries(m)} == {(32, 30)}
+        assert {entry_budget(e) for m in setting.methods for e in setting.entries(m)} == budgets
+        for method in rows:
+            assert {entry_budget(e) for e in setting.entries(method)} == budgets, (card, method)
 
 
 def test_budget_mismatch_is_refused_in_one_line(capsys, tmp_path, monkeypatch) -> None:

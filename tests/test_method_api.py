@@ -281,3 +281,40 @@ def test_the_step_sees_the_pixel_box_of_its_images(monkeypatch: pytest.MonkeyPat
     assert low.shape == (1, 1, 1, 1) and low.device.type == "cpu"
     assert float(low) == pytest.approx(-1.0) and float(high) == pytest.approx(1.0)
     assert float(per_pixel) == pytest.approx(2.0)
+
+
+class LateSelection(HashMethod):
+    """Selection may keep only the last epoch's checkpoint (as CgAT keeps only adversarial ones)."""
+
+    name = "late-selection-test"
+    summary = "test-only method restricting selection"
+    params = {"unused": Param(0, "a knob")}
+
+    def loss(self, h: torch.Tensor, labels: torch.Tensor, ctx: TrainContext) -> torch.Tensor:
+        return (torch.tanh(h) ** 2).mean()
+
+    def selectable_from(self) -> int:
+        return self.task.epochs
+
+
+def test_selection_keeps_no_checkpoint_before_the_methods_first_selectable_epoch(
+        tmp_path: Path, register_method) -> None:
+    """With lr 0 only BatchNorm statistics move, and epoch 3 validates no better than an earlier
+    one, so plain selection (a later epoch must be strictly better) would keep epoch 1 or 2;
+    this method allows only epoch 3, and the record says so."""
+    register_method(LateSelection)
+    spec = RunSpec(LateSelection.name, "synthetic", 8, protocol="harmonised",
+                   overrides=(("batch_size", 64), ("epochs", 3), ("eval_every", 1), ("lr", 0.0),
+                              ("lr_schedule", "constant")))
+    body = train_and_evaluate(spec, results_dir=tmp_path, device="cpu", progress_bars=False)
+    validated = [e["val_mAP"] for e in body["history"] if "val_mAP" in e]
+    assert len(validated) == 3 and max(validated[:2]) >= validated[2]  # plain selection: earlier
+    assert body["selection"]["best_epoch"] == 3 and body["selection"]["selectable_from_epoch"] == 3
+
+
+def test_cgat_selects_from_its_first_adversarial_epoch() -> None:
+    from methods.cgat import CgAT, adversarial_start_epoch
+
+    task = Task(bits=16, num_classes=10, multi_label=False, seed=0, epochs=60, device=None)  # type: ignore[arg-type]
+    method = CgAT(CgAT.resolve_rules({k: p.default for k, p in CgAT.params.items()}, False), task)
+    assert method.selectable_from() == adversarial_start_epoch(100 / 130, 60) + 1 == 47

@@ -101,9 +101,12 @@ def test_every_docs_template_is_rendered_and_every_rendered_page_has_a_template(
     no docs/*.md page is left without its template (it would drift from numbers.json)."""
     pairs = pages(ROOT)
     assert pairs[0] == (ROOT / "docs" / "README.template.md", ROOT / "README.md")
-    rendered = {page for _, page in pairs}
-    assert {template.name for template, _ in pairs[1:]} == {page.name for page in rendered} - {"README.md"}
-    assert set((ROOT / "docs").glob("*.md")) - {pairs[0][0]} <= rendered
+    results_template = ROOT / "docs" / "templates" / "results" / "README.md"
+    assert pairs[-1] == (results_template, ROOT / "results" / "README.md")
+    docs_pages = pairs[1:-1]
+    assert {template.name for template, _ in docs_pages} == {page.name for _, page in docs_pages}
+    assert all(page.parent == ROOT / "docs" for _, page in docs_pages)
+    assert set((ROOT / "docs").glob("*.md")) - {pairs[0][0]} <= {page for _, page in pairs}
 
 
 def test_readme_command_renders_and_checks_every_page(tmp_path, monkeypatch, capsys):

@@ -137,6 +137,50 @@ def test_the_headline_table_prefers_complete_then_tuned_then_more_seeds(make_rec
     assert analysis.primary["fashion-mnist"].protocol == "harmonised"
 
 
+def tuned_generation(make_record, lr: float, searched_epochs: int | None, seeds=SEEDS) -> list[dict]:
+    """Tuned CRH and CSQ runs at 60 epochs whose tuned lr came from one search; `searched_epochs`
+    None is a record from before tuned runs said where their values were searched."""
+    records = []
+    for method in ("crh", "csq"):
+        for record in cell(make_record, method, 16, 0.6, seeds=seeds, protocol="tuned", epochs=60):
+            provenance = {"values": {"lr": lr}}
+            if searched_epochs is not None:
+                provenance["searched_at"] = {"bits": 32, "epochs": searched_epochs}
+            record["config"].update(lr=lr, tuned_setting=provenance)
+            records.append(record)
+    return records
+
+
+def test_two_searches_of_one_method_are_two_tables_not_one_conflicting_cell(make_record):
+    """The v2 search's values (no `searched_at`) and a search at the table's budget give the same
+    seeds other configurations: each is its own table, nothing is dropped as a conflict."""
+    analysis = analyze(tuned_generation(make_record, 6e-4, None)
+                       + tuned_generation(make_record, 2e-3, 60, seeds=(0, 1)))
+    assert analysis.conflicts == [] and len(analysis.main) == 2
+    searched = [dict(scope.settings).get("search_epochs") for scope in sorted(analysis.main)]
+    assert sorted(searched, key=str) == ["60", None]
+    # the same search's runs stay one table
+    assert len(analyze(tuned_generation(make_record, 2e-3, 60)).main) == 1
+
+
+def test_the_declared_table_admits_a_search_at_its_own_budget_and_its_split_rule(monkeypatch):
+    from bench.report import analysis as module
+    from bench.report.groups import Scope
+
+    def scope(**settings) -> Scope:
+        return Scope("fashion-mnist", "tuned", tuple(sorted((k, json.dumps(v)) for k, v in settings.items())),
+                     "per-seed" if "split" in settings else "5eed5eed5eed")
+
+    monkeypatch.setitem(module._DECLARED, "fashion-mnist", ("tuned", 60, False))
+    assert module._is_declared(scope(epochs=60))
+    assert module._is_declared(scope(epochs=60, search_epochs=60))
+    assert not module._is_declared(scope(epochs=60, search_epochs=30))  # searched at another budget
+    assert not module._is_declared(scope(epochs=60, split="per-seed"))
+    monkeypatch.setitem(module._DECLARED, "fashion-mnist", ("tuned", 60, True))
+    assert module._is_declared(scope(epochs=60, split="per-seed", search_epochs=60))
+    assert not module._is_declared(scope(epochs=60))  # the card's table is per-seed now
+
+
 def test_an_override_equal_to_the_cards_cadence_does_not_split_a_table(make_record):
     """Budget-curve runs set eval_every=5 explicitly; main-table runs get it from the card
     (fashion-mnist: 5). Same runs, same table; another cadence is another table."""

@@ -194,3 +194,15 @@ def test_rows_of_another_table_do_not_take_the_cards_headline(make_record) -> No
                                                                      "synthetic")
     analysis = analyze(synthetic)
     assert analysis.primary["synthetic"].protocol == "harmonised"
+
+
+def test_a_wrapper_is_named_by_its_base_even_at_the_default() -> None:
+    """CgAT's base is part of its name (label_keys): its default row reads 'CgAT (base=csq)',
+    not a bare 'CgAT' beside 'CgAT (base=crh)'; a method without label keys keeps its name."""
+    import json
+
+    from bench.report.attacks import variant_label
+
+    assert variant_label("cgat", "harmonised", ()) == "CgAT (base=csq)"
+    assert variant_label("cgat", "harmonised", (("base", json.dumps("crh")),)) == "CgAT (base=crh)"
+    assert variant_label("csq", "harmonised", ()) == "CSQ"

@@ -4,7 +4,7 @@ scores come from those records, and the section shows them (fabricated minimal r
 from __future__ import annotations
 
 from bench.report import build_report
-from bench.report.tuning import tuning_rows
+from bench.report.tuning import transfer_numbers, transfer_rows, transfer_verdict, tuning_rows
 
 
 def trial(run_id: str, lr: float, lambda_q: float, val: float, test: float, seed: int = 0,
@@ -44,3 +44,51 @@ def test_section_shows_gains_and_says_when_scores_are_missing():
     text = build_report([], trials=trials[:1], tuned=SETTING).markdown()
     assert "No trial record for the chosen run of csq" in text
     assert "No tuned setting" in build_report([]).markdown()
+
+
+def check(means: list[list[float]], gap: float, spread: float, holds: bool, best: int) -> dict:
+    """A transfer verdict as bench.tuning.transfer writes it (trials 7, 2, 9: chosen first)."""
+    return {"within_spread": holds, "gap": gap, "spread": spread, "best": best, "seeds": [0, 1],
+            "configurations": [{"trial": t, "val_mAP": m, "mean": sum(m) / 2}
+                               for t, m in zip((7, 2, 9), means, strict=True)]}
+
+
+def transfer_setting(with_own_64: bool) -> dict:
+    searched = {**SETTING["fashion-mnist"]["methods"]["csq"], "epochs": 60, "transfer": {
+        16: check([[0.70, 0.72], [0.70, 0.70], [0.69, 0.69]], 0.0, 0.01, True, 0),
+        64: check([[0.80, 0.80], [0.82, 0.84], [0.79, 0.79]], 0.03, 0.012, False, 1)}}
+    entries = [searched] + ([{**searched, "bits": 64, "transfer": {}}] if with_own_64 else [])
+    return {"fashion-mnist": {"dataset": "fashion-mnist", "methods": {"csq": entries}}}
+
+
+def test_transfer_rows_read_the_chosen_and_best_means_and_say_where_a_search_is_owed():
+    rows = transfer_rows(transfer_setting(with_own_64=False))
+    assert [(r["target"], r["holds"]) for r in rows] == [(16, True), (64, False)]
+    at_64 = rows[1]
+    # chosen = first configuration's mean, best = the configuration the verdict names (index 1)
+    assert (at_64["chosen"], at_64["best"]) == (0.80, 0.83)
+    assert (at_64["chosen_trial"], at_64["best_trial"]) == (7, 2)
+    assert transfer_verdict(at_64) == "does not hold: own search at 64 bits pending"
+    owned = transfer_rows(transfer_setting(with_own_64=True))[1]
+    assert transfer_verdict(owned) == "does not hold: own search at 64 bits done"
+
+
+def test_transfer_numbers_and_section_print_points():
+    setting = transfer_setting(with_own_64=False)
+    numbers = transfer_numbers(setting)
+    key = "transfer.FM.32b-60e.csq.64"
+    assert (numbers[f"{key}.chosen"], numbers[f"{key}.best"]) == ("80.00", "83.00")
+    assert (numbers[f"{key}.gap"], numbers[f"{key}.spread"]) == ("3.00", "1.20")
+    table = numbers["transfer.FM.32b-60e.table"].splitlines()
+    assert len(table) == 4
+    assert table[3].startswith("| CSQ | 32 bits, 60 epochs | 64 bits | 80.00 (trial 7) | 83.00 (trial 2)")
+    text = build_report([], tuned=setting).markdown()
+    section = text.split("### Transfer checks", 1)[1].split("\n## ", 1)[0]
+    row_16 = "| CSQ | 32 bits, 60 epochs | 16 bits | 71.00 (trial 7) | 71.00 (trial 7) | 0.00 | 1.00 | holds"
+    assert row_16 in section
+    assert "no more than the pooled seed standard deviation" in section  # the rule is stated
+
+
+def test_no_transfer_check_no_section():
+    assert "Transfer checks" not in build_report([], tuned=SETTING).markdown()
+    assert transfer_numbers(SETTING) == {}

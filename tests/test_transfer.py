@@ -50,7 +50,11 @@ def test_transfer_check_runs_top_configurations_and_gates_tuned_runs(tmp_path: P
                                                                      one_thread) -> None:
     """End to end on the synthetic card: 3 trials at 16 bits, checked at 8 bits on 2 seeds;
     the entry records every configuration's seed scores; `--protocol tuned` at 8 bits follows
-    the verdict (and refuses, exit 2, once the verdict says it does not hold)."""
+    the verdict (and refuses, exit 2, once the verdict says it does not hold). The check is made
+    to hold here (its gap and spread stay the real ones), so no search at 8 bits follows it."""
+    import bench.tuning.transfer as transfer
+
+    monkeypatch.setattr(transfer, "judge", lambda scores: {**judge(scores), "within_spread": True})
     tuned = tmp_path / "tuned"
     monkeypatch.setenv("BENCH_TUNED_DIR", str(tuned))
     results = tmp_path / "results"
@@ -67,7 +71,7 @@ def test_transfer_check_runs_top_configurations_and_gates_tuned_runs(tmp_path: P
     assert searched == sorted(searched, reverse=True)
     assert all(len(c["val_mAP"]) == 2 and len(c["run_ids"]) == 2 for c in configurations)
     expected = judge([c["val_mAP"] for c in configurations])  # recomputed from the stored scores
-    assert check["within_spread"] == expected["within_spread"]
+    assert check["within_spread"] is True and check["spread"] == pytest.approx(expected["spread"], abs=1e-6)
     assert check["gap"] == pytest.approx(expected["gap"], abs=1e-6)
     trial_records = list((results / "tuning" / "runs" / "synthetic" / "csq").glob("*.json.gz"))
     assert len(trial_records) == 3 + 3 * 2
@@ -138,3 +142,28 @@ def test_a_replay_rewrites_nothing(tmp_path: Path, monkeypatch, one_thread) -> N
     assert setting.read_bytes() == before
     assert main([*command[:4], "3", *command[5:]]) == 0  # one more trial: a new outcome is written
     assert yaml.safe_load(setting.read_text())["methods"]["csq"]["trials"] == 3
+
+
+def test_a_failed_check_searches_at_that_length_too(tmp_path: Path, monkeypatch, one_thread) -> None:
+    """Rule R4's "otherwise search at that length too": a check forced to fail at 8 bits makes
+    the command run the same search there (same trials and budget) and write an entry of its
+    own, which `--protocol tuned` then uses at 8 bits; a check that holds adds no search."""
+    import bench.tuning.transfer as transfer
+
+    monkeypatch.setenv("BENCH_TUNED_DIR", str(tmp_path / "tuned"))
+    setting = tmp_path / "tuned" / "synthetic.yaml"
+    results = tmp_path / "results"
+    command = ["tune", "--methods", "csq", "--trials", "2", "--bits", "16", *FAST, "--results", str(results),
+               "--output", str(setting), "--transfer-to", "8"]
+    monkeypatch.setattr(transfer, "judge", lambda scores: {**judge(scores), "within_spread": True})
+    assert main(command) == 0
+    assert isinstance(yaml.safe_load(setting.read_text())["methods"]["csq"], dict)  # one entry: no search
+    monkeypatch.setattr(transfer, "judge", lambda scores: {**judge(scores), "within_spread": False})
+    assert main(command) == 0
+    entries = yaml.safe_load(setting.read_text())["methods"]["csq"]
+    assert [(e["bits"], e["epochs"], e["trials"]) for e in entries] == [(8, 1, 2), (16, 1, 2)]
+    assert entries[1]["transfer"][8]["within_spread"] is False and "transfer" not in entries[0]
+    assert entries[0]["study"].startswith("synthetic-csq-8b-1e-")
+    run = ["run", "--methods", "csq", "--bits", "8", "--protocol", "tuned", *FAST,
+           "--results", str(tmp_path / "runs"), "--dry-run"]
+    assert main(run) == 0

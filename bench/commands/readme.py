@@ -1,8 +1,8 @@
-"""`python -m bench readme`: render README.md from docs/README.template.md and every page
-docs/<page>.md from docs/templates/<page>.md (`bench.report.readme.pages`), with the numbers the
-report wrote (reports/numbers.json). `--check` writes nothing and exits 1 naming the first file
-and key whose number differs (0 when every file is what its template renders). `--template` or
-`--readme` renders or checks that one file instead."""
+"""`python -m bench readme`: render README.md from docs/README.template.md, every page
+docs/<page>.md from docs/templates/<page>.md, and results/README.md (`bench.report.readme.pages`),
+with the numbers the report wrote (reports/numbers.json). `--check` writes nothing and exits 1
+naming the first file and key whose number differs (0 when every file is what its template
+renders). `--template` or `--readme` renders or checks that one file instead."""
 
 from __future__ import annotations
 
@@ -13,11 +13,12 @@ from pathlib import Path
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--check", action="store_true",
-                        help="compare README.md and docs/*.md with their renderings; exit 1 on a difference")
+                        help="compare README.md, docs/*.md and results/README.md with their renderings; "
+                             "exit 1 on a difference")
     parser.add_argument("--numbers", default=None, help="numbers file (default: reports/numbers.json)")
     parser.add_argument("--template", default=None,
-                        help="one template (default: every page, docs/README.template.md and "
-                             "docs/templates/*.md)")
+                        help="one template (default: every page: docs/README.template.md, "
+                             "docs/templates/*.md, docs/templates/results/README.md)")
     parser.add_argument("--readme", default=None,
                         help="one file to write or check (default: README.md with --template, "
                              "else every page)")

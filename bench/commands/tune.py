@@ -13,6 +13,7 @@ rerun to resume); 2 bad input (one line on stderr; nothing trained, nothing writ
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                       help="after the search, check that the chosen values transfer to these other "
                            "code lengths (comma-separated, e.g. 16,64): the top 3 configurations "
                            "rerun there on --transfer-seeds seeds; the verdict goes into the entry, "
-                           "and `--protocol tuned` uses it at those lengths only when it holds")
+                           "and `--protocol tuned` uses it at those lengths only when it holds; where it "
+                           "does not, the method is searched at that length too (same trials and "
+                           "budget), into an entry of its own")
     what.add_argument("--transfer-seeds", default="2",
                       help="seeds per configuration in a transfer check (default 2, at least 2)")
     how.add_argument("--jobs", type=int, default=1,
@@ -129,27 +132,30 @@ def execute(args: argparse.Namespace) -> int:
         raise UserError(f"--transfer-seeds '{args.transfer_seeds}' is not valid; give at least 2 "
                         f"(a spread needs two seeds), e.g. 2")
     outcomes: list = []
+    own: dict[int, list] = {}  # searches at a length where the transfer check failed
     transfers: dict[str, dict[int, Any]] = {}
+
+    def write() -> Path:
+        path = write_setting(output, request, outcomes, results, transfers)
+        for target, searched in sorted(own.items()):
+            write_setting(output, dataclasses.replace(request, bits=target), searched, results)
+        return path
+
     try:
-        for outcome, verdicts in search_all(methods, request, options, targets, transfer_seeds):
+        for outcome, verdicts, own_searches in search_all(methods, request, options, targets, transfer_seeds):
             outcomes.append(outcome)
             if verdicts:
                 transfers[outcome.method] = verdicts
-            default = ("n/a" if outcome.default_value is None else f"{outcome.default_value:.4f}")
-            print(f"{outcome.study}: best validation mAP {outcome.best_value:.4f} (trial "
-                  f"{outcome.best_trial} of {outcome.finished}, {outcome.failed} failed; default {default}; "
-                  f"{outcome.new_trials} trained or read now) with "
-                  + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                              for k, v in outcome.values.items()), flush=True)
-            for key, side in outcome.extra.get("edge_hits", []):
-                print(f"  edge hit: {key} at the {side} edge of {outcome.space[key]}: widen it "
-                      f"(bench.tuning.tune.widen) and give every method the same extra trials", flush=True)
+            report_outcome(outcome)
+            for target, searched in own_searches:
+                report_outcome(searched)
+                own.setdefault(target, []).append(searched)
     except TuningAborted as error:
         if outcomes:
-            write_setting(output, request, outcomes, results, transfers)
+            write()
         print(f"error: tuning stopped early: {error}; rerun the same command to resume", file=sys.stderr)
         return 1
-    path = write_setting(output, request, outcomes, results, transfers)
+    path = write()
     print(f"tuned setting written: {path} ({', '.join(methods)} at {bits} bits, {trials} trials each)")
     if not args.commit and not args.output:
         print(f"  `--protocol tuned` reads {tuned_path(card.name)}: rerun with --commit to write it "
@@ -157,27 +163,46 @@ def execute(args: argparse.Namespace) -> int:
     return 0
 
 
-def search_one(method: str, request: Any, options: Any, targets: list[int],
-               transfer_seeds: int) -> tuple[Any, dict[int, Any]]:
-    """One method's study (one trial at a time) and its transfer checks; runs in a worker
-    process when several methods are searched at once."""
-    import dataclasses
+def report_outcome(outcome: Any) -> None:
+    default = ("n/a" if outcome.default_value is None else f"{outcome.default_value:.4f}")
+    print(f"{outcome.study}: best validation mAP {outcome.best_value:.4f} (trial "
+          f"{outcome.best_trial} of {outcome.finished}, {outcome.failed} failed; default {default}; "
+          f"{outcome.new_trials} trained or read now) with "
+          + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                      for k, v in outcome.values.items()), flush=True)
+    for key, side in outcome.extra.get("edge_hits", []):
+        print(f"  edge hit: {key} at the {side} edge of {outcome.space[key]}: widen it "
+              f"(bench.tuning.tune.widen) and give every method the same extra trials", flush=True)
 
+
+def search_one(method: str, request: Any, options: Any, targets: list[int],
+               transfer_seeds: int) -> tuple[Any, dict[int, Any], list[tuple[int, Any]]]:
+    """One method's study (one trial at a time), its transfer checks, and a study of its own
+    at each length where the check failed (rule R4: otherwise search at that length too), with
+    the same trials and budget; runs in a worker process when several methods are searched at
+    once."""
     from bench.tuning.tune import tune_method
 
+    def log(line: str) -> None:
+        print(line, flush=True)
+
     sequential = dataclasses.replace(request, jobs=1)
-    outcome = tune_method(method, sequential, options, log=lambda line: print(line, flush=True))
-    verdicts = {}
+    outcome = tune_method(method, sequential, options, log=log)
+    verdicts: dict[int, Any] = {}
+    own_searches = []
     if targets:
         from bench.tuning.transfer import check_transfer
 
-        verdicts = check_transfer(outcome, sequential, targets, options, seeds=transfer_seeds,
-                                  log=lambda line: print(line, flush=True))
-    return outcome, verdicts
+        verdicts = check_transfer(outcome, sequential, targets, options, seeds=transfer_seeds, log=log)
+        for target in sorted(b for b, verdict in verdicts.items() if not verdict["within_spread"]):
+            log(f"{method}: searching at {target} bits too, as at {request.bits} ({request.trials} trials)")
+            own_searches.append((target, tune_method(method, dataclasses.replace(sequential, bits=target),
+                                                     options, log=log)))
+    return outcome, verdicts, own_searches
 
 
 def search_all(methods: list[str], request: Any, options: Any, targets: list[int],
-               transfer_seeds: int) -> Iterator[tuple[Any, dict[int, Any]]]:
+               transfer_seeds: int) -> Iterator[tuple[Any, dict[int, Any], list[tuple[int, Any]]]]:
     """Every method's search, `request.jobs` studies at a time, yielded in the methods' order.
     Parallelism is across studies, never inside one: each study proposes one trial at a time
     from (seed, history), so what it chooses does not depend on --jobs."""

@@ -64,7 +64,7 @@ from bench.report.tables import (
     verdict_table,
 )
 from bench.report.timing import isolated_timing_section, load_timing, timing_details
-from bench.report.tuning import tuning_section
+from bench.report.tuning import transfer_numbers, tuning_section
 from bench.report.unsupervised import SECTION as UNSUPERVISED_SECTION
 from bench.report.unsupervised import unsupervised_section
 from bench.report.util import CLAIMS_FILE, PUBLISHED_FILE, get
@@ -92,6 +92,7 @@ class Report:
     frame: pd.DataFrame
     attack_views: list[AttackView] = field(default_factory=list)
     grade_changes: list[GradeChange] = field(default_factory=list)
+    tuned: dict[str, dict] = field(default_factory=dict)
 
     def markdown(self) -> str:
         return render_markdown(self.blocks)
@@ -168,7 +169,7 @@ def build_report(records: Sequence[dict], problems: Sequence[str] = (), claims: 
     published_section(doc, analysis, list(published))
     quality(doc, analysis)
     appendix(doc, analysis)
-    return Report(doc.blocks, doc.figures, verdicts, analysis, frame, views, changes)
+    return Report(doc.blocks, doc.figures, verdicts, analysis, frame, views, changes, tuned or {})
 
 
 def render_figures(report: Report) -> dict[str, bytes]:
@@ -227,7 +228,8 @@ def write_report(report: Report, out_dir: Path, images: dict[str, bytes] | None 
     (out_dir / "power.csv").write_text(power_csv(report.verdicts))
     numbers = report_numbers(report.analysis, report.verdicts)
     numbers = dict(sorted({**numbers, **attack_numbers(report.analysis, report.attack_views),
-                           **history_numbers(report.grade_changes)}.items()))
+                           **history_numbers(report.grade_changes),
+                           **transfer_numbers(report.tuned)}.items()))
     (out_dir / "numbers.json").write_text(json.dumps(numbers, indent=1, sort_keys=True, ensure_ascii=False)
                                           + "\n")
     return Written(markdown, page, tuple(written), tuple(report.verdicts), runs)

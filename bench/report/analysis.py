@@ -12,6 +12,7 @@ claims' frame."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -199,12 +200,13 @@ def _failed_key(scope: Scope, method: Any, bits: int, variant: tuple) -> tuple:
 
 
 PROTOCOL_PREFERENCE = {"tuned": 2, "harmonised": 1, "native": 0}
-_DECLARED: dict[str, tuple[str, int] | None] = {}
+_DECLARED: dict[str, tuple[str, int, bool] | None] = {}
 
 
-def declared_table(dataset: str) -> tuple[str, int] | None:
-    """(protocol, epochs) of the table the card names as its primary (`table:`, an experiment
-    with no other setting), or None: no such key, or a card or experiment this code cannot read."""
+def declared_table(dataset: str) -> tuple[str, int, bool] | None:
+    """(protocol, epochs, per-seed split) of the table the card names as its primary (`table:`,
+    an experiment with no other setting, on split 0 or each seed on its own split), or None: no
+    such key, or a card or experiment this code cannot read."""
     if dataset not in _DECLARED:
         from bench.data.loading import load_card
         from bench.errors import UserError
@@ -218,16 +220,22 @@ def declared_table(dataset: str) -> tuple[str, int] | None:
             experiment = None
         epochs = (experiment.settings.get("epochs") or card.schedule.get("epochs")) if experiment else None
         plain = experiment is not None and set(experiment.settings) <= {"epochs"} and not experiment.parts \
-            and experiment.split_seed == 0 and experiment.backbone is None
-        _DECLARED[dataset] = ((experiment.protocol or card_protocol(card), int(epochs))
-                              if plain and epochs else None)
+            and experiment.split_seed in (0, "per-seed") and experiment.backbone is None
+        _DECLARED[dataset] = ((experiment.protocol or card_protocol(card), int(epochs),
+                               experiment.split_seed == "per-seed") if plain and epochs else None)
     return _DECLARED[dataset]
 
 
 def _is_declared(scope: Scope) -> bool:
+    """The scope is the card's declared table: its protocol, epochs and split rule, and no other
+    setting but the search budget of tuned values searched at the table's own epochs."""
     declared = declared_table(scope.dataset)
-    return declared is not None and (scope.protocol, scope.epochs) == declared and \
-        {key for key, _ in scope.settings} == {"epochs"}
+    if declared is None or (scope.protocol, scope.epochs) != declared[:2]:
+        return False
+    settings = dict(scope.settings)
+    if "search_epochs" in settings and int(json.loads(settings.pop("search_epochs"))) != scope.epochs:
+        return False
+    return set(settings) == ({"epochs", "split"} if declared[2] else {"epochs"})
 
 
 def _primary_rank(table: MainTable) -> tuple:

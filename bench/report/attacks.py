@@ -109,16 +109,23 @@ def variant_label(method: str, protocol: str, variant: Variant) -> str:
     """A configuration's name beside its method: the settings that differ from the method's
     defaults, leaving out those that follow from the others by the method's own rules (CgAT's
     base_settings follow from its base) and abbreviating a mapping that does not."""
-    if not variant:
+    from methods import get_method
+
+    try:
+        cls = get_method(method)
+    except Exception:  # noqa: BLE001 - an unknown method keeps its plain name
+        cls = None
+    always = tuple(getattr(cls, "label_keys", ()))  # settings that name it even at their default
+    defaults = method_defaults(method, protocol)
+    if not variant and not (always and defaults):
         return method_name(method)
     changed = {key: json.loads(value) for key, value in variant}
-    shown = dict(changed)
-    defaults = method_defaults(method, protocol)
     if defaults is not None:
-        from methods import get_method
-
+        changed = {**{k: defaults[k] for k in always if k in defaults}, **changed}
+    shown = dict(changed)
+    if defaults is not None:
         try:
-            derived = get_method(method).resolve_rules(
+            derived = cls.resolve_rules(  # type: ignore[union-attr]
                 {**defaults, **{k: v for k, v in changed.items() if not isinstance(v, (dict, list))}}, False)
         except Exception:  # noqa: BLE001 - a label must not break the report
             derived = {}
@@ -243,8 +250,7 @@ def attack_numbers(analysis: Analysis, views: Sequence[AttackView]) -> dict[str,
         for row in view.rows:
             key = f"{prefix}{key_of(row.label, row.group.method)}.{row.bits}"
             for suffix, stat in (("", row.attacked_stat), (".clean", row.clean_stat)):
-                spread = f" ± {stat.std:.2f}" if stat.n > 1 else ""
-                out[key + suffix] = f"{stat.mean:.2f}{spread} ({stat.n})"
+                out[key + suffix] = stat.cell_text()
         for method, label, bits in view.missing:
             key = f"{prefix}{key_of(label, method)}.{bits}"
             out[key] = out[key + ".clean"] = NOT_ATTACKED

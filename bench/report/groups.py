@@ -1,7 +1,9 @@
 """What makes runs comparable: scopes, groups of seeds, and cells judged against a seed set.
 
 A *scope* is dataset, protocol, the epoch count and any overridden training setting,
-backbone/split seed when not default, the split digest, and the regime when training saw no
+backbone/split seed when not default, the split digest, the epoch budget a tuned run's values
+were searched at (`search_epochs`, where the record says: runs from before that field are the
+v2 search's and carry none), and the regime when training saw no
 labels (`regime=unsupervised`: such runs are never in a supervised table). Inside a scope a *group* is one
 method x bit length x configuration; its *variant* is how the method-specific configuration
 differs from the method's defaults (empty for the main comparison; CRH's ablations are
@@ -88,6 +90,11 @@ def scope_of(record: dict) -> Scope:
             settings[key] = spec.get(key)
     if per_seed:
         settings["split"] = "per-seed"
+    # Two searches give one method two sets of tuned values: their runs are two tables, not
+    # one cell holding both (the v2 search at 30 epochs against v3's at the table's budget).
+    searched = get(record, "config", "tuned_setting", "searched_at", "epochs", default=None)
+    if spec.get("protocol") == "tuned" and searched is not None:
+        settings["search_epochs"] = int(searched)
     if get(record, "regime", "supervised", default=True) is False:
         settings["regime"] = UNSUPERVISED  # records of supervised runs carry no `regime`
     # A fixed split's tables are keyed by its digest; per-seed splits differ by seed by design.

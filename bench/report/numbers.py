@@ -23,6 +23,7 @@ from bench.report.stats import ALPHA, Stat, equivalence_test, holm_adjusted, pai
 from bench.report.tables import chance_value
 from bench.report.unsupervised import supervised_reference
 from bench.report.util import FLOOR_METHOD, fmt_p, get, method_name, metric_points, num, precision_metric
+from bench.report.variants import variant_numbers
 
 EQUIVALENCE_MARGIN = 0.5  # mAP points (spec section 4: the CI gate's floor, under a third of 1.76)
 POWER_COLUMNS = ("claim", "card", "bits", "comparison", "key", "n", "delta", "sd", "power_now", "n80")
@@ -58,11 +59,6 @@ def _unsupervised_tag(analysis: Analysis, table: MainTable) -> str:
     return "unsupervised." if len(same_card) == 1 else "unsupervised." + table_tag(analysis, table)
 
 
-def _cell_text(stat: Stat) -> str:
-    spread = f" ± {stat.std:.2f}" if stat.n > 1 else ""
-    return f"{stat.mean:.2f}{spread} ({stat.n})"
-
-
 def table_numbers(analysis: Analysis) -> dict[str, str]:
     """`table.<card>.[<setting>.]<method>.<bits>` = "mean ± sd (n)" of every complete cell,
     `.mean` the mean alone, `.p_at_k` the card's precision@k where it has one, and `chance` per
@@ -79,10 +75,10 @@ def table_numbers(analysis: Analysis) -> dict[str, str]:
                 continue
             stat: Stat = cell.stat(metric_points("mAP"))
             key = f"{prefix}{_method_key(method)}.{bits}"
-            out[key] = _cell_text(stat)
+            out[key] = stat.cell_text()
             out[key + ".mean"] = _plain(stat.mean)
             if precision is not None:
-                out[key + ".p_at_k"] = _cell_text(cell.stat(metric_points(precision[0])))
+                out[key + ".p_at_k"] = cell.stat(metric_points(precision[0])).cell_text()
         listed = [*table.methods, *(m for m in _table_methods(table.scope.dataset) if supervised
                                     and m not in table.methods)]
         for method in listed:  # cells without complete records (or a row the table lacks) say so
@@ -93,6 +89,8 @@ def table_numbers(analysis: Analysis) -> dict[str, str]:
                     out[key] = out[key + ".mean"] = "not run" if cell is None else "incomplete"
                     if precision is not None:
                         out[key + ".p_at_k"] = out[key]
+        if supervised:
+            out.update(variant_numbers(analysis, table, prefix))
         counted = [r for cell in table.cells.values() if cell.complete for r in cell.records()]
         out[f"{prefix}runs"] = str(len(counted))
         seconds = [num(get(r, "timings", "total")) for r in counted]

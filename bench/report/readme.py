@@ -1,7 +1,9 @@
 """README.md rendered from docs/README.template.md and reports/numbers.json: every `{{key}}`
 is replaced by the value the report computed, so the README's numbers come from the records.
-The pages under docs/ are rendered the same way, docs/templates/<page>.md -> docs/<page>.md;
-`pages` is the one place that pairs every template with the file it renders.
+The pages under docs/ are rendered the same way, docs/templates/<page>.md -> docs/<page>.md, and
+so is results/README.md (the records' own page: wall times, plan, transfer checks), from
+docs/templates/results/README.md; `pages` is the one place that pairs every template with the
+file it renders.
 
 `render` is pure; `first_difference` names where a README differs from its rendering (what
 `python -m bench readme --check` reports)."""
@@ -19,15 +21,19 @@ PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z0-9_.\-]+)\s*\}\}")
 
 README_TEMPLATE = Path("docs") / "README.template.md"
 PAGE_TEMPLATES = Path("docs") / "templates"
+RESULTS_TEMPLATE = PAGE_TEMPLATES / "results" / "README.md"
 
 
 def pages(root: Path) -> list[tuple[Path, Path]]:
     """Every (template, rendered file) pair under `root`: README.md from docs/README.template.md,
-    then docs/<page>.md from each docs/templates/<page>.md, sorted by name."""
+    then docs/<page>.md from each docs/templates/<page>.md, sorted by name, then results/README.md
+    when its template exists."""
     root = Path(root)
     pairs = [(root / README_TEMPLATE, root / "README.md")]
     pairs += [(template, root / "docs" / template.name)
               for template in sorted((root / PAGE_TEMPLATES).glob("*.md"))]
+    if (root / RESULTS_TEMPLATE).is_file():
+        pairs.append((root / RESULTS_TEMPLATE, root / "results" / "README.md"))
     return pairs
 
 

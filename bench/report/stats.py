@@ -74,6 +74,10 @@ class Stat:
             body += f" ± {self.std:.{digits}f}"
         return body + (f" (n={self.n})" if show_n else "")
 
+    def cell_text(self) -> str:
+        """"80.74 ± 1.23 (3)": the form numbers.json gives the README's cells."""
+        return "n/a" if self.n == 0 else f"{self.text(show_n=False)} ({self.n})"
+
     def ci_text(self, digits: int = 2) -> str:
         """"80.74 [79.51, 81.97]": mean and 95 % t interval over seeds."""
         if self.n == 0:

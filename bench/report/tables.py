@@ -36,6 +36,7 @@ from bench.report.util import (
     reconstruction_unknowns,
     short,
 )
+from bench.report.variants import variant_section
 from bench.report.verdicts import CI_BOOTSTRAP, NOT_MEASURABLE, difference_text, n80_text
 
 FLOOR_NAME, CHANCE_NAME = "classify-then-hash (floor)", "chance (random codes)"
@@ -304,10 +305,12 @@ def main_comparison(doc: Doc, analysis: Analysis, published: list[dict]) -> None
         title = card_info(card).get("title") or card
         doc.h(3, f"{title}: {analysis.scope_label(primary)}")
         main_table(doc, analysis, analysis.main[primary], published)
+        variant_section(doc, analysis, analysis.main[primary])
         for scope, table in analysis.main.items():
             if scope.dataset == card and scope != primary:
                 doc.h(4, f"Also measured: {analysis.scope_label(scope)}")
                 main_table(doc, analysis, table, [], MAIN_METRICS[:1])
+                variant_section(doc, analysis, table)
 
 
 def published_next_to(doc: Doc, table: MainTable, published: list[dict]) -> None:

@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from bench.report.document import Doc
+from bench.report.document import Doc, Table
+from bench.report.render import render_markdown
 from bench.report.util import get, method_name, method_sort_key, num
 
 
@@ -37,16 +38,21 @@ def default_trial(trials: Sequence[dict], card: str, method: str, entry: dict) -
     return None
 
 
+def _entries(setting: dict | None) -> list[tuple[str, dict]]:
+    """(method, entry) of one card's tuned setting, methods in table order; a method searched
+    at several budgets has one entry each."""
+    methods = (setting or {}).get("methods") or {}
+    return [(method, entry) for method in sorted(methods, key=method_sort_key)
+            for entry in (methods[method] if isinstance(methods[method], list) else [methods[method]])]
+
+
 def tuning_rows(trials: Sequence[dict], settings: dict[str, dict]) -> list[dict[str, Any]]:
     """One row per (card, tuned method): the chosen values, and validation and test mAP of the
     default trial and of the chosen trial."""
     by_id = {r.get("run_id"): r for r in trials if r.get("status") == "complete"}
     rows = []
     for card in sorted(settings):
-        methods = (settings[card] or {}).get("methods") or {}
-        pairs = [(method, entry) for method in sorted(methods, key=method_sort_key)
-                 for entry in (methods[method] if isinstance(methods[method], list) else [methods[method]])]
-        for method, entry in pairs:  # one entry per (bits, epochs) searched
+        for method, entry in _entries(settings[card]):  # one entry per (bits, epochs) searched
             best = by_id.get(entry.get("best_run_id"))
             default = default_trial(trials, card, method, entry)
             rows.append({
@@ -105,3 +111,94 @@ def tuning_section(doc: Doc, trials: Sequence[dict], settings: dict[str, dict]) 
         if missing:
             doc.p(f"No trial record for the chosen run of {', '.join(missing)} under tuning/runs: those "
                   "rows show no scores.")
+    transfer_section(doc, settings)
+
+
+# ----------------------------------------------------------------------------- transfer checks
+
+TRANSFER_HEADER = ("method", "searched at", "checked at", "chosen", "best of the top 3", "gap",
+                   "seed spread", "verdict")
+
+
+def transfer_rows(settings: dict[str, dict]) -> list[dict[str, Any]]:
+    """One row per (card, searched entry, other code length) whose transfer check is recorded
+    (bench.tuning.transfer): the chosen configuration's mean validation mAP over the check's
+    seeds, the best mean among the study's top configurations, the gap between them, the pooled
+    seed spread, the verdict, and whether the method has its own search at that length."""
+    from bench.runs.spec import entry_budget
+
+    rows = []
+    for card in sorted(settings):
+        entries = _entries(settings[card])
+        searched = {(method, entry_budget(entry)) for method, entry in entries}
+        for method, entry in entries:
+            bits, epochs = entry_budget(entry)
+            checks = sorted((entry.get("transfer") or {}).items(), key=lambda kv: int(kv[0]))
+            for target, verdict in checks:
+                configurations = verdict.get("configurations") or []
+                if not configurations:
+                    continue
+                best = configurations[int(verdict.get("best", 0))]
+                chosen = configurations[0]
+                rows.append({
+                    "card": card, "method": method, "bits": bits, "epochs": epochs, "target": int(target),
+                    "chosen": float(chosen["mean"]), "chosen_trial": chosen.get("trial"),
+                    "best": float(best["mean"]), "best_trial": best.get("trial"),
+                    "top": len(configurations), "seeds": len(verdict.get("seeds") or []),
+                    "gap": float(verdict["gap"]), "spread": float(verdict["spread"]),
+                    "holds": bool(verdict["within_spread"]),
+                    "own_search": (method, (int(target), epochs)) in searched,
+                })
+    return rows
+
+
+def transfer_verdict(row: dict[str, Any]) -> str:
+    if row["holds"]:
+        return "holds"
+    owed = "done" if row["own_search"] else "pending"
+    return f"does not hold: own search at {row['target']} bits {owed}"
+
+
+def transfer_cells(row: dict[str, Any]) -> tuple[str, ...]:
+    """A row as the report and results/README.md print it (mAP and gaps in points)."""
+    return (method_name(row["method"]), f"{row['bits']} bits, {row['epochs']} epochs",
+            f"{row['target']} bits",
+            f"{_pct(row['chosen'])} (trial {row['chosen_trial']})",
+            f"{_pct(row['best'])} (trial {row['best_trial']})",
+            f"{row['gap'] * 100:.2f}", f"{row['spread'] * 100:.2f}", transfer_verdict(row))
+
+
+def transfer_section(doc: Doc, settings: dict[str, dict]) -> None:
+    rows = transfer_rows(settings)
+    if not rows:
+        return
+    doc.h(3, "Transfer checks")
+    from bench.tuning.transfer import RULE
+
+    doc.p(f"A value searched at one code length is applied at another only where its check passed: "
+          f"the study's top {rows[0]['top']} configurations rerun at that length on {rows[0]['seeds']} "
+          f"seeds (validation mAP only), and {RULE}. Means in percent, gap and pooled seed standard "
+          "deviation in points. Where a check fails the method is searched at that length too.")
+    for card in sorted({r["card"] for r in rows}):
+        doc.table(TRANSFER_HEADER, (transfer_cells(r) for r in rows if r["card"] == card))
+
+
+def transfer_numbers(settings: dict[str, dict]) -> dict[str, str]:
+    """numbers.json keys of the transfer checks: transfer.<card>.<B>b-<E>e.<method>.<bits>.<field>
+    per check, and transfer.<card>.<B>b-<E>e.table, the whole table as markdown (its rows change
+    as checks finish, so results/README.md quotes it whole)."""
+    from bench.report.numbers import card_key
+
+    numbers: dict[str, str] = {}
+    tables: dict[str, list[tuple[str, ...]]] = {}
+    for row in transfer_rows(settings):
+        budget = f"transfer.{card_key(row['card'])}.{row['bits']}b-{row['epochs']}e"
+        cells = transfer_cells(row)
+        prefix = f"{budget}.{row['method']}.{row['target']}"
+        numbers.update({f"{prefix}.chosen": _pct(row["chosen"]), f"{prefix}.best": _pct(row["best"]),
+                        f"{prefix}.gap": cells[5], f"{prefix}.spread": cells[6],
+                        f"{prefix}.verdict": cells[7]})
+        tables.setdefault(budget, []).append(cells)
+    numbers.update({f"{budget}.table": render_markdown([Table(TRANSFER_HEADER, tuple(rows))]).rstrip("\n")
+                    for budget, rows in tables.items()})
+    return numbers

@@ -144,6 +144,8 @@ def record_body(run: Any, selected: Any, metrics: dict[str, Any],
     selection = {**run.selection, "best_epoch": run.best["epoch"], "best_val_mAP": run.best["val_mAP"]}
     if run.rule != regime.VALIDATION:  # supervised records keep their shape
         selection["rule"] = regime.RULE_TEXT[run.rule]
+    if (first := run.method.selectable_from()) > 1:  # only a method that restricts selection says so
+        selection["selectable_from_epoch"] = first
     return {
         "run_id": run_id(spec, run.config),
         "device": str(run.ctx.device),

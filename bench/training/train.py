@@ -529,7 +529,7 @@ def _validate(run: Run, entry: dict[str, Any], epoch: int) -> tuple[float, float
     )
     entry["val_mAP"] = float(val_metrics["mAP"])
     if run.rule == regime.VALIDATION:
-        keep = entry["val_mAP"] > run.best["val_mAP"]
+        keep = epoch + 1 >= run.method.selectable_from() and entry["val_mAP"] > run.best["val_mAP"]
     else:  # the last epoch, or the fitted method (epoch -1: selected as epoch 0)
         keep = epoch + 1 == int(run.config["epochs"]) or run.rule == regime.FITTED
     if keep:

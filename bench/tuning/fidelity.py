@@ -6,8 +6,9 @@
    K in {16, 32, 64}, lies inside the knob's range;
 6. every experiment of the tuned protocol has, for each (method, bits), a tuned entry searched
    at its bits and epochs (or carrying a transfer check to those bits);
-7. no chosen value in bench/tuned/*.yaml lies within 5 % of an edge of its searched range that
-   is not a hard bound.
+7. no chosen value of a current entry in bench/tuned/*.yaml (the latest search per method and
+   bit length) lies within 5 % of an edge of its searched range that is not a hard bound;
+   earlier entries, kept for the records that used them, are counted apart.
 Each prints one count line ("0 outside", "0 mismatches", "0 edge hits" when all hold) and the
 offending items above it; the exit code is the number of failed checks.
 """
@@ -71,9 +72,17 @@ def tuned_mismatches(folder: Path | None = None) -> list[str]:
     return found
 
 
-def tuned_edge_hits(folder: Path | None = None) -> list[str]:
+def _superseded(entry: dict[str, Any], entries: list[dict[str, Any]]) -> bool:
+    """A later search of the same method at the same bit length replaces this entry for new
+    tables; the entry stays in the file for the records that used it."""
+    return any(other is not entry and other.get("bits", 32) == entry.get("bits", 32)
+               and str(other.get("date", "")) > str(entry.get("date", "")) for other in entries)
+
+
+def tuned_edge_hits(folder: Path | None = None, superseded: bool = False) -> list[str]:
     """'card method key at low|high edge' for each chosen value near a non-hard edge of the
-    range it was searched on (the entry's own `search_space`)."""
+    range it was searched on (the entry's own `search_space`), in the current entries (the
+    latest search per method and bit length), or with `superseded` in the earlier ones."""
     folder = Path(folder) if folder is not None else tuned_dir()
     found = []
     for path in sorted(folder.glob("*.yaml")):
@@ -81,11 +90,16 @@ def tuned_edge_hits(folder: Path | None = None) -> list[str]:
         if setting is None:
             continue
         for method in sorted(setting.methods):
-            for entry in setting.entries(method):
+            entries = setting.entries(method)
+            for entry in entries:
+                if _superseded(entry, entries) != superseded:
+                    continue
                 space = {key: tuple(spec) if spec[0] != "choice" else ("choice", tuple(spec[1]))
                          for key, spec in (entry.get("search_space") or {}).items()}
+                budget = f"{entry.get('bits', 32)} bits/{entry.get('epochs', 30)} epochs"
                 found += [f"{path.stem} {method} {key} at {side} edge ({entry['values'][key]:.4g} in "
-                          f"{list(space[key][1:])})" for key, side in edge_hits(entry["values"], space)]
+                          f"{list(space[key][1:])}; searched at {budget})"
+                          for key, side in edge_hits(entry["values"], space)]
     return found
 
 
@@ -97,6 +111,9 @@ def main() -> int:
             print(f"  {item}")
         print(f"{len(items)} {label}")
         failed += bool(items)
+    earlier = tuned_edge_hits(superseded=True)
+    if earlier:  # not a failure: no new table uses them
+        print(f"({len(earlier)} more in superseded entries, kept for the records that used them)")
     return failed
 
 

@@ -363,9 +363,8 @@ def tune_method(method: str, request: TuneRequest, options: Any,
             study_name=name, storage=f"sqlite:///{storage_path.resolve()}", direction="maximize",
             load_if_exists=True, sampler=optuna.samplers.TPESampler(seed=request.seed),
         )
-        parent = None
         if not study.trials and epochs is not None:
-            parent = inherit_trials(study, folder, name.rsplit("-", 1)[0], space)
+            inherit_trials(study, folder, name.rsplit("-", 1)[0], space)
         if not study.trials:
             card = request.card
             task = Task(bits=request.bits, num_classes=card.num_classes, multi_label=card.multi_label,
@@ -434,8 +433,8 @@ def tune_method(method: str, request: TuneRequest, options: Any,
                "default_moved_to_edge": list(trials[0].user_attrs.get("default_moved_to_edge", []))
                if trials else [],
                "edge_hits": [list(hit) for hit in edge_hits(dict(best.params), space)],
-               "widened_from": parent or next((str(t.user_attrs["inherited_from"]).split("#")[0]
-                                               for t in trials if "inherited_from" in t.user_attrs), None),
+               "widened_from": next((str(t.user_attrs["inherited_from"]).split("#")[0]
+                                     for t in trials if "inherited_from" in t.user_attrs), None),
                "knobs": len(space)},
     )
 
