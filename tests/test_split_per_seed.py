@@ -46,6 +46,7 @@ def test_per_seed_runs_train_on_their_own_split(tmp_path: Path, one_thread, caps
     from bench.report.groups import scope_of
 
     assert len({scope_of(r) for r in records}) == 1  # one table over the seeds
+    assert scope_of(records[0]).describe(with_digest=True).count("per-seed") == 1  # said once
     import pandas as pd
 
     assert replication_unit(pd.DataFrame({"record": records})) == PER_SEED_SPLIT

@@ -51,7 +51,7 @@ class Scope:
     def describe(self, with_digest: bool = False) -> str:
         parts = [self.dataset, f"{self.protocol} protocol"]
         parts += [f"{key}={json.loads(value)}" for key, value in self.settings]
-        if with_digest:
+        if with_digest and self.digest != "per-seed":  # a per-seed table already says split=per-seed
             parts.append(f"split {self.digest[:8]}")
         return " · ".join(parts)
 
