@@ -189,6 +189,35 @@ def test_numbers_json_holds_table_cells_and_claim_grades(make_record):
     assert numbers["cmp.crh-beats-baselines.FM.csq.16.diff"] == f"{gain:+.2f}"
 
 
+def test_numbers_json_quotes_a_per_seed_tables_comparisons_before_it_is_declared(make_record):
+    """Reproduction v3's per-seed table, beside the card's declared fixed-split table: its
+    paired comparisons get keys of their own (tagged with its setting), the fixed split's
+    comparisons stay the only untagged ones, and a second fixed-split table gets none."""
+    import numpy as np
+
+    from bench.report import build_report
+    from bench.report.numbers import report_numbers
+
+    crh, csq = [0.70, 0.71, 0.69, 0.72, 0.70], [0.60, 0.62, 0.61, 0.60, 0.61]
+    records = [make_record("crh", 16, s, v) for s, v in enumerate(crh)]
+    records += [make_record("csq", 16, s, v) for s, v in enumerate(csq)]
+    per_seed = [make_record(m, 16, s, v - 0.05) for m, vs in (("crh", crh), ("csq", csq[::-1]))
+                for s, v in enumerate(vs)]
+    for record in per_seed:
+        record["spec"].update(split_rule="per-seed", split_seed=record["spec"]["seed"])
+    other_fixed = [make_record(m, 16, s, v, overrides={"epochs": 7}) for m, vs in (("crh", crh), ("csq", csq))
+                   for s, v in enumerate(vs)]
+    report = build_report(records + per_seed + other_fixed, published=[])
+    numbers = report_numbers(report.analysis, report.verdicts)
+    tagged = [k for k in numbers
+              if k.startswith("cmp.crh-beats-baselines.FM.") and k.endswith(".csq.16.diff")]
+    assert len(tagged) == 2, tagged  # the declared table's and the per-seed table's, not the epochs=7 one
+    per_seed_key = next(k for k in tagged if "per-seed" in k)
+    assert per_seed_key.count("per-seed") == 1
+    gain = ((np.array(crh) - np.array(csq[::-1])) * 100).mean()
+    assert numbers[per_seed_key] == f"{gain:+.2f}"
+
+
 def test_numbers_json_counts_cells_with_and_without_holm(make_record):
     """Three rivals at 16 bits: CRH clearly ahead of CSQ, barely ahead of DPN and MDS. Each
     cell's one-sided p passes 0.05 alone, but Holm over the three (p x 3, x 2, x 1 in order)

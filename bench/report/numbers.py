@@ -37,8 +37,14 @@ def table_tag(analysis: Analysis, table: MainTable) -> str:
     """"" for a card's primary table, else its setting as a slug (e.g. harmonised-epochs-60)."""
     if analysis.is_primary(table.scope):
         return ""
-    label = analysis.scope_label(table.scope).split(" · ", 1)[-1]
-    return re.sub(r"[^a-z0-9]+", "-", label.lower().replace(" protocol", "")).strip("-") + "."
+    return _slug(analysis.scope_label(table.scope).split(" · ", 1)[-1]) + "."
+
+
+PER_SEED_LABEL = "split=per-seed"  # how a scope label names a table whose seeds each have a split
+
+
+def _slug(label: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", label.lower().replace(" protocol", "")).strip("-")
 
 
 def _method_key(method: str) -> str:
@@ -219,9 +225,15 @@ def claim_numbers(verdicts: Sequence[ClaimResult]) -> dict[str, str]:
             out[f"{card}.n_cells"] = str(len(family))
             out[f"{card}.n"] = "/".join(map(str, g.n)) or "0"
         for c in v.comparisons:
-            if not c.in_family:
+            if c.in_family:
+                key = f"cmp.{v.id}.{card_key(c.card)}.{c.extra.get('key', 'cell')}.{c.bits}"
+            elif PER_SEED_LABEL in c.table:
+                # Reproduction v3's per-seed tables, quoted while their card still declares the
+                # v2 table: keyed by their setting as table_tag keys their cells.
+                tag = _slug(c.table.split(" · ", 1)[-1])
+                key = f"cmp.{v.id}.{card_key(c.card)}.{tag}.{c.extra.get('key', 'cell')}.{c.bits}"
+            else:
                 continue
-            key = f"cmp.{v.id}.{card_key(c.card)}.{c.extra.get('key', 'cell')}.{c.bits}"
             digits = 3 if c.unit == "Spearman ρ" else 2
             if not math.isnan(c.ratio):
                 out[f"{key}.ratio"] = f"{c.ratio:.3f}"
