@@ -216,6 +216,10 @@ def test_numbers_json_quotes_a_per_seed_tables_comparisons_before_it_is_declared
     assert per_seed_key.count("per-seed") == 1
     gain = ((np.array(crh) - np.array(csq[::-1])) * 100).mean()
     assert numbers[per_seed_key] == f"{gain:+.2f}"
+    # The per-seed table renames no other table: the fixed split's keys keep their short tags.
+    tags = {k.split(".")[2] for k in numbers if k.startswith("table.FM.") and k.endswith(".crh.16")}
+    other = tags - {per_seed_key.split(".")[3], "crh"}  # "crh": the declared table's untagged key
+    assert len(other) == 1 and "split" not in next(iter(other)) and "protocol" not in next(iter(other)), tags
 
 
 def test_numbers_json_counts_cells_with_and_without_holm(make_record):

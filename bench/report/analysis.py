@@ -268,7 +268,8 @@ def analyze(records: Sequence[dict], problems: Sequence[str] = (),
 
     digests: dict[str, set[str]] = {}
     for group in groups:
-        digests.setdefault(group.scope.dataset, set()).add(group.scope.digest)
+        if group.scope.digest != "per-seed":  # per-seed tables are told apart by split=per-seed
+            digests.setdefault(group.scope.dataset, set()).add(group.scope.digest)
     multi_digest = {d for d, values in digests.items() if len(values) > 1}
 
     main: dict[Scope, MainTable] = {}

@@ -37,13 +37,13 @@ def table_tag(analysis: Analysis, table: MainTable) -> str:
     """"" for a card's primary table, else its setting as a slug (e.g. harmonised-epochs-60)."""
     if analysis.is_primary(table.scope):
         return ""
-    return _slug(analysis.scope_label(table.scope).split(" · ", 1)[-1]) + "."
+    return _setting_slug(analysis.scope_label(table.scope).split(" · ", 1)[-1]) + "."
 
 
 PER_SEED_LABEL = "split=per-seed"  # how a scope label names a table whose seeds each have a split
 
 
-def _slug(label: str) -> str:
+def _setting_slug(label: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", label.lower().replace(" protocol", "")).strip("-")
 
 
@@ -145,8 +145,7 @@ def ablation_numbers(analysis: Analysis) -> dict[str, str]:
     for scope, ablations in analysis.crh.items():
         table = analysis.main.get(scope)
         tag = table_tag(analysis, table) if table is not None else (
-            re.sub(r"[^a-z0-9]+", "-", analysis.scope_label(scope).split(" · ", 1)[-1].lower()
-                   .replace(" protocol", "")).strip("-") + ".")
+            _setting_slug(analysis.scope_label(scope).split(" · ", 1)[-1]) + ".")
         for dim, panels in ablations.panels.items():
             for panel in panels:
                 context = f".{_slug(panel.context)}" if panel.context else ""
@@ -230,7 +229,7 @@ def claim_numbers(verdicts: Sequence[ClaimResult]) -> dict[str, str]:
             elif PER_SEED_LABEL in c.table:
                 # Reproduction v3's per-seed tables, quoted while their card still declares the
                 # v2 table: keyed by their setting as table_tag keys their cells.
-                tag = _slug(c.table.split(" · ", 1)[-1])
+                tag = _setting_slug(c.table.split(" · ", 1)[-1])
                 key = f"cmp.{v.id}.{card_key(c.card)}.{tag}.{c.extra.get('key', 'cell')}.{c.bits}"
             else:
                 continue
