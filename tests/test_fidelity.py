@@ -214,17 +214,20 @@ def test_entries_per_budget_and_legacy_entries(tmp_path, monkeypatch) -> None:
 
 def test_committed_tuned_files_keep_the_30_epoch_entries_beside_the_60_epoch_search() -> None:
     """The entries written before budgets were keyed load as 32 bits/30 epochs; Fashion-MNIST's
-    search at its table budget (32 bits, 60 epochs) sits beside them for every table row."""
+    search at its table budget (32 bits, 60 epochs) sits beside them for every table row, and a
+    method's own search at another length of the table (where its transfer check failed) is at
+    the table's budget too."""
     from bench.runs.spec import entry_budget, load_tuned
     from bench.sweeps.experiments import load_experiment
 
     rows = load_experiment("main-table").methods
+    own_lengths = {(16, 60), (64, 60)}
     for card, budgets in (("fashion-mnist", {(32, 30), (32, 60)}), ("fashion-mnist-multi", {(32, 30)})):
         setting = load_tuned(card)
         assert setting is not None and setting.methods
-        assert {entry_budget(e) for m in setting.methods for e in setting.entries(m)} == budgets
         for method in rows:
-            assert {entry_budget(e) for e in setting.entries(method)} == budgets, (card, method)
+            found = {entry_budget(e) for e in setting.entries(method)}
+            assert budgets <= found and found - budgets <= own_lengths, (card, method, found)
 
 
 def test_budget_mismatch_is_refused_in_one_line(capsys, tmp_path, monkeypatch) -> None:
