@@ -19,27 +19,17 @@
 #   EPOCHS_TUNE=1 EXTRA="--epochs 1 --seeds 0" METHODS=csq,hashnet RUN_METHODS=csq,hashnet JOBS=1 \
 #   RUN_JOBS=2 DEADLINE=300 tools/device_batch.sh
 set -u
-T0=$(date +%s)
 DEADLINE=${DEADLINE:-500}
+. "$(dirname "$0")/device_lib.sh"
 TRIALS=${TRIALS:-12}
 DATASET=${DATASET:-fashion-mnist}
 RESULTS=${RESULTS:-results}
 METHODS=${METHODS:-crh,csq,dpn,hashnet,shc,orthohash,mds,hclm,classify-then-hash}
 JOBS=${JOBS:-2}
 EXTRA=${EXTRA:-}
-PY=${PY:-python3}
-LOGS=$(mktemp -d)
-export PYTHONUNBUFFERED=1
-left() { echo $(( DEADLINE - ($(date +%s) - T0) )); }
-stamp() { echo "$(date -u +%FT%TZ) +$(( $(date +%s) - T0 ))s $* load: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$LOGS/batch.log"; }
 
-if [ "${SETUP:-1}" = 1 ]; then
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 3
-  export PYTHONPATH=/tmp/site
-  mkdir -p /usr/share/datasets/fashion-mnist
-  for f in .fmnist/*.xz; do xz -dc "$f" > "/usr/share/datasets/fashion-mnist/$(basename "$f" .xz)"; done
-fi
-touch "$LOGS/start-marker"; sleep 1
+offline_setup
+mark_start
 stamp "batch start on $(nproc) cores: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"
 
 if [ "${CUDA_SMOKE:-1}" = 1 ] && $PY -c "import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
@@ -83,7 +73,4 @@ if [ "$failed" = 0 ]; then
 fi
 [ -n "${SMOKE:-}" ] && { kill "$SMOKE" 2>/dev/null; wait "$SMOKE" 2>/dev/null; }
 stamp "batch end"
-find "$RESULTS" bench/tuned -type f -newer "$LOGS/start-marker" > "$LOGS/new-files.txt"
-cp "$LOGS/batch.log" "$OUT/batch.log"
-tar czf "$OUT/results.tar.gz" -T "$LOGS/new-files.txt" -C "$LOGS" .
-echo "packed $(wc -l < "$LOGS/new-files.txt") files"
+pack "$RESULTS" bench/tuned

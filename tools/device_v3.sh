@@ -17,9 +17,8 @@
 #   MULTI_DATASET=fashion-mnist-mini TUNE_EXTRA="--epochs 1 --trials 2" MULTI_METHODS=csq \
 #   DEVICE=cpu DEADLINE=300 tools/device_v3.sh
 set -u
-T0=$(date +%s)
 DEADLINE=${DEADLINE:-530}
-PY=${PY:-python3}
+. "$(dirname "$0")/device_lib.sh"
 RESULTS=${RESULTS:-results}
 DEVICE=${DEVICE:-cuda}
 JOBS=${JOBS:-16}
@@ -29,10 +28,6 @@ RUN_EXTRA=${RUN_EXTRA:-}
 MULTI_DATASET=${MULTI_DATASET:-fashion-mnist-multi}
 MULTI_METHODS=${MULTI_METHODS:-crh,csq,dpn,hashnet,shc,orthohash,mds,hclm,classify-then-hash}
 TUNE_EXTRA=${TUNE_EXTRA:---epochs 30 --trials 24}
-LOGS=$(mktemp -d)
-export PYTHONUNBUFFERED=1
-left() { echo $(( DEADLINE - ($(date +%s) - T0) )); }
-stamp() { echo "$(date -u +%FT%TZ) +$(( $(date +%s) - T0 ))s $* load: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$LOGS/batch.log"; }
 run_part() {  # name, then `bench run` arguments
   local name=$1; shift
   [ "$(left)" -gt 30 ] || { stamp "$name skipped: deadline"; return; }
@@ -42,12 +37,8 @@ run_part() {  # name, then `bench run` arguments
   stamp "$name end rc=$? ($(grep -c ' done ' "$LOGS/$name.log") runs done)"
 }
 
-if [ "${SETUP:-1}" = 1 ]; then
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 3
-  export PYTHONPATH=/tmp/site
-  mkdir -p /usr/share/datasets/fashion-mnist && cp .fmnist/*.gz /usr/share/datasets/fashion-mnist/ || exit 3
-fi
-touch "$LOGS/start-marker"; sleep 1
+offline_setup
+mark_start
 stamp "batch start on $(nproc) cores:$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" | tee -a "$LOGS/batch.log"
 
@@ -67,7 +58,4 @@ if [ "$(left)" -gt 60 ]; then
   stamp "multi-label search end: $(ls "$LOGS"/tuned-*.yaml 2>/dev/null | wc -l) methods complete"
 fi
 stamp "batch end"
-find "$RESULTS" -type f ! -name "*.lock" -newer "$LOGS/start-marker" > "$LOGS/new-files.txt"
-cp "$LOGS/batch.log" "$OUT/batch.log"
-tar czf "$OUT/results.tar.gz" -T "$LOGS/new-files.txt" -C "$LOGS" .
-echo "packed $(wc -l < "$LOGS/new-files.txt") files"
+pack "$RESULTS"

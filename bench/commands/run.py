@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import UserError
+from bench.runs.spec import PER_SEED
 
 EXIT_CODES = "exit codes: 0 all runs complete, 1 some runs failed (see the list), 2 bad input"
 
@@ -111,13 +112,13 @@ def parse_split_seed(text: str | None, experiment: Any) -> int | str:
     seed replicates initial weights, data order and split); default: the experiment's, else 0."""
     if text is None:
         return experiment.split_seed if experiment is not None else 0
-    if str(text).strip() == "per-seed":
-        return "per-seed"
+    if str(text).strip() == PER_SEED:
+        return PER_SEED
     try:
         return parse_seed(text, "--split-seed")
     except UserError:
         raise UserError(f"--split-seed '{text}' is not valid; give a non-negative integer or "
-                        f"per-seed") from None
+                        f"{PER_SEED}") from None
 
 
 def parse_settings(items: list[str]) -> dict[str, str]:
@@ -278,8 +279,8 @@ def _build_unit(args: argparse.Namespace, experiment: Any) -> list:
                     specs.append(RunSpec(
                         method=method, dataset=dataset, bits=bit, seed=seed, protocol=protocol,
                         backbone=backbone, pretrained=pretrained,
-                        split_seed=seed if split_seed == "per-seed" else split_seed,
-                        split_rule="per-seed" if split_seed == "per-seed" else "fixed",
+                        split_seed=seed if split_seed == PER_SEED else split_seed,
+                        split_rule=PER_SEED if split_seed == PER_SEED else "fixed",
                         overrides=tuple(sorted(overrides.items())),
                     ))
     return specs

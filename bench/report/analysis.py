@@ -29,6 +29,7 @@ from bench.report.groups import (
 )
 from bench.report.stats import Stat
 from bench.report.util import get, jsonable, method_sort_key, record_version, seed_of
+from bench.runs.spec import PER_SEED
 
 
 @dataclass
@@ -220,9 +221,9 @@ def declared_table(dataset: str) -> tuple[str, int, bool] | None:
             experiment = None
         epochs = (experiment.settings.get("epochs") or card.schedule.get("epochs")) if experiment else None
         plain = experiment is not None and set(experiment.settings) <= {"epochs"} and not experiment.parts \
-            and experiment.split_seed in (0, "per-seed") and experiment.backbone is None
+            and experiment.split_seed in (0, PER_SEED) and experiment.backbone is None
         _DECLARED[dataset] = ((experiment.protocol or card_protocol(card), int(epochs),
-                               experiment.split_seed == "per-seed") if plain and epochs else None)
+                               experiment.split_seed == PER_SEED) if plain and epochs else None)
     return _DECLARED[dataset]
 
 
@@ -268,7 +269,7 @@ def analyze(records: Sequence[dict], problems: Sequence[str] = (),
 
     digests: dict[str, set[str]] = {}
     for group in groups:
-        if group.scope.digest != "per-seed":  # per-seed tables are told apart by split=per-seed
+        if not group.scope.per_seed:  # per-seed tables are told apart by split=per-seed
             digests.setdefault(group.scope.dataset, set()).add(group.scope.digest)
     multi_digest = {d for d, values in digests.items() if len(values) > 1}
 

@@ -27,6 +27,7 @@ from bench.report.verdicts import (
     comparison_line,
     regime_of,
 )
+from bench.runs.spec import PER_SEED
 from bench.training.work import record_work
 
 REASSIGN_KEYS = ("reassign", "reassign_every", "reassign_warmup")
@@ -251,7 +252,7 @@ def replication_unit(frame: pd.DataFrame) -> str:
     from its seed (split_seed: per-seed)."""
     if frame.empty:
         return SPLIT_FIXED.format(split=0)
-    if all((r["spec"] or {}).get("split_rule") == "per-seed" for r in frame.record):
+    if all((r["spec"] or {}).get("split_rule") == PER_SEED for r in frame.record):
         return PER_SEED_SPLIT
     pairs = {(int(r["spec"].get("seed", 0)), int(r["spec"].get("split_seed", 0))) for r in frame.record}
     if all(seed == split for seed, split in pairs) and len({s for _, s in pairs}) > 1:

@@ -22,6 +22,7 @@ from typing import Any
 from bench.errors import UserError
 from bench.report.stats import Stat
 from bench.report.util import get, jsonable, method_sort_key
+from bench.runs.spec import PER_SEED
 
 UNSUPERVISED = "unsupervised"  # the scope setting `regime` of runs whose training saw no labels
 # Training settings shared by all methods: an overridden one is part of a run's scope.
@@ -51,9 +52,14 @@ class Scope:
     def describe(self, with_digest: bool = False) -> str:
         parts = [self.dataset, f"{self.protocol} protocol"]
         parts += [f"{key}={json.loads(value)}" for key, value in self.settings]
-        if with_digest and self.digest != "per-seed":  # a per-seed table already says split=per-seed
+        if with_digest and not self.per_seed:  # a per-seed table already says split=per-seed
             parts.append(f"split {self.digest[:8]}")
         return " · ".join(parts)
+
+    @property
+    def per_seed(self) -> bool:
+        """Each seed trained on its own split: one table over seeds, told apart by split=per-seed."""
+        return self.digest == PER_SEED
 
     @property
     def slug(self) -> str:
@@ -82,14 +88,14 @@ def scope_of(record: dict) -> Scope:
             if key == "eval_every" and config[key] == _schedule_eval_every(spec, config):
                 continue  # an override equal to the card's cadence changes nothing: same table
             settings[key] = config[key]
-    per_seed = spec.get("split_rule") == "per-seed"
+    per_seed = spec.get("split_rule") == PER_SEED
     for key, default in _SCOPE_SPEC_DEFAULTS:
         if key == "split_seed" and per_seed:
             continue  # it follows the seed: one table over seeds, each on its own split
         if spec.get(key, default) != default:
             settings[key] = spec.get(key)
     if per_seed:
-        settings["split"] = "per-seed"
+        settings["split"] = PER_SEED
     # Two searches give one method two sets of tuned values: their runs are two tables, not
     # one cell holding both (the v2 search at 30 epochs against v3's at the table's budget).
     searched = get(record, "config", "tuned_setting", "searched_at", "epochs", default=None)
@@ -98,7 +104,7 @@ def scope_of(record: dict) -> Scope:
     if get(record, "regime", "supervised", default=True) is False:
         settings["regime"] = UNSUPERVISED  # records of supervised runs carry no `regime`
     # A fixed split's tables are keyed by its digest; per-seed splits differ by seed by design.
-    digest = "per-seed" if per_seed else str(get(record, "split", "digest", default="") or "")
+    digest = PER_SEED if per_seed else str(get(record, "split", "digest", default="") or "")
     return Scope(str(spec.get("dataset")), str(spec.get("protocol")),
                  tuple(sorted((k, jsonable(v)) for k, v in settings.items())), digest[:12])
 

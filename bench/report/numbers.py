@@ -18,12 +18,13 @@ from typing import Any
 from bench.report.analysis import Analysis, MainTable
 from bench.report.claims import CARD_SHORT, ClaimResult
 from bench.report.grading import power_rows
-from bench.report.groups import Cell
+from bench.report.groups import Cell, Scope
 from bench.report.stats import ALPHA, Stat, equivalence_test, holm_adjusted, paired_test
 from bench.report.tables import chance_value
 from bench.report.unsupervised import supervised_reference
 from bench.report.util import FLOOR_METHOD, fmt_p, get, method_name, metric_points, num, precision_metric
 from bench.report.variants import variant_numbers
+from bench.runs.spec import PER_SEED
 
 EQUIVALENCE_MARGIN = 0.5  # mAP points (spec section 4: the CI gate's floor, under a third of 1.76)
 POWER_COLUMNS = ("claim", "card", "bits", "comparison", "key", "n", "delta", "sd", "power_now", "n80")
@@ -35,12 +36,17 @@ def card_key(card: str) -> str:
 
 def table_tag(analysis: Analysis, table: MainTable) -> str:
     """"" for a card's primary table, else its setting as a slug (e.g. harmonised-epochs-60)."""
-    if analysis.is_primary(table.scope):
+    return scope_tag(analysis, table.scope)
+
+
+def scope_tag(analysis: Analysis, scope: Scope) -> str:
+    """table_tag for any scope, one with no main table too (an ablation-only scope)."""
+    if analysis.is_primary(scope):
         return ""
-    return _setting_slug(analysis.scope_label(table.scope).split(" · ", 1)[-1]) + "."
+    return _setting_slug(analysis.scope_label(scope).split(" · ", 1)[-1]) + "."
 
 
-PER_SEED_LABEL = "split=per-seed"  # how a scope label names a table whose seeds each have a split
+PER_SEED_LABEL = f"split={PER_SEED}"  # how Scope.describe names a table whose seeds each have a split
 
 
 def _setting_slug(label: str) -> str:
@@ -143,9 +149,7 @@ def ablation_numbers(analysis: Analysis) -> dict[str, str]:
     default (`.vs_default`, section 4: a phrase of no difference only where TOST passes)."""
     out: dict[str, str] = {}
     for scope, ablations in analysis.crh.items():
-        table = analysis.main.get(scope)
-        tag = table_tag(analysis, table) if table is not None else (
-            _setting_slug(analysis.scope_label(scope).split(" · ", 1)[-1]) + ".")
+        tag = scope_tag(analysis, scope)
         for dim, panels in ablations.panels.items():
             for panel in panels:
                 context = f".{_slug(panel.context)}" if panel.context else ""
@@ -225,14 +229,14 @@ def claim_numbers(verdicts: Sequence[ClaimResult]) -> dict[str, str]:
             out[f"{card}.n"] = "/".join(map(str, g.n)) or "0"
         for c in v.comparisons:
             if c.in_family:
-                key = f"cmp.{v.id}.{card_key(c.card)}.{c.extra.get('key', 'cell')}.{c.bits}"
+                tag = ""
             elif PER_SEED_LABEL in c.table:
                 # Reproduction v3's per-seed tables, quoted while their card still declares the
                 # v2 table: keyed by their setting as table_tag keys their cells.
-                tag = _setting_slug(c.table.split(" · ", 1)[-1])
-                key = f"cmp.{v.id}.{card_key(c.card)}.{tag}.{c.extra.get('key', 'cell')}.{c.bits}"
+                tag = _setting_slug(c.table.split(" · ", 1)[-1]) + "."
             else:
                 continue
+            key = f"cmp.{v.id}.{card_key(c.card)}.{tag}{c.extra.get('key', 'cell')}.{c.bits}"
             digits = 3 if c.unit == "Spearman ρ" else 2
             if not math.isnan(c.ratio):
                 out[f"{key}.ratio"] = f"{c.ratio:.3f}"

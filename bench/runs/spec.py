@@ -48,7 +48,8 @@ LEGACY_BUDGET = (32, 30)
 _BUDGET_CHECK = [True]  # False only inside `budget_check_off` (a dry run that lists old records)
 
 
-SPLIT_RULES = ("fixed", "per-seed")
+PER_SEED = "per-seed"  # the split rule (and `split_seed` value) of a run whose split follows its seed
+SPLIT_RULES = ("fixed", PER_SEED)
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,7 @@ class RunSpec:
         if self.split_rule not in SPLIT_RULES:
             raise UserError(f"split rule '{self.split_rule}' is not valid; choose from "
                             f"{', '.join(SPLIT_RULES)}")
-        if self.split_rule == "per-seed" and self.split_seed != self.seed:
+        if self.split_rule == PER_SEED and self.split_seed != self.seed:
             raise UserError(f"a per-seed split has split_seed = seed ({self.seed}), not {self.split_seed}")
 
     def to_dict(self) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from typing import Any
 
 from bench.data.loading import read_yaml
 from bench.errors import UserError
+from bench.runs.spec import PER_SEED
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parents[1] / "experiments"
 _KEYS = {"name", "description", "varies", "fixed", "dataset", "methods", "bits", "seeds",
@@ -157,7 +158,7 @@ def _experiment(raw: dict[str, Any], path: Path, attack: str | None) -> Experime
             if not isinstance(key, str):
                 raise UserError(f"{path}: setting name {key!r} is not a string")
     split_seed = raw.get("split_seed", 0)
-    if split_seed != "per-seed" and (not isinstance(split_seed, int) or isinstance(split_seed, bool)
+    if split_seed != PER_SEED and (not isinstance(split_seed, int) or isinstance(split_seed, bool)
                                      or split_seed < 0):
         raise UserError(f"{path}: 'split_seed' must be a non-negative integer or 'per-seed', "
                         f"got {split_seed!r}")
