@@ -15,14 +15,13 @@ from bench.errors import UserError
 from bench.runs.spec import RunSpec, resolve_config
 from bench.tuning.tune import (
     default_point,
-    edge_hits,
     knob_counts,
     outside,
     resolved_defaults,
     search_space,
     trial_budget,
-    widen,
 )
+from bench.tuning.widening import edge_hits, widen
 from methods import available_methods, get_method
 from methods.base import Task
 

@@ -53,6 +53,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
                            "and `--protocol tuned` uses it at those lengths only when it holds; where it "
                            "does not, the method is searched at that length too (same trials and "
                            "budget), into an entry of its own")
+    what.add_argument("--widen", default=None, metavar="KNOB:SIDE",
+                      help="after an edge hit at this budget (bits, epochs): move that edge of the "
+                           "shared range out (x3 on a log range, half the range on a linear one) "
+                           "for every method searched at this budget, e.g. lr:high; --trials must "
+                           "exceed the round's present count (every method gets the same extra "
+                           "trials; finished trials are inherited). Kept in the tuned file")
     what.add_argument("--transfer-seeds", default="2",
                       help="seeds per configuration in a transfer check (default 2, at least 2)")
     how.add_argument("--jobs", type=int, default=1,
@@ -119,11 +125,15 @@ def execute(args: argparse.Namespace) -> int:
     if trials < least:
         print(f"warning: --trials {trials} is below R5's {least} for these methods; a search that "
               "others are compared with needs the same count for every method", flush=True)
-    request = TuneRequest(card=card, bits=bits, trials=trials, epochs=epochs, seed=seed,
-                          split_seed=split_seed, jobs=args.jobs,
-                          pretrained=card.backbone in PRETRAINABLE and not args.no_pretrained)
     results = Path(args.results) if args.results else DEFAULT_RESULTS_DIR
     output = setting_path(args, card.name, results)
+    rounds = search_rounds(args.widen, card, methods, bits, trials, epochs, output)
+    request = TuneRequest(card=card, bits=bits, trials=trials, epochs=epochs, seed=seed,
+                          split_seed=split_seed, jobs=args.jobs, rounds=rounds,
+                          pretrained=card.backbone in PRETRAINABLE and not args.no_pretrained)
+    if request.trial_count() != trials:
+        print(f"widened round {request.round().after and 'after ' + request.round().after}: "
+              f"{request.trial_count()} trials each on {request.round().ranges}", flush=True)
     options = RunOptions(results_dir=results, data_root=args.data_root, device=args.device,
                          progress_bars=not args.quiet, torch_threads=args.threads)
     targets = parse_targets(args.transfer_to, bits)
@@ -219,6 +229,31 @@ def search_all(methods: list[str], request: Any, options: Any, targets: list[int
                    for method in methods]
         for future in futures:
             yield future.result()
+
+
+def search_rounds(widen: str | None, card: Any, methods: list[str], bits: int, trials: int,
+                  epochs: int | None, output: Path) -> dict[str, Any]:
+    """The widened rounds that govern this search (from the committed tuned file and the output
+    file), with --widen's new widening of this budget's round added (see bench.tuning.widening)."""
+    from bench.runs.spec import entry_budget, load_tuned, tuned_path
+    from bench.tuning.tune import search_space
+    from bench.tuning.widening import edge_evidence, parse_widen, read_rounds, round_key, widened_round
+
+    rounds = read_rounds(tuned_path(card.name), output)
+    if widen is None:
+        return rounds
+    hits = parse_widen(widen)
+    budget = (bits, epochs if epochs is not None else card.schedule.get("epochs"))
+    entries = [{**entry, "method": method}
+               for path in dict.fromkeys([tuned_path(card.name), output])
+               for setting in [load_tuned(card.name, path)] if setting is not None
+               for method in setting.methods for entry in setting.entries(method)
+               if entry_budget(entry) == budget]
+    after, searched = edge_evidence(entries, hits)
+    key = round_key(*budget)
+    rounds[key] = widened_round(rounds.get(key), {m: search_space(m) for m in methods}, hits, trials,
+                                searched, after)
+    return rounds
 
 
 def parse_targets(raw: str | None, bits: int) -> list[int]:

@@ -9,6 +9,8 @@
 7. no chosen value of a current entry in bench/tuned/*.yaml (the latest search per method and
    bit length) lies within 5 % of an edge of its searched range that is not a hard bound;
    earlier entries, kept for the records that used them, are counted apart.
+   A round widened after an edge hit (bench.tuning.widening) lists each of its current entries
+   not searched on its ranges with its trial count ("widening gaps").
 Each prints one count line ("0 outside", "0 mismatches", "0 edge hits" when all hold) and the
 offending items above it; the exit code is the number of failed checks.
 """
@@ -19,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.data.loading import REPO_ROOT, load_card, read_yaml
-from bench.runs.spec import load_tuned, tuned_dir, tuned_entry
-from bench.tuning.tune import edge_hits, outside, representative_task, resolved_defaults, search_space
+from bench.runs.spec import entry_budget, load_tuned, tuned_dir, tuned_entry
+from bench.tuning.tune import outside, representative_task, resolved_defaults, search_space
+from bench.tuning.widening import edge_hits, read_rounds, round_key
 from methods import available_methods, get_method
 
 TABLE_CLASSES = (10, 100, 196, 555)
@@ -103,10 +106,37 @@ def tuned_edge_hits(folder: Path | None = None, superseded: bool = False) -> lis
     return found
 
 
+def widening_gaps(folder: Path | None = None) -> list[str]:
+    """'card method round: why' for each current entry of a widened round (bench.tuning.widening)
+    not searched on the round's ranges with its trial count: the rule gives every method of the
+    round the same extra trials, so one left behind makes the round unequal."""
+    folder = Path(folder) if folder is not None else tuned_dir()
+    found = []
+    for path in sorted(folder.glob("*.yaml")):
+        setting, rounds = load_tuned(path.stem, path), read_rounds(path)
+        if setting is None or not rounds:
+            continue
+        for method in sorted(setting.methods):
+            entries = setting.entries(method)
+            for entry in entries:
+                key = round_key(*entry_budget(entry))
+                if key not in rounds or _superseded(entry, entries):
+                    continue
+                wide = rounds[key]
+                space = entry.get("search_space") or {}
+                narrow = [k for k, spec in wide.ranges.items()
+                          if k in space and tuple(space[k]) != tuple(spec)]
+                if int(entry.get("trials") or 0) < wide.trials or narrow:
+                    found.append(f"{path.stem} {method} {key}: {entry.get('trials')} trials"
+                                 + (f", {', '.join(narrow)} on the old range" if narrow else "")
+                                 + f"; the widened round gives {wide.trials} on {dict(wide.ranges)}")
+    return found
+
+
 def main() -> int:
     failed = 0
     for label, items in (("outside", defaults_outside()), ("mismatches", tuned_mismatches()),
-                         ("edge hits", tuned_edge_hits())):
+                         ("edge hits", tuned_edge_hits()), ("widening gaps", widening_gaps())):
         for item in items:
             print(f"  {item}")
         print(f"{len(items)} {label}")

@@ -10,9 +10,10 @@ record also holds are never read. Trial 0 is the method's harmonised default wit
 resolved for the card's C and the study's K (e.g. OrthoHash's s = sqrt(K)), so the tuned value
 is never worse than the default on validation, and the default's score is kept beside the tuned
 one. Knobs several methods share are searched on one range (`methods.base.SHARED_SEARCH`).
-A chosen value within EDGE_FRACTION of a range edge that is not a hard bound is an edge hit
-(`edge_hits`): the range is widened (`widen`) and every method runs the same extra trials; a
-widened study starts from the finished trials of the study it widens (`inherit_trials`).
+A chosen value near a range edge that is not a hard bound is an edge hit: the range of that
+search round (card, bits, epochs) is widened and every method searched in it runs the same extra
+trials (`bench.tuning.widening`); a widened study starts from the finished trials of the study
+it widens (`inherit_trials`).
 
 Trials are normal runs (harmonised protocol plus the trial's values as overrides) executed by
 `bench.sweeps.runner.execute_runs`, so every trial is a run record and a trial whose record exists is
@@ -45,15 +46,15 @@ import yaml
 from bench.data.loading import DatasetCard
 from bench.errors import UserError
 from bench.runs.spec import RunSpec, entry_budget, load_tuned, method_params, tuned_path
+from bench.tuning.widening import Round, edge_hits, read_rounds, round_key
 from methods import get_method
-from methods.base import HARD_EDGES, HARMONISED, HashMethod, Task
+from methods.base import HARMONISED, HashMethod, Task
 
 SPACE_KINDS = ("log", "float", "int", "choice")
 DEFAULT_SEARCH_SPACE: dict[str, tuple] = {"lr": ("log", 1e-4, 3e-3)}
 BASE_PROTOCOL = "harmonised"
 TRIALS_FOLDER = "tuning/runs"  # trial records, under the results directory, apart from the tables
 N_STARTUP_TRIALS = 5  # TPE's random start: with 12 trials, 5 random (incl. the default) + 7 guided
-EDGE_FRACTION = 0.05  # within 5 % of the range (in the knob's scale) of an edge: widen it
 MIN_TRIALS, MANY_KNOB_TRIALS = 12, 24  # R5: 24 trials for all when any method searches 3+ knobs
 OBJECTIVE = "selection.best_val_mAP of each trial's record (validation only; its test mAP is never read)"
 
@@ -145,45 +146,6 @@ def default_point(method: str, space: dict[str, tuple], task: Task | None = None
         else:
             point[key] = min(max(value, spec[1]), spec[2])
     return point
-
-
-def edge_hits(values: dict[str, Any], space: dict[str, tuple]) -> list[tuple[str, str]]:
-    """(key, "low" | "high") for each chosen value within EDGE_FRACTION of an edge, measured
-    in the knob's scale (log10 for log ranges); hard bounds (HARD_EDGES) are exempt."""
-    hits = []
-    for key, spec in space.items():
-        if spec[0] not in ("log", "float", "int") or key not in values:
-            continue
-        low, high, value = float(spec[1]), float(spec[2]), float(values[key])
-        if spec[0] == "log":
-            low, high, value = math.log10(low), math.log10(high), math.log10(value)
-        margin = EDGE_FRACTION * (high - low)
-        hard_low, hard_high = HARD_EDGES.get(key, (None, None))
-        if value <= low + margin and not (hard_low is not None and float(spec[1]) <= hard_low):
-            hits.append((key, "low"))
-        elif value >= high - margin and not (hard_high is not None and float(spec[2]) >= hard_high):
-            hits.append((key, "high"))
-    return hits
-
-
-def widen(space: dict[str, tuple], hits: list[tuple[str, str]]) -> dict[str, tuple]:
-    """The space with each hit edge moved out: x3 (or /3) on a log range, by half the range
-    on a linear one, never past a hard bound."""
-    wider = dict(space)
-    for key, side in hits:
-        kind, low, high = space[key]
-        if kind == "log":
-            low, high = (low / 3, high) if side == "low" else (low, high * 3)
-        else:
-            step = (high - low) / 2
-            low, high = (low - step, high) if side == "low" else (low, high + step)
-            hard_low, hard_high = HARD_EDGES.get(key, (None, None))
-            low = max(low, hard_low) if hard_low is not None else low
-            high = min(high, hard_high) if hard_high is not None else high
-            if kind == "int":
-                low, high = math.floor(low), math.ceil(high)
-        wider[key] = (kind, low, high)
-    return wider
 
 
 def distributions(space: dict[str, tuple]) -> dict[str, Any]:
@@ -285,6 +247,16 @@ class TuneRequest:
     pretrained: bool = False
     jobs: int = 1
     backend: str = "local"
+    rounds: dict[str, Round] = field(default_factory=dict)  # widened rounds by round_key
+
+    def round(self) -> Round:
+        """This request's search round (its bits and epochs): widened ranges and trial count."""
+        epochs = self.epochs if self.epochs is not None else self.card.schedule.get("epochs")
+        return self.rounds.get(round_key(self.bits, epochs), Round())
+
+    def trial_count(self) -> int:
+        """Trials every method gets in this round: the asked count, or a widened round's larger one."""
+        return max(self.trials, self.round().trials)
 
 
 @dataclass
@@ -344,15 +316,17 @@ def validation_score(path: Path) -> tuple[float | None, str]:
 
 def tune_method(method: str, request: TuneRequest, options: Any,
                 log: Callable[[str], None] = print) -> TuneOutcome:
-    """Bring the study for (card, method, bits) to `request.trials` finished trials and return
-    the best of its first `request.trials` (the equal budget, even if an earlier call ran more)."""
+    """Bring the study for (card, method, bits) to the round's trial count (`request.trials`,
+    or a widened round's larger one) and return the best of its first that many trials (the
+    equal budget, even if an earlier call ran more), on the round's ranges."""
     import optuna
     from optuna.trial import TrialState
 
     from bench.sweeps.runner import execute_runs, plan_runs
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    space = search_space(method)
+    space = request.round().space(search_space(method))
+    count = request.trial_count()
     epochs = request.epochs if request.epochs is not None else request.card.schedule.get("epochs")
     name = study_name(request.card.name, method, request.bits, epochs, space)
     folder = Path(options.results_dir) / "tuning"
@@ -377,7 +351,7 @@ def tune_method(method: str, request: TuneRequest, options: Any,
         new_trials = 0
         while True:
             done = len(study.get_trials(deepcopy=False, states=finished))
-            room = min(request.jobs, request.trials - done)
+            room = min(request.jobs, count - done)
             if room <= 0:
                 break
             batch: list[tuple[int, dict[str, Any], bool]] = []
@@ -415,7 +389,7 @@ def tune_method(method: str, request: TuneRequest, options: Any,
                         + (" (resumed)" if resumed else ""))
                 new_trials += 1
         trials = sorted(study.get_trials(deepcopy=False, states=finished), key=lambda t: t.number)
-        budget = trials[: request.trials]
+        budget = trials[:count]
         complete = [t for t in budget if t.state == TrialState.COMPLETE]
         if not complete:
             raise UserError(f"{name}: all {len(budget)} trials failed; widen or move the search "
@@ -498,7 +472,10 @@ def write_setting(path: Path | None, request: TuneRequest, outcomes: list[TuneOu
         entry = same[0] if same else entry  # a replay rewrites nothing (not even date or commit)
         entries = sorted([*kept, entry], key=entry_budget)
         methods[result.method] = entries[0] if len(entries) == 1 else entries
-    payload = {"dataset": card, "methods": dict(sorted(methods.items()))}
+    payload: dict[str, Any] = {"dataset": card, "methods": dict(sorted(methods.items()))}
+    rounds = {**read_rounds(path), **request.rounds}  # a round's widening stays with its entries
+    if rounds:
+        payload["widened"] = {key: rounds[key].as_yaml() for key in sorted(rounds)}
     header = (f"# Tuned setting for dataset card '{card}', written by `python -m bench tune`.\n"
               "# `bench run --protocol tuned` = harmonised protocol + each method's `values`.\n"
               "# Provenance per method: trials, best and default validation mAP, search space, study.\n")

@@ -1,0 +1,167 @@
+"""Edge hits and widened search rounds (methods-fidelity spec, rule R3; issue 26).
+
+A chosen value within EDGE_FRACTION of a range edge that is not a hard bound is an edge hit
+(`edge_hits`): the optimum may lie beyond the range. The rule: the range widens (`widen`) and
+every method gets the same extra trials. Ranges are shared, so a widening belongs to a search
+*round*, one (card, bits, epochs) budget, not to the method that hit the edge: every method
+searched at that budget is searched on the wider range, to the round's larger trial count.
+
+A round's widening is stored in the card's tuned file beside the entries it governs
+(`widened: {"16b-60e": {ranges: {lr: [log, 0.0001, 0.03]}, trials: 32, after: "..."}}`), so
+a replay of the search (`make tune-main`) searches that round as it was searched, and a
+widened study starts from the finished trials of the narrower one (`tune.inherit_trials`):
+the extra trials are the only new work.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.errors import UserError
+from methods.base import HARD_EDGES
+
+EDGE_FRACTION = 0.05  # within 5 % of the range (in the knob's scale) of an edge: widen it
+SIDES = ("low", "high")
+
+
+def edge_hits(values: dict[str, Any], space: dict[str, tuple]) -> list[tuple[str, str]]:
+    """(key, "low" | "high") for each chosen value within EDGE_FRACTION of an edge, measured
+    in the knob's scale (log10 for log ranges); hard bounds (HARD_EDGES) are exempt."""
+    hits = []
+    for key, spec in space.items():
+        if spec[0] not in ("log", "float", "int") or key not in values:
+            continue
+        low, high, value = float(spec[1]), float(spec[2]), float(values[key])
+        if spec[0] == "log":
+            low, high, value = math.log10(low), math.log10(high), math.log10(value)
+        margin = EDGE_FRACTION * (high - low)
+        hard_low, hard_high = HARD_EDGES.get(key, (None, None))
+        if value <= low + margin and not (hard_low is not None and float(spec[1]) <= hard_low):
+            hits.append((key, "low"))
+        elif value >= high - margin and not (hard_high is not None and float(spec[2]) >= hard_high):
+            hits.append((key, "high"))
+    return hits
+
+
+def widen(space: dict[str, tuple], hits: list[tuple[str, str]]) -> dict[str, tuple]:
+    """The space with each hit edge moved out: x3 (or /3) on a log range, by half the range
+    on a linear one, never past a hard bound."""
+    wider = dict(space)
+    for key, side in hits:
+        kind, low, high = space[key]
+        if kind == "log":
+            # 12 significant digits: 0.01 x 3 is stored as 0.03, not 0.030000000000000002
+            low, high = (float(f"{low / 3:.12g}"), high) if side == "low" else (low, float(f"{high * 3:.12g}"))
+        else:
+            step = (high - low) / 2
+            low, high = (low - step, high) if side == "low" else (low, high + step)
+            hard_low, hard_high = HARD_EDGES.get(key, (None, None))
+            low = max(low, hard_low) if hard_low is not None else low
+            high = min(high, hard_high) if hard_high is not None else high
+            if kind == "int":
+                low, high = math.floor(low), math.ceil(high)
+        wider[key] = (kind, low, high)
+    return wider
+
+
+def round_key(bits: int, epochs: int | None) -> str:
+    """How the tuned file names a search round: "<bits>b-<epochs>e"."""
+    return f"{int(bits)}b-{epochs}e"
+
+
+@dataclass(frozen=True)
+class Round:
+    """A search round's widening: the ranges that replace the shared ones for every method
+    searched at this budget, and the trial count every one of them gets."""
+
+    ranges: dict[str, tuple] = field(default_factory=dict)
+    trials: int = 0
+    after: str = ""  # the edge hit that asked for it, for the reader of the file
+
+    def space(self, space: dict[str, tuple]) -> dict[str, tuple]:
+        """A method's search space in this round: its own knobs, on the round's ranges."""
+        return {key: tuple(self.ranges.get(key, spec)) for key, spec in space.items()}
+
+    def as_yaml(self) -> dict[str, Any]:
+        return {"ranges": {k: list(v) for k, v in sorted(self.ranges.items())}, "trials": self.trials,
+                "after": self.after}
+
+
+def read_rounds(*paths: Path | None) -> dict[str, Round]:
+    """The widened rounds of the given tuned files (later files win), by round key."""
+    from bench.data.loading import read_yaml
+
+    rounds: dict[str, Round] = {}
+    for path in paths:
+        if path is None or not Path(path).is_file():
+            continue
+        raw = read_yaml(Path(path))
+        for key, entry in ((raw or {}).get("widened") or {}).items():
+            if not isinstance(entry, dict) or not isinstance(entry.get("ranges"), dict):
+                raise UserError(f"{path}: widened.{key} must hold ranges: {{KNOB: [kind, low, high]}} "
+                                f"and trials: N")
+            rounds[str(key)] = Round({k: tuple(v) for k, v in entry["ranges"].items()},
+                                     int(entry.get("trials") or 0), str(entry.get("after") or ""))
+    return rounds
+
+
+def parse_widen(raw: str) -> list[tuple[str, str]]:
+    """--widen KNOB:SIDE[,KNOB:SIDE]: which edge of which shared range to move out."""
+    hits = []
+    for item in str(raw).split(","):
+        knob, _, side = item.strip().partition(":")
+        if not knob or side not in SIDES:
+            raise UserError(f"--widen '{raw}' is not valid; give KNOB:low or KNOB:high, e.g. lr:high")
+        hits.append((knob, side))
+    return hits
+
+
+def widened_round(current: Round | None, spaces: dict[str, dict[str, tuple]],
+                  hits: list[tuple[str, str]], trials: int, searched: int, after: str) -> Round:
+    """The round after widening `hits` from its current ranges (the round's, else the methods'
+    shared ones). The rule gives every method extra trials: `trials` must exceed what the round
+    has searched so far (`searched`, the most trials of its entries); every method's finished
+    search is inherited, so the extra trials are the only new work."""
+    current = current or Round()
+    ranges = dict(current.ranges)
+    for knob, side in hits:
+        specs = {tuple(current.ranges.get(knob, space[knob])) for space in spaces.values() if knob in space}
+        if not specs:
+            raise UserError(f"--widen {knob}:{side}: no method named in --methods searches '{knob}'")
+        if len(specs) > 1:
+            raise UserError(f"--widen {knob}:{side}: the methods search '{knob}' on different ranges "
+                            f"({sorted(specs)}); widen a shared range only")
+        spec = specs.pop()
+        if spec[0] not in ("log", "float", "int"):
+            raise UserError(f"--widen {knob}:{side}: '{knob}' is a choice; only ranges widen")
+        wider = widen({knob: spec}, [(knob, side)])[knob]
+        if wider == spec:
+            raise UserError(f"--widen {knob}:{side}: {list(spec)} ends at a hard bound there "
+                            f"(methods.base.HARD_EDGES); it cannot widen")
+        ranges[knob] = wider
+    searched = max(searched, current.trials)
+    if trials <= searched:
+        raise UserError(f"--trials {trials}: a widened round gives every method extra trials; give "
+                        f"more than the {searched} it has searched, e.g. {searched + searched // 3}")
+    return Round(ranges, trials, after)
+
+
+def edge_evidence(entries: list[dict[str, Any]], hits: list[tuple[str, str]]) -> tuple[str, int]:
+    """(what hit the edges, the most trials any entry searched) among a round's entries (each
+    with a `method` key added). The rule widens a range only after a chosen value lands at that
+    edge: UserError when none of the entries did."""
+    found = []
+    for knob, side in hits:
+        hit = [f"{e['method']} {knob} {e['values'][knob]:.4g} at the {side} edge of "
+               f"{list(e['search_space'][knob][1:])}"
+               for e in entries if knob in (e.get("search_space") or {}) and knob in e.get("values", {})
+               and (knob, side) in edge_hits(e["values"], {knob: tuple(e["search_space"][knob])})]
+        if not hit:
+            raise UserError(f"--widen {knob}:{side}: no entry of this round has {knob} at its {side} "
+                            f"edge; the rule widens a range only after an edge hit (see python -m "
+                            f"bench.tuning.fidelity)")
+        found += hit
+    return "; ".join(found), max((int(e.get("trials") or 0) for e in entries), default=0)

@@ -1,0 +1,103 @@
+"""Rule R3 of the fair tuning (issue 26): after an edge hit, the round's range widens and every
+method of the round gets the same extra trials, kept in the tuned file so that a replay
+searches the round as it was searched. Trials train tiny_cnn on the synthetic card, 1 epoch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bench.cli import main
+from bench.errors import UserError
+from bench.tuning.widening import Round, edge_evidence, read_rounds, widened_round
+
+FAST = ["--dataset", "synthetic", "--epochs", "1", "--bits", "16", "--device", "cpu", "--quiet"]
+LR = ("log", 1e-4, 1e-2)
+
+
+@pytest.fixture(autouse=True)
+def tuned_dir(tmp_path, monkeypatch):
+    """Never write into the repository's bench/tuned/."""
+    folder = tmp_path / "tuned"
+    monkeypatch.setenv("BENCH_TUNED_DIR", str(folder))
+    return folder
+
+
+def tune(results: Path, output: Path, trials: int, *extra: str) -> int:
+    return main(["tune", "--methods", "csq", "--trials", str(trials), *FAST, "--results", str(results),
+                 "--output", str(output), *extra])
+
+
+def trial_records(results: Path) -> set[str]:
+    return {p.name for p in (results / "tuning" / "runs" / "synthetic" / "csq").glob("*.json.gz")}
+
+
+def test_a_round_widens_from_its_own_ranges_and_asks_for_extra_trials() -> None:
+    spaces = {"csq": {"lr": LR, "lambda_q": ("log", 1e-5, 1.0)},
+              "dpn": {"lr": LR, "margin": ("float", 0.0, 1.0)}}
+    first = widened_round(None, spaces, [("lr", "high")], trials=32, searched=24, after="x")
+    assert first.ranges == {"lr": ("log", 1e-4, 0.03)}  # x3, stored as 0.03
+    assert first.space(spaces["dpn"]) == {"lr": ("log", 1e-4, 0.03), "margin": ("float", 0.0, 1.0)}
+    again = widened_round(first, spaces, [("lr", "high")], trials=40, searched=24, after="y")
+    assert again.ranges["lr"] == ("log", 1e-4, 0.09)  # from the round's range, not the shared one
+    with pytest.raises(UserError, match="give more than the 32 it has searched"):
+        widened_round(first, spaces, [("lr", "low")], trials=32, searched=24, after="y")
+    with pytest.raises(UserError, match="hard bound"):
+        widened_round(None, spaces, [("margin", "low")], trials=32, searched=24, after="y")
+    with pytest.raises(UserError, match="different ranges"):
+        widened_round(None, {**spaces, "mds": {"lr": ("log", 1e-3, 1e-2)}}, [("lr", "high")], 32, 24, "y")
+
+
+def test_a_range_widens_only_after_an_edge_hit() -> None:
+    entries = [{"method": "csq", "values": {"lr": 0.0095}, "search_space": {"lr": list(LR)}, "trials": 24},
+               {"method": "dpn", "values": {"lr": 0.003}, "search_space": {"lr": list(LR)}, "trials": 20}]
+    after, searched = edge_evidence(entries, [("lr", "high")])
+    assert after == "csq lr 0.0095 at the high edge of [0.0001, 0.01]" and searched == 24
+    with pytest.raises(UserError, match="no entry of this round has lr at its low edge"):
+        edge_evidence(entries, [("lr", "low")])
+
+
+def test_widening_inherits_the_round_adds_the_extra_trials_and_replays(tmp_path) -> None:
+    results, output = tmp_path / "results", tmp_path / "synthetic.yaml"
+    assert tune(results, output, 3) == 0
+    narrow_records = trial_records(results)
+    setting = yaml.safe_load(output.read_text())
+    assert tune(results, output, 4, "--widen", "lr:high") == 2  # csq's lr is not at an edge
+    # Put the chosen lr at the top edge of its range, as OrthoHash's 16-bit search landed.
+    setting["methods"]["csq"]["values"]["lr"] = 0.0098
+    output.write_text(yaml.safe_dump(setting, sort_keys=False))
+    assert tune(results, output, 3, "--widen", "lr:high") == 2  # no extra trials: refused
+
+    assert tune(results, output, 4, "--widen", "lr:high") == 0
+    written = yaml.safe_load(output.read_text())
+    entry, round_ = written["methods"]["csq"], written["widened"]["16b-1e"]
+    assert round_["ranges"] == {"lr": ["log", 0.0001, 0.03]} and round_["trials"] == 4
+    assert round_["after"].startswith("csq lr 0.0098 at the high edge")
+    assert entry["search_space"]["lr"] == ["log", 0.0001, 0.03] and entry["trials"] == 4
+    assert entry["widened_from"]  # the narrow study's three trials were inherited
+    assert len(trial_records(results) - narrow_records) == 1  # only the extra trial trained
+
+    # A replay at the old count searches the round as widened: nothing trains, nothing changes.
+    before = output.read_bytes()
+    assert tune(results, output, 3) == 0
+    assert output.read_bytes() == before and len(trial_records(results) - narrow_records) == 1
+    assert read_rounds(output)["16b-1e"] == Round({"lr": ("log", 0.0001, 0.03)}, 4, round_["after"])
+
+
+def test_fidelity_lists_a_method_left_behind_by_a_widened_round(tmp_path) -> None:
+    from bench.tuning.fidelity import widening_gaps
+
+    space = "    search_space: {lr: [log, 0.0001, 0.03]}\n    bits: 16\n    epochs: 60\n"
+    (tmp_path / "synthetic.yaml").write_text(
+        "dataset: synthetic\nmethods:\n"
+        "  csq:\n    values: {lr: 0.01}\n    trials: 32\n" + space +
+        "  dpn:\n    values: {lr: 0.001}\n    trials: 24\n    search_space: {lr: [log, 0.0001, 0.01]}\n"
+        "    bits: 16\n    epochs: 60\n"
+        "  hclm:\n    values: {lr: 0.001}\n    trials: 24\n    search_space: {lr: [log, 0.0001, 0.01]}\n"
+        "    bits: 32\n    epochs: 60\n"
+        "widened:\n  16b-60e: {ranges: {lr: [log, 0.0001, 0.03]}, trials: 32, after: x}\n")
+    assert widening_gaps(tmp_path) == [
+        "synthetic dpn 16b-60e: 24 trials, lr on the old range; the widened round gives 32 on "
+        "{'lr': ('log', 0.0001, 0.03)}"]
