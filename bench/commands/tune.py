@@ -131,7 +131,7 @@ def execute(args: argparse.Namespace) -> int:
     request = TuneRequest(card=card, bits=bits, trials=trials, epochs=epochs, seed=seed,
                           split_seed=split_seed, jobs=args.jobs, rounds=rounds,
                           pretrained=card.backbone in PRETRAINABLE and not args.no_pretrained)
-    if request.trial_count() != trials:
+    if request.round().ranges:
         print(f"widened round {request.round().after and 'after ' + request.round().after}: "
               f"{request.trial_count()} trials each on {request.round().ranges}", flush=True)
     options = RunOptions(results_dir=results, data_root=args.data_root, device=args.device,
