@@ -186,3 +186,30 @@ def test_folded_encoding_matches_the_trained_network_and_leaves_it_alone() -> No
     assert np.allclose(plain, literal, rtol=0, atol=1e-6)
     assert np.allclose(fast, literal, rtol=1e-4, atol=1e-5)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_a_rewritten_tuned_file_does_not_make_the_code_dirty(tmp_path, monkeypatch) -> None:
+    """`bench tune --commit` rewrites bench/tuned/ while it runs; the records' `dirty` says
+    whether the code differs from the commit, and the tuned file is data with its own sha256."""
+    import subprocess
+
+    import bench.runs.records as records
+
+    for path in ("bench/tuned/card.yaml", "bench/loop.py"):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text("a: 1\n")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(tmp_path)]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "x"], check=True)
+    monkeypatch.setattr(records, "REPO_ROOT", tmp_path)
+
+    def dirty() -> bool:
+        records._GIT_CACHE.clear()
+        return records.code_version()["dirty"]
+
+    monkeypatch.setattr(records, "_GIT_CACHE", {})
+    (tmp_path / "bench/tuned/card.yaml").write_text("a: 2\n")
+    assert dirty() is False
+    (tmp_path / "bench/loop.py").write_text("a: 2\n")
+    assert dirty() is True

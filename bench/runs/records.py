@@ -263,7 +263,9 @@ _GIT_CACHE: dict[str, Any] = {}
 
 
 def code_version() -> dict[str, Any]:
-    """Git commit and whether the tracked code differs from it (cached per process)."""
+    """Git commit and whether the tracked code differs from it (cached per process). The tuned
+    files (bench/tuned/) are data that `bench tune` itself rewrites, and a tuned run's record
+    carries its file's sha256, so they do not make the code dirty."""
     if not _GIT_CACHE:
         def git(*args: str) -> str:
             return subprocess.run(
@@ -273,7 +275,7 @@ def code_version() -> dict[str, Any]:
         try:
             commit = git("rev-parse", "HEAD")
             dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", "bench", "methods",
-                             "datasets", "pyproject.toml"))
+                             "datasets", "pyproject.toml", ":(exclude)bench/tuned"))
         except (OSError, subprocess.SubprocessError):
             commit, dirty = None, None
         _GIT_CACHE.update(
