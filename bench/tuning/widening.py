@@ -54,7 +54,10 @@ def widen(space: dict[str, tuple], hits: list[tuple[str, str]]) -> dict[str, tup
         kind, low, high = space[key]
         if kind == "log":
             # 12 significant digits: 0.01 x 3 is stored as 0.03, not 0.030000000000000002
-            low, high = (float(f"{low / 3:.12g}"), high) if side == "low" else (low, float(f"{high * 3:.12g}"))
+            if side == "low":
+                low = float(f"{low / 3:.12g}")
+            else:
+                high = float(f"{high * 3:.12g}")
         else:
             step = (high - low) / 2
             low, high = (low - step, high) if side == "low" else (low, high + step)
