@@ -362,3 +362,18 @@ def test_main_table_header_names_seeds_and_n(make_record):
     assert "| method | 16 bits (n=3) | 32 bits (n=1) |" in md
     assert "| CSQ | 60.00 [58.76, 61.24] | 60.00 (one seed; no per-query data) |" in md
 
+
+
+def test_a_main_table_names_its_devices_and_a_column_that_mixes_them(make_record):
+    """GPU runs are further samples, not copies: each bit length's column says where it ran once
+    any GPU run counts, and a column mixing devices is named with the methods on each."""
+    records = [*cell(make_record, "crh", 16, 0.7), *cell(make_record, "csq", 16, 0.6),
+               *cell(make_record, "crh", 32, 0.75), *cell(make_record, "csq", 32, 0.65)]
+    cpu_only = render_markdown(build_report(records, claims=load_claims(), published=load_published()))
+    assert "Devices of the counted runs" not in cpu_only
+    for record in records:
+        if record["spec"]["bits"] == 32 or record["spec"]["method"] == "csq":
+            record["environment"].update(device="cuda", gpu="NVIDIA H200")
+    markdown = render_markdown(build_report(records, claims=load_claims(), published=load_published()))
+    assert ("Devices of the counted runs: 16 bits: **mixed**, CPU for CRH; GPU (NVIDIA H200) for CSQ · "
+            "32 bits: GPU (NVIDIA H200).") in markdown

@@ -227,6 +227,39 @@ def reconstruction_notes(table: MainTable) -> list[str]:
             for m in table.methods if (unknowns := _unknowns(table, m))]
 
 
+def device_of(record: dict) -> str:
+    """"CPU", or "GPU (<its name>)": where a run trained, as its record says."""
+    if str(get(record, "environment", "device", default="cpu")).startswith("cuda"):
+        return f"GPU ({get(record, 'environment', 'gpu', default='not recorded')})"
+    return "CPU"
+
+
+def device_notes(table: MainTable) -> list[str]:
+    """Where each bit length's counted runs trained, once any of them trained on a GPU. A GPU
+    run is a further sample of its spec, not a copy of the CPU run (another summation order from
+    the first step), so docs/protocol.md keeps a bit length's paired comparisons on one device;
+    a column that mixes devices is named here, with the methods on each, so it cannot pass
+    unseen."""
+    by_bits: dict[int, dict[str, set[str]]] = {}
+    for (method, bits), cell in sorted(table.cells.items()):
+        if cell.complete:
+            for seed, record in cell.group.runs.items():
+                if seed in cell.expected:
+                    by_bits.setdefault(bits, {}).setdefault(device_of(record), set()).add(method)
+    if all(set(devices) == {"CPU"} for devices in by_bits.values()):
+        return []
+    parts = []
+    for bits, devices in sorted(by_bits.items()):
+        if len(devices) == 1:
+            parts.append(f"{bits} bits: {next(iter(devices))}")
+        else:
+            parts.append(f"{bits} bits: **mixed**, " + "; ".join(
+                f"{device} for {', '.join(method_name(m) for m in sorted(methods))}"
+                for device, methods in sorted(devices.items())))
+    return ["Devices of the counted runs: " + " · ".join(parts) + ". A bit length's paired "
+            "comparisons hold when its column ran on one device (docs/protocol.md, GPU runs)."]
+
+
 def metric_table(doc: Doc, table: MainTable, key: str, title: str, with_margin: bool) -> None:
     """One metric: a row per method, then the floor and chance rows set apart."""
     getter = metric_points(key)
@@ -289,6 +322,7 @@ def main_table(doc: Doc, analysis: Analysis, table: MainTable, published: list[d
     notes.append(f"Chance: the expected score of random ±1 codes on this query set and database "
                  f"({chance_how(table)}; see bench/evaluation/chance.py).")
     notes += reconstruction_notes(table)
+    notes += device_notes(table)
     doc.bullets(notes)
     published_next_to(doc, table, published)
 
