@@ -377,3 +377,32 @@ def test_a_main_table_names_its_devices_and_a_column_that_mixes_them(make_record
     markdown = render_markdown(build_report(records, claims=load_claims(), published=load_published()))
     assert ("Devices of the counted runs: 16 bits: **mixed**, CPU for CRH; GPU (NVIDIA H200) for CSQ · "
             "32 bits: GPU (NVIDIA H200).") in markdown
+
+
+def test_gpu_samples_kept_apart_are_set_beside_their_cpu_twins(make_record):
+    """A GPU record kept outside the tables shares its run id with a CPU run; the device check
+    pairs them by seed: mean GPU − CPU and its t interval, by hand: differences 0.1, 0.2, 0.3
+    points -> mean 0.20, SD 0.10, t(0.975, 2) = 4.303 -> 0.20 ± 0.248."""
+    import copy
+
+    records = cell(make_record, "crh", 64, 0.80) + cell(make_record, "mds", 64, 0.81)
+    samples = []
+    for shift, record in zip((0.001, 0.002, 0.003), records[3:], strict=True):
+        twin = copy.deepcopy(record)
+        twin["environment"].update(device="cuda", gpu="NVIDIA H200")
+        twin["metrics"]["mAP"] += shift
+        samples.append(twin)
+    orphan = make_record("csq", 64, 0, 0.7)
+    orphan["environment"].update(device="cuda", gpu="NVIDIA H200")
+    without = render_markdown(build_report(records, claims=load_claims(), published=load_published()))
+    assert "Device check" not in without
+    report = build_report(records, claims=load_claims(), published=load_published(),
+                          gpu_samples=[*samples, orphan])
+    markdown = render_markdown(report)
+    assert "## Device check" in markdown and "4 GPU record(s)" in markdown
+    section = markdown.split("## Device check")[1].split("\n## ")[0]
+    (row,) = [line for line in section.splitlines() if line.startswith("| fashion-mnist") and "MDS" in line]
+    assert "| MDS | 64 | NVIDIA H200 | 3 | +0.20 [-0.05, +0.45] |" in row
+    assert row.endswith("| 0.10 | 0.20 |")  # SD of differences; seed SD of the CPU cell (0.2 points)
+    (check,) = report.device_checks
+    assert check.method == "mds" and sorted(check.gpu) == [0, 1, 2]

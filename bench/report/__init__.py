@@ -36,6 +36,8 @@ from bench.report.attacks import SECTION as ATTACK_SECTION
 from bench.report.attacks import AttackView, attack_numbers, attack_section, attack_views, load_attacks
 from bench.report.budget import budget_section
 from bench.report.claims import ClaimResult, evaluate_claims, load_claims
+from bench.report.devices import GPU_SAMPLES, DeviceCheck, device_checks, device_numbers, device_section
+from bench.report.devices import SECTION as DEVICE_SECTION
 from bench.report.document import Block, Doc, FigurePlan, anchor
 from bench.report.figures import render_figure
 from bench.report.frame import claims_frame, runs_csv
@@ -93,6 +95,7 @@ class Report:
     attack_views: list[AttackView] = field(default_factory=list)
     grade_changes: list[GradeChange] = field(default_factory=list)
     tuned: dict[str, dict] = field(default_factory=dict)
+    device_checks: list[DeviceCheck] = field(default_factory=list)
 
     def markdown(self) -> str:
         return render_markdown(self.blocks)
@@ -131,11 +134,12 @@ def build_report(records: Sequence[dict], problems: Sequence[str] = (), claims: 
                  published: Sequence[dict] | None = None, results_version: Any = RESULTS_VERSION,
                  trials: Sequence[dict] = (), tuned: dict[str, dict] | None = None,
                  timing: dict[str, Any] | None = None, attacks: Sequence[dict] = (),
-                 history: dict[str, Any] | None = None) -> Report:
+                 history: dict[str, Any] | None = None, gpu_samples: Sequence[dict] = ()) -> Report:
     """The whole report as data: a pure function of its arguments (`trials`: tuning trial
     records; `tuned`: card -> parsed tuned setting; `timing`: the `bench perf cost` files
     graded, bench.report.timing.timing_details; `attacks`: the attack results,
-    bench.report.attacks.load_attacks; `history`: the v2 grades, bench.report.history)."""
+    bench.report.attacks.load_attacks; `history`: the v2 grades, bench.report.history;
+    `gpu_samples`: GPU records kept outside the tables, bench.report.devices)."""
     claims = load_claims() if claims is None else claims
     published = load_published() if published is None else list(published)
     analysis = analyze(records, problems, results_version)
@@ -147,7 +151,11 @@ def build_report(records: Sequence[dict], problems: Sequence[str] = (), claims: 
     extra = [*([ATTACK_SECTION] if views or unmatched else []),
              *([UNSUPERVISED_SECTION] if analysis.unsupervised else [])]
     at = SECTIONS.index("Main comparison") + 1
+    checks = device_checks(analysis, gpu_samples)
     sections = (*SECTIONS[:at], *extra, *SECTIONS[at:])
+    if gpu_samples:  # right before Data quality, where it is written
+        quality_at = sections.index("Data quality")
+        sections = (*sections[:quality_at], DEVICE_SECTION, *sections[quality_at:])
     changes = grade_changes(verdicts, history, claims)
     if changes:  # right after the claims it annotates
         sections = (sections[0], HISTORY_SECTION, *sections[1:])
@@ -167,9 +175,10 @@ def build_report(records: Sequence[dict], problems: Sequence[str] = (), claims: 
     cost(doc, analysis)
     isolated_timing_section(doc, timing or timing_details(()))
     published_section(doc, analysis, list(published))
+    device_section(doc, checks, len(gpu_samples))
     quality(doc, analysis)
     appendix(doc, analysis)
-    return Report(doc.blocks, doc.figures, verdicts, analysis, frame, views, changes, tuned or {})
+    return Report(doc.blocks, doc.figures, verdicts, analysis, frame, views, changes, tuned or {}, checks)
 
 
 def render_figures(report: Report) -> dict[str, bytes]:
@@ -229,7 +238,7 @@ def write_report(report: Report, out_dir: Path, images: dict[str, bytes] | None 
     numbers = report_numbers(report.analysis, report.verdicts)
     numbers = dict(sorted({**numbers, **attack_numbers(report.analysis, report.attack_views),
                            **history_numbers(report.grade_changes),
-                           **transfer_numbers(report.tuned)}.items()))
+                           **transfer_numbers(report.tuned), **device_numbers(report.device_checks)}.items()))
     (out_dir / "numbers.json").write_text(json.dumps(numbers, indent=1, sort_keys=True, ensure_ascii=False)
                                           + "\n")
     return Written(markdown, page, tuple(written), tuple(report.verdicts), runs)
@@ -247,9 +256,11 @@ def generate(results_dir: Path, out_dir: Path, claims_file: Path = CLAIMS_FILE,
     trials, trial_problems = load_for_report(results_dir, TRIALS_FOLDER)
     timing = timing_details(*load_timing(results_dir))
     attacks, attack_problems = load_attacks(results_dir)
-    report = build_report(records, problems + trial_problems + attack_problems, load_claims(claims_file),
-                          load_published(published_file), trials=trials, tuned=load_tuned_settings(),
-                          timing=timing, attacks=attacks, history=load_history(results_dir))
+    samples, sample_problems = load_for_report(results_dir, GPU_SAMPLES)
+    report = build_report(records, problems + trial_problems + attack_problems + sample_problems,
+                          load_claims(claims_file), load_published(published_file), trials=trials,
+                          tuned=load_tuned_settings(), timing=timing, attacks=attacks,
+                          history=load_history(results_dir), gpu_samples=samples)
     return write_report(report, out_dir)
 
 
