@@ -166,7 +166,8 @@ def execute(args: argparse.Namespace) -> int:
         print(f"error: tuning stopped early: {error}; rerun the same command to resume", file=sys.stderr)
         return 1
     path = write()
-    print(f"tuned setting written: {path} ({', '.join(methods)} at {bits} bits, {trials} trials each)")
+    print(f"tuned setting written: {path} ({', '.join(methods)} at {bits} bits, "
+          f"{request.trial_count()} trials each)")
     if not args.commit and not args.output:
         print(f"  `--protocol tuned` reads {tuned_path(card.name)}: rerun with --commit to write it "
               f"there, or set BENCH_TUNED_DIR={path.parent} to use this file")
