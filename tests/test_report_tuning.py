@@ -92,3 +92,15 @@ def test_transfer_numbers_and_section_print_points():
 def test_no_transfer_check_no_section():
     assert "Transfer checks" not in build_report([], tuned=SETTING).markdown()
     assert transfer_numbers(SETTING) == {}
+
+
+def test_a_widened_round_is_named_above_its_table():
+    trials = [trial("default", 1e-3, 1e-4, 0.75, 0.74), trial("best", 0.002, 0.01, 0.80, 0.78)]
+    widened = {**SETTING["fashion-mnist"], "widened": {"32b-30e": {
+        "ranges": {"lr": ["log", 1e-4, 0.03]}, "trials": 3, "after": "csq lr 0.0029 at the high edge"}}}
+    report = build_report([], trials=trials, tuned={"fashion-mnist": widened})
+    section = report.markdown().split("## Tuning")[1]
+    assert ("A widened round (after an edge hit: csq lr 0.0029 at the high edge): lr on [0.0001, 0.03] for "
+            "every method searched here, 3 trials each") in section
+    other = {**widened, "widened": {"16b-30e": widened["widened"]["32b-30e"]}}  # another round
+    assert "widened round" not in build_report([], trials=trials, tuned={"fashion-mnist": other}).markdown()

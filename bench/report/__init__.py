@@ -268,6 +268,7 @@ def load_tuned_settings(folder: Path | None = None) -> dict[str, dict]:
     """card -> {"methods": ...} for every bench/tuned/<card>.yaml (or `folder`'s), read by the
     loader the tuned protocol uses; a file that loader refuses is left out of the report."""
     from bench.runs.spec import load_tuned, tuned_dir
+    from bench.tuning.widening import read_rounds
 
     folder = Path(folder) if folder is not None else tuned_dir()
     settings = {}
@@ -278,4 +279,7 @@ def load_tuned_settings(folder: Path | None = None) -> dict[str, dict]:
             continue
         if setting is not None:
             settings[path.stem] = {"dataset": path.stem, "methods": setting.methods}
+            rounds = read_rounds(path)
+            if rounds:  # a round widened after an edge hit (bench.tuning.widening)
+                settings[path.stem]["widened"] = {key: r.as_yaml() for key, r in rounds.items()}
     return settings

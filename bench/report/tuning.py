@@ -100,6 +100,13 @@ def tuning_section(doc: Doc, trials: Sequence[dict], settings: dict[str, dict]) 
         in_card = [r for r in rows if (r["card"], r["bits"] or 0, r["epochs"] or 0) == (card, bits, epochs)]
         doc.h(3, f"{card}: {in_card[0]['trials']} trials per method at {in_card[0]['bits']} bits, "
                  f"{in_card[0]['epochs']} epochs")
+        widened = ((settings.get(card) or {}).get("widened") or {}).get(f"{bits}b-{epochs}e")
+        if widened:
+            ranges = ", ".join(f"{key} on [{spec[1]:g}, {spec[2]:g}]"
+                               for key, spec in widened["ranges"].items())
+            doc.p(f"A widened round (after an edge hit: {widened['after']}): {ranges} for every method "
+                  f"searched here, {widened['trials']} trials each; the narrower study's trials were "
+                  "inherited, so the extra trials were the only new runs.")
         doc.table(("method", "searched", "chosen", "validation: default", "validation: tuned", "gain",
                    "test: default", "test: tuned", "gain"),
                   ((method_name(r["method"]), f"{len(r['space'])}: " + ", ".join(sorted(r["space"])),
