@@ -206,9 +206,10 @@ def search_one(method: str, request: Any, options: Any, targets: list[int],
 
         verdicts = check_transfer(outcome, sequential, targets, options, seeds=transfer_seeds, log=log)
         for target in sorted(b for b, verdict in verdicts.items() if not verdict["within_spread"]):
-            log(f"{method}: searching at {target} bits too, as at {request.bits} ({request.trials} trials)")
-            own_searches.append((target, tune_method(method, dataclasses.replace(sequential, bits=target),
-                                                     options, log=log)))
+            there = dataclasses.replace(sequential, bits=target)
+            log(f"{method}: searching at {target} bits too, as at {request.bits} ({there.trial_count()} "
+                f"trials{', a widened round' if there.round().ranges else ''})")
+            own_searches.append((target, tune_method(method, there, options, log=log)))
     return outcome, verdicts, own_searches
 
 
