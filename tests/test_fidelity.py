@@ -239,11 +239,16 @@ def test_budget_mismatch_is_refused_in_one_line(capsys, tmp_path, monkeypatch) -
     assert not (tmp_path / "results" / "runs").exists()
 
 
-def test_dry_run_of_a_mismatched_table_lists_it_with_a_note(capsys, tmp_path) -> None:
-    """main-table (tuned, 60 epochs) is refused until searched at 60 epochs; its dry run still
-    lists the runs, and says so."""
+def test_dry_run_of_a_mismatched_table_lists_it_with_a_note(capsys, tmp_path, monkeypatch) -> None:
+    """main-table (tuned, 60 epochs) is refused while the method's only entry was searched at 30
+    epochs; its dry run still lists the runs, and says so. (Its own tuned file, so that the test
+    does not depend on how far the committed searches have come.)"""
+    monkeypatch.setenv("BENCH_TUNED_DIR", str(tmp_path / "tuned"))
+    (tmp_path / "tuned").mkdir()
+    (tmp_path / "tuned" / "fashion-mnist.yaml").write_text(
+        "dataset: fashion-mnist\nmethods:\n  csq:\n" + ENTRY + "    bits: 32\n    epochs: 30\n")
     code = main(["run", "--experiment", "main-table", "--methods", "csq", "--seeds", "0", "--dry-run",
-                 "--results", str(tmp_path)])
+                 "--results", str(tmp_path / "results")])
     out = capsys.readouterr().out
     assert code == 0
     assert out.startswith("note: a real run would refuse: protocol tuned:") and "60 epochs" in out
