@@ -23,7 +23,7 @@ from bench.report.analysis import Analysis
 from bench.report.document import Doc
 from bench.report.groups import scope_of
 from bench.report.stats import PairedTest, paired_test
-from bench.report.util import fmt_p, get, method_name, seed_of
+from bench.report.util import fmt_p, get, method_name, on_gpu, seed_of
 
 SECTION = "Device check"
 GPU_SAMPLES = "gpu-samples/runs"  # under the results folder
@@ -49,18 +49,14 @@ class DeviceCheck:
         return float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
 
 
-def _on_gpu(record: dict) -> bool:
-    return str(get(record, "environment", "device", default="cpu")).startswith("cuda")
-
-
 def device_checks(analysis: Analysis, samples: Sequence[dict]) -> list[DeviceCheck]:
     """Pair each complete GPU sample with the counted CPU record of the same run id."""
-    counted = {r["run_id"]: r for r in analysis.included if not _on_gpu(r)}
+    counted = {r["run_id"]: r for r in analysis.included if not on_gpu(r)}
     pairs: dict[tuple, dict[str, dict[int, float]]] = {}
     names: dict[tuple, str] = {}
     for sample in samples:
         twin = counted.get(sample.get("run_id"))
-        if sample.get("status") != "complete" or not _on_gpu(sample) or twin is None:
+        if sample.get("status") != "complete" or not on_gpu(sample) or twin is None:
             continue
         spec = twin["spec"]
         key = (str(spec["dataset"]), analysis.scope_label(scope_of(twin)), str(spec["method"]),

@@ -22,7 +22,16 @@ from bench.report.groups import Cell, Scope
 from bench.report.stats import ALPHA, Stat, equivalence_test, holm_adjusted, paired_test
 from bench.report.tables import chance_value
 from bench.report.unsupervised import supervised_reference
-from bench.report.util import FLOOR_METHOD, fmt_p, get, method_name, metric_points, num, precision_metric
+from bench.report.util import (
+    FLOOR_METHOD,
+    fmt_p,
+    get,
+    method_name,
+    metric_points,
+    num,
+    on_gpu,
+    precision_metric,
+)
 from bench.report.variants import variant_numbers
 from bench.runs.spec import PER_SEED
 
@@ -258,8 +267,7 @@ def environment_numbers(analysis: Analysis) -> dict[str, str]:
     versions are joined by " / ")."""
     by_kind: dict[str, list[dict]] = {}
     for record in analysis.included:
-        device = str(get(record, "environment", "device", default="cpu"))
-        by_kind.setdefault("cuda" if device.startswith("cuda") else "cpu", []).append(record)
+        by_kind.setdefault("cuda" if on_gpu(record) else "cpu", []).append(record)
     out: dict[str, str] = {}
     for kind, records in sorted(by_kind.items()):
         out[f"env.{kind}.runs"] = str(len(records))

@@ -30,6 +30,7 @@ from bench.report.util import (
     get,
     method_name,
     metric_points,
+    on_gpu,
     per_query_ap,
     plural,
     precision_metric,
@@ -229,7 +230,7 @@ def reconstruction_notes(table: MainTable) -> list[str]:
 
 def device_of(record: dict) -> str:
     """"CPU", or "GPU (<its name>)": where a run trained, as its record says."""
-    if str(get(record, "environment", "device", default="cpu")).startswith("cuda"):
+    if on_gpu(record):
         return f"GPU ({get(record, 'environment', 'gpu', default='not recorded')})"
     return "CPU"
 

@@ -13,6 +13,7 @@ from typing import Any
 from bench.report.document import Doc, Table
 from bench.report.render import render_markdown
 from bench.report.util import get, method_name, method_sort_key, num
+from bench.tuning.widening import round_key
 
 
 def default_trial(trials: Sequence[dict], card: str, method: str, entry: dict) -> dict | None:
@@ -100,7 +101,7 @@ def tuning_section(doc: Doc, trials: Sequence[dict], settings: dict[str, dict]) 
         in_card = [r for r in rows if (r["card"], r["bits"] or 0, r["epochs"] or 0) == (card, bits, epochs)]
         doc.h(3, f"{card}: {in_card[0]['trials']} trials per method at {in_card[0]['bits']} bits, "
                  f"{in_card[0]['epochs']} epochs")
-        widened = ((settings.get(card) or {}).get("widened") or {}).get(f"{bits}b-{epochs}e")
+        widened = ((settings.get(card) or {}).get("widened") or {}).get(round_key(bits, epochs))
         if widened:
             ranges = ", ".join(f"{key} on [{spec[1]:g}, {spec[2]:g}]"
                                for key, spec in widened["ranges"].items())

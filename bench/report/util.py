@@ -59,6 +59,11 @@ def get(data: Any, *keys: str, default: Any = None) -> Any:
     return data
 
 
+def on_gpu(record: dict) -> bool:
+    """The run trained on a CUDA device, as its record's environment says (CPU when unsaid)."""
+    return str(get(record, "environment", "device", default="cpu")).startswith("cuda")
+
+
 def num(value: Any) -> float:
     """A finite float, or NaN for missing / null / non-numeric values."""
     if isinstance(value, bool) or value is None:
