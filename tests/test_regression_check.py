@@ -87,6 +87,31 @@ def test_a_bare_run_trains_at_the_budget_of_the_cards_table(capsys) -> None:
     assert "[epochs=7]" in out and "budget:" not in out
 
 
+@pytest.mark.parametrize("table", ["main-table", "main-table-v3"])
+def test_a_bare_run_is_seed_0_of_the_cards_table(table: str, capsys, monkeypatch) -> None:
+    """The bare command's run is the table's own seed-0 run (same run id), whether the declared
+    table splits once (v2) or per seed (v3); --split-seed still chooses."""
+    import dataclasses
+
+    import bench.data.loading as loading
+    from bench.cli import main
+
+    real = loading.load_card
+    monkeypatch.setattr(loading, "load_card",
+                        lambda name, *a, **k: dataclasses.replace(real(name, *a, **k), table=table))
+
+    def run_ids(argv: list[str]) -> list[str]:
+        assert main(["run", *argv, "--dry-run"]) == 0
+        out = capsys.readouterr().out
+        return [line.rsplit("/", 1)[-1] for line in out.splitlines() if line.startswith(("todo", "done"))]
+
+    bare = run_ids(["--methods", "crh", "--bits", "32"])
+    assert len(bare) == 1
+    assert bare == run_ids(["--experiment", table, "--methods", "crh", "--bits", "32", "--seeds", "0"])
+    other = "3" if table == "main-table" else "0"
+    assert bare != run_ids(["--methods", "crh", "--bits", "32", "--split-seed", other])
+
+
 def test_the_printed_check_names_the_prediction_interval(committed: Path, capsys) -> None:
     from bench.sweeps.summary import print_regression
 

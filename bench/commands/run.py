@@ -131,19 +131,33 @@ def parse_settings(items: list[str]) -> dict[str, str]:
     return settings
 
 
-def table_budget(args: argparse.Namespace, card: Any) -> None:
-    """A bare run trains at the epoch budget of the card's primary table (`table:` in the card),
-    so that its cells can be set beside the committed table's; --epochs or --set epochs=
-    choose another budget."""
+def table_budget(args: argparse.Namespace, card: Any) -> int | str | None:
+    """A bare run is a cell of the card's primary table (`table:` in the card), so that its cells
+    can be set beside the committed table's: it trains at the table's epoch budget (--epochs or
+    --set epochs= choose another) and, unless --split-seed is given, on the table's split rule
+    (returned; None when the card declares no table), since a per-seed table's seed 0 is a
+    different run from seed 0 on the fixed split."""
     from bench.sweeps.experiments import load_experiment
 
-    if not card.table or args.epochs is not None or "epochs" in parse_settings(args.settings):
-        return
-    epochs = load_experiment(card.table).settings.get("epochs")
-    if epochs is not None:
-        args.epochs = int(epochs)
-        args.table_note = (f"budget: {epochs} epochs, the budget of {card.name}'s table "
-                           f"'{card.table}' (--epochs to change)")
+    if not card.table:
+        return None
+    table = load_experiment(card.table)
+    notes = []
+    if args.epochs is None and "epochs" not in parse_settings(args.settings):
+        epochs = table.settings.get("epochs")
+        if epochs is not None:
+            args.epochs = int(epochs)
+            notes.append(f"budget: {epochs} epochs, the budget of {card.name}'s table "
+                         f"'{card.table}' (--epochs to change)")
+    split_seed = None
+    if args.split_seed is None:
+        split_seed = table.split_seed
+        if split_seed != 0:  # the default's note would only repeat it
+            notes.append(f"split: {split_seed}, the split rule of '{card.table}' "
+                         f"(--split-seed to change)")
+    if notes:
+        args.table_note = "\n".join(notes)
+    return split_seed
 
 
 def budget_epochs(args: argparse.Namespace, experiment: Any, card: Any) -> int | None:
@@ -226,7 +240,8 @@ def _build_unit(args: argparse.Namespace, experiment: Any) -> list:
     dataset = args.dataset or (experiment.dataset if experiment else "fashion-mnist")
     card = load_card(dataset)
     if experiment is None:
-        table_budget(args, card)
+        table_split = table_budget(args, card)
+        split_seed = split_seed if table_split is None else table_split
     protocol = args.protocol or (experiment.protocol if experiment else None)
     epochs = budget_epochs(args, experiment, card)
     if protocol is None:
