@@ -1,10 +1,12 @@
 #!/bin/bash
 # One batch of reproduction v3 (issues 26 and 32) on a lent machine: one H200 shared by every
 # process, 16 cores, one CPU thread per process. Deadline-bound; everything it starts resumes.
-#   phase 1  the primary Fashion-MNIST table's 32-bit cells, 10 per-seed splits (main-table-v3):
-#            the 60-epoch search's 32-bit values are final, so these cells come first;
-#   phase 2  the same table at the lengths whose transfer check holds in the committed tuned
-#            file (V3_16, V3_64 name the methods; a method still owed a check is refused there);
+#   phase 1  what belongs on the GPU because its table's column ran there: the 32-bit CRH
+#            ablations (crh-ablations-v3: reassign=never and heads=1, 10 per-seed splits), whose
+#            other side is main-table-v3's 32-bit CRH cell, run on a lent H200. PHASE1 names the
+#            `bench run` arguments; the batch sends no records, so never name a committed cell;
+#   phase 2  main-table-v3 at 16 or 64 bits for the methods V3_16, V3_64 name (none by default:
+#            those lengths run whole on the 2-core machine's CPU, see results/README.md);
 #   phase 3  the multi-label card's equal-budget search at its table budget (30 epochs, shared
 #            ranges, 24 trials, then the transfer check to 16 and 64 bits), one process per
 #            method, 2 trials at a time, until the deadline (the studies resume on any machine).
@@ -22,8 +24,9 @@ DEADLINE=${DEADLINE:-530}
 RESULTS=${RESULTS:-results}
 DEVICE=${DEVICE:-cuda}
 JOBS=${JOBS:-16}
-V3_16=${V3_16:-crh,mds}
-V3_64=${V3_64:-mds}
+PHASE1=${PHASE1:---experiment crh-ablations-v3 --bits 32}
+V3_16=${V3_16:-}
+V3_64=${V3_64:-}
 RUN_EXTRA=${RUN_EXTRA:-}
 MULTI_DATASET=${MULTI_DATASET:-fashion-mnist-multi}
 MULTI_METHODS=${MULTI_METHODS:-crh,csq,dpn,hashnet,shc,orthohash,mds,hclm,classify-then-hash}
@@ -42,9 +45,10 @@ mark_start
 stamp "batch start on $(nproc) cores:$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" | tee -a "$LOGS/batch.log"
 
-run_part v3-32 --experiment main-table-v3 --bits 32 --jobs "$JOBS"
-run_part v3-16 --experiment main-table-v3 --bits 16 --methods "$V3_16" --jobs 10 &
-run_part v3-64 --experiment main-table-v3 --bits 64 --methods "$V3_64" --jobs 6 &
+# shellcheck disable=SC2086  # PHASE1 is a list of arguments
+run_part phase1 $PHASE1 --jobs "$JOBS"
+[ -z "$V3_16" ] || run_part v3-16 --experiment main-table-v3 --bits 16 --methods "$V3_16" --jobs 10 &
+[ -z "$V3_64" ] || run_part v3-64 --experiment main-table-v3 --bits 64 --methods "$V3_64" --jobs 6 &
 wait
 
 if [ "$(left)" -gt 60 ]; then
