@@ -72,6 +72,25 @@ def test_a_batch_of_new_seeds_is_not_its_own_reference(committed: Path) -> None:
     assert set(frame["check"]) == {"no committed cell for this configuration"}
 
 
+def test_per_seed_splits_of_one_configuration_are_one_cell(tmp_path: Path) -> None:
+    """In a per-seed table each seed has its own split seed; the seeds still form one cell
+    (a fixed split of another seed would not)."""
+    folder = tmp_path / "committed"
+
+    def per_seed(seed: int, value: float) -> dict:
+        r = record(seed, value)
+        r["spec"].update(split_seed=seed, split_rule="per-seed")
+        return r
+
+    for seed, value in enumerate((0.80, 0.81, 0.82)):
+        write_record(folder / "runs" / "fashion-mnist" / "crh" / f"s{seed}.json.gz", per_seed(seed, value))
+    row = regression_frame([per_seed(3, 0.81)], folder, same_folder=False).iloc[0]
+    assert row.n == 3 and row["mean"] == pytest.approx(0.81)
+    fixed = record(3, 0.81)
+    fixed["spec"]["split_seed"] = 3
+    assert regression_frame([fixed], folder, same_folder=False).iloc[0].n == 0
+
+
 def test_a_bare_run_trains_at_the_budget_of_the_cards_table(capsys) -> None:
     """`bench run --methods crh` on Fashion-MNIST is a cell of main-table (60 epochs), not of
     the card's 30-epoch schedule; --epochs still chooses."""

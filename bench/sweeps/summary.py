@@ -53,13 +53,16 @@ PREDICTION_LEVEL = 0.95
 
 def cell_key(record: dict) -> tuple:
     """What makes two runs the same configuration up to the seed: card, method, bits, protocol,
-    split seed, pretrained flag and the identifying part of the resolved configuration."""
+    split (the fixed split's seed, or the per-seed rule: there each seed's split seed is the seed
+    itself, which is part of what a seed replicates), pretrained flag and the identifying part of
+    the resolved configuration."""
     from bench.runs.identity import canonical_json
-    from bench.runs.spec import config_identity
+    from bench.runs.spec import PER_SEED, config_identity
 
     spec = record["spec"]
+    split = PER_SEED if spec.get("split_rule") == PER_SEED else spec.get("split_seed")
     return (spec["dataset"], spec["method"], int(spec["bits"]), spec["protocol"],
-            spec.get("split_seed"), bool(spec.get("pretrained")),
+            split, bool(spec.get("pretrained")),
             canonical_json(config_identity(record.get("config") or {})))
 
 
