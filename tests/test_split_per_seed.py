@@ -55,6 +55,9 @@ def test_per_seed_runs_train_on_their_own_split(tmp_path: Path, one_thread, caps
     assert fixed == 0
     scopes = {scope_of(read_record(p)) for p in (tmp_path / "runs" / "synthetic" / "csq").glob("*.json.gz")}
     assert len(scopes) == 2  # the fixed split's table is another table
+    both = [read_record(p) for p in sorted((tmp_path / "runs" / "synthetic" / "csq").glob("*.json.gz"))]
+    assert replication_unit(pd.DataFrame({"record": both})) == (
+        "seed (init + data order, and the split in the per-seed tables; elsewhere split fixed (0))")
 
 
 @pytest.mark.parametrize("value, expected", [("x", "--split-seed 'x' is not valid"),

@@ -245,20 +245,27 @@ DESIGN = ("family = claim x card x designated table; one-sided t over seeds; a c
           "over the family; other tables are also measured, not graded")
 SPLIT_FIXED = "seed (init + data order), split fixed ({split})"
 PER_SEED_SPLIT = "seed (init + data order + split)"
+MIXED_SPLIT = ("seed (init + data order, and the split in the per-seed tables; "
+               "elsewhere split fixed ({split}))")
 
 
 def replication_unit(frame: pd.DataFrame) -> str:
-    """What one seed replicates: the split too only when every counted run drew its split
-    from its seed (split_seed: per-seed)."""
+    """What one seed replicates: the split too where a run drew its split from its seed
+    (split_seed: per-seed); when the report holds both kinds of table, it says so, naming the
+    fixed splits (a per-seed run's split seed is its seed, not a fixed split)."""
     if frame.empty:
         return SPLIT_FIXED.format(split=0)
-    if all((r["spec"] or {}).get("split_rule") == PER_SEED for r in frame.record):
+    per_seed = [(r["spec"] or {}).get("split_rule") == PER_SEED for r in frame.record]
+    if all(per_seed):
         return PER_SEED_SPLIT
-    pairs = {(int(r["spec"].get("seed", 0)), int(r["spec"].get("split_seed", 0))) for r in frame.record}
+    fixed = [r for r, own in zip(frame.record, per_seed, strict=True) if not own]
+    pairs = {(int(r["spec"].get("seed", 0)), int(r["spec"].get("split_seed", 0))) for r in fixed}
+    splits = "/".join(map(str, sorted({s for _, s in pairs})))
+    if any(per_seed):
+        return MIXED_SPLIT.format(split=splits)
     if all(seed == split for seed, split in pairs) and len({s for _, s in pairs}) > 1:
-        return PER_SEED_SPLIT
-    splits = sorted({s for _, s in pairs})
-    return SPLIT_FIXED.format(split="/".join(map(str, splits)))
+        return PER_SEED_SPLIT  # records from before split_rule was recorded
+    return SPLIT_FIXED.format(split=splits)
 
 
 @dataclass(frozen=True)
