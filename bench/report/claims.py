@@ -27,7 +27,7 @@ from bench.report.verdicts import (
     comparison_line,
     regime_of,
 )
-from bench.runs.spec import PER_SEED
+from bench.runs.spec import PER_SEED, split_of
 from bench.training.work import record_work
 
 REASSIGN_KEYS = ("reassign", "reassign_every", "reassign_warmup")
@@ -255,7 +255,7 @@ def replication_unit(frame: pd.DataFrame) -> str:
     fixed splits (a per-seed run's split seed is its seed, not a fixed split)."""
     if frame.empty:
         return SPLIT_FIXED.format(split=0)
-    per_seed = [(r["spec"] or {}).get("split_rule") == PER_SEED for r in frame.record]
+    per_seed = [split_of(r["spec"]) == PER_SEED for r in frame.record]
     if all(per_seed):
         return PER_SEED_SPLIT
     fixed = [r for r, own in zip(frame.record, per_seed, strict=True) if not own]

@@ -22,7 +22,7 @@ from typing import Any
 from bench.errors import UserError
 from bench.report.stats import Stat
 from bench.report.util import get, jsonable, method_sort_key
-from bench.runs.spec import PER_SEED
+from bench.runs.spec import PER_SEED, split_of
 
 UNSUPERVISED = "unsupervised"  # the scope setting `regime` of runs whose training saw no labels
 # Training settings shared by all methods: an overridden one is part of a run's scope.
@@ -88,7 +88,7 @@ def scope_of(record: dict) -> Scope:
             if key == "eval_every" and config[key] == _schedule_eval_every(spec, config):
                 continue  # an override equal to the card's cadence changes nothing: same table
             settings[key] = config[key]
-    per_seed = spec.get("split_rule") == PER_SEED
+    per_seed = split_of(spec) == PER_SEED
     for key, default in _SCOPE_SPEC_DEFAULTS:
         if key == "split_seed" and per_seed:
             continue  # it follows the seed: one table over seeds, each on its own split

@@ -52,6 +52,13 @@ PER_SEED = "per-seed"  # the split rule (and `split_seed` value) of a run whose 
 SPLIT_RULES = ("fixed", PER_SEED)
 
 
+def split_of(spec: dict | None) -> int | str:
+    """A stored spec's split: PER_SEED when each seed draws its own (its split seed is then the
+    seed, so not what sets two runs apart), else the fixed split's seed (0 when unrecorded)."""
+    spec = spec or {}
+    return PER_SEED if spec.get("split_rule") == PER_SEED else spec.get("split_seed", 0)
+
+
 @dataclass(frozen=True)
 class RunSpec:
     method: str

@@ -57,12 +57,11 @@ def cell_key(record: dict) -> tuple:
     itself, which is part of what a seed replicates), pretrained flag and the identifying part of
     the resolved configuration."""
     from bench.runs.identity import canonical_json
-    from bench.runs.spec import PER_SEED, config_identity
+    from bench.runs.spec import config_identity, split_of
 
     spec = record["spec"]
-    split = PER_SEED if spec.get("split_rule") == PER_SEED else spec.get("split_seed")
     return (spec["dataset"], spec["method"], int(spec["bits"]), spec["protocol"],
-            split, bool(spec.get("pretrained")),
+            split_of(spec), bool(spec.get("pretrained")),
             canonical_json(config_identity(record.get("config") or {})))
 
 
