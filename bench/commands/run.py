@@ -131,16 +131,15 @@ def parse_settings(items: list[str]) -> dict[str, str]:
     return settings
 
 
-def table_budget(args: argparse.Namespace, card: Any) -> int | str | None:
+def table_budget(args: argparse.Namespace, card: Any) -> None:
     """A bare run is a cell of the card's primary table (`table:` in the card), so that its cells
     can be set beside the committed table's: it trains at the table's epoch budget (--epochs or
-    --set epochs= choose another) and, unless --split-seed is given, on the table's split rule
-    (returned; None when the card declares no table), since a per-seed table's seed 0 is a
-    different run from seed 0 on the fixed split."""
+    --set epochs= choose another) and on its split rule (--split-seed chooses another), since a
+    per-seed table's seed 0 is a different run from seed 0 on the fixed split."""
     from bench.sweeps.experiments import load_experiment
 
     if not card.table:
-        return None
+        return
     table = load_experiment(card.table)
     notes = []
     if args.epochs is None and "epochs" not in parse_settings(args.settings):
@@ -149,15 +148,13 @@ def table_budget(args: argparse.Namespace, card: Any) -> int | str | None:
             args.epochs = int(epochs)
             notes.append(f"budget: {epochs} epochs, the budget of {card.name}'s table "
                          f"'{card.table}' (--epochs to change)")
-    split_seed = None
     if args.split_seed is None:
-        split_seed = table.split_seed
-        if split_seed != 0:  # the default's note would only repeat it
-            notes.append(f"split: {split_seed}, the split rule of '{card.table}' "
+        args.split_seed = str(table.split_seed)
+        if table.split_seed != 0:  # the default's note would only repeat it
+            notes.append(f"split: {table.split_seed}, the split rule of '{card.table}' "
                          f"(--split-seed to change)")
     if notes:
         args.table_note = "\n".join(notes)
-    return split_seed
 
 
 def budget_epochs(args: argparse.Namespace, experiment: Any, card: Any) -> int | None:
@@ -236,12 +233,11 @@ def _build_unit(args: argparse.Namespace, experiment: Any) -> list:
         experiment.bits if experiment else (16, 32, 64))
     seeds = parse_int_list(args.seeds, "--seeds", 0, "0,1,2") if args.seeds is not None else list(
         experiment.seeds if experiment else (0,))
-    split_seed = parse_split_seed(args.split_seed, experiment)
     dataset = args.dataset or (experiment.dataset if experiment else "fashion-mnist")
     card = load_card(dataset)
     if experiment is None:
-        table_split = table_budget(args, card)
-        split_seed = split_seed if table_split is None else table_split
+        table_budget(args, card)
+    split_seed = parse_split_seed(args.split_seed, experiment)
     protocol = args.protocol or (experiment.protocol if experiment else None)
     epochs = budget_epochs(args, experiment, card)
     if protocol is None:
