@@ -39,18 +39,15 @@ def test_the_v2_multi_label_tuned_table_reruns_from_its_archived_setting(
     v3's search has the same budget, so it replaces them in bench/tuned/fashion-mnist-multi.yaml;
     the v2 file is kept byte for byte in bench/tuned/v2/, and pointing BENCH_TUNED_DIR there
     plans exactly the committed runs again (same ids: every one listed as done)."""
-    import gzip
     import hashlib
-    import json
 
     from bench.cli import main
+    from bench.runs.records import read_record
 
     archive = REPO / "bench" / "tuned" / "v2"
-    provenances = []
     folder = REPO / "results" / "runs" / "fashion-mnist-multi" / "crh"
-    for record in folder.glob("crh-32b-s0-tuned-*.json.gz"):
-        with gzip.open(record, "rt") as handle:
-            provenances.append(json.load(handle)["config"]["tuned_setting"])
+    provenances = [read_record(path)["config"]["tuned_setting"]
+                   for path in folder.glob("crh-32b-s0-tuned-*.json*")]
     v2 = [p for p in provenances if p.get("trials") == 12]  # the v2 search had 12 trials a method
     assert v2, "no committed record of the v2 multi-label tuned table"
     assert hashlib.sha256((archive / "fashion-mnist-multi.yaml").read_bytes()).hexdigest() == v2[0]["sha256"]
