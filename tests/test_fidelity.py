@@ -134,6 +134,11 @@ def test_edge_hits_and_widening() -> None:
     assert wider["margin"] == ("float", 0.0, 0.75)
     assert wider["lambda_q"] == ("log", pytest.approx(1e-5 / 3), 0.1)
     assert widen(space, [("margin", "low")])["margin"] == ("float", 0.0, 0.5)  # never below 0
+    # Two methods can hit opposite edges of one shared knob in one round (the multi-label card's
+    # scale: MDS at the bottom, OrthoHash at the top): both edges move, neither undoes the other.
+    both = widen(space, [("lambda_q", "low"), ("lambda_q", "high"), ("margin", "high"), ("margin", "low")])
+    assert both["lambda_q"] == ("log", pytest.approx(1e-5 / 3), pytest.approx(0.3))
+    assert both["margin"] == ("float", 0.0, 0.75)
 
 
 def test_edge_hits_of_a_tuned_file(tmp_path) -> None:

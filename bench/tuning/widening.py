@@ -48,10 +48,11 @@ def edge_hits(values: dict[str, Any], space: dict[str, tuple]) -> list[tuple[str
 
 def widen(space: dict[str, tuple], hits: list[tuple[str, str]]) -> dict[str, tuple]:
     """The space with each hit edge moved out: x3 (or /3) on a log range, by half the range
-    on a linear one, never past a hard bound."""
+    on a linear one, never past a hard bound. Both edges of one knob can move in one round
+    (two methods hitting opposite edges), so each hit starts from the range the hits before it left."""
     wider = dict(space)
     for key, side in hits:
-        kind, low, high = space[key]
+        kind, low, high = wider[key]
         if kind == "log":
             # 12 significant digits: 0.01 x 3 is stored as 0.03, not 0.030000000000000002
             if side == "low":
