@@ -42,6 +42,10 @@ def test_a_round_widens_from_its_own_ranges_and_asks_for_extra_trials() -> None:
     assert first.space(spaces["dpn"]) == {"lr": ("log", 1e-4, 0.03), "margin": ("float", 0.0, 1.0)}
     again = widened_round(first, spaces, [("lr", "high")], trials=40, searched=24, after="y")
     assert again.ranges["lr"] == ("log", 1e-4, 0.09)  # from the round's range, not the shared one
+    # Opposite edges of one knob hit by two methods in one round: both move (the multi-label card's
+    # scale, MDS at its bottom and OrthoHash at its top); the second hit must not undo the first.
+    both = widened_round(None, spaces, [("lr", "low"), ("lr", "high")], trials=32, searched=24, after="x")
+    assert both.ranges["lr"] == ("log", pytest.approx(1e-4 / 3), 0.03)
     with pytest.raises(UserError, match="give more than the 32 it has searched"):
         widened_round(first, spaces, [("lr", "low")], trials=32, searched=24, after="y")
     with pytest.raises(UserError, match="hard bound"):

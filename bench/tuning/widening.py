@@ -132,7 +132,7 @@ def widened_round(current: Round | None, spaces: dict[str, dict[str, tuple]],
     current = current or Round()
     ranges = dict(current.ranges)
     for knob, side in hits:
-        specs = {tuple(current.ranges.get(knob, space[knob])) for space in spaces.values() if knob in space}
+        specs = {tuple(ranges.get(knob, space[knob])) for space in spaces.values() if knob in space}
         if not specs:
             raise UserError(f"--widen {knob}:{side}: no method named in --methods searches '{knob}'")
         if len(specs) > 1:
