@@ -139,6 +139,12 @@ def test_edge_hits_and_widening() -> None:
     both = widen(space, [("lambda_q", "low"), ("lambda_q", "high"), ("margin", "high"), ("margin", "low")])
     assert both["lambda_q"] == ("log", pytest.approx(1e-5 / 3), pytest.approx(0.3))
     assert both["margin"] == ("float", 0.0, 0.75)
+    # A linear knob without a hard bound: each edge moves by half the given range, in either order,
+    # and a repeated hit moves its edge once.
+    beta = {"beta": ("float", 1.0, 3.0)}
+    assert widen(beta, [("beta", "low"), ("beta", "high")])["beta"] == ("float", 0.0, 4.0)
+    assert widen(beta, [("beta", "high"), ("beta", "low")])["beta"] == ("float", 0.0, 4.0)
+    assert widen(beta, [("beta", "high"), ("beta", "high")])["beta"] == ("float", 1.0, 4.0)
 
 
 def test_edge_hits_of_a_tuned_file(tmp_path) -> None:

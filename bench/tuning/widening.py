@@ -49,9 +49,10 @@ def edge_hits(values: dict[str, Any], space: dict[str, tuple]) -> list[tuple[str
 def widen(space: dict[str, tuple], hits: list[tuple[str, str]]) -> dict[str, tuple]:
     """The space with each hit edge moved out: x3 (or /3) on a log range, by half the range
     on a linear one, never past a hard bound. Both edges of one knob can move in one round
-    (two methods hitting opposite edges), so each hit starts from the range the hits before it left."""
+    (two methods hitting opposite edges): each edge moves from where the hits before it left
+    it, by a step measured on the range as given, so the order of the hits does not matter."""
     wider = dict(space)
-    for key, side in hits:
+    for key, side in dict.fromkeys(hits):  # a repeated hit moves its edge once
         kind, low, high = wider[key]
         if kind == "log":
             # 12 significant digits: 0.01 x 3 is stored as 0.03, not 0.030000000000000002
@@ -60,7 +61,7 @@ def widen(space: dict[str, tuple], hits: list[tuple[str, str]]) -> dict[str, tup
             else:
                 high = float(f"{high * 3:.12g}")
         else:
-            step = (high - low) / 2
+            step = (space[key][2] - space[key][1]) / 2
             low, high = (low - step, high) if side == "low" else (low, high + step)
             hard_low, hard_high = HARD_EDGES.get(key, (None, None))
             low = max(low, hard_low) if hard_low is not None else low
@@ -130,9 +131,9 @@ def widened_round(current: Round | None, spaces: dict[str, dict[str, tuple]],
     has searched so far (`searched`, the most trials of its entries); every method's finished
     search is inherited, so the extra trials are the only new work."""
     current = current or Round()
-    ranges = dict(current.ranges)
+    before: dict[str, tuple] = {}  # each hit knob's range in the round so far
     for knob, side in hits:
-        specs = {tuple(ranges.get(knob, space[knob])) for space in spaces.values() if knob in space}
+        specs = {tuple(current.ranges.get(knob, space[knob])) for space in spaces.values() if knob in space}
         if not specs:
             raise UserError(f"--widen {knob}:{side}: no method named in --methods searches '{knob}'")
         if len(specs) > 1:
@@ -141,11 +142,11 @@ def widened_round(current: Round | None, spaces: dict[str, dict[str, tuple]],
         spec = specs.pop()
         if spec[0] not in ("log", "float", "int"):
             raise UserError(f"--widen {knob}:{side}: '{knob}' is a choice; only ranges widen")
-        wider = widen({knob: spec}, [(knob, side)])[knob]
-        if wider == spec:
+        if widen({knob: spec}, [(knob, side)])[knob] == spec:
             raise UserError(f"--widen {knob}:{side}: {list(spec)} ends at a hard bound there "
                             f"(methods.base.HARD_EDGES); it cannot widen")
-        ranges[knob] = wider
+        before[knob] = spec
+    ranges = {**current.ranges, **widen(before, hits)}
     searched = max(searched, current.trials)
     if trials <= searched:
         raise UserError(f"--trials {trials}: a widened round gives every method extra trials; give "
