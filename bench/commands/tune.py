@@ -56,7 +56,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--widen", default=None, metavar="KNOB:SIDE",
                       help="after an edge hit at this budget (bits, epochs): move that edge of the "
                            "shared range out (x3 on a log range, half the range on a linear one) "
-                           "for every method searched at this budget, e.g. lr:high; --trials must "
+                           "for every method searched at this budget on that range (a namesake "
+                           "knob on a range of its own keeps it), e.g. lr:high; --trials must "
                            "exceed the round's present count (every method gets the same extra "
                            "trials; finished trials are inherited). Kept in the tuned file")
     what.add_argument("--transfer-seeds", default="2",
