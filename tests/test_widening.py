@@ -50,8 +50,30 @@ def test_a_round_widens_from_its_own_ranges_and_asks_for_extra_trials() -> None:
         widened_round(first, spaces, [("lr", "low")], trials=32, searched=24, after="y")
     with pytest.raises(UserError, match="hard bound"):
         widened_round(None, spaces, [("margin", "low")], trials=32, searched=24, after="y")
+    alphas = {"hashnet": {"alpha": ("log", 0.01, 1.0)}, "other": {"alpha": ("log", 0.1, 1.0)}}
     with pytest.raises(UserError, match="different ranges"):
-        widened_round(None, {**spaces, "mds": {"lr": ("log", 1e-3, 1e-2)}}, [("lr", "high")], 32, 24, "y")
+        widened_round(None, alphas, [("alpha", "high")], 32, 24, "y")
+
+
+def test_a_shared_knob_widens_apart_from_a_namesake() -> None:
+    """DPN's hinge margin (log [0.1, 4]) shares only its name with the cosine margin of CRH and
+    OrthoHash (the shared [0, 1]): widening the cosine margin leaves DPN's range alone, and a
+    DPN margin at its own edge is no evidence for widening the cosine one."""
+    cosine, hinge = ("float", 0.0, 1.0), ("log", 0.1, 4.0)
+    spaces = {"orthohash": {"lr": LR, "margin": cosine}, "dpn": {"lr": LR, "margin": hinge}}
+    wider = widened_round(None, spaces, [("margin", "high")], trials=40, searched=32, after="x")
+    assert wider.ranges == {"margin": ("float", 0.0, 1.5)}
+    assert wider.space(spaces["orthohash"])["margin"] == ("float", 0.0, 1.5)
+    assert wider.space(spaces["dpn"])["margin"] == hinge
+    dpn_at_edge = [{"method": "dpn", "values": {"margin": 3.9}, "search_space": {"margin": list(hinge)},
+                    "trials": 32},
+                   {"method": "orthohash", "values": {"margin": 0.4},
+                    "search_space": {"margin": list(cosine)}, "trials": 32}]
+    with pytest.raises(UserError, match="no entry of this round has margin at its high edge"):
+        edge_evidence(dpn_at_edge, [("margin", "high")], spaces)
+    dpn_at_edge[1]["values"]["margin"] = 0.97
+    after, _ = edge_evidence(dpn_at_edge, [("margin", "high")], spaces)
+    assert after.startswith("orthohash margin 0.97") and "dpn" not in after
 
 
 def test_a_range_widens_only_after_an_edge_hit() -> None:

@@ -251,7 +251,7 @@ def search_rounds(widen: str | None, card: Any, methods: list[str], bits: int, t
                for setting in [load_tuned(card.name, path)] if setting is not None
                for method in setting.methods for entry in setting.entries(method)
                if entry_budget(entry) == budget]
-    after, searched = edge_evidence(entries, hits)
+    after, searched = edge_evidence(entries, hits, {e["method"]: search_space(e["method"]) for e in entries})
     key = round_key(*budget)
     rounds[key] = widened_round(rounds.get(key), {m: search_space(m) for m in methods}, hits, trials,
                                 searched, after)

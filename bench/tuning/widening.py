@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import UserError
-from methods.base import HARD_EDGES
+from methods.base import HARD_EDGES, SHARED_SEARCH
 
 EDGE_FRACTION = 0.05  # within 5 % of the range (in the knob's scale) of an edge: widen it
 SIDES = ("low", "high")
@@ -72,6 +72,15 @@ def widen(space: dict[str, tuple], hits: list[tuple[str, str]]) -> dict[str, tup
     return wider
 
 
+def governed(key: str, spec: tuple) -> bool:
+    """Whether a round's range for `key` applies to a method searching `key` on `spec`. A
+    shared knob's round range replaces the shared range only: a method whose own knob merely
+    shares the name (DPN's hinge margin on u * t beside the cosine margin of CRH and OrthoHash)
+    keeps its range, and its edge hits never widen the shared one."""
+    shared = SHARED_SEARCH.get(key)
+    return shared is None or tuple(spec) == tuple(shared)
+
+
 def round_key(bits: int, epochs: int | None) -> str:
     """How the tuned file names a search round: "<bits>b-<epochs>e"."""
     return f"{int(bits)}b-{epochs}e"
@@ -88,7 +97,8 @@ class Round:
 
     def space(self, space: dict[str, tuple]) -> dict[str, tuple]:
         """A method's search space in this round: its own knobs, on the round's ranges."""
-        return {key: tuple(self.ranges.get(key, spec)) for key, spec in space.items()}
+        return {key: tuple(self.ranges[key]) if key in self.ranges and governed(key, spec) else tuple(spec)
+                for key, spec in space.items()}
 
     def as_yaml(self) -> dict[str, Any]:
         return {"ranges": {k: list(v) for k, v in sorted(self.ranges.items())}, "trials": self.trials,
@@ -133,7 +143,8 @@ def widened_round(current: Round | None, spaces: dict[str, dict[str, tuple]],
     current = current or Round()
     before: dict[str, tuple] = {}  # each hit knob's range in the round so far
     for knob, side in hits:
-        specs = {tuple(current.ranges.get(knob, space[knob])) for space in spaces.values() if knob in space}
+        specs = {tuple(current.ranges.get(knob, space[knob])) for space in spaces.values()
+                 if knob in space and governed(knob, space[knob])}
         if not specs:
             raise UserError(f"--widen {knob}:{side}: no method named in --methods searches '{knob}'")
         if len(specs) > 1:
@@ -154,15 +165,19 @@ def widened_round(current: Round | None, spaces: dict[str, dict[str, tuple]],
     return Round(ranges, trials, after)
 
 
-def edge_evidence(entries: list[dict[str, Any]], hits: list[tuple[str, str]]) -> tuple[str, int]:
+def edge_evidence(entries: list[dict[str, Any]], hits: list[tuple[str, str]],
+                  spaces: dict[str, dict[str, tuple]] | None = None) -> tuple[str, int]:
     """(what hit the edges, the most trials any entry searched) among a round's entries (each
     with a `method` key added). The rule widens a range only after a chosen value lands at that
-    edge: UserError when none of the entries did."""
+    edge: UserError when none of the entries did. With `spaces` (each method's own search space)
+    an entry counts for a knob only when the round's range governs that method's knob."""
+    spaces = spaces or {}
     found = []
     for knob, side in hits:
         hit = [f"{e['method']} {knob} {e['values'][knob]:.4g} at the {side} edge of "
                f"{list(e['search_space'][knob][1:])}"
                for e in entries if knob in (e.get("search_space") or {}) and knob in e.get("values", {})
+               and governed(knob, spaces.get(e["method"], {}).get(knob, SHARED_SEARCH.get(knob, ())))
                and (knob, side) in edge_hits(e["values"], {knob: tuple(e["search_space"][knob])})]
         if not hit:
             raise UserError(f"--widen {knob}:{side}: no entry of this round has {knob} at its {side} "
