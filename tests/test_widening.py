@@ -127,3 +127,25 @@ def test_fidelity_lists_a_method_left_behind_by_a_widened_round(tmp_path) -> Non
     assert widening_gaps(tmp_path) == [
         "synthetic dpn 16b-60e: 24 trials, lr on the old range; the widened round gives 32 on "
         "{'lr': ('log', 0.0001, 0.03)}"]
+
+
+def test_a_search_keeps_the_round_that_a_search_beside_it_widened(tmp_path) -> None:
+    """Two searches of one card at two budgets run side by side: the one that writes last
+    started before the other widened its round, and must not write back the older round."""
+    from bench.data.cards import load_card
+    from bench.tuning.tune import TuneOutcome, TuneRequest, write_setting
+
+    card, output = load_card("synthetic"), tmp_path / "synthetic.yaml"
+    narrow, wide = Round({"lr": ("log", 1e-4, 0.03)}, 32, "a"), Round({"lr": ("log", 1e-4, 0.09)}, 40, "b")
+    margin = Round({"margin": ("float", 0.0, 1.5)}, 40, "c")
+
+    def outcome(bits: int) -> TuneOutcome:
+        return TuneOutcome("csq", f"s{bits}", tmp_path / "s.db", {"lr": ("log", 1e-4, 0.09)}, {"lr": 0.01},
+                           0.5, 3, f"csq-{bits}", None, 40, 0, 0)
+
+    # The 64-bit search widened its round (wide) after the 32-bit one had read the older one.
+    write_setting(output, TuneRequest(card, 64, 40, epochs=1, rounds={"64b-1e": wide}), [outcome(64)],
+                  tmp_path)
+    write_setting(output, TuneRequest(card, 32, 40, epochs=1, rounds={"64b-1e": narrow, "32b-1e": margin}),
+                  [outcome(32)], tmp_path)
+    assert read_rounds(output) == {"64b-1e": wide, "32b-1e": margin}

@@ -473,7 +473,12 @@ def write_setting(path: Path | None, request: TuneRequest, outcomes: list[TuneOu
         entries = sorted([*kept, entry], key=entry_budget)
         methods[result.method] = entries[0] if len(entries) == 1 else entries
     payload: dict[str, Any] = {"dataset": card, "methods": dict(sorted(methods.items()))}
-    rounds = {**read_rounds(path), **request.rounds}  # a round's widening stays with its entries
+    # A round's widening stays with its entries. The file as it is now wins for every other
+    # budget: a search of another budget running beside this one may have widened its round
+    # since this one started; this search's own round is the one it searched.
+    rounds = {**request.rounds, **read_rounds(path)}
+    if request.round().ranges:
+        rounds[round_key(request.bits, epochs)] = request.round()
     if rounds:
         payload["widened"] = {key: rounds[key].as_yaml() for key in sorted(rounds)}
     header = (f"# Tuned setting for dataset card '{card}', written by `python -m bench tune`.\n"
