@@ -149,3 +149,23 @@ def test_a_search_keeps_the_round_that_a_search_beside_it_widened(tmp_path) -> N
     write_setting(output, TuneRequest(card, 32, 40, epochs=1, rounds={"64b-1e": narrow, "32b-1e": margin}),
                   [outcome(32)], tmp_path)
     assert read_rounds(output) == {"64b-1e": wide, "32b-1e": margin}
+
+
+def test_a_namesake_knob_is_no_widening_gap(tmp_path) -> None:
+    """A round that widened the cosine margin leaves DPN's hinge margin on DPN's own range:
+    the fidelity check must not count DPN as left behind, and must count OrthoHash if it were."""
+    from bench.tuning.fidelity import widening_gaps
+
+    round_ = "widened:\n  32b-30e: {ranges: {margin: [float, 0.0, 1.5]}, trials: 40, after: x}\n"
+    entry = ("    values: {{margin: 0.5}}\n    trials: 40\n    search_space: {{margin: {space}}}\n"
+             "    bits: 32\n    epochs: 30\n")
+    (tmp_path / "synthetic.yaml").write_text(
+        "dataset: synthetic\nmethods:\n  dpn:\n" + entry.format(space="[log, 0.1, 4.0]")
+        + "  orthohash:\n" + entry.format(space="[float, 0.0, 1.5]") + round_)
+    assert widening_gaps(tmp_path) == []
+    (tmp_path / "synthetic.yaml").write_text(
+        "dataset: synthetic\nmethods:\n  dpn:\n" + entry.format(space="[log, 0.1, 4.0]")
+        + "  orthohash:\n" + entry.format(space="[float, 0.0, 1.0]") + round_)
+    assert widening_gaps(tmp_path) == [
+        "synthetic orthohash 32b-30e: 40 trials, margin on the old range; the widened round gives 40 on "
+        "{'margin': ('float', 0.0, 1.5)}"]

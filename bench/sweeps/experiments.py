@@ -14,6 +14,8 @@ Format (every key but `name` optional; lists expand as a product):
       - {heads: 4}
     attack: center                    # also evaluate every run under this attack (`bench run
                                       # --attack`; the command line's --attack wins)
+    archived: why                     # a finished experiment kept for its records, run under
+                                      # rules since replaced (the fidelity check lists it apart)
     parts:                            # run sets with their own methods, protocol, settings or
       - {methods: [csq], protocol: tuned}       # grid, each merged over the keys above (one
       - {methods: [cgat], protocol: harmonised,  # experiment whose rows need two protocols)
@@ -33,7 +35,7 @@ from bench.runs.spec import PER_SEED
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parents[1] / "experiments"
 _KEYS = {"name", "description", "varies", "fixed", "dataset", "methods", "bits", "seeds",
-         "protocol", "settings", "grid", "backbone", "split_seed", "attack", "parts"}
+         "protocol", "settings", "grid", "backbone", "split_seed", "attack", "parts", "archived"}
 # What a part may set; the rest (dataset, split, attack, name) is the experiment's.
 _PART_KEYS = {"description", "methods", "bits", "seeds", "protocol", "settings", "grid", "backbone"}
 
@@ -56,6 +58,7 @@ class Experiment:
     path: str = field(default="")
     attack: str | None = None  # `bench run --attack` text every run of the experiment gets
     parts: tuple[Experiment, ...] = ()  # run sets with their own keys (empty: the experiment is one)
+    archived: str = ""  # why a finished experiment is kept for its records only ("" = current)
 
     @property
     def units(self) -> tuple[Experiment, ...]:
@@ -171,5 +174,5 @@ def _experiment(raw: dict[str, Any], path: Path, attack: str | None) -> Experime
         protocol=_optional_str(raw, "protocol", path, None), settings=dict(settings),
         grid=tuple(grid), backbone=_optional_str(raw, "backbone", path, None),
         varies=str(raw.get("varies", "")).strip(), fixed=str(raw.get("fixed", "")).strip(),
-        path=str(path), attack=attack,
+        path=str(path), attack=attack, archived=str(raw.get("archived") or "").strip(),
     )
