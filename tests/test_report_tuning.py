@@ -104,3 +104,33 @@ def test_a_widened_round_is_named_above_its_table():
             "every method searched here, 3 trials each") in section
     other = {**widened, "widened": {"16b-30e": widened["widened"]["32b-30e"]}}  # another round
     assert "widened round" not in build_report([], trials=trials, tuned={"fashion-mnist": other}).markdown()
+
+
+def test_the_default_trial_resolves_rule_defaults_for_the_cards_classes():
+    """CRH's default scale is a rule, sqrt(2) ln(C - 1): on the 100-class card its trial 0 ran
+    s = sqrt(2) ln 99, not the 10-class value, and the report must find that trial."""
+    import math
+
+    def crh(run_id: str, scale: float, val: float) -> dict:
+        config = {"lr": 1e-3, "margin": 0.2, "scale": scale, "lambda_q": 0.1, "epochs": 30}
+        return {"run_id": run_id, "status": "complete", "config": config,
+                "spec": {"dataset": "fashion-mnist-pairs", "method": "crh", "bits": 32, "seed": 0},
+                "selection": {"best_val_mAP": val}, "metrics": {"mAP": val}}
+
+    space = {"lr": ["log", 1e-4, 1e-2], "margin": ["float", 0.0, 1.0], "scale": ["log", 1.0, 16.0],
+             "lambda_q": ["log", 1e-5, 1.0]}
+    setting = {"fashion-mnist-pairs": {"methods": {"crh": {
+        "values": {"lr": 0.006}, "best_run_id": "best", "trials": 24, "bits": 32, "seed": 0, "epochs": 30,
+        "search_space": space}}}}
+    trials = [crh("ten-class-scale", math.sqrt(2) * math.log(9), 0.40),
+              crh("default", math.sqrt(2) * math.log(99), 0.53), crh("best", 6.0, 0.60)]
+    (row,) = tuning_rows(trials, setting)
+    assert (row["val_default"], row["val_tuned"]) == (0.53, 0.60)
+    # A widened study inherits the narrow one's trial 0 (lambda_q clamped to the narrow edge):
+    # the entry's stored default_point names it, though the wider range would clamp elsewhere.
+    clamped = crh("clamped", math.sqrt(2) * math.log(99), 0.50)
+    clamped["config"]["lambda_q"] = 1e-5
+    setting["fashion-mnist-pairs"]["methods"]["crh"]["default_point"] = {
+        "lr": 1e-3, "margin": 0.2, "scale": math.sqrt(2) * math.log(99), "lambda_q": 1e-5}
+    (row,) = tuning_rows([*trials, clamped], setting)
+    assert row["val_default"] == 0.50

@@ -7,6 +7,7 @@ table's seeds are."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,11 +19,23 @@ from bench.tuning.widening import round_key
 
 def default_trial(trials: Sequence[dict], card: str, method: str, entry: dict) -> dict | None:
     """The trial that ran the harmonised default values of every searched key (trial 0 of a
-    study whose space holds them), or None."""
-    from bench.tuning.tune import default_point
+    study whose space holds them), or None. Rule defaults resolve for the card's C and the
+    entry's K, as the study resolved them (CRH's scale sqrt(2) ln(C - 1) differs with C)."""
+    from bench.data.cards import load_card
+    from bench.errors import UserError
+    from bench.tuning.tune import default_point, representative_task
 
     space = {key: tuple(spec) for key, spec in (entry.get("search_space") or {}).items()}
-    point = default_point(method, space) if space else None
+    try:
+        info = load_card(card)
+        task = representative_task(int(entry.get("bits") or 32), info.num_classes, info.multi_label)
+    except UserError:  # a card no longer on disk: resolve as the tuner's fallback does
+        task = None
+    # The point the study ran as trial 0, as its entry records it (a widened study inherits the
+    # narrower one's trial 0, whose edge-clamped default may lie inside the wider range).
+    stored = entry.get("default_point")
+    point = dict(stored) if isinstance(stored, dict) and stored else (
+        default_point(method, space, task) if space else None)
     if point is None:
         return None
     for record in trials:
@@ -34,9 +47,17 @@ def default_trial(trials: Sequence[dict], card: str, method: str, entry: dict) -
         # the default shown beside a chosen value is the one from the same study's budget.
         if entry.get("epochs") is not None and config.get("epochs") != entry.get("epochs"):
             continue
-        if record.get("status") == "complete" and all(config.get(k) == v for k, v in point.items()):
+        if record.get("status") == "complete" and all(_same(config.get(k), v) for k, v in point.items()):
             return record
     return None
+
+
+def _same(stored: Any, value: Any) -> bool:
+    """A stored config value against a resolved default: floats to 12 significant digits (a
+    rule's value recomputed here may differ in the last bit from the one the run stored)."""
+    if isinstance(stored, float) and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return math.isclose(stored, float(value), rel_tol=1e-12)
+    return stored == value
 
 
 def _entries(setting: dict | None) -> list[tuple[str, dict]]:
