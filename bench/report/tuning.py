@@ -25,19 +25,21 @@ def default_trial(trials: Sequence[dict], card: str, method: str, entry: dict) -
     from bench.errors import UserError
     from bench.tuning.tune import default_point, representative_task
 
-    space = {key: tuple(spec) for key, spec in (entry.get("search_space") or {}).items()}
-    try:
-        info = load_card(card)
-        task = representative_task(int(entry.get("bits") or 32), info.num_classes, info.multi_label)
-    except UserError:  # a card no longer on disk: resolve as the tuner's fallback does
-        task = None
     # The point the study ran as trial 0, as its entry records it (a widened study inherits the
     # narrower one's trial 0, whose edge-clamped default may lie inside the wider range).
     stored = entry.get("default_point")
-    point = dict(stored) if isinstance(stored, dict) and stored else (
-        default_point(method, space, task) if space else None)
-    if point is None:
-        return None
+    if isinstance(stored, dict) and stored:
+        point = dict(stored)
+    else:  # an entry written before default_point was recorded: resolve it as the study did
+        space = {key: tuple(spec) for key, spec in (entry.get("search_space") or {}).items()}
+        if not space:
+            return None
+        try:
+            info = load_card(card)
+            task = representative_task(int(entry.get("bits") or 32), info.num_classes, info.multi_label)
+        except UserError:  # a card no longer on disk: resolve as the tuner's fallback does
+            task = None
+        point = default_point(method, space, task)
     for record in trials:
         spec, config = record.get("spec") or {}, record.get("config") or {}
         if (spec.get("dataset"), spec.get("method"), spec.get("bits"), spec.get("seed")) != (

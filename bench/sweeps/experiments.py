@@ -58,7 +58,6 @@ class Experiment:
     path: str = field(default="")
     attack: str | None = None  # `bench run --attack` text every run of the experiment gets
     parts: tuple[Experiment, ...] = ()  # run sets with their own keys (empty: the experiment is one)
-    archived: str = ""  # why a finished experiment is kept for its records only ("" = current)
 
     @property
     def units(self) -> tuple[Experiment, ...]:
@@ -174,5 +173,5 @@ def _experiment(raw: dict[str, Any], path: Path, attack: str | None) -> Experime
         protocol=_optional_str(raw, "protocol", path, None), settings=dict(settings),
         grid=tuple(grid), backbone=_optional_str(raw, "backbone", path, None),
         varies=str(raw.get("varies", "")).strip(), fixed=str(raw.get("fixed", "")).strip(),
-        path=str(path), attack=attack, archived=str(raw.get("archived") or "").strip(),
+        path=str(path), attack=attack,
     )

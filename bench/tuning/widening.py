@@ -177,7 +177,7 @@ def edge_evidence(entries: list[dict[str, Any]], hits: list[tuple[str, str]],
         hit = [f"{e['method']} {knob} {e['values'][knob]:.4g} at the {side} edge of "
                f"{list(e['search_space'][knob][1:])}"
                for e in entries if knob in (e.get("search_space") or {}) and knob in e.get("values", {})
-               and governed(knob, spaces.get(e["method"], {}).get(knob, SHARED_SEARCH.get(knob, ())))
+               and (knob not in spaces.get(e["method"], {}) or governed(knob, spaces[e["method"]][knob]))
                and (knob, side) in edge_hits(e["values"], {knob: tuple(e["search_space"][knob])})]
         if not hit:
             raise UserError(f"--widen {knob}:{side}: no entry of this round has {knob} at its {side} "
