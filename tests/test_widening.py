@@ -169,3 +169,28 @@ def test_a_namesake_knob_is_no_widening_gap(tmp_path) -> None:
     assert widening_gaps(tmp_path) == [
         "synthetic orthohash 32b-30e: 40 trials, margin on the old range; the widened round gives 40 on "
         "{'margin': ('float', 0.0, 1.5)}"]
+
+
+def test_a_tuned_file_is_merged_under_a_lock(tmp_path) -> None:
+    """Two searches of one card ending together: the write waits for the other's merge, so
+    the later rename cannot drop the entries written between its read and its write."""
+    import threading
+
+    from filelock import FileLock
+
+    from bench.data.cards import load_card
+    from bench.tuning.tune import TuneOutcome, TuneRequest, setting_lock, write_setting
+
+    card, output = load_card("synthetic"), tmp_path / "synthetic.yaml"
+    outcome = TuneOutcome("csq", "s32", tmp_path / "s.db", {"lr": ("log", 1e-4, 0.03)}, {"lr": 0.01},
+                          0.5, 3, "csq-32", None, 24, 0, 0)
+    held = FileLock(setting_lock(output, tmp_path))
+    held.acquire()
+    writer = threading.Thread(target=write_setting,
+                              args=(output, TuneRequest(card, 32, 24, epochs=1), [outcome], tmp_path))
+    writer.start()
+    writer.join(timeout=1.0)
+    assert writer.is_alive() and not output.exists()  # waits while another merge holds the file
+    held.release()
+    writer.join(timeout=30)
+    assert not writer.is_alive() and output.exists()

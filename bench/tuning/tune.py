@@ -417,13 +417,33 @@ def write_setting(path: Path | None, request: TuneRequest, outcomes: list[TuneOu
                   results_dir: Path, transfers: dict[str, dict[int, Any]] | None = None) -> Path:
     """Merge the chosen values (with provenance) into the card's tuned setting; other
     methods' entries stay. Transfer checks (`bench.tuning.transfer`) given here, or already in the
-    entry for the same chosen run, are kept in it. Written atomically (temp file, rename)."""
+    entry for the same chosen run, are kept in it. Written atomically (temp file, rename), and
+    read-merge-written under a lock: two searches of one card (other methods, or another
+    budget) may end at the same moment, and the later rename must not drop the other's entries."""
+    from filelock import FileLock
+
+    path = Path(path) if path is not None else tuned_path(request.card.name)
+    with FileLock(setting_lock(path, results_dir), timeout=WRITE_LOCK_TIMEOUT_S):
+        return _merge_setting(path, request, outcomes, results_dir, transfers)
+
+
+WRITE_LOCK_TIMEOUT_S = 600  # a merge takes well under a second; a holder this long is stuck
+
+
+def setting_lock(path: Path, results_dir: Path) -> Path:
+    """The lock beside the studies (ignored by git), one per tuned file."""
+    folder = Path(results_dir) / "tuning"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f".{path.stem}-tuned.lock"
+
+
+def _merge_setting(path: Path, request: TuneRequest, outcomes: list[TuneOutcome], results_dir: Path,
+                   transfers: dict[str, dict[int, Any]] | None) -> Path:
     import optuna
 
     from bench.runs.records import code_version
 
     card = request.card.name
-    path = Path(path) if path is not None else tuned_path(card)
     existing = load_tuned(card, path)
     methods: dict[str, Any] = dict(existing.methods) if existing else {}
     code = code_version()
