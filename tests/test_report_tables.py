@@ -138,3 +138,29 @@ def test_a_reconstructed_method_is_marked_beside_its_row(make_record):
     markdown = report.markdown()
     assert "IDCH is a reconstruction (its records say so): sigma, loss not read" in markdown
     assert "CRH is a reconstruction" not in markdown
+
+
+def test_headline_panel_titles_do_not_run_into_each_other() -> None:
+    """Four cards' panels with their long setting lines (the committed report's case): each
+    panel's title stays within the space between its neighbours' titles."""
+    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from bench.report.figures import Series, draw_headline
+
+    setting = "tuned protocol · epochs=60 · search_epochs=60 · split=per-seed"
+    titles = ["Fashion-MNIST", "Fashion-MNIST mosaics (2x2 tiles, 1-4 items)",
+              "Fashion-MNIST pairs (left item, right item)", "WordNet noun glosses (TF-IDF)"]
+    series = (Series("CRH", "crh", "method", ((16, 50.0, 48.0, 52.0), (32, 55.0, 53.0, 57.0))),)
+    panels = [(f"{t}\n{setting}", (16, 32), series) for t in titles]
+    with matplotlib.rc_context({"font.size": 9, "axes.titlesize": 10}):
+        fig = Figure(figsize=(12.4, 3.6), layout="constrained")
+        FigureCanvasAgg(fig)
+        draw_headline(panels)(fig)
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        boxes = [ax.title.get_window_extent(renderer) for ax in fig.axes]
+    assert len(boxes) == 4 and boxes[0].x0 >= 0  # the first title is not cut at the figure edge
+    for left, right in zip(boxes, boxes[1:], strict=False):
+        assert left.x1 <= right.x0, (left, right)

@@ -92,7 +92,7 @@ def draw_headline(panels: Sequence[tuple[str, Sequence[int], Sequence[Series]]],
             ax.set_xticks(ticks)
             ax.set_xticklabels([str(b) for b in bits_list])
             ax.set_xlim(min(ticks) - 0.5, max(ticks) + 0.5)
-            ax.set_title(title, fontsize=9)
+            ax.set_title(_wrap_title(title, _title_chars(fig, len(panels), 9)), fontsize=9)
             ax.set(xlabel=xlabel, ylabel="mAP (%)")
             if ylim is not None:
                 ax.set_ylim(*ylim)
@@ -100,6 +100,33 @@ def draw_headline(panels: Sequence[tuple[str, Sequence[int], Sequence[Series]]],
         fig.legend(list(handles.values()), list(handles), loc="outside right upper", fontsize=8)
 
     return draw
+
+
+def _title_chars(fig: Any, panels: int, fontsize: float) -> int:
+    """About how many characters of a title fit over one panel (a character is about half
+    the font size wide); the legend takes about two inches beside the panels."""
+    panel_inches = max(1.0, (fig.get_size_inches()[0] - 2.0) / panels)
+    return max(16, int(panel_inches * 72 / (0.5 * fontsize)))
+
+
+def _wrap_title(title: str, width: int) -> str:
+    """Wrap each line of a panel title at its ' · ' separators (then at spaces), so that
+    the titles of neighbouring panels do not run into each other."""
+    import textwrap
+
+    chunks: list[str] = []
+    for line in title.split("\n"):
+        current = ""
+        for part in line.split(" · "):
+            joined = f"{current} · {part}" if current else part
+            if current and len(joined) > width:
+                chunks.append(current)
+                current = part
+            else:
+                current = joined
+        chunks.append(current)
+    return "\n".join(wrapped for chunk in chunks
+                     for wrapped in textwrap.wrap(chunk, width, break_on_hyphens=False) or [""])
 
 
 def _mean_curve(records: list[dict], key: str) -> np.ndarray | None:
