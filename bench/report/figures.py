@@ -103,8 +103,8 @@ def draw_headline(panels: Sequence[tuple[str, Sequence[int], Sequence[Series]]],
 
 
 def _title_chars(fig: Any, panels: int, fontsize: float) -> int:
-    """About how many characters of a title fit over one panel (a character is about half
-    the font size wide); the legend takes about two inches beside the panels."""
+    """About how many characters of a title fit over one panel (a character is up to half
+    the font size wide in DejaVu Sans, with a margin); the legend takes about two inches."""
     panel_inches = max(1.0, (fig.get_size_inches()[0] - 2.0) / panels)
     return max(16, int(panel_inches * 72 / (0.5 * fontsize)))
 
