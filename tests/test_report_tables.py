@@ -164,3 +164,21 @@ def test_headline_panel_titles_do_not_run_into_each_other() -> None:
     assert len(boxes) == 4 and boxes[0].x0 >= 0  # the first title is not cut at the figure edge
     for left, right in zip(boxes, boxes[1:], strict=False):
         assert left.x1 <= right.x0, (left, right)
+
+
+def test_validation_curves_share_one_legend_beside_the_panels(make_record):
+    """Inside a panel the legend hid the lowest curves; one legend outside them names every
+    method, including one that ran at only some lengths."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    records = cell(make_record, "crh", 16, 0.8) + cell(make_record, "csq", 16, 0.7)
+    records += cell(make_record, "crh", 32, 0.82) + cell(make_record, "hashnet", 32, 0.3)
+    report = build_report(records)
+    name = next(n for n in report.figures if n.startswith("validation-"))
+    fig = Figure(figsize=report.figures[name].size, layout="constrained")
+    FigureCanvasAgg(fig)
+    report.figures[name].draw(fig)
+    assert all(ax.get_legend() is None for ax in fig.axes)
+    (legend,) = fig.legends
+    assert sorted(t.get_text() for t in legend.get_texts()) == ["CRH", "CSQ", "HashNet"]

@@ -191,8 +191,11 @@ def draw_validation(cells: list[Cell], bits_list: list[int], title: str) -> Call
             ax.set(title=f"{bits} bits", xlabel="epoch")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(True, alpha=0.3)
-            if ax.lines:
-                ax.legend(loc="lower right")
+        # One legend beside the panels: inside one, it hid the lowest curves (one method
+        # may be missing at some lengths, so the handles are the union over panels).
+        handles = {line.get_label(): line for ax in axes for line in ax.lines}
+        if handles:
+            fig.legend(list(handles.values()), list(handles), loc="outside right upper", fontsize=8)
         axes[0].set_ylabel("validation mAP (%)")
         fig.suptitle(title)
 
@@ -270,7 +273,8 @@ def draw_centers(cells: list[Cell], similarity: tuple[np.ndarray, str] | None, t
         if similarity is not None:
             sns.heatmap(similarity[0], ax=axes[0], cmap="mako_r", square=True, xticklabels=ticks,
                         yticklabels=ticks, cbar_kws={"shrink": 0.7}, annot=False)
-            axes[0].set_title(f"class similarity (dark = similar), {similarity[1]}")
+            axes[0].set_title(_wrap_title(f"class similarity ({similarity[1]}; dark = similar)",
+                                          _title_chars(fig, len(cells) + 1, 10)), fontsize=10)
         else:
             axes[0].set_axis_off()
             axes[0].set_title("no independent class similarity")
@@ -282,7 +286,9 @@ def draw_centers(cells: list[Cell], similarity: tuple[np.ndarray, str] | None, t
             sns.heatmap(distances, ax=ax, cmap="mako", vmin=0, vmax=bits, square=True, annot=annotate,
                         fmt="d", annot_kws={"fontsize": 6}, xticklabels=ticks, yticklabels=ticks,
                         cbar_kws={"shrink": 0.7})
-            ax.set_title(f"{method_name(cell.group.method)} centers: Hamming distance (seed {cell.used[0]})")
+            ax.set_title(_wrap_title(f"{method_name(cell.group.method)} centers: Hamming distance "
+                                     f"(seed {cell.used[0]})", _title_chars(fig, len(cells) + 1, 10)),
+                         fontsize=10)
         for ax in axes:
             ax.tick_params(labelsize=6)
         fig.suptitle(title)
@@ -338,7 +344,8 @@ def draw_cost(cells: list[Cell], bits_list: list[int], title: str) -> Callable[[
             if xs:
                 left.bar(xs, ys, width=width * 0.95, yerr=es, capsize=2, color=color, label=f"{bits} bits")
         left.set_xticks(range(len(methods)))
-        left.set_xticklabels([method_name(m) for m in methods])
+        left.set_xticklabels([method_name(m) for m in methods], rotation=25, ha="right",
+                             rotation_mode="anchor")  # long names (classify-then-hash) would overlap
         left.set(ylabel="seconds per run (set-up + training + hooks)", title="training cost per run")
         left.grid(False, axis="x")
         left.grid(True, axis="y", alpha=0.3)

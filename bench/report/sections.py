@@ -218,7 +218,7 @@ def centers(doc: Doc, a: Analysis, frame: pd.DataFrame) -> None:
             if cells:
                 first = shown[0][1].sort_values("seed").iloc[0]
                 found = independent_similarity(first, shown[0][1], in_table)
-                similarity = (found[0], f"{found[1]}\n{found[2][:60]}") if found else None
+                similarity = (found[0], found[1]) if found else None  # the caption has its source
                 plan = FigurePlan(f"centers-{table.scope.slug}-{bits}b", (3.9 * (len(cells) + 1) + 0.4, 3.9),
                                   draw_centers(cells, similarity, f"{label} · {bits} bits"))
                 doc.figure(plan, f"Center distances at {bits} bits — {label}; left: the class similarity "
