@@ -65,6 +65,7 @@ def draw_headline(panels: Sequence[tuple[str, Sequence[int], Sequence[Series]]],
     axis is log2-spaced, so it serves any doubling series (the budget curves' epochs too)."""
     def draw(fig: Any) -> None:
         axes = np.atleast_1d(fig.subplots(1, len(panels), sharey=False))
+        title_width = _title_chars(fig, len(panels), 9)
         keys = [s.key for _, _, series in panels for s in series if s.kind == "method"]
         colors = _palette(keys)
         handles: dict[str, Any] = {}
@@ -92,7 +93,7 @@ def draw_headline(panels: Sequence[tuple[str, Sequence[int], Sequence[Series]]],
             ax.set_xticks(ticks)
             ax.set_xticklabels([str(b) for b in bits_list])
             ax.set_xlim(min(ticks) - 0.5, max(ticks) + 0.5)
-            ax.set_title(_wrap_title(title, _title_chars(fig, len(panels), 9)), fontsize=9)
+            ax.set_title(_wrap_title(title, title_width), fontsize=9)
             ax.set(xlabel=xlabel, ylabel="mAP (%)")
             if ylim is not None:
                 ax.set_ylim(*ylim)
@@ -270,11 +271,12 @@ def draw_centers(cells: list[Cell], similarity: tuple[np.ndarray, str] | None, t
             names = [str(i) for i in range(count)]
         ticks = names if count <= 30 else False
         annotate = count <= 12
+        title_width = _title_chars(fig, len(axes), 10)
         if similarity is not None:
             sns.heatmap(similarity[0], ax=axes[0], cmap="mako_r", square=True, xticklabels=ticks,
                         yticklabels=ticks, cbar_kws={"shrink": 0.7}, annot=False)
-            axes[0].set_title(_wrap_title(f"class similarity ({similarity[1]}; dark = similar)",
-                                          _title_chars(fig, len(cells) + 1, 10)), fontsize=10)
+            axes[0].set_title(_wrap_title(f"class similarity ({similarity[1]}; dark = similar)", title_width),
+                              fontsize=10)
         else:
             axes[0].set_axis_off()
             axes[0].set_title("no independent class similarity")
@@ -287,8 +289,7 @@ def draw_centers(cells: list[Cell], similarity: tuple[np.ndarray, str] | None, t
                         fmt="d", annot_kws={"fontsize": 6}, xticklabels=ticks, yticklabels=ticks,
                         cbar_kws={"shrink": 0.7})
             ax.set_title(_wrap_title(f"{method_name(cell.group.method)} centers: Hamming distance "
-                                     f"(seed {cell.used[0]})", _title_chars(fig, len(cells) + 1, 10)),
-                         fontsize=10)
+                                     f"(seed {cell.used[0]})", title_width), fontsize=10)
         for ax in axes:
             ax.tick_params(labelsize=6)
         fig.suptitle(title)

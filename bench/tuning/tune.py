@@ -413,6 +413,9 @@ def tune_method(method: str, request: TuneRequest, options: Any,
     )
 
 
+WRITE_LOCK_TIMEOUT_S = 600  # a merge takes well under a second; a holder this long is stuck
+
+
 def write_setting(path: Path | None, request: TuneRequest, outcomes: list[TuneOutcome],
                   results_dir: Path, transfers: dict[str, dict[int, Any]] | None = None) -> Path:
     """Merge the chosen values (with provenance) into the card's tuned setting; other
@@ -425,9 +428,6 @@ def write_setting(path: Path | None, request: TuneRequest, outcomes: list[TuneOu
     path = Path(path) if path is not None else tuned_path(request.card.name)
     with FileLock(setting_lock(path, results_dir), timeout=WRITE_LOCK_TIMEOUT_S):
         return _merge_setting(path, request, outcomes, results_dir, transfers)
-
-
-WRITE_LOCK_TIMEOUT_S = 600  # a merge takes well under a second; a holder this long is stuck
 
 
 def setting_lock(path: Path, results_dir: Path) -> Path:
