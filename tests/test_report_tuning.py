@@ -89,6 +89,17 @@ def test_transfer_numbers_and_section_print_points():
     assert "no more than the pooled seed standard deviation" in section  # the rule is stated
 
 
+def test_each_cards_transfer_table_is_headed_by_its_card():
+    setting = transfer_setting(with_own_64=False)
+    multi = {**setting["fashion-mnist"], "dataset": "fashion-mnist-multi"}
+    text = build_report([], tuned={**setting, "fashion-mnist-multi": multi}).markdown()
+    section = text.split("### Transfer checks", 1)[1].split("\n## ", 1)[0]
+    # each card's heading sits right above its own table (both tables hold the same rows)
+    parts = section.split("#### ")
+    assert [part.split("\n", 1)[0] for part in parts[1:]] == ["fashion-mnist", "fashion-mnist-multi"]
+    assert all("| CSQ | 32 bits, 60 epochs | 16 bits" in part for part in parts[1:])
+
+
 def test_no_transfer_check_no_section():
     assert "Transfer checks" not in build_report([], tuned=SETTING).markdown()
     assert transfer_numbers(SETTING) == {}

@@ -211,6 +211,7 @@ def transfer_section(doc: Doc, settings: dict[str, dict]) -> None:
           f"seeds (validation mAP only), and {RULE}. Means in percent, gap and pooled seed standard "
           "deviation in points. Where a check fails the method is searched at that length too.")
     for card in sorted({r["card"] for r in rows}):
+        doc.h(4, card)  # the rows name budgets, not cards: without it two cards' tables look alike
         doc.table(TRANSFER_HEADER, (transfer_cells(r) for r in rows if r["card"] == card))
 
 
