@@ -19,6 +19,7 @@ from bench.report.document import FigurePlan
 from bench.report.groups import Cell
 from bench.report.stats import Stat
 from bench.report.util import (
+    DISPLAY_NAMES,
     FLOOR_METHOD,
     METHOD_ORDER,
     get,
@@ -37,13 +38,21 @@ _RC = {
 
 
 def _palette(methods: Iterable[str]) -> dict[str, Any]:
+    """One color per method, the same in every figure: the known methods in a fixed order take the
+    colorblind palette's nine non-grey hues, then the dark palette's (chosen so that a second-cycle
+    color is not a darker twin of an early one); grey is the classify-then-hash floor's alone.
+    Methods the suite does not know (plugins) follow, sorted, on what is left."""
     import seaborn as sns
 
-    colors = sns.color_palette("colorblind", 10)
-    known = {m: colors[i] for i, m in enumerate(METHOD_ORDER)}
+    first = [c for i, c in enumerate(sns.color_palette("colorblind", 10)) if i != 7]  # 7 is grey
+    dark = sns.color_palette("dark", 10)
+    second = [dark[i] for i in (8, 9, 3, 4, 5, 2, 1, 6, 0)]
+    colors = first + second
+    order = list(METHOD_ORDER) + [m for m in DISPLAY_NAMES if m not in METHOD_ORDER]
+    order += sorted(set(methods) - set(order) - {FLOOR_METHOD})
+    known = {m: colors[i % len(colors)] for i, m in enumerate(order)}
     known[FLOOR_METHOD] = (0.45, 0.45, 0.45)  # the reference floor is grey everywhere
-    extra = sorted(set(methods) - set(known))
-    return {**known, **{m: colors[(len(METHOD_ORDER) + i) % 10] for i, m in enumerate(extra)}}
+    return known
 
 
 @dataclass(frozen=True)
