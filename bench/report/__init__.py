@@ -57,6 +57,8 @@ from bench.report.sections import (
     quality,
     training_curves,
 )
+from bench.report.shortcodes import SECTION as SHORT_CODES_SECTION
+from bench.report.shortcodes import short_codes_section, short_tables
 from bench.report.stats import holm_adjusted, paired_test
 from bench.report.tables import (
     VERDICT_LEGEND,
@@ -147,9 +149,10 @@ def build_report(records: Sequence[dict], problems: Sequence[str] = (), claims: 
     verdicts = evaluate_claims(frame, claims, timing)
     views, unmatched = attack_views(analysis, attacks)
     # Sections that exist only where their runs do (reports without them keep their bytes),
-    # in the order they are written below: attacks, then the unsupervised table.
+    # in the order they are written below: attacks, the unsupervised tables, short codes.
     extra = [*([ATTACK_SECTION] if views or unmatched else []),
-             *([UNSUPERVISED_SECTION] if analysis.unsupervised else [])]
+             *([UNSUPERVISED_SECTION] if analysis.unsupervised else []),
+             *([SHORT_CODES_SECTION] if short_tables(analysis) else [])]
     at = SECTIONS.index("Main comparison") + 1
     checks = device_checks(analysis, gpu_samples)
     sections = (*SECTIONS[:at], *extra, *SECTIONS[at:])
@@ -166,6 +169,7 @@ def build_report(records: Sequence[dict], problems: Sequence[str] = (), claims: 
     main_comparison(doc, analysis, list(published))
     attack_section(doc, analysis, views, unmatched)
     unsupervised_section(doc, analysis)
+    short_codes_section(doc, analysis)
     tuning_section(doc, trials, tuned or {})
     budget_section(doc, analysis)
     curves(doc, analysis)
