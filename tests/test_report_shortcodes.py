@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from bench.report import build_report
-from bench.report.document import FigureRef, Heading, Table
+from bench.report.document import Bullets, FigureRef, Heading, Table
 
 SEEDS = (0, 1, 2)
 
@@ -31,6 +31,7 @@ def test_short_lengths_get_their_section_with_the_paired_loss_from_16_bits(make_
     records = cells(make_record, "crh", {8: (0.60, 0.64, 0.68), 12: (0.70, 0.71, 0.72),
                                           16: (0.70, 0.76, 0.82), 32: (0.80, 0.80, 0.80)})
     records += cells(make_record, "csq", {8: (0.50, 0.50, 0.50), 16: (0.70, 0.70, 0.70)})
+    records += cells(make_record, "dpn", {16: (0.75, 0.75, 0.75)})  # no short cell: named, no row
     report = build_report(records)
     blocks = section_blocks(report)
     table = next(b for b in blocks if isinstance(b, Table))
@@ -42,7 +43,9 @@ def test_short_lengths_get_their_section_with_the_paired_loss_from_16_bits(make_
     assert rows["CSQ"][-1] == "-20.00 [-20.00, -20.00]"
     assert rows["CSQ"][2] == "not run"  # CSQ has no 12-bit cell
     assert rows["CRH"][1].startswith("**64.00")  # best at 8 bits
-    assert table.rows[-1][0] == "*chance (random codes)*"
+    assert table.rows[-1][0] == "*chance (random codes)*" and "DPN" not in rows
+    notes = next(b for b in blocks if isinstance(b, Bullets))
+    assert "not run below 16 bits: DPN." in notes.items[-1]
     figure = next(b for b in blocks if isinstance(b, FigureRef))
     plan = report.figures[figure.name]
     (_, bits, series) = plan.data[0]

@@ -20,6 +20,7 @@ from bench.report.stats import Stat
 from bench.report.tables import (
     CHANCE_LABEL,
     CHANCE_NAME,
+    DAGGER_NOTE,
     FLOOR_NAME,
     _best,
     _method_cell,
@@ -45,6 +46,13 @@ def short_tables(analysis: Analysis) -> list[MainTable]:
     """The supervised tables with at least one complete cell below MAIN_SHORTEST bits."""
     return [table for table in analysis.main.values()
             if any(bits < MAIN_SHORTEST and cell.complete for (_, bits), cell in table.cells.items())]
+
+
+def short_methods(table: MainTable) -> list[str]:
+    """The table's methods with a cell (complete or not) below MAIN_SHORTEST bits: a row without
+    one would say nothing about short codes."""
+    short = {method for method, bits in (*table.cells, *table.only_failed) if bits < MAIN_SHORTEST}
+    return [m for m in table.methods if m in short]
 
 
 def paired_loss(table: MainTable, method: str, short: int, key: str = "mAP") -> Stat | None:
@@ -76,8 +84,8 @@ def short_codes_table(doc: Doc, table: MainTable, key: str = "mAP") -> None:
     compare = MAIN_SHORTEST in table.bits and short < MAIN_SHORTEST
     header = ["method", *(f"{b} bits (n={len(table.expected[b])})" for b in table.bits),
               *([f"{short} − {MAIN_SHORTEST} bits (paired)"] if compare else [])]
-    ordered = [m for m in table.methods if m not in REFERENCE_METHODS] + \
-              [m for m in table.methods if m in REFERENCE_METHODS]
+    shown = short_methods(table)
+    ordered = [m for m in shown if m not in REFERENCE_METHODS] + [m for m in shown if m in REFERENCE_METHODS]
     rows, classes = [], []
     for method in ordered:
         name = FLOOR_NAME if method == FLOOR_METHOD else method_name(method)
@@ -94,7 +102,7 @@ def short_codes_table(doc: Doc, table: MainTable, key: str = "mAP") -> None:
 
 def short_codes_figure(doc: Doc, analysis: Analysis, table: MainTable) -> None:
     series = []
-    for method in table.methods:
+    for method in short_methods(table):
         points = tuple((b, *interval(cell, "mAP")[:3]) for b in table.bits
                        if (cell := table.complete(method, b)) is not None)
         if points:
@@ -134,4 +142,11 @@ def short_codes_section(doc: Doc, analysis: Analysis) -> None:
               f"in points.")
         short_codes_table(doc, table)
         short_codes_figure(doc, analysis, table)
-        doc.bullets(reconstruction_notes(table))
+        notes = []
+        if any(interval(c, "mAP")[3] == "bootstrap" for (m, b), c in table.cells.items()
+               if c.complete and m in short_methods(table)):
+            notes.append(DAGGER_NOTE)
+        if waiting := [method_name(m) for m in table.methods if m not in short_methods(table)]:
+            notes.append(f"In this table's 16-64-bit cells but not run below {MAIN_SHORTEST} bits: "
+                         f"{', '.join(waiting)}.")
+        doc.bullets(notes + reconstruction_notes(table))
