@@ -1,13 +1,13 @@
 """Short codes (issue 29): how each method holds up below the main tables' 16 bits.
 
-RSLH ("Reinforcing Short-Length Hashing", arXiv 2004.11511) claims that codes of 8-12 bits lose
-most of what longer codes retrieve unless training is built for them. RSLH itself is blocked on
-its sources (no method section or code could be read), so the suite measures what the claim is
-about instead: the `short-codes` experiments run every method that allows them at 8 and 12 bits
-under the same protocol, split and seeds as a table's 16-64-bit cells, so the short lengths
+RSLH ("Reinforcing Short-Length Hashing", arXiv 2004.11511) is about very short codes: how
+much of what longer codes retrieve they keep, and how to keep more. RSLH itself is blocked on
+its sources (no method section or code could be read), so the suite measures the claim's
+subject instead: the `short-codes` experiments run every method that allows them at 8 and 12
+bits under the same protocol, split and seeds as a table's 16-64-bit cells, so the short lengths
 join that table. This section shows every supervised table that holds such lengths, with the
 loss from 16 bits to the shortest length paired by seed (same split, initialisation seed and
-data order), which is what the claim is about, and the same curve as a figure."""
+data order), and the same curve as a figure."""
 
 from __future__ import annotations
 
@@ -126,12 +126,12 @@ def short_codes_section(doc: Doc, analysis: Analysis) -> None:
     if not tables:
         return
     doc.h(2, SECTION)
-    doc.p("RSLH (arXiv 2004.11511) claims that very short codes lose much of what longer ones retrieve. "
-          "RSLH itself could not be implemented (only its abstract and introduction are readable; no code "
-          "was found), so `python -m bench run --experiment short-codes` measures the claim's subject "
-          "instead: every method that allows them at 8 and 12 bits, under the protocol, split and seeds "
-          "of a table's 16-64-bit cells. A method missing at a length refuses it (LBHash needs whole code "
-          "bytes: 8 bits only).")
+    doc.p("RSLH (arXiv 2004.11511) is about very short codes: how much of what longer codes retrieve "
+          "they keep. RSLH itself could not be implemented (only its abstract and introduction are "
+          "readable; no code was found), so `python -m bench run --experiment short-codes` measures "
+          "the claim's subject instead: every method that allows them at 8 and 12 bits, under the "
+          "protocol, split and seeds of a table's 16-64-bit cells. A method missing at a length refuses "
+          "it (LBHash needs whole code bytes: 8 bits only).")
     for table in tables:
         title = card_info(table.scope.dataset).get("title") or table.scope.dataset
         doc.h(3, f"{title}: {analysis.scope_label(table.scope)}")
