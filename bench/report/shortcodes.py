@@ -15,19 +15,19 @@ import math
 
 from bench.report.analysis import Analysis, MainTable
 from bench.report.document import Doc, FigurePlan
-from bench.report.figures import Series, draw_headline
+from bench.report.figures import draw_headline
 from bench.report.stats import Stat
 from bench.report.tables import (
     CHANCE_LABEL,
-    CHANCE_NAME,
     DAGGER_NOTE,
-    FLOOR_NAME,
+    FLOOR_LABEL,
     _best,
     _method_cell,
     _unknowns,
-    chance_value,
+    chance_cells,
     interval,
     reconstruction_notes,
+    table_series,
 )
 from bench.report.util import (
     FLOOR_METHOD,
@@ -77,44 +77,31 @@ def loss_text(stat: Stat | None) -> str:
     return f"{fmt_signed(stat.mean)} [{fmt_signed(stat.mean - half)}, {fmt_signed(stat.mean + half)}]"
 
 
-def short_codes_table(doc: Doc, table: MainTable, key: str = "mAP") -> None:
-    getter = metric_points(key)
-    best = _best(table, getter)
+def short_codes_table(doc: Doc, table: MainTable, shown: list[str], key: str = "mAP") -> None:
+    """Rows for `shown` (the methods with a short cell), hashing methods first, then the floor
+    and chance, as in every main table."""
+    best = _best(table, metric_points(key))
     short = min(table.bits)
     compare = MAIN_SHORTEST in table.bits and short < MAIN_SHORTEST
     header = ["method", *(f"{b} bits (n={len(table.expected[b])})" for b in table.bits),
               *([f"{short} − {MAIN_SHORTEST} bits (paired)"] if compare else [])]
-    shown = short_methods(table)
     ordered = [m for m in shown if m not in REFERENCE_METHODS] + [m for m in shown if m in REFERENCE_METHODS]
     rows, classes = [], []
     for method in ordered:
-        name = FLOOR_NAME if method == FLOOR_METHOD else method_name(method)
         marked = " (reconstruction)" if _unknowns(table, method) else ""
-        label = f"*{name}*" if method in REFERENCE_METHODS else name + marked
-        rows.append([label, *(_method_cell(table, method, b, key, best) for b in table.bits),
+        rows.append([FLOOR_LABEL if method == FLOOR_METHOD else method_name(method) + marked,
+                     *(_method_cell(table, method, b, key, best) for b in table.bits),
                      *([loss_text(paired_loss(table, method, short, key))] if compare else [])])
         classes.append("ref" if method in REFERENCE_METHODS else "")
-    rows.append([CHANCE_LABEL, *("n/a" if math.isnan(v := chance_value(table, b, key)) else f"{v:.2f}"
-                                 for b in table.bits), *(["–"] if compare else [])])
+    rows.append([CHANCE_LABEL, *chance_cells(table, key), *(["–"] if compare else [])])
     classes.append("ref")
     doc.table(header, rows, classes)
 
 
-def short_codes_figure(doc: Doc, analysis: Analysis, table: MainTable) -> None:
-    series = []
-    for method in short_methods(table):
-        points = tuple((b, *interval(cell, "mAP")[:3]) for b in table.bits
-                       if (cell := table.complete(method, b)) is not None)
-        if points:
-            kind = "floor" if method in REFERENCE_METHODS else "method"
-            label = FLOOR_NAME if method == FLOOR_METHOD else method_name(method)
-            series.append(Series(label, method, kind, points))
-    chance = tuple((b, chance_value(table, b, "mAP"), math.nan, math.nan) for b in table.bits)
-    if all(not math.isnan(v) for _, v, _, _ in chance):
-        series.append(Series(CHANCE_NAME, "chance", "chance", chance))
+def short_codes_figure(doc: Doc, analysis: Analysis, table: MainTable, shown: list[str]) -> None:
     title = str(card_info(table.scope.dataset).get("title") or table.scope.dataset)
     panels = [(f"{title}\n{analysis.scope_label(table.scope).split(' · ', 1)[1]}", tuple(table.bits),
-               tuple(series))]
+               tuple(table_series(table, shown)))]
     doc.figure(FigurePlan(f"short-codes-{table.scope.slug}", (8.4, 4.2), draw_headline(panels), panels),
                "mAP (%) against code length, short lengths beside the table's 16-64 bits (same protocol, "
                "split and seeds), mean over seeds with 95 % intervals; dashed grey: the classify-then-hash "
@@ -140,13 +127,14 @@ def short_codes_section(doc: Doc, analysis: Analysis) -> None:
               f"length. Last column: mAP at {short} bits minus mAP at {MAIN_SHORTEST} bits, per seed "
               f"(the same split, initialisation and data order at both lengths), mean [95 % t interval] "
               f"in points.")
-        short_codes_table(doc, table)
-        short_codes_figure(doc, analysis, table)
+        shown = short_methods(table)
+        short_codes_table(doc, table, shown)
+        short_codes_figure(doc, analysis, table, shown)
         notes = []
-        if any(interval(c, "mAP")[3] == "bootstrap" for (m, b), c in table.cells.items()
-               if c.complete and m in short_methods(table)):
+        if any(interval(c, "mAP")[3] == "bootstrap" for (m, _), c in table.cells.items()
+               if c.complete and m in shown):
             notes.append(DAGGER_NOTE)
-        if waiting := [method_name(m) for m in table.methods if m not in short_methods(table)]:
+        if waiting := [method_name(m) for m in table.methods if m not in shown]:
             notes.append(f"In this table's 16-64-bit cells but not run below {MAIN_SHORTEST} bits: "
                          f"{', '.join(waiting)}.")
         doc.bullets(notes + reconstruction_notes(table))

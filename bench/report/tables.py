@@ -8,7 +8,7 @@ only), else says that it has no per-query data."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from bench.evaluation.chance import chance_from_record, chance_precision_within_radius
 from bench.report.analysis import Analysis, MainTable
@@ -152,26 +152,34 @@ def _card_cell(g: CardGrade) -> str:
     return " · ".join(parts)
 
 
+def table_series(table: MainTable, methods: Sequence[str] | None = None) -> list[Series]:
+    """mAP against bits of a table's methods (all, or `methods`), each over its complete cells
+    with 95 % intervals, and chance where every bit length has it: the lines of a bits figure."""
+    series = []
+    for method in table.methods if methods is None else methods:
+        points = tuple((bits, *interval(cell, "mAP")[:3]) for bits in table.bits
+                       if (cell := table.complete(method, bits)) is not None)
+        if points:
+            kind = "floor" if method in REFERENCE_METHODS else "method"
+            label = FLOOR_NAME if method == FLOOR_METHOD else method_name(method)
+            series.append(Series(label, method, kind, points))
+    chance = tuple((b, chance_value(table, b, "mAP"), math.nan, math.nan) for b in table.bits)
+    if all(not math.isnan(v) for _, v, _, _ in chance):
+        series.append(Series(CHANCE_NAME, "chance", "chance", chance))
+    return series
+
+
+def chance_cells(table: MainTable, key: str) -> list[str]:
+    """The chance row's cells, one per bit length of the table ("n/a" where not computable)."""
+    return ["n/a" if math.isnan(v := chance_value(table, b, key)) else f"{v:.2f}" for b in table.bits]
+
+
 def headline_figure(doc: Doc, analysis: Analysis) -> None:
     """mAP against bits per method, one panel per dataset card (its primary table)."""
     panels = []
     for card in analysis.cards():
         table = analysis.main[analysis.primary[card]]
-        series = []
-        for method in table.methods:
-            points = []
-            for bits in table.bits:
-                cell = table.complete(method, bits)
-                if cell is not None:
-                    mean, low, high, _ = interval(cell, "mAP")
-                    points.append((bits, mean, low, high))
-            if points:
-                kind = "floor" if method in REFERENCE_METHODS else "method"
-                label = FLOOR_NAME if method == FLOOR_METHOD else method_name(method)
-                series.append(Series(label, method, kind, tuple(points)))
-        chance = tuple((b, chance_value(table, b, "mAP"), math.nan, math.nan) for b in table.bits)
-        if all(not math.isnan(v) for _, v, _, _ in chance):
-            series.append(Series(CHANCE_NAME, "chance", "chance", chance))
+        series = table_series(table)
         if any(s.kind == "method" for s in series):
             title = str(card_info(card).get("title") or card)
             setting = analysis.scope_label(table.scope).split(" · ", 1)[1]

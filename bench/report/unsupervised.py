@@ -16,8 +16,8 @@ from bench.report.tables import (
     _method_cell,
     _unknowns,
     cell_text,
+    chance_cells,
     chance_how,
-    chance_value,
     reconstruction_notes,
 )
 from bench.report.util import (
@@ -62,8 +62,7 @@ def unsupervised_table(doc: Doc, analysis: Analysis, table: MainTable, key: str 
     primary = analysis.primary.get(table.scope.dataset)
     rows.append([f"*supervised reference ({analysis.scope_label(primary) if primary else 'none'})*",
                  *(supervised_reference(analysis, table, b, key) for b in table.bits)])
-    rows.append([CHANCE_LABEL, *("n/a" if math.isnan(v := chance_value(table, b, key)) else f"{v:.2f}"
-                                 for b in table.bits)])
+    rows.append([CHANCE_LABEL, *chance_cells(table, key)])
     classes += ["ref", "ref"]
     doc.table(header, rows, classes)
 
