@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.data.loading import REPO_ROOT, load_card, read_yaml
-from bench.runs.spec import entry_budget, load_tuned, tuned_dir, tuned_entry
+from bench.runs.spec import entry_budget, load_tuned, retired, tuned_dir, tuned_entry
 from bench.tuning.tune import outside, representative_task, resolved_defaults, search_space
 from bench.tuning.widening import edge_hits, governed, read_rounds, round_key
 from methods import available_methods, get_method
@@ -82,9 +82,11 @@ def tuned_mismatches(folder: Path | None = None, archived: bool = False) -> list
 
 def _superseded(entry: dict[str, Any], entries: list[dict[str, Any]]) -> bool:
     """A later search of the same method at the same bit length replaces this entry for new
-    tables; the entry stays in the file for the records that used it."""
-    return any(other is not entry and other.get("bits", 32) == entry.get("bits", 32)
-               and str(other.get("date", "")) > str(entry.get("date", "")) for other in entries)
+    tables, and so does a later search at another length whose transfer check holds at this
+    one (`retired`); the entry stays in the file for the records that used it."""
+    return retired(entry, entries) or any(
+        other is not entry and other.get("bits", 32) == entry.get("bits", 32)
+        and str(other.get("date", "")) > str(entry.get("date", "")) for other in entries)
 
 
 def tuned_edge_hits(folder: Path | None = None, superseded: bool = False) -> list[str]:
