@@ -185,7 +185,8 @@ def report_outcome(outcome: Any) -> None:
           + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                       for k, v in outcome.values.items()), flush=True)
     for key, side in outcome.extra.get("edge_hits", []):
-        print(f"  edge hit: {key} at the {side} edge of {outcome.space[key]}: widen it "
+        edges = outcome.extra.get("round_space") or outcome.space  # the round's, which a widening moves
+        print(f"  edge hit: {key} at the {side} edge of {edges[key]}: widen it "
               f"(bench.tuning.tune.widen) and give every method the same extra trials", flush=True)
 
 

@@ -26,7 +26,7 @@ from typing import Any
 from bench.data.loading import REPO_ROOT, load_card, read_yaml
 from bench.runs.spec import entry_budget, load_tuned, retired, tuned_dir, tuned_entry
 from bench.tuning.tune import outside, representative_task, resolved_defaults, search_space
-from bench.tuning.widening import edge_hits, governed, read_rounds, round_key
+from bench.tuning.widening import edge_hits, edge_space, governed, read_rounds, round_key
 from methods import available_methods, get_method
 
 TABLE_CLASSES = (10, 100, 196, 555)
@@ -102,15 +102,14 @@ def _tuned_entries(folder: Path | None) -> Iterator[tuple[Path, str, list[dict[s
 
 def tuned_edge_hits(folder: Path | None = None, superseded: bool = False) -> list[str]:
     """'card method key at low|high edge' for each chosen value near a non-hard edge of the
-    range it was searched on (the entry's own `search_space`), in the current entries (the
-    latest search per method and bit length), or with `superseded` in the earlier ones."""
+    range it was searched on (its round's: `edge_space`), in the current entries (the latest
+    search per method and bit length), or with `superseded` in the earlier ones."""
     found = []
     for path, method, entries in _tuned_entries(folder):
         for entry in entries:
             if _superseded(entry, entries) != superseded:
                 continue
-            space = {key: tuple(spec) if spec[0] != "choice" else ("choice", tuple(spec[1]))
-                     for key, spec in (entry.get("search_space") or {}).items()}
+            space = edge_space(entry)
             budget = f"{entry.get('bits', 32)} bits/{entry.get('epochs', 30)} epochs"
             found += [f"{path.stem} {method} {key} at {side} edge ({entry['values'][key]:.4g} in "
                       f"{list(space[key][1:])}; searched at {budget})"
