@@ -242,3 +242,20 @@ def test_an_own_search_hits_the_edges_of_its_round_not_of_the_union(tmp_path) ->
     entry = {"values": {"lr": 0.0099}, "search_space": {"lr": ["log", 1e-4, 0.03]},
              "round_space": {"lr": ["log", 1e-4, 0.01]}, "method": "csq", "trials": 8}
     assert edge_evidence([entry], [("lr", "high")])[0] == "csq lr 0.0099 at the high edge of [0.0001, 0.01]"
+
+
+def test_a_command_for_some_of_a_rounds_methods_widens_the_round(tmp_path, tuned_dir) -> None:
+    """Two processes share a round (CSQ in one, DPN in the other): DPN's command widens CSQ's
+    lambda_q edge hit too, for the same round (DPN does not search lambda_q; it gets the trials)."""
+    from bench.commands.tune import search_rounds
+    from bench.data.cards import load_card
+
+    tuned_dir.mkdir()
+    (tuned_dir / "synthetic.yaml").write_text(
+        "dataset: synthetic\nmethods:\n  csq:\n    values: {lr: 0.001, lambda_q: 1.1e-05}\n    bits: 16\n"
+        "    epochs: 1\n    trials: 8\n"
+        "    search_space: {lr: [log, 0.0001, 0.01], lambda_q: [log, 0.00001, 1.0]}\n")
+    card = load_card("synthetic")
+    rounds = search_rounds("lambda_q:low", card, ["dpn"], 16, 10, 1, tmp_path / "out.yaml")
+    assert rounds["16b-1e"].ranges == {"lambda_q": ("log", 3.33333333333e-06, 1.0)}
+    assert rounds["16b-1e"].trials == 10

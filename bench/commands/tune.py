@@ -290,7 +290,10 @@ def search_rounds(widen: str | None, card: Any, methods: list[str], bits: int, t
                if entry_budget(entry) == budget]
     after, searched = edge_evidence(entries, hits, {e["method"]: search_space(e["method"]) for e in entries})
     key = round_key(*budget)
-    rounds[key] = widened_round(rounds.get(key), {m: search_space(m) for m in methods}, hits, trials,
+    # The round belongs to the budget: a command may search some of its methods (another process
+    # the rest), so the knob's range is the one of every method searched at this budget.
+    in_round = dict.fromkeys([*methods, *(e["method"] for e in entries)])
+    rounds[key] = widened_round(rounds.get(key), {m: search_space(m) for m in in_round}, hits, trials,
                                 searched, after)
     return rounds
 

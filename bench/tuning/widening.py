@@ -173,7 +173,7 @@ def widened_round(current: Round | None, spaces: dict[str, dict[str, tuple]],
         specs = {tuple(current.ranges.get(knob, space[knob])) for space in spaces.values()
                  if knob in space and governed(knob, space[knob])}
         if not specs:
-            raise UserError(f"--widen {knob}:{side}: no method named in --methods searches '{knob}'")
+            raise UserError(f"--widen {knob}:{side}: no method of this round searches '{knob}'")
         if len(specs) > 1:
             raise UserError(f"--widen {knob}:{side}: the methods search '{knob}' on different ranges "
                             f"({sorted(specs)}); widen a shared range only")
