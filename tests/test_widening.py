@@ -259,3 +259,27 @@ def test_a_command_for_some_of_a_rounds_methods_widens_the_round(tmp_path, tuned
     rounds = search_rounds("lambda_q:low", card, ["dpn"], 16, 10, 1, tmp_path / "out.yaml")
     assert rounds["16b-1e"].ranges == {"lambda_q": ("log", 3.33333333333e-06, 1.0)}
     assert rounds["16b-1e"].trials == 10
+
+
+def test_a_retired_search_is_no_edge_evidence(tmp_path, tuned_dir) -> None:
+    """CSQ's 16-bit search hit lr's top; once a newer 32-bit search's check holds at 16 bits, the
+    16-bit search is retired and its edge hit asks for no wider 16-bit round (it does while the
+    check fails)."""
+    from bench.commands.tune import search_rounds
+    from bench.data.cards import load_card
+
+    tuned_dir.mkdir()
+    common = "epochs: 1, trials: 8, search_space: {lr: [log, 0.0001, 0.01]}"
+    card = load_card("synthetic")
+    for holds in (True, False):
+        (tuned_dir / "synthetic.yaml").write_text(
+            "dataset: synthetic\nmethods:\n  csq:\n"
+            f"  - {{values: {{lr: 0.0099}}, bits: 16, {common}, date: '2026-12-05T00:00:00Z'}}\n"
+            f"  - {{values: {{lr: 0.001}}, bits: 32, {common}, date: '2026-12-06T00:00:00Z',\n"
+            f"     transfer: {{16: {{within_spread: {str(holds).lower()}}}}}}}\n")
+        widen = ("lr:high", card, ["csq"], 16, 10, 1, tmp_path / "out.yaml")
+        if holds:
+            with pytest.raises(UserError, match="no entry of this round has lr at its high edge"):
+                search_rounds(*widen)
+        else:
+            assert search_rounds(*widen)["16b-1e"].trials == 10

@@ -274,7 +274,7 @@ def search_rounds(widen: str | None, card: Any, methods: list[str], bits: int, t
                   epochs: int | None, output: Path) -> dict[str, Any]:
     """The widened rounds that govern this search (from the committed tuned file and the output
     file), with --widen's new widening of this budget's round added (see bench.tuning.widening)."""
-    from bench.runs.spec import entry_budget, load_tuned, tuned_path
+    from bench.runs.spec import entry_budget, load_tuned, retired, tuned_path
     from bench.tuning.tune import search_space
     from bench.tuning.widening import edge_evidence, parse_widen, read_rounds, round_key, widened_round
 
@@ -283,11 +283,12 @@ def search_rounds(widen: str | None, card: Any, methods: list[str], bits: int, t
         return rounds
     hits = parse_widen(widen)
     budget = (bits, epochs if epochs is not None else card.schedule.get("epochs"))
+    # A retired search (a later check holds at its length) no longer counts as an edge hit.
     entries = [{**entry, "method": method}
                for path in dict.fromkeys([tuned_path(card.name), output])
                for setting in [load_tuned(card.name, path)] if setting is not None
                for method in setting.methods for entry in setting.entries(method)
-               if entry_budget(entry) == budget]
+               if entry_budget(entry) == budget and not retired(entry, setting.entries(method))]
     after, searched = edge_evidence(entries, hits, {e["method"]: search_space(e["method"]) for e in entries})
     key = round_key(*budget)
     # The round belongs to the budget: a command may search some of its methods (another process
