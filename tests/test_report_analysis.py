@@ -406,3 +406,20 @@ def test_gpu_samples_kept_apart_are_set_beside_their_cpu_twins(make_record):
     assert row.endswith("| 0.10 | 0.20 |")  # SD of differences; seed SD of the CPU cell (0.2 points)
     (check,) = report.device_checks
     assert check.method == "mds" and sorted(check.gpu) == [0, 1, 2]
+
+
+def test_a_later_search_of_the_same_budget_takes_the_cell_once_its_values_are_current(make_record):
+    """Runs at two sets of values from searches at one budget (a search re-run after a rule
+    change): the cell keeps the runs at the values the tuned file applies now, even with fewer
+    seeds, and lists the others; with no tuned file, the one with more seeds stays."""
+    from bench.report.tuning import current_tuned
+
+    records = tuned_generation(make_record, 6e-4, 60) + tuned_generation(make_record, 2e-3, 60, seeds=(0, 1))
+    kept = {(g.method, g.first["config"]["lr"]) for g in analyze(records).groups}
+    assert kept == {("crh", 6e-4), ("csq", 6e-4)}
+    entry = {"values": {"lr": 2e-3}, "bits": 16, "epochs": 60}
+    tuned = {"fashion-mnist": {"dataset": "fashion-mnist", "methods": {"crh": entry, "csq": entry}}}
+    analysis = analyze(records, current=current_tuned(tuned))
+    assert {(g.method, g.first["config"]["lr"]) for g in analysis.groups} == {("crh", 2e-3), ("csq", 2e-3)}
+    pairs = {(left.first["config"]["lr"], kept.first["config"]["lr"]) for left, kept in analysis.conflicts}
+    assert pairs == {(6e-4, 2e-3)}

@@ -68,7 +68,7 @@ from bench.report.tables import (
     verdict_table,
 )
 from bench.report.timing import isolated_timing_section, load_timing, timing_details
-from bench.report.tuning import transfer_numbers, tuning_section
+from bench.report.tuning import current_tuned, transfer_numbers, tuning_section
 from bench.report.unsupervised import SECTION as UNSUPERVISED_SECTION
 from bench.report.unsupervised import unsupervised_section
 from bench.report.util import CLAIMS_FILE, PUBLISHED_FILE, get
@@ -144,7 +144,7 @@ def build_report(records: Sequence[dict], problems: Sequence[str] = (), claims: 
     `gpu_samples`: GPU records kept outside the tables, bench.report.devices)."""
     claims = load_claims() if claims is None else claims
     published = load_published() if published is None else list(published)
-    analysis = analyze(records, problems, results_version)
+    analysis = analyze(records, problems, results_version, current=current_tuned(tuned))
     frame = claims_frame(analysis)
     verdicts = evaluate_claims(frame, claims, timing)
     views, unmatched = attack_views(analysis, attacks)

@@ -173,7 +173,8 @@ def _sort_records(records: Sequence[dict], problems: list[str], results_version:
     return included, older, failed
 
 
-def _group(included: list[dict]) -> tuple[list[Group], list[tuple[Group, Group]]]:
+def _group(included: list[dict], current: Callable[[Group], bool] | None = None,
+           ) -> tuple[list[Group], list[tuple[Group, Group]]]:
     by_key: dict[tuple, Group] = {}
     for record in included:
         spec = record["spec"]
@@ -183,10 +184,12 @@ def _group(included: list[dict]) -> tuple[list[Group], list[tuple[Group, Group]]
         group = by_key.setdefault(key, Group(scope, spec["method"], int(spec["bits"]), key[3], key[4]))
         group.runs.setdefault(seed_of(record), record)
     # Two configurations with the same scope/method/bits/variant (a training setting changed
-    # without an override): keep the one with more seeds, list the other.
+    # without an override, or a later search changed a method's tuned values): keep the one at
+    # the values the tuned file applies now (`current`), else the one with more seeds; list the other.
     kept: dict[tuple, Group] = {}
     conflicts: list[tuple[Group, Group]] = []
-    for group in sorted(by_key.values(), key=lambda g: (g.sort_key()[:4], -len(g.runs), g.config_key)):
+    for group in sorted(by_key.values(), key=lambda g: (g.sort_key()[:4], not (current and current(g)),
+                                                        -len(g.runs), g.config_key)):
         slot = (group.scope, group.method, group.bits, group.variant)
         if slot in kept:
             conflicts.append((group, kept[slot]))
@@ -252,11 +255,13 @@ def _primary_rank(table: MainTable) -> tuple:
 
 
 def analyze(records: Sequence[dict], problems: Sequence[str] = (),
-            results_version: Any = RESULTS_VERSION) -> Analysis:
-    """Sort records into what counts and what is shown apart, and group what counts."""
+            results_version: Any = RESULTS_VERSION, current: Callable[[Group], bool] | None = None,
+            ) -> Analysis:
+    """Sort records into what counts and what is shown apart, and group what counts (`current`:
+    whether a group of tuned runs applied the values its card's tuned file applies now)."""
     problems = list(problems)
     included, older, failed = _sort_records(records, problems, results_version)
-    groups, conflicts = _group(included)
+    groups, conflicts = _group(included, current)
 
     failed_seeds: dict[tuple, set[int]] = {}
     for record in failed:

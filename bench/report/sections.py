@@ -377,7 +377,8 @@ def quality(doc: Doc, a: Analysis) -> None:
                     for s, c in extra))
     if a.conflicts:
         doc.p("**Conflicting configurations** (same scope, method, bits and method settings, yet a "
-               "different resolved configuration; the one with fewer seeds is left out)")
+               "different resolved configuration; kept: the one at the values the card's tuned file "
+               "applies now, else the one with more seeds)")
         doc.table(("scope", "method", "bits", "left out: run ids", "kept: run ids"),
                    ((a.scope_label(left.scope), method_name(left.method), left.bits,
                      ", ".join(r["run_id"] for r in left.runs.values()),

@@ -8,7 +8,8 @@ table's seeds are."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from bench.report.document import Doc, Table
@@ -159,6 +160,26 @@ def tuning_section(doc: Doc, trials: Sequence[dict], settings: dict[str, dict]) 
             doc.p(f"No trial record for the chosen run of {', '.join(missing)} under tuning/runs: those "
                   "rows show no scores.")
     transfer_section(doc, settings)
+
+
+def current_tuned(tuned: dict[str, dict] | None) -> Callable[[Any], bool]:
+    """Whether a group of tuned runs applied the values its card's tuned file applies now at its
+    method, bits and search budget (`bench.runs.spec.tuned_entry`). A later search can change a
+    method's values; while the runs at both exist, the table shows those at the current values
+    (the others are listed under Data quality as a conflicting configuration)."""
+    from bench.runs.spec import TunedSetting, tuned_entry
+
+    def current(group: Any) -> bool:
+        setting = (tuned or {}).get(group.scope.dataset)
+        provenance = get(group.first, "config", "tuned_setting", default=None) or {}
+        searched = provenance.get("searched_at") if isinstance(provenance, dict) else None
+        if group.scope.protocol != "tuned" or not setting or not isinstance(searched, dict):
+            return False
+        entry, _ = tuned_entry(TunedSetting(Path(group.scope.dataset), "", setting["methods"]),
+                               group.method, group.bits, int(searched.get("epochs") or 0))
+        return entry is not None and provenance.get("values") == entry.get("values")
+
+    return current
 
 
 # ----------------------------------------------------------------------------- transfer checks
