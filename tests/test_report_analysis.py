@@ -410,16 +410,18 @@ def test_gpu_samples_kept_apart_are_set_beside_their_cpu_twins(make_record):
 
 def test_a_later_search_of_the_same_budget_takes_the_cell_once_its_values_are_current(make_record):
     """Runs at two sets of values from searches at one budget (a search re-run after a rule
-    change): the cell keeps the runs at the values the tuned file applies now, even with fewer
-    seeds, and lists the others; with no tuned file, the one with more seeds stays."""
+    change): while the new values have fewer seeds the cell keeps the complete runs; once they
+    have as many, it keeps the runs at the values the tuned file applies now and lists the others."""
     from bench.report.tuning import current_tuned
 
-    records = tuned_generation(make_record, 6e-4, 60) + tuned_generation(make_record, 2e-3, 60, seeds=(0, 1))
-    kept = {(g.method, g.first["config"]["lr"]) for g in analyze(records).groups}
-    assert kept == {("crh", 6e-4), ("csq", 6e-4)}
     entry = {"values": {"lr": 2e-3}, "bits": 16, "epochs": 60}
     tuned = {"fashion-mnist": {"dataset": "fashion-mnist", "methods": {"crh": entry, "csq": entry}}}
-    analysis = analyze(records, current=current_tuned(tuned))
-    assert {(g.method, g.first["config"]["lr"]) for g in analysis.groups} == {("crh", 2e-3), ("csq", 2e-3)}
-    pairs = {(left.first["config"]["lr"], kept.first["config"]["lr"]) for left, kept in analysis.conflicts}
-    assert pairs == {(6e-4, 2e-3)}
+    old = tuned_generation(make_record, 6e-4, 60)
+    for seeds, shown in (((0, 1), 6e-4), (SEEDS, 2e-3)):
+        new = tuned_generation(make_record, 2e-3, 60, seeds=seeds)
+        analysis = analyze(old + new, current=current_tuned(tuned))
+        shown_lr = {(g.method, g.first["config"]["lr"]) for g in analysis.groups}
+        assert shown_lr == {("crh", shown), ("csq", shown)}
+        assert len(analysis.conflicts) == 2
+    records = tuned_generation(make_record, 2e-3, 60) + old  # no tuned file: the order decides nothing
+    assert len({g.first["config"]["lr"] for g in analyze(records).groups}) == 1

@@ -184,12 +184,13 @@ def _group(included: list[dict], current: Callable[[Group], bool] | None = None,
         group = by_key.setdefault(key, Group(scope, spec["method"], int(spec["bits"]), key[3], key[4]))
         group.runs.setdefault(seed_of(record), record)
     # Two configurations with the same scope/method/bits/variant (a training setting changed
-    # without an override, or a later search changed a method's tuned values): keep the one at
-    # the values the tuned file applies now (`current`), else the one with more seeds; list the other.
+    # without an override, or a later search changed a method's tuned values): keep the one with
+    # more seeds, on a tie the one at the values the tuned file applies now (`current`), so a cell
+    # being rerun at new values keeps its complete runs until the new ones are as many; list the other.
     kept: dict[tuple, Group] = {}
     conflicts: list[tuple[Group, Group]] = []
-    for group in sorted(by_key.values(), key=lambda g: (g.sort_key()[:4], not (current and current(g)),
-                                                        -len(g.runs), g.config_key)):
+    for group in sorted(by_key.values(), key=lambda g: (g.sort_key()[:4], -len(g.runs),
+                                                        not (current and current(g)), g.config_key)):
         slot = (group.scope, group.method, group.bits, group.variant)
         if slot in kept:
             conflicts.append((group, kept[slot]))

@@ -377,8 +377,8 @@ def quality(doc: Doc, a: Analysis) -> None:
                     for s, c in extra))
     if a.conflicts:
         doc.p("**Conflicting configurations** (same scope, method, bits and method settings, yet a "
-               "different resolved configuration; kept: the one at the values the card's tuned file "
-               "applies now, else the one with more seeds)")
+               "different resolved configuration; kept: the one with more seeds, on a tie the one at "
+               "the values the card's tuned file applies now)")
         doc.table(("scope", "method", "bits", "left out: run ids", "kept: run ids"),
                    ((a.scope_label(left.scope), method_name(left.method), left.bits,
                      ", ".join(r["run_id"] for r in left.runs.values()),
