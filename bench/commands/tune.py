@@ -52,7 +52,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                            "rerun there on --transfer-seeds seeds; the verdict goes into the entry, "
                            "and `--protocol tuned` uses it at those lengths only when it holds; where it "
                            "does not, the method is searched at that length too (same trials and "
-                           "budget), into an entry of its own")
+                           "budget, carrying the check's top 3 configurations on ranges that hold "
+                           "them), into an entry of its own")
     what.add_argument("--widen", default=None, metavar="KNOB:SIDE",
                       help="after an edge hit at this budget (bits, epochs): move that edge of the "
                            "shared range out (x3 on a log range, half the range on a linear one) "
