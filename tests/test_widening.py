@@ -283,3 +283,21 @@ def test_a_retired_search_is_no_edge_evidence(tmp_path, tuned_dir) -> None:
                 search_rounds(*widen)
         else:
             assert search_rounds(*widen)["16b-1e"].trials == 10
+
+
+def test_fidelity_names_the_round_an_edge_hit_asks_for(tmp_path) -> None:
+    """CSQ's lr at the top at 32 bits: the next round names every method of that budget (DPN
+    too, which hit nothing), the hit edge, more trials than the round's 24, and the transfer
+    lengths its entries were checked at; a 16-bit entry without a hit asks for nothing."""
+    from bench.tuning.fidelity import widening_commands
+
+    common = ("bits: 32, epochs: 30, trials: 24, "
+              "transfer: {16: {within_spread: true}, 64: {within_spread: true}}")
+    (tmp_path / "synthetic.yaml").write_text(
+        "dataset: synthetic\nmethods:\n"
+        f"  csq: {{values: {{lr: 0.0099}}, search_space: {{lr: [log, 0.0001, 0.01]}}, {common}}}\n"
+        f"  dpn: {{values: {{lr: 0.001}}, search_space: {{lr: [log, 0.0001, 0.01]}}, {common}}}\n"
+        "  mds: {values: {lr: 0.001}, search_space: {lr: [log, 0.0001, 0.01]}, bits: 16, epochs: 30}\n")
+    assert widening_commands(tmp_path) == [
+        "python -m bench tune --dataset synthetic --bits 32 --epochs 30 --methods csq,dpn --trials 30 "
+        "--widen lr:high --transfer-to 16,64 --commit"]

@@ -105,16 +105,44 @@ def tuned_edge_hits(folder: Path | None = None, superseded: bool = False) -> lis
     range it was searched on (its round's: `edge_space`), in the current entries (the latest
     search per method and bit length), or with `superseded` in the earlier ones."""
     found = []
+    for path, method, entry, key, side in _edge_hit_items(folder, superseded):
+        budget = f"{entry.get('bits', 32)} bits/{entry.get('epochs', 30)} epochs"
+        found.append(f"{path.stem} {method} {key} at {side} edge ({entry['values'][key]:.4g} in "
+                     f"{list(edge_space(entry)[key][1:])}; searched at {budget})")
+    return found
+
+
+def _edge_hit_items(folder: Path | None, superseded: bool = False,
+                    ) -> Iterator[tuple[Path, str, dict[str, Any], str, str]]:
+    """(tuned file, method, entry, knob, side) per edge hit of the current (or superseded) entries."""
     for path, method, entries in _tuned_entries(folder):
         for entry in entries:
-            if _superseded(entry, entries) != superseded:
-                continue
-            space = edge_space(entry)
-            budget = f"{entry.get('bits', 32)} bits/{entry.get('epochs', 30)} epochs"
-            found += [f"{path.stem} {method} {key} at {side} edge ({entry['values'][key]:.4g} in "
-                      f"{list(space[key][1:])}; searched at {budget})"
-                      for key, side in edge_hits(entry["values"], space)]
-    return found
+            if _superseded(entry, entries) == superseded:
+                for key, side in edge_hits(entry["values"], edge_space(entry)):
+                    yield path, method, entry, key, side
+
+
+def widening_commands(folder: Path | None = None) -> list[str]:
+    """The `bench tune` command that each round with edge hits asks for next (rule R3): its
+    budget, every method with a current entry at it, the hit edges and more trials than the
+    round has searched (a suggestion: any larger count keeps the rule)."""
+    rounds: dict[tuple[str, int, int], dict[str, Any]] = {}
+    for path, _, entry, key, side in _edge_hit_items(folder):
+        bits, epochs = entry_budget(entry)
+        rounds.setdefault((path.stem, bits, epochs), {"hits": {}})["hits"][f"{key}:{side}"] = None
+    commands = []
+    for (card, bits, epochs), found in sorted(rounds.items()):
+        at_budget = [(method, entry) for path, method, entries in _tuned_entries(folder) if path.stem == card
+                     for entry in entries if entry_budget(entry) == (bits, epochs)
+                     and not _superseded(entry, entries)]
+        searched = max(int(entry.get("trials") or 0) for _, entry in at_budget)
+        targets = sorted({int(b) for _, entry in at_budget for b in (entry.get("transfer") or {})})
+        methods = ",".join(sorted({method for method, _ in at_budget}))
+        commands.append(
+            f"python -m bench tune --dataset {card} --bits {bits} --epochs {epochs} --methods {methods} "
+            f"--trials {searched + max(1, searched // 4)} --widen {','.join(found['hits'])}"
+            + (f" --transfer-to {','.join(map(str, targets))}" if targets else "") + " --commit")
+    return commands
 
 
 def widening_gaps(folder: Path | None = None) -> list[str]:
@@ -192,6 +220,11 @@ def main() -> int:
             print(f"  {item}")
         print(f"{len(items)} {label}")
         failed += bool(items)
+        if label == "edge hits" and items:
+            print("  next rounds (rule R3: the hit edges widen, every method of the round gets the "
+                  "same extra trials):")
+            for command in widening_commands():
+                print(f"    {command}")
     kept = tuned_mismatches(archived=True)
     if kept:  # not a failure: made under v2's rule, listed by the report, never rerun
         names = sorted({item.split()[0] for item in kept})
