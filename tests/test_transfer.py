@@ -167,3 +167,76 @@ def test_a_failed_check_searches_at_that_length_too(tmp_path: Path, monkeypatch,
     run = ["run", "--methods", "csq", "--bits", "8", "--protocol", "tuned", *FAST,
            "--results", str(tmp_path / "runs"), "--dry-run"]
     assert main(run) == 0
+
+
+def test_a_search_after_a_failed_check_carries_the_checked_configurations(tmp_path: Path, monkeypatch,
+                                                                         one_thread) -> None:
+    """The search at a length where the check failed must be able to reach what it replaces: its
+    ranges hold the checked round's (lr widened to 0.03 at 16 bits here, while 8 bits has no
+    round), and the check's top configurations are trials of it, scored from the check's seed-0
+    records (nothing retrained), beside its own equal budget of searched trials."""
+    import optuna
+
+    import bench.tuning.transfer as transfer
+
+    monkeypatch.setenv("BENCH_TUNED_DIR", str(tmp_path / "tuned"))
+    setting = tmp_path / "tuned" / "synthetic.yaml"
+    setting.parent.mkdir(parents=True)
+    setting.write_text(yaml.safe_dump({"dataset": "synthetic", "methods": {}, "widened": {
+        "16b-1e": {"ranges": {"lr": ["log", 1e-4, 0.03]}, "trials": 3, "after": "a test"}}}))
+    results = tmp_path / "results"
+    command = ["tune", "--methods", "csq", "--trials", "3", "--bits", "16", *FAST, "--results", str(results),
+               "--output", str(setting), "--transfer-to", "8"]
+    monkeypatch.setattr(transfer, "judge", lambda scores: {**judge(scores), "within_spread": False})
+    assert main(command) == 0
+    own, searched = yaml.safe_load(setting.read_text())["methods"]["csq"]
+    assert (own["bits"], searched["bits"]) == (8, 16)
+    assert own["search_space"]["lr"] == ["log", 1e-4, 0.03]  # the 16-bit round's range
+    assert own["carried"]["from"] == searched["study"] and own["trials"] == 3
+    checked = searched["transfer"][8]["configurations"]
+    storage = f"sqlite:///{results / 'tuning' / own['study']}.db"
+    study = optuna.load_study(study_name=own["study"], storage=storage)
+    carried = [t for t in study.trials if "carried_from" in t.user_attrs]
+    assert [t.params for t in carried] == [c["values"] for c in checked]
+    assert [t.user_attrs["run_id"] for t in carried] == [c["run_ids"][0] for c in checked]
+    assert [t.value for t in carried] == pytest.approx([c["val_mAP"][0] for c in checked], abs=1e-6)
+    assert own["carried"]["trials"] == [t.number for t in carried]
+    assert len([t for t in study.trials if "carried_from" not in t.user_attrs]) == 3
+    assert study.trials[0].user_attrs.get("default") is True  # trial 0 stays the default
+    assert own["best_val_mAP"] == pytest.approx(max(t.value for t in study.trials), abs=1e-6)
+    before = setting.read_bytes()
+    records = sorted((results / "tuning" / "runs").rglob("*.json.gz"))
+    assert main(command) == 0  # a replay adds no trial, trains nothing, rewrites nothing
+    assert setting.read_bytes() == before
+    assert sorted((results / "tuning" / "runs").rglob("*.json.gz")) == records
+    assert len(optuna.load_study(study_name=own["study"], storage=storage).trials) == len(study.trials)
+    # A later command searching at 8 bits directly (more trials, say) is that check's search too.
+    assert main([*command[:4], "4", "--bits", "8", *command[7:-2]]) == 0
+    own = yaml.safe_load(setting.read_text())["methods"]["csq"][0]
+    assert own["bits"] == 8 and own["trials"] == 4 and own["carried"]["from"] == searched["study"]
+    again = optuna.load_study(study_name=own["study"], storage=storage)
+    assert len([t for t in again.trials if "carried_from" in t.user_attrs]) == 3  # not carried twice
+
+
+def test_fidelity_lists_an_own_search_that_cannot_reach_the_checked_values(tmp_path: Path) -> None:
+    """A failed check from 32 to 16 bits asks a 16-bit search that holds the 32-bit ranges and
+    carries the checked configurations; missing either, or the search itself, is a gap."""
+    from bench.tuning.fidelity import own_search_gaps
+
+    checked = ("  - {bits: 32, epochs: 30, trials: 8, study: s32, values: {lr: 0.02},\n"
+               "     search_space: {lr: [log, 0.0001, 0.03]},\n"
+               "     transfer: {16: {within_spread: false, configurations: [{values: {lr: 0.02}}]}}}\n")
+
+    def gaps(own: str) -> list[str]:
+        (tmp_path / "synthetic.yaml").write_text("dataset: synthetic\nmethods:\n  csq:\n" + checked + own)
+        return own_search_gaps(tmp_path)
+
+    ranges = "search_space: {lr: [log, 0.0001, 0.03]}"
+    assert gaps(f"  - {{bits: 16, epochs: 30, trials: 8, values: {{lr: 0.01}}, {ranges},\n"
+                "     carried: {from: s32, trials: [8]}}\n") == []
+    assert gaps("  - {bits: 16, epochs: 30, trials: 8, values: {lr: 0.001},\n"
+                "     search_space: {lr: [log, 0.0001, 0.003]}}\n") == [
+        "synthetic csq 16b-30e: searched after the failed check from 32 bits on ranges that exclude "
+        "its lr and without its top configurations carried"]
+    assert gaps(f"  - {{bits: 16, epochs: 60, trials: 8, values: {{lr: 0.01}}, {ranges}}}\n") == [
+        "synthetic csq 16b-30e: the check from 32 bits failed and there is no search at 16 bits"]

@@ -133,7 +133,8 @@ def test_a_search_keeps_the_round_that_a_search_beside_it_widened(tmp_path) -> N
     """Two searches of one card at two budgets run side by side: the one that writes last
     started before the other widened its round, and must not write back the older round."""
     from bench.data.cards import load_card
-    from bench.tuning.tune import TuneOutcome, TuneRequest, write_setting
+    from bench.tuning.setting import write_setting
+    from bench.tuning.tune import TuneOutcome, TuneRequest
 
     card, output = load_card("synthetic"), tmp_path / "synthetic.yaml"
     narrow, wide = Round({"lr": ("log", 1e-4, 0.03)}, 32, "a"), Round({"lr": ("log", 1e-4, 0.09)}, 40, "b")
@@ -179,7 +180,8 @@ def test_a_tuned_file_is_merged_under_a_lock(tmp_path) -> None:
     from filelock import FileLock
 
     from bench.data.cards import load_card
-    from bench.tuning.tune import TuneOutcome, TuneRequest, setting_lock, write_setting
+    from bench.tuning.setting import setting_lock, write_setting
+    from bench.tuning.tune import TuneOutcome, TuneRequest
 
     card, output = load_card("synthetic"), tmp_path / "synthetic.yaml"
     outcome = TuneOutcome("csq", "s32", tmp_path / "s.db", {"lr": ("log", 1e-4, 0.03)}, {"lr": 0.01},
@@ -194,3 +196,29 @@ def test_a_tuned_file_is_merged_under_a_lock(tmp_path) -> None:
     held.release()
     writer.join(timeout=30)
     assert not writer.is_alive() and output.exists()
+
+
+def test_rounds_unite_knob_by_knob() -> None:
+    """lr [1e-4, 0.01] with [3e-5, 3e-3] -> [3e-5, 0.01]; a knob of one round only keeps its
+    range; the larger trial count wins; a knob searched on two scales cannot be united."""
+    first = Round({"lr": ("log", 1e-4, 0.01), "beta": ("log", 0.0333, 10.0)}, 48, "at 32 bits")
+    second = Round({"lr": ("log", 3e-5, 3e-3), "scale": ("log", 0.333, 16.0)}, 40, "at 64 bits")
+    both = first.united(second)
+    assert both.ranges == {"lr": ("log", 3e-5, 0.01), "beta": ("log", 0.0333, 10.0),
+                           "scale": ("log", 0.333, 16.0)}
+    assert both.trials == 48 and both.after == "at 32 bits; at 64 bits"
+    assert Round().united(first).ranges == first.ranges
+    with pytest.raises(UserError, match="cannot be united"):
+        first.united(Round({"lr": ("float", 0.0, 1.0)}))
+
+
+def test_carried_trials_stand_beside_the_equal_budget() -> None:
+    """Of trials 0-5 with 2 and 3 carried, a budget of 3 is searched trials 0, 1, 4 plus the two
+    carried ones; trial 5 (beyond the budget, say from a longer earlier call) is left out."""
+    from types import SimpleNamespace
+
+    from bench.tuning.tune import equal_budget
+
+    trials = [SimpleNamespace(number=n, user_attrs={"carried_from": "s top 1"} if n in (2, 3) else {})
+              for n in (5, 3, 1, 0, 4, 2)]
+    assert [t.number for t in equal_budget(trials, 3)] == [0, 1, 2, 3, 4]

@@ -83,13 +83,13 @@ def execute(args: argparse.Namespace) -> int:
     from bench.runs.spec import tuned_path
     from bench.sweeps.parallel import check_executor
     from bench.sweeps.runner import RunOptions
+    from bench.tuning.setting import write_setting
     from bench.tuning.tune import (
         TuneRequest,
         TuningAborted,
         knob_counts,
         search_space,
         trial_budget,
-        write_setting,
     )
     from methods import get_method
 
@@ -153,7 +153,9 @@ def execute(args: argparse.Namespace) -> int:
         return path
 
     try:
-        for outcome, verdicts, own_searches in search_all(methods, request, options, targets, transfer_seeds):
+        carried = {method: carried_from_file(card.name, method, request, output) for method in methods}
+        for outcome, verdicts, own_searches in search_all(methods, request, options, targets, transfer_seeds,
+                                                          carried):
             outcomes.append(outcome)
             if verdicts:
                 transfers[outcome.method] = verdicts
@@ -187,19 +189,46 @@ def report_outcome(outcome: Any) -> None:
               f"(bench.tuning.tune.widen) and give every method the same extra trials", flush=True)
 
 
-def search_one(method: str, request: Any, options: Any, targets: list[int],
-               transfer_seeds: int) -> tuple[Any, dict[int, Any], list[tuple[int, Any]]]:
+def carried_from_file(card: str, method: str, request: Any, output: Path) -> Any:
+    """A search at a length where a stored search's transfer check failed is that check's own
+    search (rule R4), whether the command that failed it or a later one runs it: it carries the
+    checked search's ranges and top configurations (`bench.tuning.tune.Carried`). None when no
+    current entry of the method at another length and the same epochs failed a check to here."""
+    from bench.runs.spec import entry_budget, load_tuned, tuned_path
+    from bench.tuning.tune import Carried
+
+    epochs = request.epochs if request.epochs is not None else request.card.schedule.get("epochs")
+    checked: dict[int, dict[str, Any]] = {}  # the entry at each other length; the output file wins
+    for path in dict.fromkeys([tuned_path(card), output]):
+        setting = load_tuned(card, path)
+        for entry in setting.entries(method) if setting is not None else []:
+            bits, entry_epochs = entry_budget(entry)
+            if entry_epochs == epochs and bits != request.bits:
+                checked[bits] = entry
+    for _, entry in sorted(checked.items()):
+        verdict = (entry.get("transfer") or {}).get(request.bits)
+        if isinstance(verdict, dict) and verdict.get("within_spread") is False:
+            return Carried.of(entry["study"], entry.get("search_space") or {}, entry.get("trials") or 0,
+                              [c["values"] for c in verdict.get("configurations") or []])
+    return None
+
+
+def search_one(method: str, request: Any, options: Any, targets: list[int], transfer_seeds: int,
+               carried: Any = None) -> tuple[Any, dict[int, Any], list[tuple[int, Any]]]:
     """One method's study (one trial at a time), its transfer checks, and a study of its own
     at each length where the check failed (rule R4: otherwise search at that length too), with
     the same trials and budget; runs in a worker process when several methods are searched at
     once."""
-    from bench.tuning.tune import tune_method
+    from bench.tuning.tune import Carried, tune_method
 
     def log(line: str) -> None:
         print(line, flush=True)
 
     sequential = dataclasses.replace(request, jobs=1)
-    outcome = tune_method(method, sequential, options, log=log)
+    if carried is not None:
+        log(f"{method}: the check from {carried.source} failed at {request.bits} bits: this search "
+            f"carries its ranges and its top {len(carried.configurations)} configurations")
+    outcome = tune_method(method, dataclasses.replace(sequential, carried=carried), options, log=log)
     verdicts: dict[int, Any] = {}
     own_searches = []
     if targets:
@@ -207,28 +236,34 @@ def search_one(method: str, request: Any, options: Any, targets: list[int],
 
         verdicts = check_transfer(outcome, sequential, targets, options, seeds=transfer_seeds, log=log)
         for target in sorted(b for b, verdict in verdicts.items() if not verdict["within_spread"]):
-            there = dataclasses.replace(sequential, bits=target)
+            there = dataclasses.replace(sequential, bits=target, carried=Carried.of(
+                outcome.study, outcome.space, outcome.finished,
+                [c["values"] for c in verdicts[target]["configurations"]]))
+            ranges = there.searched_round().ranges
             log(f"{method}: searching at {target} bits too, as at {request.bits} ({there.trial_count()} "
-                f"trials{', a widened round' if there.round().ranges else ''})")
+                f"trials{' on ' + str(ranges) if ranges else ''}, carrying the top "
+                f"{len(there.carried.configurations)} checked there)")
             own_searches.append((target, tune_method(method, there, options, log=log)))
     return outcome, verdicts, own_searches
 
 
-def search_all(methods: list[str], request: Any, options: Any, targets: list[int],
-               transfer_seeds: int) -> Iterator[tuple[Any, dict[int, Any], list[tuple[int, Any]]]]:
+def search_all(methods: list[str], request: Any, options: Any, targets: list[int], transfer_seeds: int,
+               carried: dict[str, Any] | None = None,
+               ) -> Iterator[tuple[Any, dict[int, Any], list[tuple[int, Any]]]]:
     """Every method's search, `request.jobs` studies at a time, yielded in the methods' order.
     Parallelism is across studies, never inside one: each study proposes one trial at a time
     from (seed, history), so what it chooses does not depend on --jobs."""
     if request.jobs <= 1 or len(methods) == 1:
         for method in methods:
-            yield search_one(method, request, options, targets, transfer_seeds)
+            yield search_one(method, request, options, targets, transfer_seeds, (carried or {}).get(method))
         return
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=min(request.jobs, len(methods)), mp_context=context) as pool:
-        futures = [pool.submit(search_one, method, request, options, targets, transfer_seeds)
+        futures = [pool.submit(search_one, method, request, options, targets, transfer_seeds,
+                               (carried or {}).get(method))
                    for method in methods]
         for future in futures:
             yield future.result()

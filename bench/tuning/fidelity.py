@@ -10,7 +10,9 @@
    bit length) lies within 5 % of an edge of its searched range that is not a hard bound;
    earlier entries, kept for the records that used them, are counted apart.
    A round widened after an edge hit (bench.tuning.widening) lists each of its current entries
-   not searched on its ranges with its trial count ("widening gaps").
+   not searched on its ranges with its trial count ("widening gaps"), and every search at a
+   length where a transfer check failed must hold the checked search's ranges and carry its top
+   configurations (bench.tuning.tune.Carried; "own-search gaps").
 Each prints one count line ("0 outside", "0 mismatches", "0 edge hits" when all hold) and the
 offending items above it; the exit code is the number of failed checks.
 """
@@ -128,7 +130,7 @@ def widening_gaps(folder: Path | None = None) -> list[str]:
                 wide, own = rounds[key], search_space(method)
                 space = entry.get("search_space") or {}
                 narrow = [k for k, spec in wide.ranges.items() if k in space
-                          and governed(k, own.get(k, space[k])) and tuple(space[k]) != tuple(spec)]
+                          and governed(k, own.get(k, space[k])) and not _holds(space[k], spec)]
                 if int(entry.get("trials") or 0) < wide.trials or narrow:
                     found.append(f"{path.stem} {method} {key}: {entry.get('trials')} trials"
                                  + (f", {', '.join(narrow)} on the old range" if narrow else "")
@@ -136,10 +138,55 @@ def widening_gaps(folder: Path | None = None) -> list[str]:
     return found
 
 
+def _holds(searched: Any, needed: Any) -> bool:
+    """The range an entry searched contains the range it had to (an own search's ranges unite
+    its round's with the checked round's, so they may be wider than its round's)."""
+    return (searched[0] == needed[0] and searched[0] != "choice"
+            and float(searched[1]) <= float(needed[1]) and float(searched[2]) >= float(needed[2]))
+
+
+def own_search_gaps(folder: Path | None = None) -> list[str]:
+    """'card method bits: why' for each failed transfer check of a current entry whose length has
+    no search that can reach the checked values: rule R4 asks a search there, and the search
+    must hold the checked search's ranges and carry its top configurations (`Carried`), or its
+    best may be worse than the configurations the check already ran at that length."""
+    folder = Path(folder) if folder is not None else tuned_dir()
+    found = []
+    for path in sorted(folder.glob("*.yaml")):
+        setting = load_tuned(path.stem, path)
+        if setting is None:
+            continue
+        for method in sorted(setting.methods):
+            entries = [e for e in setting.entries(method) if not _superseded(e, setting.entries(method))]
+            for checked in entries:
+                epochs = entry_budget(checked)[1]
+                for bits, verdict in sorted((checked.get("transfer") or {}).items()):
+                    if not isinstance(verdict, dict) or verdict.get("within_spread") is not False:
+                        continue
+                    own = next((e for e in entries if entry_budget(e) == (int(bits), epochs)), None)
+                    where = f"{path.stem} {method} {bits}b-{epochs}e"
+                    if own is None:
+                        found.append(f"{where}: the check from {checked.get('bits')} bits failed and "
+                                     f"there is no search at {bits} bits")
+                        continue
+                    space, needed = own.get("search_space") or {}, checked.get("search_space") or {}
+                    narrow = sorted(k for k, spec in needed.items() if k in space and spec[0] != "choice"
+                                    and not _holds(space[k], spec))
+                    carried = (own.get("carried") or {}).get("from") == checked.get("study")
+                    if narrow or not carried:
+                        found.append(f"{where}: searched after the failed check from {checked.get('bits')} "
+                                     f"bits" + (f" on ranges that exclude its {', '.join(narrow)}"
+                                                if narrow else "")
+                                     + ("" if carried else f"{' and' if narrow else ''} without its top "
+                                        f"configurations carried"))
+    return found
+
+
 def main() -> int:
     failed = 0
     for label, items in (("outside", defaults_outside()), ("mismatches", tuned_mismatches()),
-                         ("edge hits", tuned_edge_hits()), ("widening gaps", widening_gaps())):
+                         ("edge hits", tuned_edge_hits()), ("widening gaps", widening_gaps()),
+                         ("own-search gaps", own_search_gaps())):
         for item in items:
             print(f"  {item}")
         print(f"{len(items)} {label}")

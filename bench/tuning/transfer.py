@@ -24,7 +24,14 @@ import numpy as np
 
 from bench.errors import UserError
 from bench.runs.spec import RunSpec
-from bench.tuning.tune import BASE_PROTOCOL, TRIALS_FOLDER, TuneOutcome, TuneRequest, validation_score
+from bench.tuning.tune import (
+    BASE_PROTOCOL,
+    TRIALS_FOLDER,
+    TuneOutcome,
+    TuneRequest,
+    equal_budget,
+    validation_score,
+)
 
 TOP_CONFIGURATIONS = 3  # R4: the study's top 3 configurations
 TRANSFER_SEEDS = 2  # issue #26 asks 2 (the spec, 3): pooled over 3 configurations, 3 df
@@ -42,7 +49,7 @@ def top_configurations(outcome: TuneOutcome, count: int = TOP_CONFIGURATIONS) ->
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.load_study(study_name=outcome.study,
                               storage=f"sqlite:///{outcome.storage.resolve()}")
-    budget = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)[: outcome.finished]
+    budget = equal_budget(study.get_trials(deepcopy=False), outcome.finished)
     complete = [t for t in budget if t.state == TrialState.COMPLETE]
     ranked = sorted(complete, key=lambda t: (-t.value, t.number))[:count]
     if not ranked or dict(ranked[0].params) != outcome.values:

@@ -13,7 +13,10 @@ one. Knobs several methods share are searched on one range (`methods.base.SHARED
 A chosen value near a range edge that is not a hard bound is an edge hit: the range of that
 search round (card, bits, epochs) is widened and every method searched in it runs the same extra
 trials (`bench.tuning.widening`); a widened study starts from the finished trials of the study
-it widens (`inherit_trials`).
+it widens (`inherit_trials`). A search at a length where a transfer check failed (rule R4) also
+carries the checked study's top configurations (`Carried`): they are its trials too, read from the
+check's seed-0 records, and its ranges hold the round they were searched on, so the search can
+always reach the value it would replace.
 
 Trials are normal runs (harmonised protocol plus the trial's values as overrides) executed by
 `bench.sweeps.runner.execute_runs`, so every trial is a run record and a trial whose record exists is
@@ -24,7 +27,7 @@ a killed tuning run resumes: trials left running are finished with their own val
 sampler is re-seeded from (seed, trial number) before each new trial, so a resumed study
 proposes exactly what an uninterrupted one would have.
 The chosen values are merged into a committed setting (bench/tuned/<card>.yaml) with their
-provenance; `run --protocol tuned` applies them.
+provenance (`bench.tuning.setting`); `run --protocol tuned` applies them.
 """
 
 from __future__ import annotations
@@ -35,18 +38,15 @@ import fcntl
 import hashlib
 import json
 import math
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from bench.data.loading import DatasetCard
 from bench.errors import UserError
-from bench.runs.spec import RunSpec, entry_budget, load_tuned, method_params, tuned_path
-from bench.tuning.widening import Round, edge_hits, read_rounds, round_key
+from bench.runs.spec import RunSpec, method_params
+from bench.tuning.widening import Round, edge_hits, round_key
 from methods import get_method
 from methods.base import HARMONISED, HashMethod, Task
 
@@ -236,6 +236,39 @@ def study_name(card: str, method: str, bits: int, epochs: int | None = None,
     return f"{name}-{epochs}e-{digest[:6]}"
 
 
+@dataclass(frozen=True)
+class Carried:
+    """What a search at a length where a transfer check failed carries from the checked search:
+    that search's round (its ranges join this length's, so the carried values lie inside the
+    space) and its top configurations, which the check already ran here at seed 0, i.e. trials
+    of this search that cost nothing. They are added beside the equal budget, not inside it:
+    every such search gets the same configurations (the check's top 3) on top of its trials."""
+
+    source: str  # the study whose transfer failed
+    round: Round
+    configurations: tuple[dict[str, Any], ...] = ()
+
+    @classmethod
+    def of(cls, source: str, space: dict[str, Any], trials: int,
+           configurations: list[dict[str, Any]]) -> Carried:
+        """From the checked search: its study name, the space it searched (as searched or as the
+        tuned file stores it), its trial count and the configurations its check ran."""
+        ranges = {key: (spec[0], float(spec[1]), float(spec[2])) for key, spec in space.items()
+                  if spec[0] != "choice"}
+        return cls(source, Round(ranges, int(trials), f"the search {source}"),
+                   tuple(dict(values) for values in configurations))
+
+
+def equal_budget(trials: list[Any], count: int) -> list[Any]:
+    """The trials a study chooses among: its first `count` searched trials (the equal budget,
+    even if an earlier call ran more) and any configurations carried from a failed transfer
+    check (`Carried`), in trial order."""
+    ordered = sorted(trials, key=lambda t: t.number)
+    searched = [t for t in ordered if "carried_from" not in t.user_attrs][:count]
+    carried = [t for t in ordered if "carried_from" in t.user_attrs]
+    return sorted([*searched, *carried], key=lambda t: t.number)
+
+
 @dataclass
 class TuneRequest:
     card: DatasetCard
@@ -248,15 +281,21 @@ class TuneRequest:
     jobs: int = 1
     backend: str = "local"
     rounds: dict[str, Round] = field(default_factory=dict)  # widened rounds by round_key
+    carried: Carried | None = None  # a search after a failed transfer check to these bits
 
     def round(self) -> Round:
         """This request's search round (its bits and epochs): widened ranges and trial count."""
         epochs = self.epochs if self.epochs is not None else self.card.schedule.get("epochs")
         return self.rounds.get(round_key(self.bits, epochs), Round())
 
+    def searched_round(self) -> Round:
+        """The ranges and trial count this search uses: its round, united with the checked
+        search's round when it follows a failed transfer check."""
+        return self.round().united(self.carried.round) if self.carried else self.round()
+
     def trial_count(self) -> int:
         """Trials every method gets in this round: the asked count, or a widened round's larger one."""
-        return max(self.trials, self.round().trials)
+        return max(self.trials, self.searched_round().trials)
 
 
 @dataclass
@@ -325,7 +364,7 @@ def tune_method(method: str, request: TuneRequest, options: Any,
     from bench.sweeps.runner import execute_runs, plan_runs
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    space = request.round().space(search_space(method))
+    space = request.searched_round().space(search_space(method))
     count = request.trial_count()
     epochs = request.epochs if request.epochs is not None else request.card.schedule.get("epochs")
     name = study_name(request.card.name, method, request.bits, epochs, space)
@@ -348,9 +387,10 @@ def tune_method(method: str, request: TuneRequest, options: Any,
             moved = outside(space, resolved_defaults(method, space, task))
             study.enqueue_trial(point, user_attrs={"default": True, "default_moved_to_edge": moved})
         finished = (TrialState.COMPLETE, TrialState.FAIL)
-        new_trials = 0
+        new_trials = carry_in(study, method, request, space, options, log) if request.carried else 0
         while True:
-            done = len(study.get_trials(deepcopy=False, states=finished))
+            done = len([t for t in study.get_trials(deepcopy=False, states=finished)
+                        if "carried_from" not in t.user_attrs])
             room = min(request.jobs, count - done)
             if room <= 0:
                 break
@@ -389,7 +429,8 @@ def tune_method(method: str, request: TuneRequest, options: Any,
                         + (" (resumed)" if resumed else ""))
                 new_trials += 1
         trials = sorted(study.get_trials(deepcopy=False, states=finished), key=lambda t: t.number)
-        budget = trials[:count]
+        budget = equal_budget(trials, count)
+        searched = [t for t in budget if "carried_from" not in t.user_attrs]
         complete = [t for t in budget if t.state == TrialState.COMPLETE]
         if not complete:
             raise UserError(f"{name}: all {len(budget)} trials failed; widen or move the search "
@@ -401,132 +442,50 @@ def tune_method(method: str, request: TuneRequest, options: Any,
     return TuneOutcome(
         method=method, study=name, storage=storage_path, space=space, values=dict(best.params),
         best_value=float(best.value), best_trial=best.number, best_run_id=best_run.run_id,
-        default_value=float(defaults[0].value) if defaults else None, finished=len(budget),
-        failed=len(budget) - len(complete), new_trials=new_trials,
+        default_value=float(defaults[0].value) if defaults else None, finished=len(searched),
+        failed=sum(t.state != TrialState.COMPLETE for t in searched), new_trials=new_trials,
         extra={"default_point": dict(trials[0].params) if trials else None,
                "default_moved_to_edge": list(trials[0].user_attrs.get("default_moved_to_edge", []))
                if trials else [],
                "edge_hits": [list(hit) for hit in edge_hits(dict(best.params), space)],
                "widened_from": next((str(t.user_attrs["inherited_from"]).split("#")[0]
                                      for t in trials if "inherited_from" in t.user_attrs), None),
-               "knobs": len(space)},
+               "knobs": len(space),
+               **({"carried": {"from": request.carried.source,
+                               "trials": [t.number for t in budget if "carried_from" in t.user_attrs]}}
+                  if request.carried else {})},
     )
 
 
-WRITE_LOCK_TIMEOUT_S = 600  # a merge takes well under a second; a holder this long is stuck
+def carry_in(study: Any, method: str, request: TuneRequest, space: dict[str, tuple], options: Any,
+             log: Callable[[str], None]) -> int:
+    """Add the carried configurations (`Carried`) the study does not hold yet as finished trials,
+    scored from their records at this length and seed (the transfer check's seed-0 runs, so
+    normally read, not trained). Returns how many were added."""
+    from optuna.trial import TrialState, create_trial
 
+    from bench.sweeps.runner import execute_runs, plan_runs
 
-def write_setting(path: Path | None, request: TuneRequest, outcomes: list[TuneOutcome],
-                  results_dir: Path, transfers: dict[str, dict[int, Any]] | None = None) -> Path:
-    """Merge the chosen values (with provenance) into the card's tuned setting; other
-    methods' entries stay. Transfer checks (`bench.tuning.transfer`) given here, or already in the
-    entry for the same chosen run, are kept in it. Written atomically (temp file, rename), and
-    read-merge-written under a lock: two searches of one card (other methods, or another
-    budget) may end at the same moment, and the later rename must not drop the other's entries."""
-    from filelock import FileLock
-
-    path = Path(path) if path is not None else tuned_path(request.card.name)
-    with FileLock(setting_lock(path, results_dir), timeout=WRITE_LOCK_TIMEOUT_S):
-        return _merge_setting(path, request, outcomes, results_dir, transfers)
-
-
-def setting_lock(path: Path, results_dir: Path) -> Path:
-    """The lock beside the studies (ignored by git), one per tuned file."""
-    folder = Path(results_dir) / "tuning"
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder / f".{path.stem}-tuned.lock"
-
-
-def _merge_setting(path: Path, request: TuneRequest, outcomes: list[TuneOutcome], results_dir: Path,
-                   transfers: dict[str, dict[int, Any]] | None) -> Path:
-    import optuna
-
-    from bench.runs.records import code_version
-
-    card = request.card.name
-    existing = load_tuned(card, path)
-    methods: dict[str, Any] = dict(existing.methods) if existing else {}
-    code = code_version()
-    epochs = request.epochs if request.epochs is not None else request.card.schedule.get("epochs")
-    for result in outcomes:
-        # One entry per (bits, epochs): a search at another budget is kept beside this one.
-        previous = existing.entries(result.method) if existing else []
-        kept = [e for e in previous if entry_budget(e) != (request.bits, epochs)]
-        transfer = {int(b): v for e in previous if entry_budget(e) == (request.bits, epochs)
-                    and e.get("best_run_id") == result.best_run_id
-                    for b, v in (e.get("transfer") or {}).items()}
-        transfer.update((transfers or {}).get(result.method, {}))
-        entry = {
-            "values": {k: (float(v) if isinstance(v, float) else v) for k, v in result.values.items()},
-            "best_val_mAP": round(result.best_value, 6),
-            "default_val_mAP": None if result.default_value is None else round(result.default_value, 6),
-            "best_trial": result.best_trial,
-            "best_run_id": result.best_run_id,
-            "trials": result.finished,
-            "failed_trials": result.failed,
-            "search_space": space_for_yaml(result.space),
-            "bits": request.bits,
-            "epochs": epochs,
-            "knobs": result.extra.get("knobs"),
-            "default_point": result.extra.get("default_point"),
-            "default_moved_to_edge": result.extra.get("default_moved_to_edge"),
-            "edge_hits": result.extra.get("edge_hits"),
-            **({"widened_from": result.extra["widened_from"]} if result.extra.get("widened_from") else {}),
-            "seed": request.seed,
-            "split_seed": request.split_seed,
-            "base_protocol": BASE_PROTOCOL,
-            "objective": OBJECTIVE,
-            "study": result.study,
-            "storage": _shown(result.storage),
-            "results": _shown(Path(results_dir) / TRIALS_FOLDER),
-            "sampler": f"optuna {optuna.__version__} TPESampler(seed={request.seed}, "
-                       f"n_startup_trials={N_STARTUP_TRIALS}), re-seeded per trial, one trial at a time",
-            "code": {"commit": code.get("commit"), "dirty": code.get("dirty"),
-                     "results_version": code.get("results_version")},
-            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
-        if transfer:
-            entry["transfer"] = dict(sorted(transfer.items()))
-        same = [e for e in previous if entry_budget(e) == (request.bits, epochs)
-                and _same_result(e, entry)]
-        entry = same[0] if same else entry  # a replay rewrites nothing (not even date or commit)
-        entries = sorted([*kept, entry], key=entry_budget)
-        methods[result.method] = entries[0] if len(entries) == 1 else entries
-    payload: dict[str, Any] = {"dataset": card, "methods": dict(sorted(methods.items()))}
-    # A round's widening stays with its entries. The file as it is now wins for every other
-    # budget: a search of another budget running beside this one may have widened its round
-    # since this one started; this search's own round is the one it searched.
-    rounds = {**request.rounds, **read_rounds(path)}
-    if request.round().ranges:
-        rounds[round_key(request.bits, epochs)] = request.round()
-    if rounds:
-        payload["widened"] = {key: rounds[key].as_yaml() for key in sorted(rounds)}
-    header = (f"# Tuned setting for dataset card '{card}', written by `python -m bench tune`.\n"
-              "# `bench run --protocol tuned` = harmonised protocol + each method's `values`.\n"
-              "# Provenance per method: trials, best and default validation mAP, search space, study.\n")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(header + yaml.safe_dump(payload, sort_keys=False, default_flow_style=None, width=100))
-    tmp.replace(path)
-    return path
-
-
-def _same_result(old: dict[str, Any], new: dict[str, Any]) -> bool:
-    """The same search outcome: values, chosen run, trial counts, ranges and transfer checks
-    (provenance such as the date and the commit of a replay does not count)."""
-    keys = ("values", "best_run_id", "best_val_mAP", "trials", "failed_trials", "search_space",
-            "bits", "epochs", "seed", "split_seed", "transfer")
-
-    def normal(entry: dict[str, Any]) -> Any:  # as the file stores it (tuples become lists)
-        return yaml.safe_load(yaml.safe_dump({key: entry.get(key) for key in keys}))
-
-    return normal(old) == normal(new)
-
-
-def _shown(path: Path) -> str:
-    from bench.data.loading import REPO_ROOT
-
-    try:
-        return str(Path(path).resolve().relative_to(REPO_ROOT))
-    except ValueError:
-        return str(path)
+    carried = request.carried
+    assert carried is not None
+    held = {json.dumps(t.params, sort_keys=True) for t in study.get_trials(deepcopy=False)
+            if "carried_from" in t.user_attrs}
+    todo = [(rank, values) for rank, values in enumerate(carried.configurations)
+            if json.dumps(values, sort_keys=True) not in held]
+    if not todo:
+        return 0
+    specs = [_trial_spec(method, values, request) for _, values in todo]
+    planned = {run.spec: run for run in plan_runs(specs, options)}
+    outcome = execute_runs(specs, options, jobs=min(request.jobs, len(specs)), backend=request.backend)
+    if outcome.aborted:
+        raise TuningAborted(outcome.aborted)
+    wide = distributions(space)
+    for (rank, values), spec in zip(todo, specs, strict=True):
+        value, run_id = validation_score(planned[spec].path)
+        study.add_trial(create_trial(
+            params=dict(values), distributions={k: wide[k] for k in values}, value=value,
+            state=TrialState.COMPLETE if value is not None else TrialState.FAIL,
+            user_attrs={"carried_from": f"{carried.source} top {rank + 1}", "run_id": run_id}))
+        log(f"{study.study_name}: carried {carried.source}'s top {rank + 1} "
+            + ("-> run failed" if value is None else f"-> validation mAP {value:.4f}"))
+    return len(todo)

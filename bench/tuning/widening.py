@@ -100,6 +100,23 @@ class Round:
         return {key: tuple(self.ranges[key]) if key in self.ranges and governed(key, spec) else tuple(spec)
                 for key, spec in space.items()}
 
+    def united(self, other: Round) -> Round:
+        """The smallest round holding both: each knob on the union of the two ranges, the larger
+        trial count. An own search at a length where a transfer check failed searches on its
+        length's round united with the round it was checked from, so the values it may replace
+        (searched on that round's ranges) lie inside its space."""
+        ranges = dict(self.ranges)
+        for key, spec in other.ranges.items():
+            mine = ranges.get(key)
+            if mine is None:
+                ranges[key] = tuple(spec)
+            elif mine[0] != spec[0]:
+                raise UserError(f"rounds search '{key}' as {mine[0]} and as {spec[0]}; they cannot be united")
+            else:
+                ranges[key] = (mine[0], min(mine[1], spec[1]), max(mine[2], spec[2]))
+        after = "; ".join(dict.fromkeys(text for text in (self.after, other.after) if text))
+        return Round(ranges, max(self.trials, other.trials), after)
+
     def as_yaml(self) -> dict[str, Any]:
         return {"ranges": {k: list(v) for k, v in sorted(self.ranges.items())}, "trials": self.trials,
                 "after": self.after}
