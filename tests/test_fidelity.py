@@ -210,6 +210,28 @@ def test_a_transfer_check_lets_values_cross_bit_lengths_not_budgets(tmp_path, mo
         tuned(32, 8)  # a transfer check never crosses epoch budgets
 
 
+def test_a_later_check_that_holds_retires_an_earlier_own_search(tmp_path, monkeypatch) -> None:
+    """A 16-bit search made because an earlier 32-bit check failed there gives way once a newer
+    32-bit search's check holds at 16 bits (its values apply there, as for every method whose
+    check held); a 16-bit search newer than the check keeps its length. The retired entry's edge
+    hit no longer counts as current."""
+    from bench.tuning.fidelity import tuned_edge_hits
+
+    monkeypatch.setenv("BENCH_TUNED_DIR", str(tmp_path))
+    space = "    search_space: {lr: [log, 0.0001, 0.01], lambda_q: [log, 0.00001, 1.0]}\n"
+    own = ("  - values: {lr: 0.0099, lambda_q: 0.01}\n    bits: 16\n    epochs: 4\n" + space
+           + "    date: '2026-12-05T10:00:00Z'\n")
+    checked = ("  - values: {lr: 0.0005, lambda_q: 0.01}\n    bits: 32\n    epochs: 4\n" + space
+               + "    transfer: {16: {within_spread: true}}\n    date: '2026-12-06T10:00:00Z'\n")
+    write_setting(tmp_path, own, checked)
+    assert tuned(16)["lr"] == 0.0005
+    assert tuned_edge_hits(tmp_path) == []
+    assert len(tuned_edge_hits(tmp_path, superseded=True)) == 1  # counted apart, kept for its records
+    write_setting(tmp_path, own.replace("2026-12-05", "2026-12-07"), checked)
+    assert tuned(16)["lr"] == 0.0099
+    assert len(tuned_edge_hits(tmp_path)) == 1
+
+
 def test_entries_per_budget_and_legacy_entries(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("BENCH_TUNED_DIR", str(tmp_path))
     write_setting(tmp_path, "  - values: {lr: 0.0005}\n    bits: 16\n    epochs: 4\n"

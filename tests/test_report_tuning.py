@@ -145,3 +145,21 @@ def test_the_default_trial_resolves_rule_defaults_for_the_cards_classes():
         "lr": 1e-3, "margin": 0.2, "scale": math.sqrt(2) * math.log(99), "lambda_q": 1e-5}
     (row,) = tuning_rows([*trials, clamped], setting)
     assert row["val_default"] == 0.50
+
+
+def test_section_marks_a_carried_choice_and_a_retired_search():
+    """A 16-bit entry whose chosen trial is one of its carried ones says so; once a newer 32-bit
+    entry's check holds at 16 bits, the 16-bit row is marked retired (its values no longer apply)."""
+    base = SETTING["fashion-mnist"]["methods"]["csq"]
+    own = {**base, "bits": 16, "best_trial": 5, "carried": {"from": "s32", "trials": [4, 5, 6]},
+           "date": "2026-12-05T00:00:00Z"}
+    checked = {**base, "date": "2026-12-04T00:00:00Z", "transfer": {16: {"within_spread": False}}}
+    setting = {"fashion-mnist": {"dataset": "fashion-mnist", "methods": {"csq": [own, checked]}}}
+    (row16, row32) = tuning_rows([], setting)
+    assert row16["chosen_carried"] and not row16["retired"] and not row32["chosen_carried"]
+    section = build_report([], trials=[], tuned=setting).markdown().split("## Tuning", 1)[1]
+    assert "| CSQ | 2: lambda_q, lr | lambda_q=0.01, lr=0.002 (carried) |" in section
+    newer = {**checked, "date": "2026-12-06T00:00:00Z", "transfer": {16: {"within_spread": True}}}
+    setting["fashion-mnist"]["methods"]["csq"] = [own, newer]
+    assert tuning_rows([], setting)[0]["retired"]
+    assert "| CSQ (retired) |" in build_report([], trials=[], tuned=setting).markdown()

@@ -192,6 +192,7 @@ def test_a_search_after_a_failed_check_carries_the_checked_configurations(tmp_pa
     own, searched = yaml.safe_load(setting.read_text())["methods"]["csq"]
     assert (own["bits"], searched["bits"]) == (8, 16)
     assert own["search_space"]["lr"] == ["log", 1e-4, 0.03]  # the 16-bit round's range
+    assert own["round_space"]["lr"] == ["log", 1e-4, 0.01]  # 8 bits' own (shared): its edges count
     assert own["carried"]["from"] == searched["study"] and own["trials"] == 3
     checked = searched["transfer"][8]["configurations"]
     storage = f"sqlite:///{results / 'tuning' / own['study']}.db"

@@ -222,3 +222,40 @@ def test_carried_trials_stand_beside_the_equal_budget() -> None:
     trials = [SimpleNamespace(number=n, user_attrs={"carried_from": "s top 1"} if n in (2, 3) else {})
               for n in (5, 3, 1, 0, 4, 2)]
     assert [t.number for t in equal_budget(trials, 3)] == [0, 1, 2, 3, 4]
+
+
+def test_an_own_search_hits_the_edges_of_its_round_not_of_the_union(tmp_path) -> None:
+    """An own search on its round's lr [1e-4, 0.01] united with a checked search's [1e-4, 0.03]:
+    a chosen lr of 0.0099 (or a carried 0.02) sits at the round's top, which is what a widening
+    moves, though well inside the union; 0.001 is no hit."""
+    from bench.tuning.fidelity import tuned_edge_hits
+
+    def hits(lr: float) -> list[str]:
+        (tmp_path / "synthetic.yaml").write_text(
+            f"dataset: synthetic\nmethods:\n  csq:\n    values: {{lr: {lr}}}\n    bits: 16\n    epochs: 30\n"
+            "    search_space: {lr: [log, 0.0001, 0.03]}\n    round_space: {lr: [log, 0.0001, 0.01]}\n")
+        return tuned_edge_hits(tmp_path)
+
+    assert hits(0.0099) == [
+        "synthetic csq lr at high edge (0.0099 in [0.0001, 0.01]; searched at 16 bits/30 epochs)"]
+    assert len(hits(0.02)) == 1 and hits(0.001) == []
+    entry = {"values": {"lr": 0.0099}, "search_space": {"lr": ["log", 1e-4, 0.03]},
+             "round_space": {"lr": ["log", 1e-4, 0.01]}, "method": "csq", "trials": 8}
+    assert edge_evidence([entry], [("lr", "high")])[0] == "csq lr 0.0099 at the high edge of [0.0001, 0.01]"
+
+
+def test_a_command_for_some_of_a_rounds_methods_widens_the_round(tmp_path, tuned_dir) -> None:
+    """Two processes share a round (CSQ in one, DPN in the other): DPN's command widens CSQ's
+    lambda_q edge hit too, for the same round (DPN does not search lambda_q; it gets the trials)."""
+    from bench.commands.tune import search_rounds
+    from bench.data.cards import load_card
+
+    tuned_dir.mkdir()
+    (tuned_dir / "synthetic.yaml").write_text(
+        "dataset: synthetic\nmethods:\n  csq:\n    values: {lr: 0.001, lambda_q: 1.1e-05}\n    bits: 16\n"
+        "    epochs: 1\n    trials: 8\n"
+        "    search_space: {lr: [log, 0.0001, 0.01], lambda_q: [log, 0.00001, 1.0]}\n")
+    card = load_card("synthetic")
+    rounds = search_rounds("lambda_q:low", card, ["dpn"], 16, 10, 1, tmp_path / "out.yaml")
+    assert rounds["16b-1e"].ranges == {"lambda_q": ("log", 3.33333333333e-06, 1.0)}
+    assert rounds["16b-1e"].trials == 10

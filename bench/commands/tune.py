@@ -185,7 +185,8 @@ def report_outcome(outcome: Any) -> None:
           + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                       for k, v in outcome.values.items()), flush=True)
     for key, side in outcome.extra.get("edge_hits", []):
-        print(f"  edge hit: {key} at the {side} edge of {outcome.space[key]}: widen it "
+        edges = outcome.extra.get("round_space") or outcome.space  # the round's, which a widening moves
+        print(f"  edge hit: {key} at the {side} edge of {edges[key]}: widen it "
               f"(bench.tuning.tune.widen) and give every method the same extra trials", flush=True)
 
 
@@ -289,7 +290,10 @@ def search_rounds(widen: str | None, card: Any, methods: list[str], bits: int, t
                if entry_budget(entry) == budget]
     after, searched = edge_evidence(entries, hits, {e["method"]: search_space(e["method"]) for e in entries})
     key = round_key(*budget)
-    rounds[key] = widened_round(rounds.get(key), {m: search_space(m) for m in methods}, hits, trials,
+    # The round belongs to the budget: a command may search some of its methods (another process
+    # the rest), so the knob's range is the one of every method searched at this budget.
+    in_round = dict.fromkeys([*methods, *(e["method"] for e in entries)])
+    rounds[key] = widened_round(rounds.get(key), {m: search_space(m) for m in in_round}, hits, trials,
                                 searched, after)
     return rounds
 

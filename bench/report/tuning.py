@@ -73,12 +73,16 @@ def _entries(setting: dict | None) -> list[tuple[str, dict]]:
 def tuning_rows(trials: Sequence[dict], settings: dict[str, dict]) -> list[dict[str, Any]]:
     """One row per (card, tuned method): the chosen values, and validation and test mAP of the
     default trial and of the chosen trial."""
+    from bench.runs.spec import retired
+
     by_id = {r.get("run_id"): r for r in trials if r.get("status") == "complete"}
     rows = []
     for card in sorted(settings):
-        for method, entry in _entries(settings[card]):  # one entry per (bits, epochs) searched
+        entries = _entries(settings[card])
+        for method, entry in entries:  # one entry per (bits, epochs) searched
             best = by_id.get(entry.get("best_run_id"))
             default = default_trial(trials, card, method, entry)
+            carried = (entry.get("carried") or {}).get("trials") or []
             rows.append({
                 "card": card, "method": method, "trials": entry.get("trials"), "bits": entry.get("bits"),
                 "epochs": entry.get("epochs"), "values": entry.get("values") or {},
@@ -88,6 +92,9 @@ def tuning_rows(trials: Sequence[dict], settings: dict[str, dict]) -> list[dict[
                 "test_default": num(get(default, "metrics", "mAP")) if default else None,
                 "test_tuned": num(get(best, "metrics", "mAP")) if best else None,
                 "best_run_id": entry.get("best_run_id"), "found": best is not None,
+                "carried": carried,
+                "chosen_carried": entry.get("best_trial") in carried,
+                "retired": retired(entry, [e for m, e in entries if m == method]),
             })
     return rows
 
@@ -133,11 +140,20 @@ def tuning_section(doc: Doc, trials: Sequence[dict], settings: dict[str, dict]) 
                   "inherited, so the extra trials were the only new runs.")
         doc.table(("method", "searched", "chosen", "validation: default", "validation: tuned", "gain",
                    "test: default", "test: tuned", "gain"),
-                  ((method_name(r["method"]), f"{len(r['space'])}: " + ", ".join(sorted(r["space"])),
-                    _values(r["values"]),
+                  ((method_name(r["method"]) + (" (retired)" if r["retired"] else ""),
+                    f"{len(r['space'])}: " + ", ".join(sorted(r["space"])),
+                    _values(r["values"]) + (" (carried)" if r["chosen_carried"] else ""),
                     _pct(r["val_default"]), _pct(r["val_tuned"]), _gain(r["val_tuned"], r["val_default"]),
                     _pct(r["test_default"]), _pct(r["test_tuned"]), _gain(r["test_tuned"], r["test_default"]))
                    for r in in_card))
+        if any(r["carried"] for r in in_card):
+            doc.p("Searches here that follow a failed transfer check also hold, beside their equal "
+                  "budget, the check's top 3 configurations from the table's search length (their seed-0 "
+                  "runs at this length), on ranges that contain that search's; '(carried)' marks a "
+                  "chosen value that is one of them.")
+        if any(r["retired"] for r in in_card):
+            doc.p("'(retired)': a later search at another length has a transfer check that holds here, "
+                  "so its values apply at this length; the row stays for the records that used it.")
         missing = [r["method"] for r in in_card if not r["found"]]
         if missing:
             doc.p(f"No trial record for the chosen run of {', '.join(missing)} under tuning/runs: those "

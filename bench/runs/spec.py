@@ -246,13 +246,26 @@ def transfer_checked(entry: dict[str, Any], bits: int) -> bool:
     return isinstance(check, dict) and check.get("within_spread") is True
 
 
+def retired(entry: dict[str, Any], entries: list[dict[str, Any]]) -> bool:
+    """A search at one length is retired by a later search at another length of the same epochs
+    whose transfer check holds at this one: a length gets its own search only while the check
+    from the table's search fails there (rule R4), so once a new round's check holds, that
+    round's values apply here too, like every method's whose check held. Dates order the
+    searches (a replay keeps its entry's date); the entry stays for the records that used it."""
+    bits, epochs = entry_budget(entry)
+    date = str(entry.get("date") or "")
+    return any(other is not entry and entry_budget(other)[1] == epochs and entry_budget(other)[0] != bits
+               and transfer_checked(other, bits) and str(other.get("date") or "") > date for other in entries)
+
+
 def tuned_entry(setting: TunedSetting, method: str, bits: int,
                 epochs: int) -> tuple[dict[str, Any] | None, str]:
     """(entry, "") for the run's budget, or (None, why not) in one line: an entry applies at its
-    own (bits, epochs), or at other bits with the same epochs when it carries a transfer check."""
+    own (bits, epochs) unless `retired`, or at other bits with the same epochs when it carries
+    a transfer check."""
     entries = setting.entries(method)
     for entry in entries:
-        if entry_budget(entry) == (bits, epochs):
+        if entry_budget(entry) == (bits, epochs) and not retired(entry, entries):
             return entry, ""
     for entry in entries:
         if entry_budget(entry)[1] == epochs and transfer_checked(entry, bits):

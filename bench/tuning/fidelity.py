@@ -19,13 +19,14 @@ offending items above it; the exit code is the number of failed checks.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from bench.data.loading import REPO_ROOT, load_card, read_yaml
-from bench.runs.spec import entry_budget, load_tuned, tuned_dir, tuned_entry
+from bench.runs.spec import entry_budget, load_tuned, retired, tuned_dir, tuned_entry
 from bench.tuning.tune import outside, representative_task, resolved_defaults, search_space
-from bench.tuning.widening import edge_hits, governed, read_rounds, round_key
+from bench.tuning.widening import edge_hits, edge_space, governed, read_rounds, round_key
 from methods import available_methods, get_method
 
 TABLE_CLASSES = (10, 100, 196, 555)
@@ -82,32 +83,37 @@ def tuned_mismatches(folder: Path | None = None, archived: bool = False) -> list
 
 def _superseded(entry: dict[str, Any], entries: list[dict[str, Any]]) -> bool:
     """A later search of the same method at the same bit length replaces this entry for new
-    tables; the entry stays in the file for the records that used it."""
-    return any(other is not entry and other.get("bits", 32) == entry.get("bits", 32)
-               and str(other.get("date", "")) > str(entry.get("date", "")) for other in entries)
+    tables, and so does a later search at another length whose transfer check holds at this
+    one (`retired`); the entry stays in the file for the records that used it."""
+    return retired(entry, entries) or any(
+        other is not entry and other.get("bits", 32) == entry.get("bits", 32)
+        and str(other.get("date", "")) > str(entry.get("date", "")) for other in entries)
+
+
+def _tuned_entries(folder: Path | None) -> Iterator[tuple[Path, str, list[dict[str, Any]]]]:
+    """(tuned file, method, the method's entries) over every tuned file of `folder` (default:
+    bench/tuned/), methods in name order."""
+    folder = Path(folder) if folder is not None else tuned_dir()
+    for path in sorted(folder.glob("*.yaml")):
+        setting = load_tuned(path.stem, path)
+        for method in sorted(setting.methods) if setting is not None else []:
+            yield path, method, setting.entries(method)
 
 
 def tuned_edge_hits(folder: Path | None = None, superseded: bool = False) -> list[str]:
     """'card method key at low|high edge' for each chosen value near a non-hard edge of the
-    range it was searched on (the entry's own `search_space`), in the current entries (the
-    latest search per method and bit length), or with `superseded` in the earlier ones."""
-    folder = Path(folder) if folder is not None else tuned_dir()
+    range it was searched on (its round's: `edge_space`), in the current entries (the latest
+    search per method and bit length), or with `superseded` in the earlier ones."""
     found = []
-    for path in sorted(folder.glob("*.yaml")):
-        setting = load_tuned(path.stem, path)
-        if setting is None:
-            continue
-        for method in sorted(setting.methods):
-            entries = setting.entries(method)
-            for entry in entries:
-                if _superseded(entry, entries) != superseded:
-                    continue
-                space = {key: tuple(spec) if spec[0] != "choice" else ("choice", tuple(spec[1]))
-                         for key, spec in (entry.get("search_space") or {}).items()}
-                budget = f"{entry.get('bits', 32)} bits/{entry.get('epochs', 30)} epochs"
-                found += [f"{path.stem} {method} {key} at {side} edge ({entry['values'][key]:.4g} in "
-                          f"{list(space[key][1:])}; searched at {budget})"
-                          for key, side in edge_hits(entry["values"], space)]
+    for path, method, entries in _tuned_entries(folder):
+        for entry in entries:
+            if _superseded(entry, entries) != superseded:
+                continue
+            space = edge_space(entry)
+            budget = f"{entry.get('bits', 32)} bits/{entry.get('epochs', 30)} epochs"
+            found += [f"{path.stem} {method} {key} at {side} edge ({entry['values'][key]:.4g} in "
+                      f"{list(space[key][1:])}; searched at {budget})"
+                      for key, side in edge_hits(entry["values"], space)]
     return found
 
 
@@ -150,35 +156,30 @@ def own_search_gaps(folder: Path | None = None) -> list[str]:
     no search that can reach the checked values: rule R4 asks a search there, and the search
     must hold the checked search's ranges and carry its top configurations (`Carried`), or its
     best may be worse than the configurations the check already ran at that length."""
-    folder = Path(folder) if folder is not None else tuned_dir()
     found = []
-    for path in sorted(folder.glob("*.yaml")):
-        setting = load_tuned(path.stem, path)
-        if setting is None:
-            continue
-        for method in sorted(setting.methods):
-            entries = [e for e in setting.entries(method) if not _superseded(e, setting.entries(method))]
-            for checked in entries:
-                epochs = entry_budget(checked)[1]
-                for bits, verdict in sorted((checked.get("transfer") or {}).items()):
-                    if not isinstance(verdict, dict) or verdict.get("within_spread") is not False:
-                        continue
-                    own = next((e for e in entries if entry_budget(e) == (int(bits), epochs)), None)
-                    where = f"{path.stem} {method} {bits}b-{epochs}e"
-                    if own is None:
-                        found.append(f"{where}: the check from {checked.get('bits')} bits failed and "
-                                     f"there is no search at {bits} bits")
-                        continue
-                    space, needed = own.get("search_space") or {}, checked.get("search_space") or {}
-                    narrow = sorted(k for k, spec in needed.items() if k in space and spec[0] != "choice"
-                                    and not _holds(space[k], spec))
-                    carried = (own.get("carried") or {}).get("from") == checked.get("study")
-                    if narrow or not carried:
-                        found.append(f"{where}: searched after the failed check from {checked.get('bits')} "
-                                     f"bits" + (f" on ranges that exclude its {', '.join(narrow)}"
-                                                if narrow else "")
-                                     + ("" if carried else f"{' and' if narrow else ''} without its top "
-                                        f"configurations carried"))
+    for path, method, all_entries in _tuned_entries(folder):
+        entries = [e for e in all_entries if not _superseded(e, all_entries)]
+        for checked in entries:
+            epochs = entry_budget(checked)[1]
+            for bits, verdict in sorted((checked.get("transfer") or {}).items()):
+                if not isinstance(verdict, dict) or verdict.get("within_spread") is not False:
+                    continue
+                own = next((e for e in entries if entry_budget(e) == (int(bits), epochs)), None)
+                where = f"{path.stem} {method} {bits}b-{epochs}e"
+                if own is None:
+                    found.append(f"{where}: the check from {checked.get('bits')} bits failed and "
+                                 f"there is no search at {bits} bits")
+                    continue
+                space, needed = own.get("search_space") or {}, checked.get("search_space") or {}
+                narrow = sorted(k for k, spec in needed.items() if k in space and spec[0] != "choice"
+                                and not _holds(space[k], spec))
+                carried = (own.get("carried") or {}).get("from") == checked.get("study")
+                if narrow or not carried:
+                    found.append(f"{where}: searched after the failed check from {checked.get('bits')} "
+                                 f"bits" + (f" on ranges that exclude its {', '.join(narrow)}"
+                                            if narrow else "")
+                                 + ("" if carried else f"{' and' if narrow else ''} without its top "
+                                    f"configurations carried"))
     return found
 
 

@@ -77,6 +77,8 @@ def _merge_setting(path: Path, request: TuneRequest, outcomes: list[TuneOutcome]
             "trials": result.finished,
             "failed_trials": result.failed,
             "search_space": space_for_yaml(result.space),
+            **({"round_space": space_for_yaml(result.extra["round_space"])}
+               if result.extra.get("round_space") else {}),
             "bits": request.bits,
             "epochs": epochs,
             "knobs": result.extra.get("knobs"),
@@ -128,7 +130,7 @@ def _same_result(old: dict[str, Any], new: dict[str, Any]) -> bool:
     """The same search outcome: values, chosen run, trial counts, ranges and transfer checks
     (provenance such as the date and the commit of a replay does not count)."""
     keys = ("values", "best_run_id", "best_val_mAP", "trials", "failed_trials", "search_space",
-            "bits", "epochs", "seed", "split_seed", "transfer", "carried")
+            "bits", "epochs", "seed", "split_seed", "transfer", "carried", "round_space")
 
     def normal(entry: dict[str, Any]) -> Any:  # as the file stores it (tuples become lists)
         return yaml.safe_load(yaml.safe_dump({key: entry.get(key) for key in keys}))

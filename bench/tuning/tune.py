@@ -365,6 +365,7 @@ def tune_method(method: str, request: TuneRequest, options: Any,
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     space = request.searched_round().space(search_space(method))
+    round_space = request.round().space(search_space(method))  # what an edge hit widens
     count = request.trial_count()
     epochs = request.epochs if request.epochs is not None else request.card.schedule.get("epochs")
     name = study_name(request.card.name, method, request.bits, epochs, space)
@@ -447,7 +448,8 @@ def tune_method(method: str, request: TuneRequest, options: Any,
         extra={"default_point": dict(trials[0].params) if trials else None,
                "default_moved_to_edge": list(trials[0].user_attrs.get("default_moved_to_edge", []))
                if trials else [],
-               "edge_hits": [list(hit) for hit in edge_hits(dict(best.params), space)],
+               "edge_hits": [list(hit) for hit in edge_hits(dict(best.params), round_space)],
+               **({"round_space": round_space} if round_space != space else {}),
                "widened_from": next((str(t.user_attrs["inherited_from"]).split("#")[0]
                                      for t in trials if "inherited_from" in t.user_attrs), None),
                "knobs": len(space),

@@ -46,6 +46,16 @@ def edge_hits(values: dict[str, Any], space: dict[str, tuple]) -> list[tuple[str
     return hits
 
 
+def edge_space(entry: dict[str, Any]) -> dict[str, tuple]:
+    """The ranges a tuned entry's edge hits are measured on: its round's (`round_space`) when it
+    searched its round's ranges united with a checked search's (bench.tuning.tune.Carried), else
+    the ranges it searched. The union only lets the carried values live in the study; the round's
+    ranges are what the rule widens, so a value at (or past) their edge still asks a wider round."""
+    raw = entry.get("round_space") or entry.get("search_space") or {}
+    return {key: ("choice", tuple(spec[1])) if spec[0] == "choice" else tuple(spec)
+            for key, spec in raw.items()}
+
+
 def widen(space: dict[str, tuple], hits: list[tuple[str, str]]) -> dict[str, tuple]:
     """The space with each hit edge moved out: x3 (or /3) on a log range, by half the range
     on a linear one, never past a hard bound. Both edges of one knob can move in one round
@@ -163,7 +173,7 @@ def widened_round(current: Round | None, spaces: dict[str, dict[str, tuple]],
         specs = {tuple(current.ranges.get(knob, space[knob])) for space in spaces.values()
                  if knob in space and governed(knob, space[knob])}
         if not specs:
-            raise UserError(f"--widen {knob}:{side}: no method named in --methods searches '{knob}'")
+            raise UserError(f"--widen {knob}:{side}: no method of this round searches '{knob}'")
         if len(specs) > 1:
             raise UserError(f"--widen {knob}:{side}: the methods search '{knob}' on different ranges "
                             f"({sorted(specs)}); widen a shared range only")
@@ -192,10 +202,10 @@ def edge_evidence(entries: list[dict[str, Any]], hits: list[tuple[str, str]],
     found = []
     for knob, side in hits:
         hit = [f"{e['method']} {knob} {e['values'][knob]:.4g} at the {side} edge of "
-               f"{list(e['search_space'][knob][1:])}"
-               for e in entries if knob in (e.get("search_space") or {}) and knob in e.get("values", {})
+               f"{list(edge_space(e)[knob][1:])}"
+               for e in entries if knob in edge_space(e) and knob in e.get("values", {})
                and (knob not in spaces.get(e["method"], {}) or governed(knob, spaces[e["method"]][knob]))
-               and (knob, side) in edge_hits(e["values"], {knob: tuple(e["search_space"][knob])})]
+               and (knob, side) in edge_hits(e["values"], {knob: edge_space(e)[knob]})]
         if not hit:
             raise UserError(f"--widen {knob}:{side}: no entry of this round has {knob} at its {side} "
                             f"edge; the rule widens a range only after an edge hit (see python -m "
