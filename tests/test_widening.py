@@ -301,3 +301,20 @@ def test_fidelity_names_the_round_an_edge_hit_asks_for(tmp_path) -> None:
     assert widening_commands(tmp_path) == [
         "python -m bench tune --dataset synthetic --bits 32 --epochs 30 --methods csq,dpn --trials 30 "
         "--widen lr:high --transfer-to 16,64 --commit"]
+
+
+def test_widen_on_a_round_already_written_says_to_drop_the_flag(tmp_path, tuned_dir) -> None:
+    """The round's command, rerun for another of its methods after the round was written (CSQ's
+    lambda_q no longer at the edge of the wider range): one line saying to rerun without --widen."""
+    from bench.commands.tune import search_rounds
+    from bench.data.cards import load_card
+
+    tuned_dir.mkdir()
+    (tuned_dir / "synthetic.yaml").write_text(
+        "dataset: synthetic\nmethods:\n  csq: {values: {lr: 0.001, lambda_q: 1.1e-05}, bits: 16, epochs: 1, "
+        "trials: 10,\n    search_space: {lr: [log, 0.0001, 0.01], lambda_q: [log, 3.3e-06, 1.0]}}\n"
+        "widened:\n  16b-1e: {ranges: {lambda_q: [log, 3.3e-06, 1.0]}, trials: 10, after: x}\n")
+    with pytest.raises(UserError, match="already widened in the tuned file .* rerun without --widen"):
+        search_rounds("lambda_q:low", load_card("synthetic"), ["dpn"], 16, 10, 1, tmp_path / "out.yaml")
+    with pytest.raises(UserError, match="no entry of this round has lr at its high edge"):
+        search_rounds("lr:high", load_card("synthetic"), ["dpn"], 16, 12, 1, tmp_path / "out.yaml")

@@ -290,8 +290,18 @@ def search_rounds(widen: str | None, card: Any, methods: list[str], bits: int, t
                for setting in [load_tuned(card.name, path)] if setting is not None
                for method in setting.methods for entry in setting.entries(method)
                if entry_budget(entry) == budget and not retired(entry, setting.entries(method))]
-    after, searched = edge_evidence(entries, hits, {e["method"]: search_space(e["method"]) for e in entries})
     key = round_key(*budget)
+    spaces = {e["method"]: search_space(e["method"]) for e in entries}
+    try:
+        after, searched = edge_evidence(entries, hits, spaces)
+    except UserError:
+        written = rounds.get(key)  # a replay of the command that wrote the round: say so
+        if written is not None and all(knob in written.ranges for knob, _ in hits):
+            raise UserError(f"--widen {widen}: the {key} round is already widened in the tuned file "
+                            f"({dict(written.ranges)}, {written.trials} trials) and no current entry is at "
+                            f"those edges now; rerun without --widen to search the round as written"
+                            ) from None
+        raise
     # The round belongs to the budget: a command may search some of its methods (another process
     # the rest), so the knob's range is the one of every method searched at this budget.
     in_round = dict.fromkeys([*methods, *(e["method"] for e in entries)])
