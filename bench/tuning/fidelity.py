@@ -126,21 +126,23 @@ def widening_commands(folder: Path | None = None) -> list[str]:
     """The `bench tune` command that each round with edge hits asks for next (rule R3): its
     budget, every method with a current entry at it, the hit edges and more trials than the
     round has searched (a suggestion: any larger count keeps the rule)."""
-    rounds: dict[tuple[str, int, int], dict[str, Any]] = {}
+    hits: dict[tuple[str, int, int], dict[str, None]] = {}  # hit edges per (card, bits, epochs), in order
     for path, _, entry, key, side in _edge_hit_items(folder):
-        bits, epochs = entry_budget(entry)
-        rounds.setdefault((path.stem, bits, epochs), {"hits": {}})["hits"][f"{key}:{side}"] = None
+        hits.setdefault((path.stem, *entry_budget(entry)), {})[f"{key}:{side}"] = None
+    current: dict[tuple[str, int, int], list[tuple[str, dict[str, Any]]]] = {}
+    for path, method, entries in _tuned_entries(folder):
+        for entry in entries:
+            if not _superseded(entry, entries):
+                current.setdefault((path.stem, *entry_budget(entry)), []).append((method, entry))
     commands = []
-    for (card, bits, epochs), found in sorted(rounds.items()):
-        at_budget = [(method, entry) for path, method, entries in _tuned_entries(folder) if path.stem == card
-                     for entry in entries if entry_budget(entry) == (bits, epochs)
-                     and not _superseded(entry, entries)]
+    for (card, bits, epochs), edges in sorted(hits.items()):
+        at_budget = current[(card, bits, epochs)]
         searched = max(int(entry.get("trials") or 0) for _, entry in at_budget)
         targets = sorted({int(b) for _, entry in at_budget for b in (entry.get("transfer") or {})})
         methods = ",".join(sorted({method for method, _ in at_budget}))
         commands.append(
             f"python -m bench tune --dataset {card} --bits {bits} --epochs {epochs} --methods {methods} "
-            f"--trials {searched + max(1, searched // 4)} --widen {','.join(found['hits'])}"
+            f"--trials {searched + max(1, searched // 4)} --widen {','.join(edges)}"
             + (f" --transfer-to {','.join(map(str, targets))}" if targets else "") + " --commit")
     return commands
 
