@@ -195,3 +195,18 @@ def test_synthetic_close_pairs_are_closer() -> None:
     assert distance(0, 1) < 0.5 * min(distance(0, 2), distance(1, 3), distance(2, 3))
     again, _ = make_synthetic(num_classes=4, per_class=50, close_pairs=((0, 1),), seed=3)
     assert np.array_equal(images, again)
+
+
+def test_read_yaml_parses_a_changed_file_anew_and_hands_out_copies(tmp_path):
+    """read_yaml keeps one parse per distinct text (planning reads a tuned file once per run):
+    a file changed in place must give its new values, and a caller that edits what it got
+    must not change what the next caller gets."""
+    from bench.data.cards import read_yaml
+
+    path = tmp_path / "setting.yaml"
+    path.write_text("methods: {crh: {values: {lr: 0.001}}}\n")
+    first = read_yaml(path)
+    first["methods"]["crh"]["values"]["lr"] = 99.0
+    assert read_yaml(path)["methods"]["crh"]["values"]["lr"] == 0.001
+    path.write_text("methods: {crh: {values: {lr: 0.002}}}\n")
+    assert read_yaml(path)["methods"]["crh"]["values"]["lr"] == 0.002

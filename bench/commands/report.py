@@ -11,22 +11,45 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from bench.errors import UserError
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--results", default=None, help="results directory (default: results/)")
     parser.add_argument("--out", default=None, help="report directory (default: reports/)")
+    parser.add_argument("--progress", action="store_true",
+                        help="print only where the reproduction plan stands (runs recorded, to train, "
+                             "waiting for a search per planned experiment); writes nothing")
 
 
 def execute(args: argparse.Namespace) -> int:
+    from bench.commands.progress import plan_progress
     from bench.data.loading import REPO_ROOT
     from bench.report import generate
     from bench.runs.records import DEFAULT_RESULTS_DIR
 
     results = Path(args.results) if args.results else DEFAULT_RESULTS_DIR
+    if args.progress:
+        return print_progress(results)
     out = Path(args.out) if args.out else REPO_ROOT / "reports"
-    written = generate(results, out)
+    progress = plan_progress(results) if (results / "runs").is_dir() else []  # none: refused below
+    written = generate(results, out, progress=progress)
     print(f"report: {written.markdown} and {written.html} ({len(written.figures)} figures in "
           f"{written.markdown.parent / 'figures'}); runs: {written.runs}")
     for verdict in written.verdicts:
         print(f"  {verdict.id}: {verdict.verdict} — {verdict.summary}")
+    return 0
+
+
+def print_progress(results: Path) -> int:
+    """The plan's table, as the report's Reproduction progress section has it (seconds, where
+    the whole report takes minutes)."""
+    from bench.commands.progress import plan_progress
+    from bench.report.document import Table
+    from bench.report.progress import HEADER, progress_rows
+    from bench.report.render import render_markdown
+
+    if not (results / "runs").is_dir():
+        raise UserError(f"--results {results}: no runs/ folder there to count records in")
+    print(render_markdown([Table(HEADER, progress_rows(plan_progress(results)))]), end="")
     return 0

@@ -7,6 +7,8 @@ The lowest room of the data layer: `bench.data.sources` (image sources, file rea
 
 from __future__ import annotations
 
+import copy
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,14 +112,27 @@ def available_datasets(cards_dir: Path = CARDS_DIR) -> list[str]:
     return sorted(p.stem for p in cards_dir.glob("*.yaml"))
 
 
+# libyaml's parser where PyYAML was built with it (the same safe constructor and resolver, so
+# the same values); the pure-Python parser otherwise.
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+@functools.lru_cache(maxsize=64)
+def _parse_yaml(text: str) -> Any:
+    """Parsed once per distinct text: planning a 270-run tuned table reads each card's tuned
+    file once per run, and that file grows with every search (tens of kB)."""
+    return yaml.load(text, Loader=_SAFE_LOADER)  # noqa: S506 (a safe loader)
+
+
 def read_yaml(path: Path) -> Any:
-    """Parse a YAML file, turning any failure into one line naming the file."""
+    """Parse a YAML file, turning any failure into one line naming the file. The file is read
+    every time (a changed file is parsed anew); the caller gets its own copy to change."""
     try:
         text = path.read_text()
     except OSError as error:
         raise UserError(f"cannot read {path}: {error.strerror or error}") from None
     try:
-        return yaml.safe_load(text)
+        return copy.deepcopy(_parse_yaml(text))
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""

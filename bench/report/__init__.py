@@ -45,6 +45,8 @@ from bench.report.groups import expected_seed_set
 from bench.report.history import SECTION as HISTORY_SECTION
 from bench.report.history import GradeChange, grade_changes, history_numbers, history_section, load_history
 from bench.report.numbers import power_csv, report_numbers
+from bench.report.progress import SECTION as PROGRESS_SECTION
+from bench.report.progress import Progress, progress_numbers, progress_section
 from bench.report.published import load_published
 from bench.report.render import render_html, render_markdown
 from bench.report.sections import (
@@ -98,6 +100,7 @@ class Report:
     grade_changes: list[GradeChange] = field(default_factory=list)
     tuned: dict[str, dict] = field(default_factory=dict)
     device_checks: list[DeviceCheck] = field(default_factory=list)
+    progress: list[Progress] = field(default_factory=list)
 
     def markdown(self) -> str:
         return render_markdown(self.blocks)
@@ -136,12 +139,14 @@ def build_report(records: Sequence[dict], problems: Sequence[str] = (), claims: 
                  published: Sequence[dict] | None = None, results_version: Any = RESULTS_VERSION,
                  trials: Sequence[dict] = (), tuned: dict[str, dict] | None = None,
                  timing: dict[str, Any] | None = None, attacks: Sequence[dict] = (),
-                 history: dict[str, Any] | None = None, gpu_samples: Sequence[dict] = ()) -> Report:
+                 history: dict[str, Any] | None = None, gpu_samples: Sequence[dict] = (),
+                 progress: Sequence[Progress] = ()) -> Report:
     """The whole report as data: a pure function of its arguments (`trials`: tuning trial
     records; `tuned`: card -> parsed tuned setting; `timing`: the `bench perf cost` files
     graded, bench.report.timing.timing_details; `attacks`: the attack results,
     bench.report.attacks.load_attacks; `history`: the v2 grades, bench.report.history;
-    `gpu_samples`: GPU records kept outside the tables, bench.report.devices)."""
+    `gpu_samples`: GPU records kept outside the tables, bench.report.devices; `progress`: the
+    plan's experiments counted, bench.report.progress.plan_progress)."""
     claims = load_claims() if claims is None else claims
     published = load_published() if published is None else list(published)
     analysis = analyze(records, problems, results_version, current=current_tuned(tuned))
@@ -159,6 +164,9 @@ def build_report(records: Sequence[dict], problems: Sequence[str] = (), claims: 
     if gpu_samples:  # right before Data quality, where it is written
         quality_at = sections.index("Data quality")
         sections = (*sections[:quality_at], DEVICE_SECTION, *sections[quality_at:])
+    if any(p.recorded for p in progress):  # right before Data quality, where it is written
+        quality_at = sections.index("Data quality")
+        sections = (*sections[:quality_at], PROGRESS_SECTION, *sections[quality_at:])
     changes = grade_changes(verdicts, history, claims)
     if changes:  # right after the claims it annotates
         sections = (sections[0], HISTORY_SECTION, *sections[1:])
@@ -180,9 +188,11 @@ def build_report(records: Sequence[dict], problems: Sequence[str] = (), claims: 
     isolated_timing_section(doc, timing or timing_details(()))
     published_section(doc, analysis, list(published))
     device_section(doc, checks, len(gpu_samples))
+    progress_section(doc, progress)
     quality(doc, analysis)
     appendix(doc, analysis)
-    return Report(doc.blocks, doc.figures, verdicts, analysis, frame, views, changes, tuned or {}, checks)
+    return Report(doc.blocks, doc.figures, verdicts, analysis, frame, views, changes, tuned or {}, checks,
+                  list(progress))
 
 
 def render_figures(report: Report) -> dict[str, bytes]:
@@ -242,15 +252,17 @@ def write_report(report: Report, out_dir: Path, images: dict[str, bytes] | None 
     numbers = report_numbers(report.analysis, report.verdicts)
     numbers = dict(sorted({**numbers, **attack_numbers(report.analysis, report.attack_views),
                            **history_numbers(report.grade_changes),
-                           **transfer_numbers(report.tuned), **device_numbers(report.device_checks)}.items()))
+                           **transfer_numbers(report.tuned), **device_numbers(report.device_checks),
+                           **progress_numbers(report.progress)}.items()))
     (out_dir / "numbers.json").write_text(json.dumps(numbers, indent=1, sort_keys=True, ensure_ascii=False)
                                           + "\n")
     return Written(markdown, page, tuple(written), tuple(report.verdicts), runs)
 
 
 def generate(results_dir: Path, out_dir: Path, claims_file: Path = CLAIMS_FILE,
-             published_file: Path = PUBLISHED_FILE) -> Written:
-    """Read the records under results_dir and write the report to out_dir."""
+             published_file: Path = PUBLISHED_FILE, progress: Sequence[Progress] = ()) -> Written:
+    """Read the records under results_dir and write the report to out_dir (`progress`: the
+    plan's experiments counted by bench.commands.progress, which `bench report` passes)."""
     records, problems = load_for_report(results_dir)
     if not records and not problems:
         raise UserError(f"no run records under {Path(results_dir) / 'runs'}: nothing to report "
@@ -264,7 +276,8 @@ def generate(results_dir: Path, out_dir: Path, claims_file: Path = CLAIMS_FILE,
     report = build_report(records, problems + trial_problems + attack_problems + sample_problems,
                           load_claims(claims_file), load_published(published_file), trials=trials,
                           tuned=load_tuned_settings(), timing=timing, attacks=attacks,
-                          history=load_history(results_dir), gpu_samples=samples)
+                          history=load_history(results_dir), gpu_samples=samples,
+                          progress=progress)
     return write_report(report, out_dir)
 
 

@@ -1,0 +1,74 @@
+"""Where the reproduction plan stands: for each experiment of results/README.md's plan, how many
+of its runs have a complete record, how many are still to train, and how many wait for a search.
+
+The plan runs over many sittings on CPUs, so a reader needs its state without reading run logs,
+and results/README.md must not type the counts. The counts come from the same expansion and
+record check as `python -m bench run --experiment NAME --dry-run`: a run is recorded when its
+complete record exists under the id it would train with now. A tuned run whose method has no
+tuned entry at the run's bit length and epoch budget (and no transfer check to that length)
+cannot be planned yet: its id depends on values a search has still to choose, so it counts as
+waiting for a search, whatever records exist.
+
+The counting lives in `bench.commands.progress`, beside the one expansion of an experiment into
+runs (`bench.commands.run.build_specs`); this module renders what it counted."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from bench.report.document import Doc, Table
+from bench.report.render import render_markdown
+
+SECTION = "Reproduction progress"
+
+HEADER = ("step", "experiment", "card", "runs", "recorded", "to train", "waiting for a search")
+
+
+@dataclass(frozen=True)
+class Progress:
+    step: str
+    experiment: str
+    datasets: tuple[str, ...]
+    runs: int
+    recorded: int
+    to_train: int
+    waiting: int
+
+    def cells(self) -> tuple[str, ...]:
+        return (self.step, f"`{self.experiment}`", ", ".join(self.datasets), str(self.runs),
+                str(self.recorded), str(self.to_train), str(self.waiting))
+
+
+def progress_rows(progress: Sequence[Progress]) -> tuple[tuple[str, ...], ...]:
+    """The table's rows with a total row (the plan's runs, all experiments together)."""
+    rows = [p.cells() for p in progress]
+    totals = [sum(getattr(p, key) for p in progress) for key in ("runs", "recorded", "to_train", "waiting")]
+    return (*rows, ("", "**all**", "", *map(str, totals)))
+
+
+def progress_section(doc: Doc, progress: Sequence[Progress]) -> None:
+    """The report's section (only when some planned experiment has a record: a report of other
+    records, say a test's, says nothing of a plan it is not part of)."""
+    if not any(p.recorded for p in progress):
+        return
+    doc.h(2, SECTION)
+    doc.p("Each experiment of the reproduction plan (results/README.md, in the plan's order): its runs, "
+          "those with a complete record under the id they would train with now, those still to "
+          "train, and tuned runs that wait for a search (no tuned entry at their bit length and "
+          "epoch budget yet, so their values, and with them their ids, are not chosen). "
+          "`python -m bench run --experiment NAME` trains what is missing; `python -m bench report "
+          "--progress` prints this table without writing the report.")
+    doc.table(HEADER, progress_rows(progress))
+
+
+def progress_numbers(progress: Sequence[Progress]) -> dict[str, str]:
+    """numbers.json keys: progress.table (the whole table as markdown, quoted whole by
+    results/README.md) and progress.<experiment>.<field>."""
+    if not any(p.recorded for p in progress):
+        return {}
+    numbers = {"progress.table": render_markdown([Table(HEADER, progress_rows(progress))]).rstrip("\n")}
+    for p in progress:
+        numbers.update({f"progress.{p.experiment}.{key}": str(getattr(p, key))
+                        for key in ("runs", "recorded", "to_train", "waiting")})
+    return numbers
