@@ -64,6 +64,7 @@ def test_the_section_and_numbers_need_a_recorded_run() -> None:
     assert numbers["progress.b.recorded"] == "2" and numbers["progress.b.waiting"] == "3"
     assert "| 4 | `b` | synthetic | 6 | 2 | 1 | 3 |" in numbers["progress.table"]
     assert "|  | **all** |  | 10 | 2 | 5 | 3 |" in numbers["progress.table"]
+    assert (numbers["progress.all.runs"], numbers["progress.all.to_train"]) == ("10", "5")
     headings = lambda report: [b.text for b in report.blocks if type(b).__name__ == "Heading"]  # noqa: E731
     assert SECTION not in headings(build_report([], progress=none_yet))
     assert SECTION in headings(build_report([], progress=some))

@@ -22,6 +22,7 @@ from bench.report.render import render_markdown
 
 SECTION = "Reproduction progress"
 
+FIELDS = ("runs", "recorded", "to_train", "waiting")  # the counted fields, in the table's order
 HEADER = ("step", "experiment", "card", "runs", "recorded", "to train", "waiting for a search")
 
 
@@ -43,7 +44,7 @@ class Progress:
 def progress_rows(progress: Sequence[Progress]) -> tuple[tuple[str, ...], ...]:
     """The table's rows with a total row (the plan's runs, all experiments together)."""
     rows = [p.cells() for p in progress]
-    totals = [sum(getattr(p, key) for p in progress) for key in ("runs", "recorded", "to_train", "waiting")]
+    totals = [sum(getattr(p, key) for p in progress) for key in FIELDS]
     return (*rows, ("", "**all**", "", *map(str, totals)))
 
 
@@ -64,11 +65,11 @@ def progress_section(doc: Doc, progress: Sequence[Progress]) -> None:
 
 def progress_numbers(progress: Sequence[Progress]) -> dict[str, str]:
     """numbers.json keys: progress.table (the whole table as markdown, quoted whole by
-    results/README.md) and progress.<experiment>.<field>."""
+    results/README.md), progress.<experiment>.<field> and progress.all.<field> (the totals)."""
     if not any(p.recorded for p in progress):
         return {}
     numbers = {"progress.table": render_markdown([Table(HEADER, progress_rows(progress))]).rstrip("\n")}
     for p in progress:
-        numbers.update({f"progress.{p.experiment}.{key}": str(getattr(p, key))
-                        for key in ("runs", "recorded", "to_train", "waiting")})
+        numbers.update({f"progress.{p.experiment}.{key}": str(getattr(p, key)) for key in FIELDS})
+    numbers.update({f"progress.all.{key}": str(sum(getattr(p, key) for p in progress)) for key in FIELDS})
     return numbers
