@@ -12,7 +12,8 @@ import pytest
 from bench.cli import main
 from bench.commands.progress import experiment_progress
 from bench.report import build_report
-from bench.report.progress import SECTION, Progress, progress_numbers
+from bench.report.progress import SECTION, PlanState, Progress, progress_numbers
+from bench.tuning.unwritten import Unwritten
 
 FAST = ["--device", "cpu", "--quiet"]
 
@@ -59,15 +60,20 @@ def test_a_tuned_experiment_without_any_tuned_values_waits_whole(tmp_path: Path,
 def test_the_section_and_numbers_need_a_recorded_run() -> None:
     none_yet = [Progress("3", "a", ("synthetic",), 4, 0, 4, 0)]
     some = [*none_yet, Progress("4", "b", ("synthetic",), 6, 2, 1, 3)]
-    assert progress_numbers(none_yet) == {}
-    numbers = progress_numbers(some)
+    search = Unwritten("synthetic", "csq", 16, 1, "synthetic-csq-16b-1e-abcdef", 7, "2026-12-06 08:00")
+    assert progress_numbers(PlanState(tuple(none_yet), (search,))) == {}
+    numbers = progress_numbers(PlanState(tuple(some), (search,)))
     assert numbers["progress.b.recorded"] == "2" and numbers["progress.b.waiting"] == "3"
     assert "| 4 | `b` | synthetic | 6 | 2 | 1 | 3 |" in numbers["progress.table"]
     assert "|  | **all** |  | 10 | 2 | 5 | 3 |" in numbers["progress.table"]
     assert (numbers["progress.all.runs"], numbers["progress.all.to_train"]) == ("10", "5")
+    assert numbers["progress.searches.count"] == "1"
+    assert "| synthetic | csq | 16 bits, 1 epochs | `synthetic-csq-16b-1e-abcdef` | 7 | 2026-12-06 08:00 |" \
+        in numbers["progress.searches.table"]
+    assert "every search" in progress_numbers(PlanState(tuple(some)))["progress.searches.table"].lower()
     headings = lambda report: [b.text for b in report.blocks if type(b).__name__ == "Heading"]  # noqa: E731
-    assert SECTION not in headings(build_report([], progress=none_yet))
-    assert SECTION in headings(build_report([], progress=some))
+    assert SECTION not in headings(build_report([], progress=PlanState(tuple(none_yet))))
+    assert SECTION in headings(build_report([], progress=PlanState(tuple(some))))
 
 
 def test_report_progress_prints_the_plan_and_refuses_a_missing_folder(
@@ -80,5 +86,6 @@ def test_report_progress_prints_the_plan_and_refuses_a_missing_folder(
     out = capsys.readouterr().out
     assert "| runs | recorded | to train | waiting for a search |" in out
     assert "| synthetic | 4 | 0 | 2 | 2 |" in out
+    assert "Every search that has run is written" in out  # no results/tuning/ there
     assert main(["report", "--progress", "--results", str(tmp_path / "nowhere")]) == 2
     assert "no runs/ folder" in capsys.readouterr().err

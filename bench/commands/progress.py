@@ -1,7 +1,8 @@
 """Counting where the reproduction plan stands (rendered by bench.report.progress): each
 experiment of results/README.md's plan expanded as `python -m bench run --experiment NAME
 --dry-run` expands it, and its runs counted as recorded, to train, or waiting for a search.
-Not a command of its own: `python -m bench report` (and `--progress`) use it."""
+Not a command of its own: `python -m bench report` (and `--progress`) use it, with the searches
+that have run past the tuned files (bench.tuning.unwritten)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench.errors import UserError
-from bench.report.progress import Progress
+from bench.report.progress import PlanState, Progress
 
 # (step of the plan in results/README.md, experiment), in the order the plan runs them.
 PLAN: tuple[tuple[str, str], ...] = (
@@ -94,3 +95,9 @@ def plan_progress(results_dir: Path, plan: Sequence[tuple[str, str]] | None = No
     return [experiment_progress(step, name, results_dir) for step, name in (PLAN if plan is None else plan)]
 
 
+def plan_state(results_dir: Path) -> PlanState:
+    """The plan's experiments counted and the searches run past the tuned files."""
+    from bench.tuning.unwritten import unwritten_studies
+
+    searches = unwritten_studies(Path(results_dir) / "tuning")
+    return PlanState(tuple(plan_progress(results_dir)), tuple(searches))

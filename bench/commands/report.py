@@ -23,7 +23,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def execute(args: argparse.Namespace) -> int:
-    from bench.commands.progress import plan_progress
+    from bench.commands.progress import plan_state
     from bench.data.loading import REPO_ROOT
     from bench.report import generate
     from bench.runs.records import DEFAULT_RESULTS_DIR
@@ -32,7 +32,7 @@ def execute(args: argparse.Namespace) -> int:
     if args.progress:
         return print_progress(results)
     out = Path(args.out) if args.out else REPO_ROOT / "reports"
-    progress = plan_progress(results) if (results / "runs").is_dir() else []  # none: refused below
+    progress = plan_state(results) if (results / "runs").is_dir() else None  # none: refused below
     written = generate(results, out, progress=progress)
     print(f"report: {written.markdown} and {written.html} ({len(written.figures)} figures in "
           f"{written.markdown.parent / 'figures'}); runs: {written.runs}")
@@ -42,14 +42,19 @@ def execute(args: argparse.Namespace) -> int:
 
 
 def print_progress(results: Path) -> int:
-    """The plan's table, as the report's Reproduction progress section has it (seconds, where
-    the whole report takes minutes)."""
-    from bench.commands.progress import plan_progress
+    """The tables of the report's Reproduction progress section (seconds, where the whole
+    report takes minutes)."""
+    from bench.commands.progress import plan_state
     from bench.report.document import Table
-    from bench.report.progress import HEADER, progress_rows
+    from bench.report.progress import HEADER, SEARCH_HEADER, progress_rows, searches_text
     from bench.report.render import render_markdown
 
     if not (results / "runs").is_dir():
         raise UserError(f"--results {results}: no runs/ folder there to count records in")
-    print(render_markdown([Table(HEADER, progress_rows(plan_progress(results)))]), end="")
+    state = plan_state(results)
+    print(render_markdown([Table(HEADER, progress_rows(state.experiments))]))
+    print(searches_text(state.searches))
+    if state.searches:
+        print()
+        print(render_markdown([Table(SEARCH_HEADER, tuple(s.cells() for s in state.searches))]), end="")
     return 0

@@ -46,7 +46,7 @@ from bench.report.history import SECTION as HISTORY_SECTION
 from bench.report.history import GradeChange, grade_changes, history_numbers, history_section, load_history
 from bench.report.numbers import power_csv, report_numbers
 from bench.report.progress import SECTION as PROGRESS_SECTION
-from bench.report.progress import Progress, progress_numbers, progress_section
+from bench.report.progress import PlanState, progress_numbers, progress_section
 from bench.report.published import load_published
 from bench.report.render import render_html, render_markdown
 from bench.report.sections import (
@@ -100,7 +100,7 @@ class Report:
     grade_changes: list[GradeChange] = field(default_factory=list)
     tuned: dict[str, dict] = field(default_factory=dict)
     device_checks: list[DeviceCheck] = field(default_factory=list)
-    progress: list[Progress] = field(default_factory=list)
+    progress: PlanState = field(default_factory=PlanState)
 
     def markdown(self) -> str:
         return render_markdown(self.blocks)
@@ -140,13 +140,13 @@ def build_report(records: Sequence[dict], problems: Sequence[str] = (), claims: 
                  trials: Sequence[dict] = (), tuned: dict[str, dict] | None = None,
                  timing: dict[str, Any] | None = None, attacks: Sequence[dict] = (),
                  history: dict[str, Any] | None = None, gpu_samples: Sequence[dict] = (),
-                 progress: Sequence[Progress] = ()) -> Report:
+                 progress: PlanState | None = None) -> Report:
     """The whole report as data: a pure function of its arguments (`trials`: tuning trial
     records; `tuned`: card -> parsed tuned setting; `timing`: the `bench perf cost` files
     graded, bench.report.timing.timing_details; `attacks`: the attack results,
     bench.report.attacks.load_attacks; `history`: the v2 grades, bench.report.history;
     `gpu_samples`: GPU records kept outside the tables, bench.report.devices; `progress`: the
-    plan's experiments counted, bench.report.progress.plan_progress)."""
+    plan's experiments counted and the searches not yet written, bench.commands.progress)."""
     claims = load_claims() if claims is None else claims
     published = load_published() if published is None else list(published)
     analysis = analyze(records, problems, results_version, current=current_tuned(tuned))
@@ -164,7 +164,8 @@ def build_report(records: Sequence[dict], problems: Sequence[str] = (), claims: 
     if gpu_samples:  # right before Data quality, where it is written
         quality_at = sections.index("Data quality")
         sections = (*sections[:quality_at], DEVICE_SECTION, *sections[quality_at:])
-    if any(p.recorded for p in progress):  # right before Data quality, where it is written
+    progress = progress or PlanState()
+    if progress.started:  # right before Data quality, where it is written
         quality_at = sections.index("Data quality")
         sections = (*sections[:quality_at], PROGRESS_SECTION, *sections[quality_at:])
     changes = grade_changes(verdicts, history, claims)
@@ -192,7 +193,7 @@ def build_report(records: Sequence[dict], problems: Sequence[str] = (), claims: 
     quality(doc, analysis)
     appendix(doc, analysis)
     return Report(doc.blocks, doc.figures, verdicts, analysis, frame, views, changes, tuned or {}, checks,
-                  list(progress))
+                  progress)
 
 
 def render_figures(report: Report) -> dict[str, bytes]:
@@ -260,7 +261,7 @@ def write_report(report: Report, out_dir: Path, images: dict[str, bytes] | None 
 
 
 def generate(results_dir: Path, out_dir: Path, claims_file: Path = CLAIMS_FILE,
-             published_file: Path = PUBLISHED_FILE, progress: Sequence[Progress] = ()) -> Written:
+             published_file: Path = PUBLISHED_FILE, progress: PlanState | None = None) -> Written:
     """Read the records under results_dir and write the report to out_dir (`progress`: the
     plan's experiments counted by bench.commands.progress, which `bench report` passes)."""
     records, problems = load_for_report(results_dir)

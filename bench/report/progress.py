@@ -19,11 +19,13 @@ from dataclasses import dataclass
 
 from bench.report.document import Doc, Table
 from bench.report.render import render_markdown
+from bench.tuning.unwritten import Unwritten
 
 SECTION = "Reproduction progress"
 
 FIELDS = ("runs", "recorded", "to_train", "waiting")  # the counted fields, in the table's order
 HEADER = ("step", "experiment", "card", "runs", "recorded", "to train", "waiting for a search")
+SEARCH_HEADER = ("card", "method", "budget", "study", "finished trials", "last finished")
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,20 @@ class Progress:
                 str(self.recorded), str(self.to_train), str(self.waiting))
 
 
+@dataclass(frozen=True)
+class PlanState:
+    """The plan's experiments counted, and the searches that have run past the tuned files."""
+
+    experiments: tuple[Progress, ...] = ()
+    searches: tuple[Unwritten, ...] = ()
+
+    @property
+    def started(self) -> bool:
+        """Some planned experiment has a record: a report of other records (a test's, say)
+        says nothing of a plan it is not part of."""
+        return any(p.recorded for p in self.experiments)
+
+
 def progress_rows(progress: Sequence[Progress]) -> tuple[tuple[str, ...], ...]:
     """The table's rows with a total row (the plan's runs, all experiments together)."""
     rows = [p.cells() for p in progress]
@@ -48,10 +64,9 @@ def progress_rows(progress: Sequence[Progress]) -> tuple[tuple[str, ...], ...]:
     return (*rows, ("", "**all**", "", *map(str, totals)))
 
 
-def progress_section(doc: Doc, progress: Sequence[Progress]) -> None:
-    """The report's section (only when some planned experiment has a record: a report of other
-    records, say a test's, says nothing of a plan it is not part of)."""
-    if not any(p.recorded for p in progress):
+def progress_section(doc: Doc, state: PlanState) -> None:
+    """The report's section, when the plan has started."""
+    if not state.started:
         return
     doc.h(2, SECTION)
     doc.p("Each experiment of the reproduction plan (results/README.md, in the plan's order): its runs, "
@@ -59,17 +74,37 @@ def progress_section(doc: Doc, progress: Sequence[Progress]) -> None:
           "train, and tuned runs that wait for a search (no tuned entry at their bit length and "
           "epoch budget yet, so their values, and with them their ids, are not chosen). "
           "`python -m bench run --experiment NAME` trains what is missing; `python -m bench report "
-          "--progress` prints this table without writing the report.")
-    doc.table(HEADER, progress_rows(progress))
+          "--progress` prints these tables without writing the report.")
+    doc.table(HEADER, progress_rows(state.experiments))
+    doc.p(searches_text(state.searches))
+    if state.searches:
+        doc.table(SEARCH_HEADER, [s.cells() for s in state.searches])
 
 
-def progress_numbers(progress: Sequence[Progress]) -> dict[str, str]:
-    """numbers.json keys: progress.table (the whole table as markdown, quoted whole by
-    results/README.md), progress.<experiment>.<field> and progress.all.<field> (the totals)."""
-    if not any(p.recorded for p in progress):
+def searches_text(searches: Sequence[Unwritten]) -> str:
+    if not searches:
+        return "Every search that has run is written into its card's tuned file."
+    return (f"{len(searches)} searches have run past the tuned files (bench.tuning.unwritten): their "
+            "trials are committed under results/tuning/, and each is written into its card's tuned "
+            "file when the `bench tune` command running it ends (the same command resumes it). "
+            "Until then, the tuned file and the Tuning section show the round before.")
+
+
+def progress_numbers(state: PlanState) -> dict[str, str]:
+    """numbers.json keys: progress.table and progress.searches.table (whole tables as markdown,
+    quoted whole by results/README.md), progress.<experiment>.<field>, progress.all.<field>
+    (the totals) and progress.searches.count."""
+    if not state.started:
         return {}
-    numbers = {"progress.table": render_markdown([Table(HEADER, progress_rows(progress))]).rstrip("\n")}
-    for p in progress:
+    searches = searches_text(state.searches)
+    if state.searches:
+        rows = tuple(s.cells() for s in state.searches)
+        searches += "\n\n" + render_markdown([Table(SEARCH_HEADER, rows)]).rstrip("\n")
+    table = render_markdown([Table(HEADER, progress_rows(state.experiments))]).rstrip("\n")
+    numbers = {"progress.table": table,
+               "progress.searches.count": str(len(state.searches)), "progress.searches.table": searches}
+    for p in state.experiments:
         numbers.update({f"progress.{p.experiment}.{key}": str(getattr(p, key)) for key in FIELDS})
-    numbers.update({f"progress.all.{key}": str(sum(getattr(p, key) for p in progress)) for key in FIELDS})
+    numbers.update({f"progress.all.{key}": str(sum(getattr(p, key) for p in state.experiments))
+                    for key in FIELDS})
     return numbers

@@ -14,7 +14,9 @@
    length where a transfer check failed must hold the checked search's ranges and carry its top
    configurations (bench.tuning.tune.Carried; "own-search gaps").
 Each prints one count line ("0 outside", "0 mismatches", "0 edge hits" when all hold) and the
-offending items above it; the exit code is the number of failed checks.
+offending items above it; the exit code is the number of failed checks. Then, not a check:
+the searches that have run past the tuned files (bench.tuning.unwritten), which a round the
+edge hits ask for may already be part of.
 """
 
 from __future__ import annotations
@@ -126,6 +128,11 @@ def widening_commands(folder: Path | None = None) -> list[str]:
     """The `bench tune` command that each round with edge hits asks for next (rule R3): its
     budget, every method with a current entry at it, the hit edges and more trials than the
     round has searched (a suggestion: any larger count keeps the rule)."""
+    return [command for *_, command in widening_rounds(folder)]
+
+
+def widening_rounds(folder: Path | None = None) -> list[tuple[str, int, int, str]]:
+    """(card, bits, epochs, command) of each round `widening_commands` names."""
     hits: dict[tuple[str, int, int], dict[str, None]] = {}  # hit edges per (card, bits, epochs), in order
     for path, _, entry, key, side in _edge_hit_items(folder):
         hits.setdefault((path.stem, *entry_budget(entry)), {})[f"{key}:{side}"] = None
@@ -140,10 +147,10 @@ def widening_commands(folder: Path | None = None) -> list[str]:
         searched = max(int(entry.get("trials") or 0) for _, entry in at_budget)
         targets = sorted({int(b) for _, entry in at_budget for b in (entry.get("transfer") or {})})
         methods = ",".join(sorted({method for method, _ in at_budget}))
-        commands.append(
+        commands.append((card, bits, epochs,
             f"python -m bench tune --dataset {card} --bits {bits} --epochs {epochs} --methods {methods} "
             f"--trials {searched + max(1, searched // 4)} --widen {','.join(edges)}"
-            + (f" --transfer-to {','.join(map(str, targets))}" if targets else "") + " --commit")
+            + (f" --transfer-to {','.join(map(str, targets))}" if targets else "") + " --commit"))
     return commands
 
 
@@ -214,6 +221,11 @@ def own_search_gaps(folder: Path | None = None) -> list[str]:
 
 
 def main() -> int:
+    from bench.runs.records import DEFAULT_RESULTS_DIR
+    from bench.tuning.unwritten import unwritten_studies
+
+    unwritten = unwritten_studies(DEFAULT_RESULTS_DIR / "tuning")
+    under_way = {(u.card, u.bits, u.epochs) for u in unwritten}
     failed = 0
     for label, items in (("outside", defaults_outside()), ("mismatches", tuned_mismatches()),
                          ("edge hits", tuned_edge_hits()), ("widening gaps", widening_gaps()),
@@ -225,12 +237,20 @@ def main() -> int:
         if label == "edge hits" and items:
             print("  next rounds (rule R3: the hit edges widen, every method of the round gets the "
                   "same extra trials):")
-            for command in widening_commands():
+            for card, bits, epochs, command in widening_rounds():
                 print(f"    {command}")
+                if (card, bits, epochs) in under_way:  # that round's written entries are not the last word
+                    print(f"      (searches at {bits} bits/{epochs} epochs on {card} have run past the "
+                          f"tuned file, listed below: let the command that runs them write them first)")
     kept = tuned_mismatches(archived=True)
     if kept:  # not a failure: made under v2's rule, listed by the report, never rerun
         names = sorted({item.split()[0] for item in kept})
         print(f"({len(kept)} more in archived experiments, kept for their records: {', '.join(names)})")
+    for study in unwritten:  # not a failure: the command that runs each writes it when it ends
+        print(f"  {study.card} {study.method} {study.bits} bits/{study.epochs} epochs: {study.study}, "
+              f"{study.complete} finished trials (the last {study.last})")
+    print(f"{len(unwritten)} searches run but not yet in a tuned file (not a failure: each is written "
+          f"when the command running it ends; `bench tune` with that command resumes it)")
     earlier = tuned_edge_hits(superseded=True)
     if earlier:  # not a failure: no new table uses them
         print(f"({len(earlier)} more in superseded entries, kept for the records that used them)")

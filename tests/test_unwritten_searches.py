@@ -1,0 +1,73 @@
+"""Searches run past the tuned files (bench.tuning.unwritten): a study is written when an entry
+at its budget names it and counts every finished trial, or names it as the study it widened or
+carried from; any other study is unwritten when it finished a trial after every entry at its
+budget was written, and of several at one budget only the newest is listed."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import optuna
+import pytest
+
+from bench.tuning.unwritten import parse_study, unwritten_studies
+
+CARDS = ["fashion-mnist", "fashion-mnist-multi"]
+METHODS = ["crh", "classify-then-hash", "hash"]
+
+
+@pytest.mark.parametrize("name, parsed", [
+    ("fashion-mnist-multi-classify-then-hash-16b-30e-b9c545",
+     ("fashion-mnist-multi", "classify-then-hash", 16, 30)),
+    ("fashion-mnist-crh-32b-60e-601672", ("fashion-mnist", "crh", 32, 60)),
+    ("fashion-mnist-crh-32b", None),  # a v1 study: no epoch budget in its name
+    ("fashion-mnist-crh-32b-60e-6016", None),
+])
+def test_study_names_parse_with_hyphens_in_card_and_method(name: str, parsed) -> None:
+    assert parse_study(name, CARDS, METHODS) == parsed
+
+
+def study(tuning: Path, name: str, trials: int, finished: str | None = None) -> None:
+    """A study of `trials` finished trials, the finish times set to `finished` when given."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    created = optuna.create_study(study_name=name, storage=f"sqlite:///{tuning / name}.db",
+                                  direction="maximize")
+    for value in range(trials):
+        created.add_trial(optuna.trial.create_trial(
+            params={"lr": 0.001}, distributions={"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2)},
+            value=float(value)))
+    if finished is not None:
+        with sqlite3.connect(tuning / f"{name}.db") as connection:
+            connection.execute("UPDATE trials SET datetime_complete = ?", (finished,))
+
+
+def entry(study_name: str, trials: int, date: str, bits: int = 16, **more: object) -> str:
+    extra = "".join(f"    {key}: {value}\n" for key, value in more.items())
+    return (f"  - values: {{lr: 0.001}}\n    bits: {bits}\n    epochs: 1\n    trials: {trials}\n"
+            f"    study: {study_name}\n    date: '{date}'\n{extra}")
+
+
+def test_written_extended_replaced_and_new_studies(tmp_path: Path) -> None:
+    tuning, tuned = tmp_path / "tuning", tmp_path / "tuned"
+    tuning.mkdir()
+    tuned.mkdir()
+    study(tuning, "synthetic-csq-16b-1e-aaaaaa", 5, "2026-12-01 10:00:01")  # written: named, all 5 counted
+    study(tuning, "synthetic-csq-32b-1e-aaaaaa", 6, "2026-12-01 10:00:00")  # one trial past its entry
+    study(tuning, "synthetic-csq-64b-1e-aaaaaa", 4, "2026-11-30 09:00:00")  # replaced before the entry
+    study(tuning, "synthetic-csq-64b-1e-bbbbbb", 4, "2026-12-01 09:00:00")  # the entry's, written
+    study(tuning, "synthetic-dpn-16b-1e-cccccc", 3, "2026-12-02 09:00:00")  # no entry at all
+    study(tuning, "synthetic-dpn-16b-1e-dddddd", 2, "2026-12-02 08:00:00")  # ... and an older one
+    study(tuning, "synthetic-dpn-32b-1e-eeeeee", 3, "2026-12-01 07:00:00")  # a carried source
+    (tuned / "synthetic.yaml").write_text(
+        "dataset: synthetic\nmethods:\n  csq:\n"
+        + entry("synthetic-csq-16b-1e-aaaaaa", 5, "2026-12-01T10:00:00Z")
+        + entry("synthetic-csq-32b-1e-aaaaaa", 5, "2026-12-01T09:59:00Z", bits=32)
+        + entry("synthetic-csq-64b-1e-bbbbbb", 4, "2026-12-01T09:00:10Z", bits=64)
+        + "  dpn:\n" + entry("synthetic-dpn-64b-1e-ffffff", 3, "2026-11-01T00:00:00Z", bits=64,
+                              carried="{from: synthetic-dpn-32b-1e-eeeeee, trials: [3]}"))
+    found = [(u.method, u.bits, u.study, u.complete, u.last) for u in unwritten_studies(tuning, tuned)]
+    assert found == [
+        ("csq", 32, "synthetic-csq-32b-1e-aaaaaa", 6, "2026-12-01 10:00"),
+        ("dpn", 16, "synthetic-dpn-16b-1e-cccccc", 3, "2026-12-02 09:00"),
+    ]
