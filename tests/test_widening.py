@@ -303,9 +303,10 @@ def test_fidelity_names_the_round_an_edge_hit_asks_for(tmp_path) -> None:
         "--widen lr:high --transfer-to 16,64 --commit"]
 
 
-def test_widen_on_a_round_already_written_says_to_drop_the_flag(tmp_path, tuned_dir) -> None:
+def test_widen_on_a_round_already_written_searches_it_as_written(tmp_path, tuned_dir, capsys) -> None:
     """The round's command, rerun for another of its methods after the round was written (CSQ's
-    lambda_q no longer at the edge of the wider range): one line saying to rerun without --widen."""
+    lambda_q no longer at the edge of the wider range): the round as written, with a note; a knob
+    the round never widened still needs an edge hit."""
     from bench.commands.tune import search_rounds
     from bench.data.cards import load_card
 
@@ -314,7 +315,34 @@ def test_widen_on_a_round_already_written_says_to_drop_the_flag(tmp_path, tuned_
         "dataset: synthetic\nmethods:\n  csq: {values: {lr: 0.001, lambda_q: 1.1e-05}, bits: 16, epochs: 1, "
         "trials: 10,\n    search_space: {lr: [log, 0.0001, 0.01], lambda_q: [log, 3.3e-06, 1.0]}}\n"
         "widened:\n  16b-1e: {ranges: {lambda_q: [log, 3.3e-06, 1.0]}, trials: 10, after: x}\n")
-    with pytest.raises(UserError, match="already widened in the tuned file .* rerun without --widen"):
-        search_rounds("lambda_q:low", load_card("synthetic"), ["dpn"], 16, 10, 1, tmp_path / "out.yaml")
+    rounds = search_rounds("lambda_q:low", load_card("synthetic"), ["dpn"], 16, 10, 1, tmp_path / "out.yaml")
+    assert rounds["16b-1e"] == Round({"lambda_q": ("log", 3.3e-06, 1.0)}, 10, "x")
+    assert "already widened in the tuned file" in capsys.readouterr().out
     with pytest.raises(UserError, match="no entry of this round has lr at its high edge"):
         search_rounds("lr:high", load_card("synthetic"), ["dpn"], 16, 12, 1, tmp_path / "out.yaml")
+
+
+def test_an_entry_of_the_round_before_asks_for_no_second_widening(tmp_path, tuned_dir, capsys) -> None:
+    """One process wrote the round that widened lr to [1e-4, 0.03] (CRH's entry); MDS's part of
+    it has not ended, so MDS's entry is still the one searched on [1e-4, 0.01], with lr at that
+    top. Its hit is answered by the round: MDS's command with the round's --widen searches the
+    round as written, not one widened again (which would also want more trials). An entry on the
+    round's own range at its top does ask for the next round."""
+    from bench.commands.tune import search_rounds
+    from bench.data.cards import load_card
+
+    tuned_dir.mkdir()
+    crh = ("  crh: {values: {lr: LR}, bits: 16, epochs: 1, trials: 12, "
+           "search_space: {lr: [log, 0.0001, 0.03]}}\n")
+    for crh_lr, widened_again in (("0.002", False), ("0.029", True)):
+        (tuned_dir / "synthetic.yaml").write_text(
+            "dataset: synthetic\nmethods:\n" + crh.replace("LR", crh_lr)
+            + "  mds: {values: {lr: 0.0099}, bits: 16, epochs: 1, trials: 8, "
+              "search_space: {lr: [log, 0.0001, 0.01]}}\n"
+            "widened:\n  16b-1e: {ranges: {lr: [log, 0.0001, 0.03]}, trials: 12, after: x}\n")
+        command = ("lr:high", load_card("synthetic"), ["mds"], 16, 12, 1, tmp_path / "out.yaml")
+        if widened_again:
+            with pytest.raises(UserError, match="give more than the 12"):
+                search_rounds(*command)
+        else:
+            assert search_rounds(*command)["16b-1e"] == Round({"lr": ("log", 0.0001, 0.03)}, 12, "x")

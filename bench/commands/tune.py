@@ -292,15 +292,17 @@ def search_rounds(widen: str | None, card: Any, methods: list[str], bits: int, t
                if entry_budget(entry) == budget and not retired(entry, setting.entries(method))]
     key = round_key(*budget)
     spaces = {e["method"]: search_space(e["method"]) for e in entries}
+    written = rounds.get(key)
     try:
-        after, searched = edge_evidence(entries, hits, spaces)
+        after, searched = edge_evidence(entries, hits, spaces, written)
     except UserError:
-        written = rounds.get(key)  # a replay of the command that wrote the round: say so
+        # The round's command again, for methods whose part had not ended when another part
+        # wrote the round (or a replay): search the round as written.
         if written is not None and all(knob in written.ranges for knob, _ in hits):
-            raise UserError(f"--widen {widen}: the {key} round is already widened in the tuned file "
-                            f"({dict(written.ranges)}, {written.trials} trials) and no current entry is at "
-                            f"those edges now; rerun without --widen to search the round as written"
-                            ) from None
+            print(f"note: --widen {widen}: the {key} round is already widened in the tuned file "
+                  f"({dict(written.ranges)}, {written.trials} trials) and no entry searched on its ranges "
+                  f"is at those edges; searching the round as written", flush=True)
+            return rounds
         raise
     # The round belongs to the budget: a command may search some of its methods (another process
     # the rest), so the knob's range is the one of every method searched at this budget.

@@ -193,18 +193,29 @@ def widened_round(current: Round | None, spaces: dict[str, dict[str, tuple]],
 
 
 def edge_evidence(entries: list[dict[str, Any]], hits: list[tuple[str, str]],
-                  spaces: dict[str, dict[str, tuple]] | None = None) -> tuple[str, int]:
+                  spaces: dict[str, dict[str, tuple]] | None = None,
+                  current: Round | None = None) -> tuple[str, int]:
     """(what hit the edges, the most trials any entry searched) among a round's entries (each
     with a `method` key added). The rule widens a range only after a chosen value lands at that
     edge: UserError when none of the entries did. With `spaces` (each method's own search space)
-    an entry counts for a knob only when the round's range governs that method's knob."""
+    an entry counts for a knob only when the round's range governs that method's knob. With the
+    round as written (`current`), an entry searched on a range the round has since widened is no
+    evidence for that knob: the round already answers its hit (a method of the round whose part
+    has not ended yet still holds the entry of the round before)."""
     spaces = spaces or {}
+
+    def on_current(entry: dict[str, Any], knob: str) -> bool:
+        if current is None or knob not in current.ranges:
+            return True
+        return tuple(edge_space(entry)[knob]) == tuple(current.ranges[knob])
+
     found = []
     for knob, side in hits:
         hit = [f"{e['method']} {knob} {e['values'][knob]:.4g} at the {side} edge of "
                f"{list(edge_space(e)[knob][1:])}"
                for e in entries if knob in edge_space(e) and knob in e.get("values", {})
                and (knob not in spaces.get(e["method"], {}) or governed(knob, spaces[e["method"]][knob]))
+               and on_current(e, knob)
                and (knob, side) in edge_hits(e["values"], {knob: edge_space(e)[knob]})]
         if not hit:
             raise UserError(f"--widen {knob}:{side}: no entry of this round has {knob} at its {side} "
