@@ -346,3 +346,32 @@ def test_an_entry_of_the_round_before_asks_for_no_second_widening(tmp_path, tune
                 search_rounds(*command)
         else:
             assert search_rounds(*command)["16b-1e"] == Round({"lr": ("log", 0.0001, 0.03)}, 12, "x")
+
+
+def test_fidelity_counts_no_edge_hit_that_the_written_round_answers(tmp_path) -> None:
+    """The 16-bit round widened lr to [1e-4, 0.03]; MDS's entry, searched on [1e-4, 0.01] before
+    its part of the round ended, still has lr at that top: no edge hit and no next round (a
+    widening gap instead). CRH's lr at the round's own top is a hit. DPN's hinge margin at the top
+    of its own range is its own hit, whatever the round did to the shared cosine margin."""
+    from bench.tuning.fidelity import tuned_edge_hits, widening_commands, widening_gaps
+
+    def entry(method: str, values: str, trials: int, space: str) -> str:
+        return (f"  {method}: {{values: {{{values}}}, bits: 16, epochs: 1, trials: {trials}, "
+                f"search_space: {{{space}}}}}\n")
+
+    (tmp_path / "synthetic.yaml").write_text(
+        "dataset: synthetic\nmethods:\n"
+        + entry("mds", "lr: 0.0099", 8, "lr: [log, 0.0001, 0.01]")
+        + entry("crh", "lr: 0.002", 12, "lr: [log, 0.0001, 0.03]")
+        + entry("dpn", "margin: 0.99", 12, "margin: [float, 0.0, 1.0]")
+        + "widened:\n  16b-1e: {ranges: {lr: [log, 0.0001, 0.03], margin: [float, 0.0, 1.5]}, "
+          "trials: 12, after: x}\n")
+    assert [hit.split(" (")[0] for hit in tuned_edge_hits(tmp_path)] == ["synthetic dpn margin at high edge"]
+    gaps = widening_gaps(tmp_path)
+    assert any(gap.startswith("synthetic mds 16b-1e: 8 trials, lr on the old range") for gap in gaps)
+    text = (tmp_path / "synthetic.yaml").read_text().replace("lr: 0.002", "lr: 0.029")
+    (tmp_path / "synthetic.yaml").write_text(text)
+    assert sorted(hit.split(" (")[0] for hit in tuned_edge_hits(tmp_path)) == [
+        "synthetic crh lr at high edge", "synthetic dpn margin at high edge"]
+    assert "--widen margin:high,lr:high" in widening_commands(tmp_path)[0] \
+        or "--widen lr:high,margin:high" in widening_commands(tmp_path)[0]

@@ -116,11 +116,22 @@ def tuned_edge_hits(folder: Path | None = None, superseded: bool = False) -> lis
 
 def _edge_hit_items(folder: Path | None, superseded: bool = False,
                     ) -> Iterator[tuple[Path, str, dict[str, Any], str, str]]:
-    """(tuned file, method, entry, knob, side) per edge hit of the current (or superseded) entries."""
+    """(tuned file, method, entry, knob, side) per edge hit of the current (or superseded) entries.
+    A current entry searched on a range that its round, as written, has since widened is left
+    out: the round answers its hit (a round written by one process while another's part runs),
+    and `widening_gaps` lists the entry."""
     for path, method, entries in _tuned_entries(folder):
+        rounds = read_rounds(path)
+        own = search_space(method)
         for entry in entries:
-            if _superseded(entry, entries) == superseded:
-                for key, side in edge_hits(entry["values"], edge_space(entry)):
+            if _superseded(entry, entries) != superseded:
+                continue
+            written = rounds.get(round_key(*entry_budget(entry)))
+            for key, side in edge_hits(entry["values"], edge_space(entry)):
+                answered = (not superseded and written is not None and key in written.ranges
+                            and governed(key, own.get(key, edge_space(entry)[key]))
+                            and tuple(edge_space(entry)[key]) != tuple(written.ranges[key]))
+                if not answered:
                     yield path, method, entry, key, side
 
 
