@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 WORDNET := /usr/share/wordnet/data.noun
 
-.PHONY: setup data tune-main tune-wave3 unsupervised documents reproduce robustness test lint bench-perf clean-venv mutants
+.PHONY: setup data tune-main tune-multi tune-pairs tune-wave3 reproduce-v3 unsupervised documents reproduce robustness test lint bench-perf clean-venv mutants
 
 setup: $(STAMP) data
 
@@ -57,6 +57,30 @@ WAVE3_METHODS := idch,mlh,ics,lbhash
 tune-wave3: setup
 	$(PY) -m bench tune --dataset fashion-mnist --methods $(WAVE3_METHODS) --bits 32 --epochs 60 \
 	  --trials 24 --transfer-to 16,64 --jobs $(JOBS) --commit
+
+# The other primary cards' searches at their tables' budget (32 bits, 30 epochs), with the round
+# under way: its --widen and trial count (results/README.md, "What runs next"). Once the round is
+# in the tuned file, the same command searches it as written, so a clone only replays it; MDS
+# comes last on the multi-label card so that its own 64-bit search carries its check's top 3.
+tune-multi: setup
+	$(PY) -m bench tune --dataset fashion-mnist-multi --bits 32 --epochs 30 --trials 48 \
+	  --methods crh,shc,orthohash,csq,dpn,hashnet,hclm,classify-then-hash,mds \
+	  --widen lr:high,alpha:high,beta:low --transfer-to 16,64 --jobs $(JOBS) --commit
+
+tune-pairs: setup
+	$(PY) -m bench tune --dataset fashion-mnist-pairs --bits 32 --epochs 30 --trials 32 \
+	  --methods $(TABLE_METHODS) --widen lr:high,lambda_q:high --transfer-to 16,64 --jobs $(JOBS) --commit
+
+# Reproduction v3 whole, in the order of results/README.md's plan (bench/commands/progress.py's
+# PLAN, which the report counts): the four searches, every planned experiment, the report.
+# Finished trials replay and recorded runs are skipped, so it resumes wherever it was cut.
+V3_EXPERIMENTS := main-table-v3 main-table-pairs-v3 main-table-multi-v3 crh-ablations-v3 \
+  crh-pairs-reassign-v3 hashnet-alpha main-table-wave3 main-table-pairs-wave3 short-codes \
+  short-codes-lbhash robustness unsupervised documents
+reproduce-v3: tune-main tune-multi tune-pairs tune-wave3
+	for experiment in $(V3_EXPERIMENTS); do \
+	  $(PY) -m bench run --experiment $$experiment --jobs $(JOBS) $(RUN_FLAGS) || exit 1; done
+	$(PY) -m bench report
 
 # The unsupervised regime (issue 31): LSH, ITQ and CIMON on Fashion-MNIST, 16/32/64 bits, 3 seeds,
 # no training label read (bench/experiments/unsupervised.yaml); the report shows their table apart.

@@ -89,3 +89,18 @@ def test_report_progress_prints_the_plan_and_refuses_a_missing_folder(
     assert "Every search that has run is written" in out  # no results/tuning/ there
     assert main(["report", "--progress", "--results", str(tmp_path / "nowhere")]) == 2
     assert "no runs/ folder" in capsys.readouterr().err
+
+
+def test_make_reproduce_v3_runs_the_plan_the_report_counts() -> None:
+    """`make reproduce-v3` and the Reproduction progress section name the same experiments, in
+    the same order, and every one of them exists."""
+    import re
+
+    from bench.commands.progress import PLAN
+    from bench.sweeps.experiments import load_experiment
+
+    makefile = (Path(__file__).resolve().parent.parent / "Makefile").read_text()
+    block = re.search(r"^V3_EXPERIMENTS := (.*?)\nreproduce-v3:", makefile, re.S | re.M)
+    assert block is not None
+    assert block.group(1).replace("\\", " ").split() == [name for _, name in PLAN]
+    assert all(load_experiment(name).name == name for _, name in PLAN)

@@ -98,6 +98,11 @@ def test_each_cards_transfer_table_is_headed_by_its_card():
     parts = section.split("#### ")
     assert [part.split("\n", 1)[0] for part in parts[1:]] == ["fashion-mnist", "fashion-mnist-multi"]
     assert all("| CSQ | 32 bits, 60 epochs | 16 bits" in part for part in parts[1:])
+    # results/README.md quotes every card's checks at once, each table under its card's line
+    both = transfer_numbers({**setting, "fashion-mnist-multi": multi})["transfer.tables"].split("\n\n")
+    assert [both[0], both[2]] == ["fashion-mnist, searched at 32 bits and 60 epochs:",
+                                  "fashion-mnist-multi, searched at 32 bits and 60 epochs:"]
+    assert both[1].startswith("| method |") and both[3].startswith("| method |")
 
 
 def test_no_transfer_check_no_section():

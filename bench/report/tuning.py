@@ -254,14 +254,17 @@ def transfer_section(doc: Doc, settings: dict[str, dict]) -> None:
 
 def transfer_numbers(settings: dict[str, dict]) -> dict[str, str]:
     """numbers.json keys of the transfer checks: transfer.<card>.<B>b-<E>e.<method>.<bits>.<field>
-    per check, and transfer.<card>.<B>b-<E>e.table, the whole table as markdown (its rows change
-    as checks finish, so results/README.md quotes it whole)."""
+    per check, transfer.<card>.<B>b-<E>e.table, the whole table as markdown (its rows change
+    as checks finish, so results/README.md quotes it whole), and transfer.tables, every card's
+    table under a line naming it."""
     from bench.report.numbers import card_key
 
     numbers: dict[str, str] = {}
     tables: dict[str, list[tuple[str, ...]]] = {}
+    labels: dict[str, str] = {}  # budget key -> the line that names its card in transfer.tables
     for row in transfer_rows(settings):
         budget = f"transfer.{card_key(row['card'])}.{row['bits']}b-{row['epochs']}e"
+        labels[budget] = f"{row['card']}, searched at {row['bits']} bits and {row['epochs']} epochs:"
         cells = transfer_cells(row)
         prefix = f"{budget}.{row['method']}.{row['target']}"
         numbers.update({f"{prefix}.chosen": _pct(row["chosen"]), f"{prefix}.best": _pct(row["best"]),
@@ -270,4 +273,7 @@ def transfer_numbers(settings: dict[str, dict]) -> dict[str, str]:
         tables.setdefault(budget, []).append(cells)
     numbers.update({f"{budget}.table": render_markdown([Table(TRANSFER_HEADER, tuple(rows))]).rstrip("\n")
                     for budget, rows in tables.items()})
+    if tables:  # every card's checks under its name: a card's first checks appear without a new key
+        numbers["transfer.tables"] = "\n\n".join(f"{labels[budget]}\n\n{numbers[f'{budget}.table']}"
+                                                 for budget in sorted(tables))
     return numbers
