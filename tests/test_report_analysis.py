@@ -379,6 +379,44 @@ def test_a_main_table_names_its_devices_and_a_column_that_mixes_them(make_record
             "32 bits: GPU (NVIDIA H200).") in markdown
 
 
+def test_a_column_that_mixes_cpus_is_named_too(make_record):
+    """The machine here changes between sittings: a column whose runs trained on two CPUs (or one
+    CPU under two instruction sets) is named with the methods on each; one CPU throughout, or
+    different CPUs in different columns, is not."""
+    records = [*cell(make_record, "crh", 16, 0.7), *cell(make_record, "csq", 16, 0.6),
+               *cell(make_record, "crh", 32, 0.75), *cell(make_record, "csq", 32, 0.65)]
+
+    def markdown() -> str:
+        return render_markdown(build_report(records, claims=load_claims(), published=load_published()))
+
+    for record in records:
+        record["environment"].update(cpu="AMD EPYC", cpu_capability="AVX2" if record["spec"]["bits"] == 16
+                                     else "AVX512")
+    assert "Devices of the counted runs" not in markdown()
+    for record in records:
+        if record["spec"]["bits"] == 16 and record["spec"]["method"] == "crh":
+            record["environment"].update(cpu="Intel Xeon", cpu_capability="AVX512")
+    text = markdown()
+    assert ("Devices of the counted runs: 16 bits: **mixed**, CPU (AMD EPYC, AVX2) for CSQ; "
+            "CPU (Intel Xeon, AVX512) for CRH · 32 bits: CPU (AMD EPYC, AVX512). "
+            "Runs on different CPUs") in text
+    assert "GPU runs)" not in text.split("Devices of the counted runs", 1)[1].split("\n", 1)[0]
+
+
+def test_the_cpus_of_the_counted_runs_are_counted(make_record):
+    from bench.report import analyze
+    from bench.report.numbers import environment_numbers
+
+    records = [*cell(make_record, "crh", 16, 0.7), *cell(make_record, "csq", 16, 0.6, seeds=(0, 1, 2))]
+    for record in records:
+        amd = record["spec"]["method"] == "csq"
+        record["environment"].update(cpu="AMD EPYC" if amd else "Intel Xeon",
+                                     cpu_capability="AVX2" if amd else "AVX512")
+    records[0]["environment"].pop("cpu")
+    assert environment_numbers(analyze(records))["env.cpu.models"] == (
+        "AMD EPYC (AVX2): 3 runs; CPU not recorded (AVX512): 1 run; Intel Xeon (AVX512): 2 runs")
+
+
 def test_gpu_samples_kept_apart_are_set_beside_their_cpu_twins(make_record):
     """A GPU record kept outside the tables shares its run id with a CPU run; the device check
     pairs them by seed: mean GPU − CPU and its t interval, by hand: differences 0.1, 0.2, 0.3

@@ -264,7 +264,8 @@ def claim_numbers(verdicts: Sequence[ClaimResult]) -> dict[str, str]:
 def environment_numbers(analysis: Analysis) -> dict[str, str]:
     """`env.<cpu|cuda>.runs|python|torch`: what the counted runs ran on, so the README names
     the versions of a lent machine's image from its records, not from memory (several
-    versions are joined by " / ")."""
+    versions are joined by " / "); `env.cpu.models`: each CPU and instruction set with its
+    counted runs."""
     by_kind: dict[str, list[dict]] = {}
     for record in analysis.included:
         by_kind.setdefault("cuda" if on_gpu(record) else "cpu", []).append(record)
@@ -273,6 +274,14 @@ def environment_numbers(analysis: Analysis) -> dict[str, str]:
         out[f"env.{kind}.runs"] = str(len(records))
         for key in ("python", "torch"):
             out[f"env.{kind}.{key}"] = " / ".join(sorted({str(get(r, "environment", key)) for r in records}))
+    cpus: dict[str, int] = {}  # the CPUs the machine here has been, by counted CPU runs
+    for record in by_kind.get("cpu", []):
+        name = [str(get(record, "environment", key, default="") or "") for key in ("cpu", "cpu_capability")]
+        label = f"{name[0] or 'CPU not recorded'} ({name[1]})" if name[1] else (name[0] or "CPU not recorded")
+        cpus[label] = cpus.get(label, 0) + 1
+    if cpus:
+        out["env.cpu.models"] = "; ".join(f"{label}: {count} run{'' if count == 1 else 's'}"
+                                          for label, count in sorted(cpus.items()))
     return out
 
 

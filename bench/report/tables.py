@@ -237,10 +237,12 @@ def reconstruction_notes(table: MainTable) -> list[str]:
 
 
 def device_of(record: dict) -> str:
-    """"CPU", or "GPU (<its name>)": where a run trained, as its record says."""
+    """"CPU (<its name>, <the instruction set torch used>)", or "GPU (<its name>)": where a run
+    trained, as its record says (float reductions differ with both)."""
     if on_gpu(record):
         return f"GPU ({get(record, 'environment', 'gpu', default='not recorded')})"
-    return "CPU"
+    cpu = [get(record, "environment", key, default=None) for key in ("cpu", "cpu_capability")]
+    return f"CPU ({', '.join(str(part) for part in cpu if part)})" if any(cpu) else "CPU"
 
 
 def device_notes(table: MainTable) -> list[str]:
@@ -248,14 +250,17 @@ def device_notes(table: MainTable) -> list[str]:
     run is a further sample of its spec, not a copy of the CPU run (another summation order from
     the first step), so docs/protocol.md keeps a bit length's paired comparisons on one device;
     a column that mixes devices is named here, with the methods on each, so it cannot pass
-    unseen."""
+    unseen. So is a column that mixes CPUs (the machine here changes between sittings, and the
+    instruction set changes the order of float reductions): also further samples, not copies."""
     by_bits: dict[int, dict[str, set[str]]] = {}
     for (method, bits), cell in sorted(table.cells.items()):
         if cell.complete:
             for seed, record in cell.group.runs.items():
                 if seed in cell.expected:
                     by_bits.setdefault(bits, {}).setdefault(device_of(record), set()).add(method)
-    if all(set(devices) == {"CPU"} for devices in by_bits.values()):
+    any_gpu = any(device.startswith("GPU") for devices in by_bits.values() for device in devices)
+    mixed_cpus = any(sum(d.startswith("CPU") for d in devices) > 1 for devices in by_bits.values())
+    if not any_gpu and not mixed_cpus:
         return []
     parts = []
     for bits, devices in sorted(by_bits.items()):
@@ -265,8 +270,13 @@ def device_notes(table: MainTable) -> list[str]:
             parts.append(f"{bits} bits: **mixed**, " + "; ".join(
                 f"{device} for {', '.join(method_name(m) for m in sorted(methods))}"
                 for device, methods in sorted(devices.items())))
-    return ["Devices of the counted runs: " + " · ".join(parts) + ". A bit length's paired "
-            "comparisons hold when its column ran on one device (docs/protocol.md, GPU runs)."]
+    why = ("A bit length's paired comparisons hold when its column ran on one device (docs/protocol.md, "
+           "GPU runs)." if any_gpu else "")
+    if mixed_cpus:
+        why += (" Runs on different CPUs are further samples of their specs as well: the seed still "
+                "pairs split, initial weights and data order, and the instruction set moves the last "
+                "bits of float sums (docs/protocol.md, CPU runs).")
+    return ["Devices of the counted runs: " + " · ".join(parts) + ". " + why.strip()]
 
 
 def metric_table(doc: Doc, table: MainTable, key: str, title: str, with_margin: bool) -> None:
