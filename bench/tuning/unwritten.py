@@ -58,7 +58,7 @@ def parse_study(name: str, cards: list[str], methods: list[str]) -> tuple[str, s
 def study_trials(path: Path) -> tuple[int, str]:
     """(finished trials, the last finish time) of one Optuna SQLite study, read-only: the file
     may be one a running search writes."""
-    with contextlib.closing(sqlite3.connect(f"file:{path.resolve()}?mode=ro", uri=True)) as connection:
+    with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as connection:
         count, last = connection.execute(
             "SELECT COUNT(*), MAX(datetime_complete) FROM trials WHERE state = 'COMPLETE'").fetchone()
     return int(count), str(last or "")
