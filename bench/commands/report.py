@@ -19,7 +19,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, help="report directory (default: reports/)")
     parser.add_argument("--progress", action="store_true",
                         help="print only where the reproduction plan stands (runs recorded, to train, "
-                             "waiting for a search per planned experiment); writes nothing")
+                             "waiting for a search per planned experiment; searches not yet written "
+                             "into a tuned file); writes nothing")
 
 
 def execute(args: argparse.Namespace) -> int:
