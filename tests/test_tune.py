@@ -67,8 +67,16 @@ def test_tune_resumes_scores_validation_only_and_writes_the_setting(tmp_path, tu
     assert tune(results, 3, "--commit") == 0  # one more trial, the first two reused from the study
     after = records(results)
     assert len(after) == 3 and set(first) <= set(after)
+    db = results / "tuning" / f"{study_id()}.db"
+    assert study(results).user_attrs["budget_trials"] == 3  # what unwritten_studies reads
+    import sqlite3
+
+    with sqlite3.connect(db) as connection:  # as a study made before the budget was recorded
+        connection.execute("DELETE FROM study_user_attributes")
+    stored = db.read_bytes()
     assert tune(results, 3) == 0  # nothing left to do
     assert records(results).keys() == after.keys()
+    assert db.read_bytes() == stored  # a replay writes nothing into the study
 
     from optuna.trial import TrialState
 

@@ -28,11 +28,15 @@ def test_study_names_parse_with_hyphens_in_card_and_method(name: str, parsed) ->
     assert parse_study(name, CARDS, METHODS) == parsed
 
 
-def study(tuning: Path, name: str, trials: int, finished: str | None = None) -> None:
-    """A study of `trials` finished trials, the finish times set to `finished` when given."""
+def study(tuning: Path, name: str, trials: int, finished: str | None = None,
+          budget: int | None = None) -> None:
+    """A study of `trials` finished trials, the finish times set to `finished` when given, and
+    the budget `bench tune` records when given."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     created = optuna.create_study(study_name=name, storage=f"sqlite:///{tuning / name}.db",
                                   direction="maximize")
+    if budget is not None:
+        created.set_user_attr("budget_trials", budget)
     for value in range(trials):
         created.add_trial(optuna.trial.create_trial(
             params={"lr": 0.001}, distributions={"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2)},
@@ -53,7 +57,7 @@ def test_written_extended_replaced_and_new_studies(tmp_path: Path) -> None:
     tuning.mkdir()
     tuned.mkdir()
     study(tuning, "synthetic-csq-16b-1e-aaaaaa", 5, "2026-12-01 10:00:01")  # written: named, all 5 counted
-    study(tuning, "synthetic-csq-32b-1e-aaaaaa", 6, "2026-12-01 10:00:00")  # one trial past its entry
+    study(tuning, "synthetic-csq-32b-1e-aaaaaa", 6, "2026-12-01 10:00:00", budget=9)  # past its entry
     study(tuning, "synthetic-csq-64b-1e-aaaaaa", 4, "2026-11-30 09:00:00")  # replaced before the entry
     study(tuning, "synthetic-csq-64b-1e-bbbbbb", 4, "2026-12-01 09:00:00")  # the entry's, written
     study(tuning, "synthetic-dpn-16b-1e-cccccc", 3, "2026-12-02 09:00:00")  # no entry at all
@@ -66,8 +70,9 @@ def test_written_extended_replaced_and_new_studies(tmp_path: Path) -> None:
         + entry("synthetic-csq-64b-1e-bbbbbb", 4, "2026-12-01T09:00:10Z", bits=64)
         + "  dpn:\n" + entry("synthetic-dpn-64b-1e-ffffff", 3, "2026-11-01T00:00:00Z", bits=64,
                               carried="{from: synthetic-dpn-32b-1e-eeeeee, trials: [3]}"))
-    found = [(u.method, u.bits, u.study, u.complete, u.last) for u in unwritten_studies(tuning, tuned)]
+    found = [u.cells() for u in unwritten_studies(tuning, tuned)]
     assert found == [
-        ("csq", 32, "synthetic-csq-32b-1e-aaaaaa", 6, "2026-12-01 10:00"),
-        ("dpn", 16, "synthetic-dpn-16b-1e-cccccc", 3, "2026-12-02 09:00"),
+        ("synthetic", "csq", "32 bits, 1 epochs", "`synthetic-csq-32b-1e-aaaaaa`", "6 of 9",
+         "2026-12-01 10:00"),
+        ("synthetic", "dpn", "16 bits, 1 epochs", "`synthetic-dpn-16b-1e-cccccc`", "3", "2026-12-02 09:00"),
     ]

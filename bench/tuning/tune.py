@@ -53,6 +53,7 @@ from methods.base import HARMONISED, HashMethod, Task
 SPACE_KINDS = ("log", "float", "int", "choice")
 DEFAULT_SEARCH_SPACE: dict[str, tuple] = {"lr": ("log", 1e-4, 3e-3)}
 BASE_PROTOCOL = "harmonised"
+BUDGET_ATTR = "budget_trials"  # the study's user attribute: the searched trials its round gives
 TRIALS_FOLDER = "tuning/runs"  # trial records, under the results directory, apart from the tables
 N_STARTUP_TRIALS = 5  # TPE's random start: with 12 trials, 5 random (incl. the default) + 7 guided
 MIN_TRIALS, MANY_KNOB_TRIALS = 12, 24  # R5: 24 trials for all when any method searches 3+ knobs
@@ -389,9 +390,17 @@ def tune_method(method: str, request: TuneRequest, options: Any,
             study.enqueue_trial(point, user_attrs={"default": True, "default_moved_to_edge": moved})
         finished = (TrialState.COMPLETE, TrialState.FAIL)
         new_trials = carry_in(study, method, request, space, options, log) if request.carried else 0
-        while True:
-            done = len([t for t in study.get_trials(deepcopy=False, states=finished)
+
+        def searched_count() -> int:
+            return len([t for t in study.get_trials(deepcopy=False, states=finished)
                         if "carried_from" not in t.user_attrs])
+
+        if searched_count() < count and study.user_attrs.get(BUDGET_ATTR) != count:
+            # The budget this call searches to, for a reader of the study before the tuned file has
+            # it (bench.tuning.unwritten); set only when trials are to run, so a replay writes nothing.
+            study.set_user_attr(BUDGET_ATTR, count)
+        while True:
+            done = searched_count()
             room = min(request.jobs, count - done)
             if room <= 0:
                 break

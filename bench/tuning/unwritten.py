@@ -17,6 +17,7 @@ this project ran on) with an entry's `date` (UTC)."""
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import sqlite3
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.runs.spec import entry_budget, load_tuned, tuned_dir
+from bench.tuning.tune import BUDGET_ATTR
 
 BUDGET_SUFFIX = re.compile(r"^(?P<bits>\d+)b-(?P<epochs>\d+)e-[0-9a-f]{6}$")
 
@@ -37,10 +39,12 @@ class Unwritten:
     study: str
     complete: int  # finished trials
     last: str  # the last one's finish time, to the minute
+    budget: int | None = None  # the searched trials its round gives, when the study records it
 
     def cells(self) -> tuple[str, ...]:
+        done = f"{self.complete} of {self.budget}" if self.budget else str(self.complete)
         return (self.card, self.method, f"{self.bits} bits, {self.epochs} epochs", f"`{self.study}`",
-                str(self.complete), self.last)
+                done, self.last)
 
 
 def parse_study(name: str, cards: list[str], methods: list[str]) -> tuple[str, str, int, int] | None:
@@ -55,13 +59,15 @@ def parse_study(name: str, cards: list[str], methods: list[str]) -> tuple[str, s
     return None
 
 
-def study_trials(path: Path) -> tuple[int, str]:
-    """(finished trials, the last finish time) of one Optuna SQLite study, read-only: the file
-    may be one a running search writes."""
+def study_trials(path: Path) -> tuple[int, str, int | None]:
+    """(finished trials, the last finish time, the budget `bench tune` recorded, if any) of one
+    Optuna SQLite study, read-only: the file may be one a running search writes."""
     with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as connection:
         count, last = connection.execute(
             "SELECT COUNT(*), MAX(datetime_complete) FROM trials WHERE state = 'COMPLETE'").fetchone()
-    return int(count), str(last or "")
+        budget = connection.execute("SELECT value_json FROM study_user_attributes WHERE key = ?",
+                                    (BUDGET_ATTR,)).fetchone()
+    return int(count), str(last or ""), int(json.loads(budget[0])) if budget else None
 
 
 def _sources(entry: dict[str, Any]) -> set[str]:
@@ -98,12 +104,12 @@ def unwritten_studies(tuning: Path, folder: Path | None = None) -> list[Unwritte
         at_budget = [e for e in entries[card].get(method, []) if entry_budget(e) == (bits, epochs)]
         if any(path.stem in _sources(e) for e in entries[card].get(method, [])):
             continue
-        complete, last = study_trials(path)
+        complete, last, budget = study_trials(path)
         if any(e.get("study") == path.stem and _trials(e) >= complete for e in at_budget):
             continue  # written, every finished trial counted
         written = max((str(e.get("date") or "") for e in at_budget), default="")
         if last and last.replace(" ", "T")[:19] > written.rstrip("Z")[:19]:
-            study = Unwritten(card, method, bits, epochs, path.stem, complete, last[:16])
+            study = Unwritten(card, method, bits, epochs, path.stem, complete, last[:16], budget)
             if parsed not in found or found[parsed].last < study.last:
                 found[parsed] = study
     return [found[key] for key in sorted(found)]
