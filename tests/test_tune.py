@@ -289,3 +289,26 @@ def test_a_widened_range_keeps_the_search_and_adds_the_extra_trials(tmp_path, mo
     fresh = named_study(results, fresh_id)
     assert len(fresh.trials) == 1 and "inherited_from" not in fresh.trials[0].user_attrs
     assert "widened_from" not in yaml.safe_load((tmp_path / "narrow.yaml").read_text())["methods"]["csq"]
+
+
+def test_each_methods_entry_is_written_when_its_search_ends(tmp_path, tuned_dir, one_thread, monkeypatch):
+    """A command for two methods cut off during the second (here by an interrupt) has written the
+    first one's entry already; rerun, it replays the first without changing its entry."""
+    import bench.commands.tune as tune_command
+
+    real = tune_command.search_one
+
+    def cut_off_at_dpn(method, *args, **kwargs):
+        if method == "dpn":
+            raise KeyboardInterrupt
+        return real(method, *args, **kwargs)
+
+    monkeypatch.setattr(tune_command, "search_one", cut_off_at_dpn)
+    results = tmp_path / "results"
+    assert main(["tune", "--methods", "csq,dpn", "--trials", "2", *FAST, "--results", str(results),
+                 "--commit"]) == 130
+    written = (tuned_dir / "synthetic.yaml").read_text()
+    assert "csq:" in written and "dpn:" not in written
+    monkeypatch.setattr(tune_command, "search_one", real)
+    assert tune(results, 2, "--commit") == 0
+    assert (tuned_dir / "synthetic.yaml").read_text() == written

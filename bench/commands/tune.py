@@ -164,6 +164,10 @@ def execute(args: argparse.Namespace) -> int:
             for target, searched in own_searches:
                 report_outcome(searched)
                 own.setdefault(target, []).append(searched)
+            # Each method's entries as soon as its searches and checks end: a round takes sittings
+            # here, and a command cut off later must not leave them unwritten (a method written
+            # already is rewritten unchanged: a replay rewrites nothing, not even its date).
+            write()
     except TuningAborted as error:
         if outcomes:
             write()

@@ -86,8 +86,9 @@ def searches_text(searches: Sequence[Unwritten]) -> str:
         return "Every search that has run is written into its card's tuned file."
     return (f"{len(searches)} searches have run past the tuned files (bench.tuning.unwritten): their "
             "trials are committed under results/tuning/, and each is written into its card's tuned "
-            "file when the `bench tune` command running it ends (the same command resumes it). "
-            "Until then, the tuned file and the Tuning section show the round before.")
+            "file when its method's searches and transfer checks end (the `bench tune` command that "
+            "started it resumes it). Until then, the tuned file and the Tuning section show the "
+            "round before.")
 
 
 def progress_numbers(state: PlanState) -> dict[str, str]:

@@ -257,11 +257,12 @@ def main() -> int:
     if kept:  # not a failure: made under v2's rule, listed by the report, never rerun
         names = sorted({item.split()[0] for item in kept})
         print(f"({len(kept)} more in archived experiments, kept for their records: {', '.join(names)})")
-    for study in unwritten:  # not a failure: the command that runs each writes it when it ends
+    for study in unwritten:  # not a failure: written when its method's searches and checks end
         print(f"  {study.card} {study.method} {study.bits} bits/{study.epochs} epochs: {study.study}, "
               f"{study.complete} finished trials (the last {study.last})")
     print(f"{len(unwritten)} searches run but not yet in a tuned file (not a failure: each is written "
-          f"when the command running it ends; `bench tune` with that command resumes it)")
+          f"when its method's searches and checks end; `bench tune` with the command that started it "
+          f"resumes it)")
     earlier = tuned_edge_hits(superseded=True)
     if earlier:  # not a failure: no new table uses them
         print(f"({len(earlier)} more in superseded entries, kept for the records that used them)")

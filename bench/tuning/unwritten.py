@@ -1,15 +1,18 @@
 """Searches that have run but are not yet written into a tuned file.
 
-`bench tune` writes a card's entries when its command ends, and a widened round on these CPUs
-takes several sittings, so for days the committed studies (results/tuning/*.db) hold trials
-that no tuned file mentions. Without this list, a reader of the tuned file sees the previous
-round, and `python -m bench.tuning.fidelity` suggests a next round for edge hits that the round
-under way already widens. A study is written when an entry at its budget names it as its study
-and counts all its finished trials (searched and carried), or when an entry names it as the
-study it widened or the one its carried configurations came from. Any other study counts as
-unwritten when its last finished trial is newer than every entry of that method at its bit
-length and epoch budget in the card's tuned file (an entry is dated when it is written, after
-its trials; to the second): an older one is a study a later round replaced.
+`bench tune` writes a method's entries when its searches and transfer checks end, and a
+method's part of a widened round on these CPUs can take several sittings, so for days the
+committed studies (results/tuning/*.db) hold trials that no tuned file mentions (and commands
+that ran before entries were written per method left whole rounds so). Without this list, a
+reader of the tuned file sees the previous round, and `python -m bench.tuning.fidelity`
+suggests a next round for edge hits that the round under way already widens.
+
+A study is written when an entry at its budget names it as its study and counts all its
+finished trials (searched and carried), or when an entry names it as the study it widened or
+the one its carried configurations came from. Any other study counts as unwritten when its
+last finished trial is newer than every entry of that method at its bit length and epoch
+budget in the card's tuned file (an entry is dated when it is written, after its trials; to
+the second): an older one is a study a later round replaced.
 
 Dates compare Optuna's finish time of a trial (the machine's local time, UTC on every machine
 this project ran on) with an entry's `date` (UTC)."""
