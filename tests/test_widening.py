@@ -150,6 +150,11 @@ def test_a_search_keeps_the_round_that_a_search_beside_it_widened(tmp_path) -> N
     write_setting(output, TuneRequest(card, 32, 40, epochs=1, rounds={"64b-1e": narrow, "32b-1e": margin}),
                   [outcome(32)], tmp_path)
     assert read_rounds(output) == {"64b-1e": wide, "32b-1e": margin}
+    # A search that finishes the older round of its own budget after another process started
+    # the next one (64 bits, 32 trials, on the narrow range) leaves the later round in the file.
+    write_setting(output, TuneRequest(card, 64, 32, epochs=1, rounds={"64b-1e": narrow}), [outcome(64)],
+                  tmp_path)
+    assert read_rounds(output)["64b-1e"] == wide
 
 
 def test_a_namesake_knob_is_no_widening_gap(tmp_path) -> None:

@@ -110,10 +110,15 @@ def _merge_setting(path: Path, request: TuneRequest, outcomes: list[TuneOutcome]
     payload: dict[str, Any] = {"dataset": card, "methods": dict(sorted(methods.items()))}
     # A round's widening stays with its entries. The file as it is now wins for every other
     # budget: a search of another budget running beside this one may have widened its round
-    # since this one started; this search's own round is the one it searched.
-    rounds = {**request.rounds, **read_rounds(path)}
-    if request.round().ranges:
-        rounds[round_key(request.bits, epochs)] = request.round()
+    # since this one started. This search's own round is the one it searched, unless the file
+    # already holds a later round of this budget (more trials: a process that started the next
+    # widening while this one finished the round before); a round only grows, and fidelity's
+    # widening gaps then list this entry as owing the later round's trials.
+    on_file = read_rounds(path)
+    rounds = {**request.rounds, **on_file}
+    key, searched = round_key(request.bits, epochs), request.round()
+    if searched.ranges and not (key in on_file and on_file[key].trials > searched.trials):
+        rounds[key] = searched
     if rounds:
         payload["widened"] = {key: rounds[key].as_yaml() for key in sorted(rounds)}
     header = (f"# Tuned setting for dataset card '{card}', written by `python -m bench tune`.\n"
