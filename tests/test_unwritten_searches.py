@@ -76,3 +76,27 @@ def test_written_extended_replaced_and_new_studies(tmp_path: Path) -> None:
          "2026-12-01 10:00"),
         ("synthetic", "dpn", "16 bits, 1 epochs", "`synthetic-dpn-16b-1e-cccccc`", "3", "2026-12-02 09:00"),
     ]
+
+
+def test_fidelity_lists_the_searches_past_the_file_under_their_rounds(tmp_path, monkeypatch, capsys) -> None:
+    """CSQ's 32-bit lr at the top asks for a widened 32-bit round; a search at that budget has
+    run past the file, so fidelity says so under the command and lists the search."""
+    import bench.tuning.unwritten as unwritten
+    from bench.tuning.fidelity import main as fidelity
+
+    tuned = tmp_path / "tuned"
+    tuned.mkdir()
+    (tuned / "synthetic.yaml").write_text(
+        "dataset: synthetic\nmethods:\n  csq: {values: {lr: 0.0099}, bits: 32, epochs: 1, trials: 8, "
+        "search_space: {lr: [log, 0.0001, 0.01]}}\n")
+    monkeypatch.setenv("BENCH_TUNED_DIR", str(tuned))
+    running = unwritten.Unwritten("synthetic", "dpn", 32, 1, "synthetic-dpn-32b-1e-abcdef", 5,
+                                  "2026-12-06 09:00", 12)
+    monkeypatch.setattr(unwritten, "unwritten_studies", lambda *args, **kwargs: [running])
+    fidelity()
+    out = capsys.readouterr().out.splitlines()
+    command = next(i for i, line in enumerate(out) if "--dataset synthetic --bits 32 --epochs 1" in line)
+    assert "searches at 32 bits/1 epochs on synthetic have run past the tuned file" in out[command + 1]
+    listed = "  synthetic dpn 32 bits/1 epochs: synthetic-dpn-32b-1e-abcdef, 5 finished trials"
+    assert listed in "\n".join(out)
+    assert any(line.startswith("1 searches run but not yet in a tuned file") for line in out)
