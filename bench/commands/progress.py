@@ -34,7 +34,6 @@ PLAN: tuple[tuple[str, str], ...] = (
 def experiment_progress(step: str, name: str, results_dir: Path) -> Progress:
     """Count one experiment's runs by state; reads records, writes nothing."""
     from bench.evaluation.attack import parse_attack
-    from bench.runs.spec import budget_check_off
     from bench.sweeps.runner import RunOptions, plan_runs, run_state
 
     specs, attack = _experiment_specs(name, results_dir)
@@ -42,11 +41,8 @@ def experiment_progress(step: str, name: str, results_dir: Path) -> Progress:
     recorded = to_train = waiting = 0
     seen: set[Path] = set()
     for spec in specs:
-        try:
-            with budget_check_off():
-                planned = plan_runs([spec], options)
-            if spec.protocol == "tuned":
-                plan_runs([spec], options)  # refused: no tuned entry at this run's budget
+        try:  # a tuned run with no tuned entry at its budget is refused here
+            planned = plan_runs([spec], options)
         except UserError as error:
             if not str(error).startswith("protocol tuned:"):
                 raise

@@ -46,16 +46,10 @@ def print_progress(results: Path) -> int:
     """The tables of the report's Reproduction progress section (seconds, where the whole
     report takes minutes)."""
     from bench.commands.progress import plan_state
-    from bench.report.document import Table
-    from bench.report.progress import HEADER, SEARCH_HEADER, progress_rows, searches_text
-    from bench.report.render import render_markdown
+    from bench.report.progress import experiments_markdown, searches_markdown
 
     if not (results / "runs").is_dir():
         raise UserError(f"--results {results}: no runs/ folder there to count records in")
     state = plan_state(results)
-    print(render_markdown([Table(HEADER, progress_rows(state.experiments))]))
-    print(searches_text(state.searches))
-    if state.searches:
-        print()
-        print(render_markdown([Table(SEARCH_HEADER, tuple(s.cells() for s in state.searches))]), end="")
+    print(f"{experiments_markdown(state)}\n\n{searches_markdown(state)}")
     return 0

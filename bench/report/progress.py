@@ -57,11 +57,28 @@ class PlanState:
         return any(p.recorded for p in self.experiments)
 
 
+def totals(progress: Sequence[Progress]) -> dict[str, int]:
+    """The plan's counts, all experiments together, by field."""
+    return {key: sum(getattr(p, key) for p in progress) for key in FIELDS}
+
+
 def progress_rows(progress: Sequence[Progress]) -> tuple[tuple[str, ...], ...]:
     """The table's rows with a total row (the plan's runs, all experiments together)."""
-    rows = [p.cells() for p in progress]
-    totals = [sum(getattr(p, key) for p in progress) for key in FIELDS]
-    return (*rows, ("", "**all**", "", *map(str, totals)))
+    return (*(p.cells() for p in progress), ("", "**all**", "", *map(str, totals(progress).values())))
+
+
+def experiments_markdown(state: PlanState) -> str:
+    """The experiments' table as markdown (numbers.json and `bench report --progress`)."""
+    return render_markdown([Table(HEADER, progress_rows(state.experiments))]).rstrip("\n")
+
+
+def searches_markdown(state: PlanState) -> str:
+    """The sentence on the searches run past the tuned files and, when there are any, their table."""
+    text = searches_text(state.searches)
+    if state.searches:
+        rows = tuple(s.cells() for s in state.searches)
+        text += "\n\n" + render_markdown([Table(SEARCH_HEADER, rows)]).rstrip("\n")
+    return text
 
 
 def progress_section(doc: Doc, state: PlanState) -> None:
@@ -97,15 +114,10 @@ def progress_numbers(state: PlanState) -> dict[str, str]:
     (the totals) and progress.searches.count."""
     if not state.started:
         return {}
-    searches = searches_text(state.searches)
-    if state.searches:
-        rows = tuple(s.cells() for s in state.searches)
-        searches += "\n\n" + render_markdown([Table(SEARCH_HEADER, rows)]).rstrip("\n")
-    table = render_markdown([Table(HEADER, progress_rows(state.experiments))]).rstrip("\n")
-    numbers = {"progress.table": table,
-               "progress.searches.count": str(len(state.searches)), "progress.searches.table": searches}
+    numbers = {"progress.table": experiments_markdown(state),
+               "progress.searches.table": searches_markdown(state),
+               "progress.searches.count": str(len(state.searches))}
     for p in state.experiments:
         numbers.update({f"progress.{p.experiment}.{key}": str(getattr(p, key)) for key in FIELDS})
-    numbers.update({f"progress.all.{key}": str(sum(getattr(p, key) for p in state.experiments))
-                    for key in FIELDS})
+    numbers.update({f"progress.all.{key}": str(value) for key, value in totals(state.experiments).items()})
     return numbers

@@ -28,7 +28,14 @@ from typing import Any
 from bench.data.loading import REPO_ROOT, load_card, read_yaml
 from bench.runs.spec import entry_budget, load_tuned, retired, tuned_dir, tuned_entry
 from bench.tuning.tune import outside, representative_task, resolved_defaults, search_space
-from bench.tuning.widening import edge_hits, edge_space, governed, read_rounds, round_key
+from bench.tuning.widening import (
+    answered_by_round,
+    edge_hits,
+    edge_space,
+    governed,
+    read_rounds,
+    round_key,
+)
 from methods import available_methods, get_method
 
 TABLE_CLASSES = (10, 100, 196, 555)
@@ -128,10 +135,8 @@ def _edge_hit_items(folder: Path | None, superseded: bool = False,
                 continue
             written = rounds.get(round_key(*entry_budget(entry)))
             for key, side in edge_hits(entry["values"], edge_space(entry)):
-                answered = (not superseded and written is not None and key in written.ranges
-                            and governed(key, own.get(key, edge_space(entry)[key]))
-                            and tuple(edge_space(entry)[key]) != tuple(written.ranges[key]))
-                if not answered:
+                if superseded or not governed(key, own.get(key, edge_space(entry)[key])) \
+                        or not answered_by_round(entry, key, written):
                     yield path, method, entry, key, side
 
 

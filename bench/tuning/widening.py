@@ -192,6 +192,14 @@ def widened_round(current: Round | None, spaces: dict[str, dict[str, tuple]],
     return Round(ranges, trials, after)
 
 
+def answered_by_round(entry: dict[str, Any], knob: str, written: Round | None) -> bool:
+    """The round as written has widened `knob` past the range `entry` searched it on, so the
+    round already answers a hit of the entry there (its method owes the round's trials: a
+    widening gap, not a reason for a further widening)."""
+    return (written is not None and knob in written.ranges
+            and tuple(edge_space(entry)[knob]) != tuple(written.ranges[knob]))
+
+
 def edge_evidence(entries: list[dict[str, Any]], hits: list[tuple[str, str]],
                   spaces: dict[str, dict[str, tuple]] | None = None,
                   current: Round | None = None) -> tuple[str, int]:
@@ -203,19 +211,13 @@ def edge_evidence(entries: list[dict[str, Any]], hits: list[tuple[str, str]],
     evidence for that knob: the round already answers its hit (a method of the round whose part
     has not ended yet still holds the entry of the round before)."""
     spaces = spaces or {}
-
-    def on_current(entry: dict[str, Any], knob: str) -> bool:
-        if current is None or knob not in current.ranges:
-            return True
-        return tuple(edge_space(entry)[knob]) == tuple(current.ranges[knob])
-
     found = []
     for knob, side in hits:
         hit = [f"{e['method']} {knob} {e['values'][knob]:.4g} at the {side} edge of "
                f"{list(edge_space(e)[knob][1:])}"
                for e in entries if knob in edge_space(e) and knob in e.get("values", {})
                and (knob not in spaces.get(e["method"], {}) or governed(knob, spaces[e["method"]][knob]))
-               and on_current(e, knob)
+               and not answered_by_round(e, knob, current)
                and (knob, side) in edge_hits(e["values"], {knob: edge_space(e)[knob]})]
         if not hit:
             raise UserError(f"--widen {knob}:{side}: no entry of this round has {knob} at its {side} "
