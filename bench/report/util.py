@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.data.cards import read_yaml  # noqa: F401 (re-exported: one YAML reader, cached)
 from bench.errors import UserError
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent  # bench/: claims.yaml, published.yaml
@@ -170,17 +171,6 @@ def per_query_ap(record: dict) -> np.ndarray | None:
     if not isinstance(values, list) or not values:
         return None
     return np.asarray([math.nan if v is None else float(v) for v in values], dtype=np.float64)
-
-
-def read_yaml(path: Path) -> Any:
-    import yaml
-
-    try:
-        return yaml.safe_load(Path(path).read_text())
-    except OSError as error:
-        raise UserError(f"cannot read {path}: {error.strerror or error}") from None
-    except yaml.YAMLError as error:
-        raise UserError(f"{path}: not valid YAML ({short(str(error), 120)})") from None
 
 
 @lru_cache(maxsize=64)
