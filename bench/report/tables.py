@@ -17,6 +17,7 @@ from bench.report.document import Doc, FigurePlan
 from bench.report.figures import Series, draw_headline
 from bench.report.grading import CardGrade
 from bench.report.groups import Cell
+from bench.report.ranking import ranking_section
 from bench.report.stats import query_bootstrap_ci
 from bench.report.util import (
     FLOOR_METHOD,
@@ -364,6 +365,7 @@ def main_comparison(doc: Doc, analysis: Analysis, published: list[dict]) -> None
                 doc.h(4, f"Also measured: {analysis.scope_label(scope)}")
                 main_table(doc, analysis, table, [], MAIN_METRICS[:1])
                 variant_section(doc, analysis, table)
+        ranking_section(doc, analysis, card)
 
 
 def published_next_to(doc: Doc, table: MainTable, published: list[dict]) -> None:
