@@ -14,23 +14,33 @@ from bench.runs.records import record_stem
 REPO = Path(__file__).resolve().parent.parent
 
 
-def tracked_record_ids() -> set[str]:
+def tracked_files() -> list[str]:
     try:
-        listed = subprocess.run(["git", "ls-files", "results"], cwd=REPO, capture_output=True,
-                                text=True, check=True, timeout=60).stdout.split()
+        return subprocess.run(["git", "ls-files", "results"], cwd=REPO, capture_output=True,
+                              text=True, check=True, timeout=60).stdout.split()
     except (OSError, subprocess.SubprocessError):
         pytest.skip("not a git checkout: no way to tell committed records from local ones")
-    return {record_stem(Path(name)) for name in listed if name.endswith((".json", ".json.gz"))}
+
+
+def tracked_record_ids() -> set[str]:
+    return {record_stem(Path(name)) for name in tracked_files() if name.endswith((".json", ".json.gz"))}
 
 
 def test_every_run_of_the_committed_report_has_a_committed_record() -> None:
     runs = REPO / "reports" / "runs.csv"
     with runs.open(newline="") as handle:
-        ids = [row["run_id"] for row in csv.DictReader(handle)]
-    assert ids, "reports/runs.csv lists no run"
-    missing = sorted(set(ids) - tracked_record_ids())
+        rows = list(csv.DictReader(handle))
+    assert rows, "reports/runs.csv lists no run"
+    missing = sorted({row["run_id"] for row in rows} - tracked_record_ids())
     assert not missing, (f"{len(missing)} runs in reports/runs.csv have no committed record under "
                          f"results/ (first: {missing[:3]}); commit them or regenerate the report")
+    # each row names its record's file under results/, and that exact file is tracked
+    files = {row["record_file"] for row in rows if "record_file" in row}
+    if files:
+        tracked = set(tracked_files())
+        untracked = sorted(name for name in files if f"results/{name}" not in tracked)
+        assert not untracked, (f"{len(untracked)} record files named in reports/runs.csv are not "
+                               f"tracked: {untracked[:3]}")
 
 
 def test_the_v2_multi_label_tuned_table_reruns_from_its_archived_setting(

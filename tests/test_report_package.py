@@ -167,6 +167,8 @@ def test_runs_csv_is_one_tidy_row_per_run(written):
     source = next(r for r in records if r["run_id"] == crh.run_id)
     assert crh["metrics.mAP"] == pytest.approx(source["metrics"]["mAP"])
     assert crh["timings.method_hooks"] == pytest.approx(0.2)
+    # the record's file, relative to the results folder (no machine path)
+    assert crh["record_file"] == f"runs/fashion-mnist/crh/{crh.run_id}.json.gz"
     assert not any(c.startswith("metrics.per_query") or c == "metrics.precision_at_radius"
                    for c in frame.columns)
 

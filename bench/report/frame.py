@@ -61,9 +61,9 @@ def without_keys(settings: dict[str, Any], keys: tuple[str, ...]) -> str:
 # reports/runs.csv
 # ------------------------------------------------------------------------------------------
 
-LEADING = ("run_id", "status", "counted", "why_not_counted", "results_version", "dataset", "method", "bits",
-           "seed", "protocol", "backbone", "pretrained", "split_seed", "split_digest", "table", "variant",
-           "epochs", "metrics.mAP", "metrics.mAP_tie_aware", "metrics.p_at_r2")
+LEADING = ("run_id", "record_file", "status", "counted", "why_not_counted", "results_version", "dataset",
+           "method", "bits", "seed", "protocol", "backbone", "pretrained", "split_seed", "split_digest",
+           "table", "variant", "epochs", "metrics.mAP", "metrics.mAP_tie_aware", "metrics.p_at_r2")
 FLATTENED = ("config", "metrics", "selection", "timings", "environment", "code", "task")
 
 
@@ -110,8 +110,10 @@ def runs_table(analysis: Analysis) -> pd.DataFrame:
         else:
             why = "duplicate seed"
         scope = scope_of(record)
-        row = {"run_id": record.get("run_id"), "status": record.get("status"),
-               "counted": id(record) in counted,
+        # the record's file under the results folder (load_for_report made it relative): a row
+        # leads straight to the file that holds its full spec, seed, split and environment
+        row = {"run_id": record.get("run_id"), "record_file": record.get("_path"),
+               "status": record.get("status"), "counted": id(record) in counted,
                "why_not_counted": why, "results_version": record_version(record),
                "dataset": spec.get("dataset"), "method": spec.get("method"), "bits": spec.get("bits"),
                "seed": spec.get("seed"), "protocol": spec.get("protocol"),
