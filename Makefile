@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 WORDNET := /usr/share/wordnet/data.noun
 
-.PHONY: setup data tune-main tune-multi tune-pairs tune-wave3 reproduce-v3 unsupervised documents reproduce robustness test lint bench-perf clean-venv mutants
+.PHONY: setup data tune-main tune-multi tune-pairs tune-wave3 reproduce-v3 unsupervised documents reproduce robustness test bench-perf mutants
 
 setup: $(STAMP) data
 

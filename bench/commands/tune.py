@@ -44,7 +44,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                             "`bench run --protocol tuned` reads")
     how = parser.add_argument_group("how to run")
     how.add_argument("--results", default=None,
-                     help="results directory: trials are run records in DIR/runs, studies in "
+                     help="results directory: trials are run records in DIR/tuning/runs, studies in "
                           "DIR/tuning (default: results/)")
     what.add_argument("--transfer-to", default=None, metavar="BITS",
                       help="after the search, check that the chosen values transfer to these other "
