@@ -80,3 +80,16 @@ def test_no_ranking_without_a_second_tuned_table_at_the_budget(make_record, clai
     other_budget += [make_record("mds", 32, s, 0.8, protocol="tuned", epochs=30, split_digest="b" * 64)
                      for s in SEEDS[:3]]
     assert "Ranking beside" not in build_report(other_budget, claims=claims, published=[]).markdown()
+
+
+def test_numbers_carry_each_rank_here_and_there(make_record, claims) -> None:
+    from bench.report.numbers import report_numbers
+
+    report = build_report(records(make_record), claims=claims, published=[])
+    numbers = report_numbers(report.analysis, report.verdicts)
+    ranks = {k: v for k, v in numbers.items() if k.startswith("rank.FM.")}
+    # one other table (its setting slug names it), three shared methods, here and there each
+    assert len(ranks) == 6
+    (crh_here,) = [k for k in ranks if k.endswith(".crh.32.here")]
+    assert ranks[crh_here] == "1 [1]" and ranks[crh_here.replace(".here", ".there")].startswith("2 [")
+    assert not any(".dpn." in k or ".floor." in k for k in ranks)

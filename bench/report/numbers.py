@@ -19,6 +19,7 @@ from bench.report.analysis import Analysis, MainTable
 from bench.report.claims import CARD_SHORT, ClaimResult
 from bench.report.grading import power_rows
 from bench.report.groups import Cell, Scope
+from bench.report.ranking import rankings
 from bench.report.stats import ALPHA, Stat, equivalence_test, holm_adjusted, paired_test
 from bench.report.tables import chance_value
 from bench.report.unsupervised import supervised_reference
@@ -285,10 +286,25 @@ def environment_numbers(analysis: Analysis) -> dict[str, str]:
     return out
 
 
+def ranking_numbers(analysis: Analysis) -> dict[str, str]:
+    """`rank.<card>.<other table's setting>.<method>.<bits>.here` and `.there`: the method's rank
+    with its bootstrap interval ("2 [1–3]") in the card's primary table and in that other tuned
+    table at the same budget, over the methods both have (bench.report.ranking)."""
+    out: dict[str, str] = {}
+    for card in analysis.cards():
+        for ranking in rankings(analysis, card):
+            prefix = f"rank.{card_key(card)}.{scope_tag(analysis, ranking.other.scope)}"
+            for bits, here, there in ranking.columns:
+                for method, ranked in here.items():
+                    out[f"{prefix}{_method_key(method)}.{bits}.here"] = ranked.text()
+                    out[f"{prefix}{_method_key(method)}.{bits}.there"] = there[method].text()
+    return out
+
+
 def report_numbers(analysis: Analysis, verdicts: Sequence[ClaimResult]) -> dict[str, str]:
     """Every key the README template may use, sorted."""
     numbers = {**table_numbers(analysis), **ablation_numbers(analysis), **claim_numbers(verdicts),
-               **environment_numbers(analysis)}
+               **environment_numbers(analysis), **ranking_numbers(analysis)}
     for v in verdicts:
         for name, value in dict(v.details).get("numbers", {}).items():
             numbers[f"claim.{v.id}.{name}"] = value

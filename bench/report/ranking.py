@@ -100,25 +100,43 @@ def comparable(analysis: Analysis, card: str) -> list[MainTable]:
             and scope.epochs == primary.epochs and not scope.unsupervised]
 
 
-def ranking_section(doc: Doc, analysis: Analysis, card: str) -> None:
-    """For each comparable table: one row per method, its rank here and there per common bit
-    length, and the moves whose intervals do not overlap."""
-    primary = analysis.main[analysis.primary[card]]
+@dataclass(frozen=True)
+class Ranking:
+    """A card's primary table ranked beside one other table: per common bit length, the ranks
+    here (primary) and there (other), both over the methods the two tables share."""
+
+    other: MainTable
+    columns: tuple[tuple[int, dict[str, Ranked], dict[str, Ranked]], ...]
+
+
+def rankings(analysis: Analysis, card: str) -> list[Ranking]:
+    """One Ranking per comparable table with at least one length where two methods are shared."""
+    primary = analysis.main[analysis.primary[card]] if card in analysis.primary else None
+    out = []
     for other in comparable(analysis, card):
         columns = []
-        for bits in sorted(set(primary.bits) & set(other.bits)):
+        for bits in sorted(set(primary.bits) & set(other.bits)) if primary else []:
             shared = ranked_methods(primary, bits) & ranked_methods(other, bits)
             if len(shared) >= 2:
                 columns.append((bits, {r.method: r for r in column_ranks(primary, bits, shared)},
                                 {r.method: r for r in column_ranks(other, bits, shared)}))
-        if not columns:
-            continue
-        doc.h(4, f"Ranking beside {analysis.scope_label(other.scope)}")
+        if columns:
+            out.append(Ranking(other, tuple(columns)))
+    return out
+
+
+def ranking_section(doc: Doc, analysis: Analysis, card: str) -> None:
+    """For each comparable table: one row per method, its rank here and there per common bit
+    length, and the moves, marking those whose intervals do not overlap."""
+    for ranking in rankings(analysis, card):
+        columns = ranking.columns
+        label = analysis.scope_label(ranking.other.scope)
+        doc.h(4, f"Ranking beside {label}")
         doc.p(f"Rank by mean mAP (1 = best) among the hashing methods with a complete cell in both "
-              f"tables at that length, with its {LEVEL * 100:.0f} % bootstrap interval over the table's seeds "
-              f"({RESAMPLES} resamples of the seeds, the methods kept paired; no interval under "
-              f"{MIN_SEEDS} seeds). *Here*: this card's primary table; *there*: "
-              f"{analysis.scope_label(other.scope)}. Descriptive: the verdicts test the differences.")
+              f"tables at that length, with its {LEVEL * 100:.0f} % bootstrap interval over the table's "
+              f"seeds ({RESAMPLES} resamples of the seeds, the methods kept paired; no interval under "
+              f"{MIN_SEEDS} seeds). *Here*: this card's primary table; *there*: {label}. Descriptive: "
+              "the verdicts test the differences.")
         first = columns[0][1]
         methods = sorted({m for _, here, _there in columns for m in here},
                          key=lambda m: (first[m].rank if m in first else len(first) + 1, method_sort_key(m)))
