@@ -1,22 +1,28 @@
 #!/bin/bash
-# One batch of reproduction v3 (issues 26 and 32) on a lent machine: one H200 shared by every
+# One batch of reproduction v3 (issues 26 and 32) on a lent machine: one GPU shared by every
 # process, 16 cores, one CPU thread per process. Deadline-bound; everything it starts resumes.
 #   phase 1  what belongs on the GPU because its table's column ran there: the 32-bit CRH
 #            ablations (crh-ablations-v3: reassign=never and heads=1, 10 per-seed splits), whose
-#            other side is main-table-v3's 32-bit CRH cell, run on a lent H200. PHASE1 names the
-#            `bench run` arguments; the batch sends no records, so never name a committed cell;
-#   phase 2  main-table-v3 at 16 or 64 bits for the methods V3_16, V3_64 name (none by default:
-#            those lengths run whole on the 2-core machine's CPU, see results/README.md);
-#   phase 3  the multi-label card's equal-budget search at its table budget (30 epochs, shared
-#            ranges, 24 trials, then the transfer check to 16 and 64 bits), one process per
-#            method, 2 trials at a time, until the deadline (the studies resume on any machine).
+#            other side is main-table-v3's 32-bit CRH cell, run on a lent H200: ask the device
+#            tool for kind nvidia-h200, or the pairs mix devices. PHASE1 names the `bench run`
+#            arguments (empty: skip); the batch sends no records, so never name a committed cell;
+#   phase 2  TABLES: `bench run` argument lists separated by ";", each its own process with
+#            TABLE_JOBS runs at a time, all at once (e.g. whole bit-length columns of
+#            main-table-multi-v3 or main-table-pairs-v3 whose methods' searches are written: a
+#            column runs whole on one device, so name whole columns that have no CPU record);
+#   phase 3  SEARCHES: `bench tune` argument lists separated by ";" (a round's command from
+#            `python -m bench.tuning.fidelity`, one method each, so they run side by side), each
+#            with --jobs 1 until the deadline; the studies resume on any machine.
 # What finished is packed into $OUT/results.tar.gz (records, splits, studies, trial records and
-# the logs) for the 2-core machine to unpack at the repository root.
+# the logs) for the 2-core machine to unpack at the repository root; tuned entries a search
+# finished are written to $LOGS/tuned-<n>.yaml (merge them with the same `bench tune` command
+# on the 2-core machine: it replays the finished trials and writes the committed file).
 # The tree the device tool sends must stay under 64 MiB: move results/ and reports/ out of the
 # checkout for the call (the batch reads neither, only bench/tuned/), carry .whl (Optuna and its
 # pure-Python needs, cp312 SQLAlchemy) and .fmnist (the Debian package's four .gz files).
 # Local check of the command lines: SETUP=0 OUT=/tmp/o RESULTS=/tmp/r RUN_EXTRA=--dry-run \
-#   MULTI_DATASET=fashion-mnist-mini TUNE_EXTRA="--epochs 1 --trials 2" MULTI_METHODS=csq \
+#   TABLES="--experiment main-table-multi-v3 --bits 32 --methods crh" PHASE1= \
+#   SEARCHES="--dataset fashion-mnist-mini --methods csq --bits 16 --epochs 1 --trials 2" \
 #   DEVICE=cpu DEADLINE=300 tools/device_v3.sh
 set -u
 DEADLINE=${DEADLINE:-530}
@@ -24,13 +30,13 @@ DEADLINE=${DEADLINE:-530}
 RESULTS=${RESULTS:-results}
 DEVICE=${DEVICE:-cuda}
 JOBS=${JOBS:-16}
-PHASE1=${PHASE1:---experiment crh-ablations-v3 --bits 32}
+PHASE1=${PHASE1---experiment crh-ablations-v3 --bits 32}  # set empty to skip
 V3_16=${V3_16:-}
 V3_64=${V3_64:-}
 RUN_EXTRA=${RUN_EXTRA:-}
-MULTI_DATASET=${MULTI_DATASET:-fashion-mnist-multi}
-MULTI_METHODS=${MULTI_METHODS:-crh,csq,dpn,hashnet,shc,orthohash,mds,hclm,classify-then-hash}
-TUNE_EXTRA=${TUNE_EXTRA:---epochs 30 --trials 24}
+TABLES=${TABLES:-}
+TABLE_JOBS=${TABLE_JOBS:-6}
+SEARCHES=${SEARCHES:-}
 run_part() {  # name, then `bench run` arguments
   local name=$1; shift
   [ "$(left)" -gt 30 ] || { stamp "$name skipped: deadline"; return; }
@@ -45,21 +51,35 @@ mark_start
 stamp "batch start on $(nproc) cores:$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" | tee -a "$LOGS/batch.log"
 
-# shellcheck disable=SC2086  # PHASE1 is a list of arguments
-run_part phase1 $PHASE1 --jobs "$JOBS"
+# shellcheck disable=SC2086  # PHASE1 and each TABLES entry are lists of arguments
+[ -z "$PHASE1" ] || run_part phase1 $PHASE1 --jobs "$JOBS"
 [ -z "$V3_16" ] || run_part v3-16 --experiment main-table-v3 --bits 16 --methods "$V3_16" --jobs 10 &
 [ -z "$V3_64" ] || run_part v3-64 --experiment main-table-v3 --bits 64 --methods "$V3_64" --jobs 6 &
 wait
 
-if [ "$(left)" -gt 60 ]; then
-  stamp "multi-label search start: $MULTI_METHODS"
-  for m in ${MULTI_METHODS//,/ }; do
-    timeout -k 10 "$(left)" $PY -m bench tune --dataset "$MULTI_DATASET" --methods "$m" --bits 32 $TUNE_EXTRA \
-        --jobs 2 --transfer-to 16,64 --device "$DEVICE" --quiet --results "$RESULTS" \
-        --output "$LOGS/tuned-$MULTI_DATASET-$m.yaml" > "$LOGS/tune-$m.log" 2>&1 &
+n=0
+IFS=';' read -ra table_parts <<< "$TABLES"
+for part in "${table_parts[@]}"; do
+  [ -n "${part// }" ] || continue
+  n=$((n + 1))
+  # shellcheck disable=SC2086
+  run_part "table-$n" $part --jobs "$TABLE_JOBS" &
+done
+wait
+
+if [ -n "$SEARCHES" ] && [ "$(left)" -gt 60 ]; then
+  stamp "searches start"
+  n=0
+  IFS=';' read -ra search_parts <<< "$SEARCHES"
+  for part in "${search_parts[@]}"; do
+    [ -n "${part// }" ] || continue
+    n=$((n + 1))
+    # shellcheck disable=SC2086
+    timeout -k 10 "$(left)" $PY -m bench tune $part --jobs 1 --device "$DEVICE" --quiet --results "$RESULTS" \
+        --output "$LOGS/tuned-$n.yaml" > "$LOGS/tune-$n.log" 2>&1 &
   done
   wait
-  stamp "multi-label search end: $(ls "$LOGS"/tuned-*.yaml 2>/dev/null | wc -l) methods complete"
+  stamp "searches end: $(ls "$LOGS"/tuned-*.yaml 2>/dev/null | wc -l) complete"
 fi
 stamp "batch end"
 pack "$RESULTS"
