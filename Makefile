@@ -42,13 +42,17 @@ RUN_FLAGS ?=
 
 # The main table's tuned values: the equal-budget search at the table's own budget (32 bits,
 # 60 epochs, 24 trials each) and the transfer check to 16 and 64 bits (a method that fails it is
-# searched at that length too), written into the
-# committed bench/tuned/fashion-mnist.yaml. Studies and trial records are committed under
-# results/tuning, so on a clone this replays them (nothing trains, the file stays as it is).
+# searched at that length too), then the 16-bit round widened after an edge hit there (every
+# method searched at 16 bits gets the same 40 trials), written into the committed
+# bench/tuned/fashion-mnist.yaml. Studies and trial records are committed under results/tuning,
+# so on a clone this replays them (nothing trains, the file stays as it is). Each round's command
+# is kept here in the order the rounds ran: a search rebuilt from nothing needs that order.
 TABLE_METHODS := crh,csq,dpn,hashnet,shc,orthohash,mds,hclm,classify-then-hash
 tune-main: setup
 	$(PY) -m bench tune --dataset fashion-mnist --methods $(TABLE_METHODS) --bits 32 --epochs 60 \
 	  --trials 24 --transfer-to 16,64 --jobs $(JOBS) --commit
+	$(PY) -m bench tune --dataset fashion-mnist --methods csq,hashnet,orthohash,shc --bits 16 --epochs 60 \
+	  --trials 40 --widen lambda_q:low --jobs $(JOBS) --commit
 
 # Issue 29's methods under the same search as the table's (same card, bits, epochs, 24 trials,
 # seeded sampler, transfer check), merged into the same committed file; then their rows:
@@ -58,18 +62,26 @@ tune-wave3: setup
 	$(PY) -m bench tune --dataset fashion-mnist --methods $(WAVE3_METHODS) --bits 32 --epochs 60 \
 	  --trials 24 --transfer-to 16,64 --jobs $(JOBS) --commit
 
-# The other primary cards' searches at their tables' budget (32 bits, 30 epochs), with the round
-# under way: its --widen and trial count (results/README.md, "What runs next"). Once the round is
-# in the tuned file, the same command searches it as written, so a clone only replays it; MDS
-# comes last on the multi-label card so that its own 64-bit search carries its check's top 3.
+# The other primary cards' searches at their tables' budget (32 bits, 30 epochs): the latest
+# round at 32 bits (its --widen and trial count), then the rounds under way or next
+# (results/README.md, "What runs next"). Once a round is in the tuned file, the same command
+# searches it as written, so a clone only replays it; MDS comes last on the multi-label card so
+# that its own 64-bit search carries its check's top 3.
 tune-multi: setup
 	$(PY) -m bench tune --dataset fashion-mnist-multi --bits 32 --epochs 30 --trials 48 \
 	  --methods crh,shc,orthohash,csq,dpn,hashnet,hclm,classify-then-hash,mds \
 	  --widen lr:high,alpha:high,beta:low --transfer-to 16,64 --jobs $(JOBS) --commit
+	$(PY) -m bench tune --dataset fashion-mnist-multi --bits 16 --epochs 30 --trials 60 \
+	  --methods classify-then-hash,hashnet,orthohash,mds --widen alpha:high,lr:high,scale:low \
+	  --jobs $(JOBS) --commit
 
 tune-pairs: setup
 	$(PY) -m bench tune --dataset fashion-mnist-pairs --bits 32 --epochs 30 --trials 32 \
 	  --methods $(TABLE_METHODS) --widen lr:high,lambda_q:high --transfer-to 16,64 --jobs $(JOBS) --commit
+	$(PY) -m bench tune --dataset fashion-mnist-pairs --bits 32 --epochs 30 --trials 40 \
+	  --methods $(TABLE_METHODS) --widen lr:high --transfer-to 16,64 --jobs $(JOBS) --commit
+	$(PY) -m bench tune --dataset fashion-mnist-pairs --bits 16 --epochs 30 --trials 40 \
+	  --methods crh,mds --widen lr:high --jobs $(JOBS) --commit
 
 # Reproduction v3 whole, in the order of results/README.md's plan (bench/commands/progress.py's
 # PLAN, which the report counts): the four searches, every planned experiment, the report.
