@@ -20,6 +20,7 @@ from scipy import stats
 
 from bench.report.analysis import Analysis, MainTable
 from bench.report.document import Doc
+from bench.report.stats import stable_seed
 from bench.report.util import REFERENCE_METHODS, method_name, method_sort_key, metric_points
 
 RESAMPLES = 2000
@@ -64,14 +65,16 @@ def ranked_methods(table: MainTable, bits: int) -> set[str]:
 
 
 def column_ranks(table: MainTable, bits: int, methods: set[str]) -> list[Ranked]:
-    """`methods` (each with a complete cell at `bits`) by rank; [] with fewer than two."""
+    """`methods` (each with a complete cell at `bits`) by rank; [] with fewer than two. The
+    resampling is seeded from the table, the length and the methods ranked, as every random
+    draw of the report is seeded from a label."""
     cells = {m: c for (m, b), c in table.cells.items() if b == bits and m in methods and c.complete}
     if len(cells) < 2:
         return []
-    methods = sorted(cells)
+    names = sorted(cells)
     seeds = table.expected[bits]
     getter = metric_points("mAP")
-    values = np.array([[getter(cells[m].group.runs[s]) for s in seeds] for m in methods], dtype=np.float64)
+    values = np.array([[getter(cells[m].group.runs[s]) for s in seeds] for m in names], dtype=np.float64)
     means = values.mean(axis=1)
     ranks = _ranks(means)
     if len(seeds) >= MIN_SEEDS:
@@ -80,12 +83,12 @@ def column_ranks(table: MainTable, bits: int, methods: set[str]) -> list[Ranked]
 
         result = stats.bootstrap(tuple(values), statistic, paired=True, vectorized=True,
                                  n_resamples=RESAMPLES, confidence_level=LEVEL, method="percentile",
-                                 rng=np.random.default_rng(0))
+                                 rng=np.random.default_rng(stable_seed(f"rank|{table.scope}|{bits}|{names}")))
         lows = [math.floor(v) for v in result.confidence_interval.low]
         highs = [math.ceil(v) for v in result.confidence_interval.high]
     else:
-        lows = highs = [None] * len(methods)
-    rows = [Ranked(m, float(means[i]), int(ranks[i]), lows[i], highs[i]) for i, m in enumerate(methods)]
+        lows = highs = [None] * len(names)
+    rows = [Ranked(m, float(means[i]), int(ranks[i]), lows[i], highs[i]) for i, m in enumerate(names)]
     return sorted(rows, key=lambda r: (r.rank, r.method))
 
 
