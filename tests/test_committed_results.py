@@ -22,8 +22,8 @@ def tracked_files() -> list[str]:
         pytest.skip("not a git checkout: no way to tell committed records from local ones")
 
 
-def tracked_record_ids() -> set[str]:
-    return {record_stem(Path(name)) for name in tracked_files() if name.endswith((".json", ".json.gz"))}
+def record_ids(files: list[str]) -> set[str]:
+    return {record_stem(Path(name)) for name in files if name.endswith((".json", ".json.gz"))}
 
 
 def test_every_run_of_the_committed_report_has_a_committed_record() -> None:
@@ -31,14 +31,14 @@ def test_every_run_of_the_committed_report_has_a_committed_record() -> None:
     with runs.open(newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert rows, "reports/runs.csv lists no run"
-    missing = sorted({row["run_id"] for row in rows} - tracked_record_ids())
+    tracked = tracked_files()
+    missing = sorted({row["run_id"] for row in rows} - record_ids(tracked))
     assert not missing, (f"{len(missing)} runs in reports/runs.csv have no committed record under "
                          f"results/ (first: {missing[:3]}); commit them or regenerate the report")
     # each row names its record's file under results/, and that exact file is tracked
     files = {row["record_file"] for row in rows if "record_file" in row}
     if files:
-        tracked = set(tracked_files())
-        untracked = sorted(name for name in files if f"results/{name}" not in tracked)
+        untracked = sorted(name for name in files if f"results/{name}" not in set(tracked))
         assert not untracked, (f"{len(untracked)} record files named in reports/runs.csv are not "
                                f"tracked: {untracked[:3]}")
 

@@ -13,13 +13,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bench.data.cards import read_yaml
 from bench.errors import UserError
 from bench.report.frame import without_keys
 from bench.report.grading import CardGrade, grade_card, overall, with_families
 from bench.report.semantics import fmt_rho, semantics_of_cell
 from bench.report.stats import ALPHA
 from bench.report.timing import timing_details, timing_numbers
-from bench.report.util import CLAIMS_FILE, FLOOR_METHOD, method_name, read_yaml
+from bench.report.util import CLAIMS_FILE, FLOOR_METHOD, method_name
 from bench.report.verdicts import (
     Checked,
     Comparison,

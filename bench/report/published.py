@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bench.data.cards import read_yaml
 from bench.errors import UserError
-from bench.report.util import PUBLISHED_FILE, method_sort_key, read_yaml
+from bench.report.util import PUBLISHED_FILE, method_sort_key
 
 
 def load_published(path: Path = PUBLISHED_FILE) -> list[dict]:

@@ -114,11 +114,11 @@ class Ranking:
 
 def rankings(analysis: Analysis, card: str) -> list[Ranking]:
     """One Ranking per comparable table with at least one length where two methods are shared."""
-    primary = analysis.main[analysis.primary[card]] if card in analysis.primary else None
     out = []
-    for other in comparable(analysis, card):
+    for other in comparable(analysis, card):  # none unless the card has a primary table
+        primary = analysis.main[analysis.primary[card]]
         columns = []
-        for bits in sorted(set(primary.bits) & set(other.bits)) if primary else []:
+        for bits in sorted(set(primary.bits) & set(other.bits)):
             shared = ranked_methods(primary, bits) & ranked_methods(other, bits)
             if len(shared) >= 2:
                 columns.append((bits, {r.method: r for r in column_ranks(primary, bits, shared)},

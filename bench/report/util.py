@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 
-from bench.data.cards import read_yaml  # noqa: F401 (re-exported: one YAML reader, cached)
 from bench.errors import UserError
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent  # bench/: claims.yaml, published.yaml
