@@ -312,3 +312,27 @@ def test_each_methods_entry_is_written_when_its_search_ends(tmp_path, tuned_dir,
     monkeypatch.setattr(tune_command, "search_one", real)
     assert tune(results, 2, "--commit") == 0
     assert (tuned_dir / "synthetic.yaml").read_text() == written
+
+
+def test_a_study_held_by_another_process_is_left_to_it_and_the_rest_goes_on(tmp_path, tuned_dir, one_thread,
+                                                                           capsys):
+    """Two processes sharing a round's methods (or one round's check needing a study another
+    round searches) must not stop each other: the study's holder keeps it, the other command
+    skips that method, searches the rest and says so."""
+    import fcntl
+
+    results = tmp_path / "results"
+    lock = results / "tuning" / f"{study_id()}.lock"
+    lock.parent.mkdir(parents=True)
+    with open(lock, "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert main(["tune", "--methods", "csq,dpn", "--trials", "1", *FAST, "--results", str(results),
+                     "--commit"]) == 0
+    out = capsys.readouterr().out
+    assert "csq: skipped here" in out and "skipped csq:" in out
+    written = yaml.safe_load((tuned_dir / "synthetic.yaml").read_text())["methods"]
+    assert "dpn" in written and "csq" not in written
+    assert not (results / "tuning" / f"{study_id()}.db").exists()
+    assert main(["tune", "--methods", "csq", "--trials", "1", *FAST, "--results", str(results),
+                 "--commit"]) == 0  # the lock released: the method searches as usual
+    assert "csq" in yaml.safe_load((tuned_dir / "synthetic.yaml").read_text())["methods"]

@@ -153,10 +153,15 @@ def execute(args: argparse.Namespace) -> int:
             write_setting(output, dataclasses.replace(request, bits=target), searched, results)
         return path
 
+    skipped: list[str] = []  # methods whose study another process holds
     try:
         carried = {method: carried_from_file(card.name, method, request, output) for method in methods}
-        for outcome, verdicts, own_searches in search_all(methods, request, options, targets, transfer_seeds,
-                                                          carried):
+        searches = search_all(methods, request, options, targets, transfer_seeds, carried)
+        for method, searched_here in zip(methods, searches, strict=True):
+            if searched_here is None:
+                skipped.append(method)
+                continue
+            outcome, verdicts, own_searches = searched_here
             outcomes.append(outcome)
             if verdicts:
                 transfers[outcome.method] = verdicts
@@ -173,8 +178,13 @@ def execute(args: argparse.Namespace) -> int:
             write()
         print(f"error: tuning stopped early: {error}; rerun the same command to resume", file=sys.stderr)
         return 1
+    if skipped:
+        print(f"skipped {', '.join(skipped)}: another `bench tune` holds their studies and writes their "
+              f"entries; this command run again after it ends replays them", flush=True)
+    if not outcomes:
+        return 0
     path = write()
-    print(f"tuned setting written: {path} ({', '.join(methods)} at {bits} bits, "
+    print(f"tuned setting written: {path} ({', '.join(o.method for o in outcomes)} at {bits} bits, "
           f"{request.trial_count()} trials each)")
     if not args.commit and not args.output:
         print(f"  `--protocol tuned` reads {tuned_path(card.name)}: rerun with --commit to write it "
@@ -220,12 +230,13 @@ def carried_from_file(card: str, method: str, request: Any, output: Path) -> Any
 
 
 def search_one(method: str, request: Any, options: Any, targets: list[int], transfer_seeds: int,
-               carried: Any = None) -> tuple[Any, dict[int, Any], list[tuple[int, Any]]]:
+               carried: Any = None) -> tuple[Any, dict[int, Any], list[tuple[int, Any]]] | None:
     """One method's study (one trial at a time), its transfer checks, and a study of its own
     at each length where the check failed (rule R4: otherwise search at that length too), with
     the same trials and budget; runs in a worker process when several methods are searched at
-    once."""
-    from bench.tuning.tune import Carried, tune_method
+    once. None when another process holds the method's study: that process searches it and
+    writes its entry, so this one goes on with its other methods instead of stopping."""
+    from bench.tuning.tune import Carried, StudyBusy, tune_method
 
     def log(line: str) -> None:
         print(line, flush=True)
@@ -234,7 +245,11 @@ def search_one(method: str, request: Any, options: Any, targets: list[int], tran
     if carried is not None:
         log(f"{method}: the check from {carried.source} failed at {request.bits} bits: this search "
             f"carries its ranges and its top {len(carried.configurations)} configurations")
-    outcome = tune_method(method, dataclasses.replace(sequential, carried=carried), options, log=log)
+    try:
+        outcome = tune_method(method, dataclasses.replace(sequential, carried=carried), options, log=log)
+    except StudyBusy as busy:
+        log(f"{method}: skipped here: {busy}; that process writes its entry")
+        return None
     verdicts: dict[int, Any] = {}
     own_searches = []
     if targets:
@@ -249,13 +264,16 @@ def search_one(method: str, request: Any, options: Any, targets: list[int], tran
             log(f"{method}: searching at {target} bits too, as at {request.bits} ({there.trial_count()} "
                 f"trials{' on ' + str(ranges) if ranges else ''}, carrying the top "
                 f"{len(there.carried.configurations)} checked there)")
-            own_searches.append((target, tune_method(method, there, options, log=log)))
+            try:
+                own_searches.append((target, tune_method(method, there, options, log=log)))
+            except StudyBusy as busy:  # e.g. that length's own round, run by another process
+                log(f"{method}: its {target}-bit search skipped here: {busy}; that process writes it")
     return outcome, verdicts, own_searches
 
 
 def search_all(methods: list[str], request: Any, options: Any, targets: list[int], transfer_seeds: int,
                carried: dict[str, Any] | None = None,
-               ) -> Iterator[tuple[Any, dict[int, Any], list[tuple[int, Any]]]]:
+               ) -> Iterator[tuple[Any, dict[int, Any], list[tuple[int, Any]]] | None]:
     """Every method's search, `request.jobs` studies at a time, yielded in the methods' order.
     Parallelism is across studies, never inside one: each study proposes one trial at a time
     from (seed, history), so what it chooses does not depend on --jobs."""

@@ -316,6 +316,10 @@ class TuneOutcome:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+class StudyBusy(UserError):
+    """Another process holds the study: `bench tune` leaves that method to it and goes on."""
+
+
 @contextlib.contextmanager
 def _exclusive(lock: Path, name: str) -> Iterator[None]:
     """One tuner per study: a second one would finish the first one's running trials."""
@@ -324,7 +328,8 @@ def _exclusive(lock: Path, name: str) -> Iterator[None]:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            raise UserError(f"another `bench tune` is running study {name} ({lock}); wait for it") from None
+            raise StudyBusy(f"another `bench tune` is running study {name} (its lock {lock.name} "
+                            f"is held)") from None
         try:
             yield
         finally:
