@@ -80,7 +80,7 @@ tune-pairs: setup
 	  --methods $(TABLE_METHODS) --widen lr:high,lambda_q:high --transfer-to 16,64 --jobs $(JOBS) --commit
 	$(PY) -m bench tune --dataset fashion-mnist-pairs --bits 32 --epochs 30 --trials 40 \
 	  --methods $(TABLE_METHODS) --widen lr:high --transfer-to 16,64 --jobs $(JOBS) --commit
-	$(PY) -m bench tune --dataset fashion-mnist-pairs --bits 16 --epochs 30 --trials 53 \
+	$(PY) -m bench tune --dataset fashion-mnist-pairs --bits 16 --epochs 30 --trials 50 \
 	  --methods crh,mds --widen lr:high --jobs $(JOBS) --commit
 
 # Reproduction v3 whole, in the order of results/README.md's plan (bench/commands/progress.py's

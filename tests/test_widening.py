@@ -46,7 +46,7 @@ def test_a_round_widens_from_its_own_ranges_and_asks_for_extra_trials() -> None:
     # scale, MDS at its bottom and OrthoHash at its top); the second hit must not undo the first.
     both = widened_round(None, spaces, [("lr", "low"), ("lr", "high")], trials=32, searched=24, after="x")
     assert both.ranges["lr"] == ("log", pytest.approx(1e-4 / 3), 0.03)
-    with pytest.raises(UserError, match="give more than the 32 it has searched"):
+    with pytest.raises(UserError, match="give more than the 32 it has searched, e.g. 40"):
         widened_round(first, spaces, [("lr", "low")], trials=32, searched=24, after="y")
     with pytest.raises(UserError, match="hard bound"):
         widened_round(None, spaces, [("margin", "low")], trials=32, searched=24, after="y")

@@ -35,6 +35,7 @@ from bench.tuning.widening import (
     governed,
     read_rounds,
     round_key,
+    widened_trials,
 )
 from methods import available_methods, get_method
 
@@ -165,7 +166,7 @@ def widening_rounds(folder: Path | None = None) -> list[tuple[str, int, int, str
         methods = ",".join(sorted({method for method, _ in at_budget}))
         commands.append((card, bits, epochs,
             f"python -m bench tune --dataset {card} --bits {bits} --epochs {epochs} --methods {methods} "
-            f"--trials {searched + max(1, searched // 4)} --widen {','.join(edges)}"
+            f"--trials {widened_trials(searched)} --widen {','.join(edges)}"
             + (f" --transfer-to {','.join(map(str, targets))}" if targets else "") + " --commit"))
     return commands
 
