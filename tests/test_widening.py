@@ -11,7 +11,7 @@ import yaml
 
 from bench.cli import main
 from bench.errors import UserError
-from bench.tuning.widening import Round, edge_evidence, read_rounds, widened_round
+from bench.tuning.widening import Round, edge_evidence, edge_reach, read_rounds, widened_round
 
 FAST = ["--dataset", "synthetic", "--epochs", "1", "--bits", "16", "--device", "cpu", "--quiet"]
 LR = ("log", 1e-4, 1e-2)
@@ -53,6 +53,49 @@ def test_a_round_widens_from_its_own_ranges_and_asks_for_extra_trials() -> None:
     alphas = {"hashnet": {"alpha": ("log", 0.01, 1.0)}, "other": {"alpha": ("log", 0.1, 1.0)}}
     with pytest.raises(UserError, match="different ranges"):
         widened_round(None, alphas, [("alpha", "high")], 32, 24, "y")
+
+
+def test_a_value_past_the_edge_widens_in_one_round_until_it_is_inside() -> None:
+    """An own search carries the wider ranges of the search it was checked from, so its chosen
+    value can lie past its length's round (the 100-class CRH at 16 bits: lr 0.0304 against the
+    round's top 0.01). One round widens that edge as many x3 steps as the value needs to be off
+    the edge (0.01 -> 0.09 here), not one step per round; a value inside the first step's range
+    and off its edge takes one step; the low side and a hard bound likewise."""
+    spaces = {"crh": {"lr": LR, "margin": ("float", 0.0, 1.0)}, "mds": {"lr": LR}}
+    entries = [{"method": "crh", "values": {"lr": 0.0304}, "search_space": {"lr": ["log", 1e-4, 0.09]},
+                "round_space": {"lr": list(LR)}, "trials": 40},
+               {"method": "mds", "values": {"lr": 0.0142}, "search_space": {"lr": ["log", 1e-4, 0.03]},
+                "round_space": {"lr": list(LR)}, "trials": 32}]
+    reach = edge_reach(entries, [("lr", "high")], spaces)
+    assert reach == {("lr", "high"): 0.0304}  # the farthest of the two
+    far = widened_round(None, spaces, [("lr", "high")], 50, 40, "x", reach)
+    assert far.ranges == {"lr": ("log", 1e-4, 0.09)} and far.trials == 50
+    near = widened_round(None, spaces, [("lr", "high")], 50, 40, "x", {("lr", "high"): 0.0142})
+    assert near.ranges == {"lr": ("log", 1e-4, 0.03)}
+    assert widened_round(None, spaces, [("lr", "high")], 50, 40, "x").ranges == near.ranges
+    low = widened_round(None, spaces, [("lr", "low")], 50, 40, "x", {("lr", "low"): 5e-6})
+    # log10 5e-6 = -5.30: within 5 % of the span from the bottom at 1e-4/3, /9 and /27 (-5.43 .. -2,
+    # margin 0.17), off it at /81 (-5.91 .. -2, margin 0.20)
+    assert low.ranges["lr"][1] == pytest.approx(1e-4 / 81)
+    linear = widened_round(None, spaces, [("margin", "high")], 50, 40, "x", {("margin", "high"): 1.6})
+    assert linear.ranges["margin"] == ("float", 0.0, 2.25)  # 1.5 then 2.25: 1.6 off the edge
+    raised = Round({"margin": ("float", 0.5, 1.0)}, 40, "y")  # a round whose margin floor moved up
+    bounded = widened_round(raised, spaces, [("margin", "low")], 50, 40, "x", {("margin", "low"): 0.0})
+    assert bounded.ranges["margin"] == ("float", 0.0, 1.0)  # stops at the hard bound 0, no endless loop
+
+
+def test_the_rounds_command_reaches_an_own_searchs_value_in_one_widening(tmp_path, tuned_dir) -> None:
+    """`bench tune --widen lr:high` at a length whose own search chose an lr past its round's top
+    (searched on the carried [1e-4, 0.09]): the round it writes holds that value off its edge."""
+    from bench.commands.tune import search_rounds
+    from bench.data.cards import load_card
+
+    tuned_dir.mkdir()
+    (tuned_dir / "synthetic.yaml").write_text(
+        "dataset: synthetic\nmethods:\n  crh: {values: {lr: 0.0304}, bits: 16, epochs: 1, trials: 40, "
+        "search_space: {lr: [log, 0.0001, 0.09]}, round_space: {lr: [log, 0.0001, 0.01]}}\n")
+    rounds = search_rounds("lr:high", load_card("synthetic"), ["crh"], 16, 50, 1, tmp_path / "out.yaml")
+    assert rounds["16b-1e"].ranges == {"lr": ("log", 1e-4, 0.09)} and rounds["16b-1e"].trials == 50
 
 
 def test_a_shared_knob_widens_apart_from_a_namesake() -> None:

@@ -299,7 +299,14 @@ def search_rounds(widen: str | None, card: Any, methods: list[str], bits: int, t
     file), with --widen's new widening of this budget's round added (see bench.tuning.widening)."""
     from bench.runs.spec import entry_budget, load_tuned, retired, tuned_path
     from bench.tuning.tune import search_space
-    from bench.tuning.widening import edge_evidence, parse_widen, read_rounds, round_key, widened_round
+    from bench.tuning.widening import (
+        edge_evidence,
+        edge_reach,
+        parse_widen,
+        read_rounds,
+        round_key,
+        widened_round,
+    )
 
     rounds = read_rounds(tuned_path(card.name), output)
     if widen is None:
@@ -330,7 +337,7 @@ def search_rounds(widen: str | None, card: Any, methods: list[str], bits: int, t
     # the rest), so the knob's range is the one of every method searched at this budget.
     in_round = dict.fromkeys([*methods, *(e["method"] for e in entries)])
     rounds[key] = widened_round(rounds.get(key), {m: search_space(m) for m in in_round}, hits, trials,
-                                searched, after)
+                                searched, after, edge_reach(entries, hits, spaces, written))
     return rounds
 
 

@@ -169,11 +169,16 @@ def parse_widen(raw: str) -> list[tuple[str, str]]:
 
 
 def widened_round(current: Round | None, spaces: dict[str, dict[str, tuple]],
-                  hits: list[tuple[str, str]], trials: int, searched: int, after: str) -> Round:
+                  hits: list[tuple[str, str]], trials: int, searched: int, after: str,
+                  reach: dict[tuple[str, str], float] | None = None) -> Round:
     """The round after widening `hits` from its current ranges (the round's, else the methods'
     shared ones). The rule gives every method extra trials: `trials` must exceed what the round
     has searched so far (`searched`, the most trials of its entries); every method's finished
-    search is inherited, so the extra trials are the only new work."""
+    search is inherited, so the extra trials are the only new work. `reach` (`edge_reach`) holds
+    the chosen values that hit each edge: a value past the edge (an own search's, found on the
+    wider ranges it carried) widens the edge step by step in this one round until the value is
+    no longer at it, instead of one round per step whose only new trials search ranges the value
+    has already left behind."""
     current = current or Round()
     before: dict[str, tuple] = {}  # each hit knob's range in the round so far
     for knob, side in hits:
@@ -192,6 +197,10 @@ def widened_round(current: Round | None, spaces: dict[str, dict[str, tuple]],
                             f"(methods.base.HARD_EDGES); it cannot widen")
         before[knob] = spec
     ranges = {**current.ranges, **widen(before, hits)}
+    for (knob, side), value in (reach or {}).items():
+        # edge_hits exempts a hard bound, so the steps stop there (margin at 0) as well
+        while knob in ranges and (knob, side) in edge_hits({knob: value}, {knob: ranges[knob]}):
+            ranges[knob] = widen({knob: ranges[knob]}, [(knob, side)])[knob]
     searched = max(searched, current.trials)
     if trials <= searched:
         raise UserError(f"--trials {trials}: a widened round gives every method extra trials; give "
@@ -217,18 +226,36 @@ def edge_evidence(entries: list[dict[str, Any]], hits: list[tuple[str, str]],
     round as written (`current`), an entry searched on a range the round has since widened is no
     evidence for that knob: the round already answers its hit (a method of the round whose part
     has not ended yet still holds the entry of the round before)."""
-    spaces = spaces or {}
     found = []
     for knob, side in hits:
         hit = [f"{e['method']} {knob} {e['values'][knob]:.4g} at the {side} edge of "
-               f"{list(edge_space(e)[knob][1:])}"
-               for e in entries if knob in edge_space(e) and knob in e.get("values", {})
-               and (knob not in spaces.get(e["method"], {}) or governed(knob, spaces[e["method"]][knob]))
-               and not answered_by_round(e, knob, current)
-               and (knob, side) in edge_hits(e["values"], {knob: edge_space(e)[knob]})]
+               f"{list(edge_space(e)[knob][1:])}" for e in _at_edge(entries, knob, side, spaces, current)]
         if not hit:
             raise UserError(f"--widen {knob}:{side}: no entry of this round has {knob} at its {side} "
                             f"edge; the rule widens a range only after an edge hit (see python -m "
                             f"bench.tuning.fidelity)")
         found += hit
     return "; ".join(found), max((int(e.get("trials") or 0) for e in entries), default=0)
+
+
+def edge_reach(entries: list[dict[str, Any]], hits: list[tuple[str, str]],
+               spaces: dict[str, dict[str, tuple]] | None = None,
+               current: Round | None = None) -> dict[tuple[str, str], float]:
+    """The farthest chosen value at each hit edge among the entries `edge_evidence` counts (the
+    largest at a high edge, the smallest at a low one): how far `widened_round` must widen."""
+    reach = {}
+    for knob, side in hits:
+        values = [float(e["values"][knob]) for e in _at_edge(entries, knob, side, spaces, current)]
+        if values:
+            reach[(knob, side)] = max(values) if side == "high" else min(values)
+    return reach
+
+
+def _at_edge(entries: list[dict[str, Any]], knob: str, side: str,
+             spaces: dict[str, dict[str, tuple]] | None, current: Round | None) -> list[dict[str, Any]]:
+    """The entries whose chosen `knob` is at its `side` edge and counts as evidence for the round."""
+    spaces = spaces or {}
+    return [e for e in entries if knob in edge_space(e) and knob in e.get("values", {})
+            and (knob not in spaces.get(e["method"], {}) or governed(knob, spaces[e["method"]][knob]))
+            and not answered_by_round(e, knob, current)
+            and (knob, side) in edge_hits(e["values"], {knob: edge_space(e)[knob]})]
