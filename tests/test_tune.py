@@ -336,3 +336,39 @@ def test_a_study_held_by_another_process_is_left_to_it_and_the_rest_goes_on(tmp_
     assert main(["tune", "--methods", "csq", "--trials", "1", *FAST, "--results", str(results),
                  "--commit"]) == 0  # the lock released: the method searches as usual
     assert "csq" in yaml.safe_load((tuned_dir / "synthetic.yaml").read_text())["methods"]
+
+
+def test_failed_checks_are_written_before_the_own_searches_so_another_process_can_share_them(
+        tmp_path, tuned_dir, one_thread, capsys, monkeypatch):
+    """A method whose check fails at two lengths owes two own searches, one after the other in
+    its command. Its entry, with the failed checks, is on file before the first starts, so a second
+    process can take the other length (`--bits L` carries the check from the file); the first
+    then finds that study held and leaves it."""
+    import bench.tuning.transfer as transfer
+    import bench.tuning.tune as tune_module
+
+    monkeypatch.setattr(transfer, "judge", lambda scores: {  # every check fails
+        "means": [0.0] * len(scores), "best": 0, "gap": 1.0, "spread": 0.0, "within_spread": False})
+    real = tune_module.tune_method
+    seen_on_file: list[dict] = []
+
+    def held_elsewhere(method, request, options, log=print):
+        if request.bits == 16:
+            return real(method, request, options, log=log)
+        seen_on_file.append(yaml.safe_load((tuned_dir / "synthetic.yaml").read_text())["methods"]["csq"])
+        raise tune_module.StudyBusy("another `bench tune` is running study X (its lock X.lock is held)")
+
+    monkeypatch.setattr(tune_module, "tune_method", held_elsewhere)
+    results = tmp_path / "results"
+    assert tune(results, 2, "--transfer-to", "32,64", "--commit") == 0
+    out = capsys.readouterr().out
+    assert "csq: its 32-bit search skipped here" in out and "csq: its 64-bit search skipped here" in out
+    assert len(seen_on_file) == 2
+    assert {b: v["within_spread"] for b, v in seen_on_file[0]["transfer"].items()} == {32: False, 64: False}
+    monkeypatch.setattr(tune_module, "tune_method", real)
+    at_64 = [flag if flag != "16" else "64" for flag in FAST]
+    assert main(["tune", "--methods", "csq", "--trials", "2", *at_64, "--results", str(results),
+                 "--commit"]) == 0
+    assert "csq: the check from" in capsys.readouterr().out  # the second process carried it
+    written = yaml.safe_load((tuned_dir / "synthetic.yaml").read_text())["methods"]["csq"]
+    assert sorted(e["bits"] for e in written) == [16, 64]

@@ -156,7 +156,7 @@ def execute(args: argparse.Namespace) -> int:
     skipped: list[str] = []  # methods whose study another process holds
     try:
         carried = {method: carried_from_file(card.name, method, request, output) for method in methods}
-        searches = search_all(methods, request, options, targets, transfer_seeds, carried)
+        searches = search_all(methods, request, options, targets, transfer_seeds, carried, (output, results))
         for method, searched_here in zip(methods, searches, strict=True):
             if searched_here is None:
                 skipped.append(method)
@@ -230,12 +230,17 @@ def carried_from_file(card: str, method: str, request: Any, output: Path) -> Any
 
 
 def search_one(method: str, request: Any, options: Any, targets: list[int], transfer_seeds: int,
-               carried: Any = None) -> tuple[Any, dict[int, Any], list[tuple[int, Any]]] | None:
+               carried: Any = None, write_to: tuple[Path, Path] | None = None,
+               ) -> tuple[Any, dict[int, Any], list[tuple[int, Any]]] | None:
     """One method's study (one trial at a time), its transfer checks, and a study of its own
     at each length where the check failed (rule R4: otherwise search at that length too), with
     the same trials and budget; runs in a worker process when several methods are searched at
     once. None when another process holds the method's study: that process searches it and
-    writes its entry, so this one goes on with its other methods instead of stopping."""
+    writes its entry, so this one goes on with its other methods instead of stopping.
+    `write_to` (tuned file, results folder): where the entry with its failed checks is written
+    before the own searches start, so that another process can run the search at another of
+    those lengths meanwhile (`bench tune --bits L --methods M` carries the check from the file);
+    this one then finds that study held and leaves it to that process."""
     from bench.tuning.tune import Carried, StudyBusy, tune_method
 
     def log(line: str) -> None:
@@ -256,6 +261,10 @@ def search_one(method: str, request: Any, options: Any, targets: list[int], tran
         from bench.tuning.transfer import check_transfer
 
         verdicts = check_transfer(outcome, sequential, targets, options, seeds=transfer_seeds, log=log)
+        if write_to is not None and not all(v["within_spread"] for v in verdicts.values()):
+            from bench.tuning.setting import write_setting
+
+            write_setting(write_to[0], request, [outcome], write_to[1], {method: verdicts})
         for target in sorted(b for b, verdict in verdicts.items() if not verdict["within_spread"]):
             there = dataclasses.replace(sequential, bits=target, carried=Carried.of(
                 outcome.study, outcome.space, outcome.finished,
@@ -272,14 +281,15 @@ def search_one(method: str, request: Any, options: Any, targets: list[int], tran
 
 
 def search_all(methods: list[str], request: Any, options: Any, targets: list[int], transfer_seeds: int,
-               carried: dict[str, Any] | None = None,
+               carried: dict[str, Any] | None = None, write_to: tuple[Path, Path] | None = None,
                ) -> Iterator[tuple[Any, dict[int, Any], list[tuple[int, Any]]] | None]:
     """Every method's search, `request.jobs` studies at a time, yielded in the methods' order.
     Parallelism is across studies, never inside one: each study proposes one trial at a time
     from (seed, history), so what it chooses does not depend on --jobs."""
     if request.jobs <= 1 or len(methods) == 1:
         for method in methods:
-            yield search_one(method, request, options, targets, transfer_seeds, (carried or {}).get(method))
+            yield search_one(method, request, options, targets, transfer_seeds, (carried or {}).get(method),
+                             write_to)
         return
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
@@ -287,7 +297,7 @@ def search_all(methods: list[str], request: Any, options: Any, targets: list[int
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=min(request.jobs, len(methods)), mp_context=context) as pool:
         futures = [pool.submit(search_one, method, request, options, targets, transfer_seeds,
-                               (carried or {}).get(method))
+                               (carried or {}).get(method), write_to)
                    for method in methods]
         for future in futures:
             yield future.result()
