@@ -74,6 +74,8 @@ tune-multi: setup
 	$(PY) -m bench tune --dataset fashion-mnist-multi --bits 16 --epochs 30 --trials 60 \
 	  --methods classify-then-hash,hashnet,orthohash,mds --widen alpha:high,lr:high,scale:low \
 	  --jobs $(JOBS) --commit
+	$(PY) -m bench tune --dataset fashion-mnist-multi --bits 64 --epochs 30 --trials 60 \
+	  --methods csq,mds --widen lr:high --jobs $(JOBS) --commit
 
 tune-pairs: setup
 	$(PY) -m bench tune --dataset fashion-mnist-pairs --bits 32 --epochs 30 --trials 32 \
