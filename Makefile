@@ -84,6 +84,8 @@ tune-pairs: setup
 	  --methods $(TABLE_METHODS) --widen lr:high --transfer-to 16,64 --jobs $(JOBS) --commit
 	$(PY) -m bench tune --dataset fashion-mnist-pairs --bits 16 --epochs 30 --trials 50 \
 	  --methods crh,mds --widen lr:high --jobs $(JOBS) --commit
+	$(PY) -m bench tune --dataset fashion-mnist-pairs --bits 64 --epochs 30 --trials 50 \
+	  --methods csq,hclm,mds,shc,classify-then-hash --widen lr:high --jobs $(JOBS) --commit
 
 # Reproduction v3 whole, in the order of results/README.md's plan (bench/commands/progress.py's
 # PLAN, which the report counts): the four searches, every planned experiment, the report.
