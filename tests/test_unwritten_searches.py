@@ -100,3 +100,37 @@ def test_fidelity_lists_the_searches_past_the_file_under_their_rounds(tmp_path, 
     listed = "  synthetic dpn 32 bits/1 epochs: synthetic-dpn-32b-1e-abcdef, 5 finished trials"
     assert listed in "\n".join(out)
     assert any(line.startswith("1 searches run but not yet in a tuned file") for line in out)
+
+
+def leave_hot_journal(database: Path) -> None:
+    """Kill a writer in the middle of a transaction that has already spilled pages into the
+    database file: what a search stopped by SIGKILL while Optuna writes leaves behind."""
+    import subprocess
+    import sys
+
+    writer = (
+        "import os, sqlite3, sys\n"
+        "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+        "c.execute('PRAGMA cache_size = 1')\n"
+        "c.execute('BEGIN IMMEDIATE')\n"
+        "c.execute('CREATE TABLE filler (x BLOB)')\n"
+        "c.executemany('INSERT INTO filler VALUES (?)', [(os.urandom(2000),) for _ in range(300)])\n"
+        "c.execute(\"UPDATE trials SET state = 'FAIL'\")\n"
+        "os._exit(0)\n")
+    subprocess.run([sys.executable, "-c", writer, str(database)], check=True)
+
+
+def test_a_study_left_with_a_hot_journal_reads_as_committed_and_stays_untouched(tmp_path: Path) -> None:
+    from bench.tuning.unwritten import study_trials
+
+    tuning = tmp_path / "tuning"
+    tuning.mkdir()
+    study(tuning, "synthetic-csq-16b-1e-aaaaaa", 4, "2026-12-01 10:00:01", budget=6)
+    database = tuning / "synthetic-csq-16b-1e-aaaaaa.db"
+    leave_hot_journal(database)
+    journal = database.with_name(database.name + "-journal")
+    assert journal.exists() and journal.stat().st_size > 0
+    before = (database.read_bytes(), journal.read_bytes())
+    # The interrupted transaction (every trial marked failed) is rolled back in the reading.
+    assert study_trials(database) == (4, "2026-12-01 10:00:01", 6)
+    assert (database.read_bytes(), journal.read_bytes()) == before  # a reader writes nothing

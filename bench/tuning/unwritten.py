@@ -22,7 +22,9 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import shutil
 import sqlite3
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,8 +66,27 @@ def parse_study(name: str, cards: list[str], methods: list[str]) -> tuple[str, s
 
 def study_trials(path: Path) -> tuple[int, str, int | None]:
     """(finished trials, the last finish time, the budget `bench tune` recorded, if any) of one
-    Optuna SQLite study, read-only: the file may be one a running search writes."""
-    with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as connection:
+    Optuna SQLite study, read-only: the file may be one a running search writes.
+
+    A search killed while Optuna writes leaves a hot journal beside the study, which SQLite
+    rolls back on the next write access only; a read-only connection then refuses to read. The
+    study is then read from a scratch copy of both files, where the rollback happens, so that
+    reading never changes the study that the next `bench tune` resumes (and rolls back itself)."""
+    try:
+        return _read_study(f"{path.resolve().as_uri()}?mode=ro")
+    except sqlite3.OperationalError:
+        journal = path.with_name(f"{path.name}-journal")
+        if not journal.exists():
+            raise
+        with tempfile.TemporaryDirectory() as scratch:
+            copy = Path(scratch) / path.name
+            shutil.copyfile(path, copy)
+            shutil.copyfile(journal, copy.with_name(journal.name))
+            return _read_study(copy.as_uri())
+
+
+def _read_study(uri: str) -> tuple[int, str, int | None]:
+    with contextlib.closing(sqlite3.connect(uri, uri=True)) as connection:
         count, last = connection.execute(
             "SELECT COUNT(*), MAX(datetime_complete) FROM trials WHERE state = 'COMPLETE'").fetchone()
         budget = connection.execute("SELECT value_json FROM study_user_attributes WHERE key = ?",
