@@ -6,12 +6,14 @@ budget was written, and of several at one budget only the newest is listed."""
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import optuna
 import pytest
 
-from bench.tuning.unwritten import parse_study, unwritten_studies
+from bench.tuning.unwritten import parse_study, study_trials, unwritten_studies
 
 CARDS = ["fashion-mnist", "fashion-mnist-multi"]
 METHODS = ["crh", "classify-then-hash", "hash"]
@@ -105,9 +107,6 @@ def test_fidelity_lists_the_searches_past_the_file_under_their_rounds(tmp_path, 
 def leave_hot_journal(database: Path) -> None:
     """Kill a writer in the middle of a transaction that has already spilled pages into the
     database file: what a search stopped by SIGKILL while Optuna writes leaves behind."""
-    import subprocess
-    import sys
-
     writer = (
         "import os, sqlite3, sys\n"
         "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
@@ -121,8 +120,6 @@ def leave_hot_journal(database: Path) -> None:
 
 
 def test_a_study_left_with_a_hot_journal_reads_as_committed_and_stays_untouched(tmp_path: Path) -> None:
-    from bench.tuning.unwritten import study_trials
-
     tuning = tmp_path / "tuning"
     tuning.mkdir()
     study(tuning, "synthetic-csq-16b-1e-aaaaaa", 4, "2026-12-01 10:00:01", budget=6)
