@@ -190,16 +190,20 @@ def test_an_added_row_is_shown_on_its_seeds_marked_and_never_bolded(make_record)
     of its seeds, marked with its n, its margin over the floor paired on those seeds; a paper
     row (CSQ) with 6 of 10 seeds, and an added row with 3, stay incomplete."""
     ten = tuple(range(10))
-    records = cell(make_record, "crh", 16, 0.80, seeds=ten) + cell(make_record, "csq", 16, 0.75, seeds=ten[:6])
+    records = cell(make_record, "crh", 16, 0.80, seeds=ten)
+    records += cell(make_record, "csq", 16, 0.75, seeds=ten[:6])
     records += cell(make_record, "classify-then-hash", 16, 0.73, seeds=ten)
-    records += cell(make_record, "dpn", 16, 0.76, seeds=ten) + cell(make_record, "hashnet", 16, 0.77, seeds=ten)
-    records += cell(make_record, "idch", 16, 0.90, seeds=ten[:5]) + cell(make_record, "ics", 16, 0.95, seeds=ten[:3])
+    records += cell(make_record, "dpn", 16, 0.76, seeds=ten)
+    records += cell(make_record, "hashnet", 16, 0.77, seeds=ten)
+    records += cell(make_record, "idch", 16, 0.90, seeds=ten[:5])
+    records += cell(make_record, "ics", 16, 0.95, seeds=ten[:3])
     rows = {row[0]: row for row in mAP_table(build_report(records), "Fashion-MNIST").rows}
     values = np.array([0.90 + 0.002 * (s - 1) for s in ten[:5]]) * 100
     half = stats.t.ppf(0.975, 4) * values.std(ddof=1) / np.sqrt(5)
-    assert rows["IDCH"][1] == f"{values.mean():.2f} [{values.mean() - half:.2f}, {values.mean() + half:.2f}] (n=5)"
+    mean = values.mean()
+    assert rows["IDCH"][1] == f"{mean:.2f} [{mean - half:.2f}, {mean + half:.2f}] (n=5)"
     floor_same_seeds = np.mean([0.73 + 0.002 * (s - 1) for s in ten[:5]]) * 100
-    assert rows["IDCH"][2] == f"+{values.mean() - floor_same_seeds:.2f}"  # +17.00; unpaired it is +16.50
+    assert rows["IDCH"][2] == f"+{mean - floor_same_seeds:.2f}"  # +17.00; unpaired it is +16.50
     assert rows["CRH"][1].startswith("**")  # best among the rows on the column's ten seeds
     assert "**" not in rows["IDCH"][1]
     assert rows["CSQ"][1] == "incomplete (6/10 seeds)" and rows["ICS"][1] == "incomplete (3/10 seeds)"

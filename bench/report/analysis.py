@@ -31,7 +31,6 @@ from bench.report.stats import Stat
 from bench.report.util import get, jsonable, method_sort_key, record_version, seed_of
 from bench.runs.spec import PER_SEED
 
-
 # Issue 32: a row added after the paper's comparison enters a table with at least this many of
 # the table's seeds, marked as such (its cells are shown on the seeds they have).
 ADDED_ROW_MIN_SEEDS = 5

@@ -259,13 +259,15 @@ def reconstruction_notes(table: MainTable) -> list[str]:
 
 def fewer_seeds_notes(table: MainTable) -> list[str]:
     """Names the rows shown on fewer seeds than their column, and why their cells stand apart."""
-    rows = sorted({m for (m, b) in table.cells if m not in paper_rows() and table.fewer_seeds(m, b) is not None})
+    rows = sorted({m for (m, b) in table.cells
+                   if m not in paper_rows() and table.fewer_seeds(m, b) is not None})
     if not rows:
         return []
     return [f"{', '.join(method_name(m) for m in rows)}: added after the paper's comparison, "
-            f"so {'its' if len(rows) == 1 else 'their'} cells may hold fewer seeds than the column's (at least "
-            f"{ADDED_ROW_MIN_SEEDS}, issue 32), marked (n=…): the mean and t interval over those seeds, its "
-            "margin over the floor paired on them; such a cell is never bolded, ranked or graded."]
+            f"so {'its' if len(rows) == 1 else 'their'} cells may hold fewer seeds than the column's "
+            f"(at least {ADDED_ROW_MIN_SEEDS}, issue 32), marked (n=…): the mean and t interval over "
+            "those seeds, its margin over the floor paired on them; such a cell is never bolded, "
+            "ranked or graded."]
 
 
 def device_of(record: dict) -> str:
@@ -327,9 +329,9 @@ def metric_table(doc: Doc, table: MainTable, key: str, title: str, with_margin: 
         for bits in table.bits:
             row.append(_method_cell(table, method, bits, key, best))
             if with_margin:  # paired: over the floor's runs of the same seeds
-                cell = shown_cell(table, method, bits)
-                margin = (cell.stat(getter).mean - Stat.of(floor[bits].group.values(getter, cell.used).values()).mean
-                          if cell is not None and floor[bits] is not None else math.nan)
+                cell, base = shown_cell(table, method, bits), floor[bits]
+                margin = (cell.stat(getter).mean - Stat.of(base.group.values(getter, cell.used).values()).mean
+                          if cell is not None and base is not None else math.nan)
                 row.append(fmt_signed(margin) if not math.isnan(margin) else "–")
         rows.append(row)
         classes.append("")
