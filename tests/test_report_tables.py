@@ -9,6 +9,7 @@ from scipy import stats
 
 from bench.report import build_report
 from bench.report.document import Heading, Table
+from bench.report.numbers import report_numbers
 from bench.report.render import render_html
 
 SEEDS = (0, 1, 2)
@@ -197,7 +198,8 @@ def test_an_added_row_is_shown_on_its_seeds_marked_and_never_bolded(make_record)
     records += cell(make_record, "hashnet", 16, 0.77, seeds=ten)
     records += cell(make_record, "idch", 16, 0.90, seeds=ten[:5])
     records += cell(make_record, "ics", 16, 0.95, seeds=ten[:3])
-    rows = {row[0]: row for row in mAP_table(build_report(records), "Fashion-MNIST").rows}
+    report = build_report(records)
+    rows = {row[0]: row for row in mAP_table(report, "Fashion-MNIST").rows}
     values = np.array([0.90 + 0.002 * (s - 1) for s in ten[:5]]) * 100
     half = stats.t.ppf(0.975, 4) * values.std(ddof=1) / np.sqrt(5)
     mean = values.mean()
@@ -208,3 +210,6 @@ def test_an_added_row_is_shown_on_its_seeds_marked_and_never_bolded(make_record)
     assert "**" not in rows["IDCH"][1]
     assert rows["CSQ"][1] == "incomplete (6/10 seeds)" and rows["ICS"][1] == "incomplete (3/10 seeds)"
     assert rows["ICS"][2] == rows["CSQ"][2] == "–"
+    numbers = report_numbers(report.analysis, report.verdicts)  # the README's cells say the same
+    assert numbers["table.FM.idch.16"] == f"{mean:.2f} ± {values.std(ddof=1):.2f} (5)"
+    assert numbers["table.FM.csq.16"] == "incomplete" and numbers["table.FM.best.16"] == "CRH"
