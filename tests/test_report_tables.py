@@ -198,6 +198,8 @@ def test_an_added_row_is_shown_on_its_seeds_marked_and_never_bolded(make_record)
     records += cell(make_record, "hashnet", 16, 0.77, seeds=ten)
     records += cell(make_record, "idch", 16, 0.90, seeds=ten[:5])
     records += cell(make_record, "ics", 16, 0.95, seeds=ten[:3])
+    for record in records:  # the paper's rows on a GPU, the added row here: the device note names it
+        record["environment"]["device"] = "cpu" if record["spec"]["method"] == "idch" else "cuda:0"
     report = build_report(records)
     rows = {row[0]: row for row in mAP_table(report, "Fashion-MNIST").rows}
     values = np.array([0.90 + 0.002 * (s - 1) for s in ten[:5]]) * 100
@@ -210,6 +212,7 @@ def test_an_added_row_is_shown_on_its_seeds_marked_and_never_bolded(make_record)
     assert "**" not in rows["IDCH"][1]
     assert rows["CSQ"][1] == "incomplete (6/10 seeds)" and rows["ICS"][1] == "incomplete (3/10 seeds)"
     assert rows["ICS"][2] == rows["CSQ"][2] == "–"
+    assert "16 bits: **mixed**, CPU for IDCH; GPU (" in report.markdown()
     numbers = report_numbers(report.analysis, report.verdicts)  # the README's cells say the same
     assert numbers["table.FM.idch.16"] == f"{mean:.2f} ± {values.std(ddof=1):.2f} (5)"
     assert numbers["table.FM.csq.16"] == "incomplete" and numbers["table.FM.best.16"] == "CRH"

@@ -287,11 +287,10 @@ def device_notes(table: MainTable) -> list[str]:
     unseen. So is a column that mixes CPUs (the machine here changes between sittings, and the
     instruction set changes the order of float reductions): also further samples, not copies."""
     by_bits: dict[int, dict[str, set[str]]] = {}
-    for (method, bits), cell in sorted(table.cells.items()):
-        if cell.complete:
-            for seed, record in cell.group.runs.items():
-                if seed in cell.expected:
-                    by_bits.setdefault(bits, {}).setdefault(device_of(record), set()).add(method)
+    for method, bits in sorted(table.cells):  # every shown cell, an added row's included
+        if (cell := shown_cell(table, method, bits)) is not None:
+            for seed in cell.used:
+                by_bits.setdefault(bits, {}).setdefault(device_of(cell.group.runs[seed]), set()).add(method)
     any_gpu = any(device.startswith("GPU") for devices in by_bits.values() for device in devices)
     mixed_cpus = any(sum(d.startswith("CPU") for d in devices) > 1 for devices in by_bits.values())
     if not any_gpu and not mixed_cpus:
