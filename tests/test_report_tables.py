@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from bench.report import build_report
 from bench.report.document import Heading, Table
+from bench.report.numbers import report_numbers
 from bench.report.render import render_html
 
 SEEDS = (0, 1, 2)
@@ -182,3 +184,32 @@ def test_validation_curves_share_one_legend_beside_the_panels(make_record):
     assert all(ax.get_legend() is None for ax in fig.axes)
     (legend,) = fig.legends
     assert sorted(t.get_text() for t in legend.get_texts()) == ["CRH", "CSQ", "HashNet"]
+
+
+def test_an_added_row_is_shown_on_its_seeds_marked_and_never_bolded(make_record):
+    """Issue 32: a row added after the paper's comparison (IDCH) enters the table with at least 5
+    of its seeds, marked with its n, its margin over the floor paired on those seeds; a paper
+    row (CSQ) with 6 of 10 seeds, and an added row with 3, stay incomplete."""
+    ten = tuple(range(10))
+    records = cell(make_record, "crh", 16, 0.80, seeds=ten)
+    records += cell(make_record, "csq", 16, 0.75, seeds=ten[:6])
+    records += cell(make_record, "classify-then-hash", 16, 0.73, seeds=ten)
+    records += cell(make_record, "dpn", 16, 0.76, seeds=ten)
+    records += cell(make_record, "hashnet", 16, 0.77, seeds=ten)
+    records += cell(make_record, "idch", 16, 0.90, seeds=ten[:5])
+    records += cell(make_record, "ics", 16, 0.95, seeds=ten[:3])
+    report = build_report(records)
+    rows = {row[0]: row for row in mAP_table(report, "Fashion-MNIST").rows}
+    values = np.array([0.90 + 0.002 * (s - 1) for s in ten[:5]]) * 100
+    half = stats.t.ppf(0.975, 4) * values.std(ddof=1) / np.sqrt(5)
+    mean = values.mean()
+    assert rows["IDCH"][1] == f"{mean:.2f} [{mean - half:.2f}, {mean + half:.2f}] (n=5)"
+    floor_same_seeds = np.mean([0.73 + 0.002 * (s - 1) for s in ten[:5]]) * 100
+    assert rows["IDCH"][2] == f"+{mean - floor_same_seeds:.2f}"  # +17.00; unpaired it is +16.50
+    assert rows["CRH"][1].startswith("**")  # best among the rows on the column's ten seeds
+    assert "**" not in rows["IDCH"][1]
+    assert rows["CSQ"][1] == "incomplete (6/10 seeds)" and rows["ICS"][1] == "incomplete (3/10 seeds)"
+    assert rows["ICS"][2] == rows["CSQ"][2] == "–"
+    numbers = report_numbers(report.analysis, report.verdicts)  # the README's cells say the same
+    assert numbers["table.FM.idch.16"] == f"{mean:.2f} ± {values.std(ddof=1):.2f} (5)"
+    assert numbers["table.FM.csq.16"] == "incomplete" and numbers["table.FM.best.16"] == "CRH"

@@ -21,7 +21,7 @@ from bench.report.grading import power_rows
 from bench.report.groups import Cell, Scope
 from bench.report.ranking import rankings
 from bench.report.stats import ALPHA, Stat, equivalence_test, holm_adjusted, paired_test
-from bench.report.tables import chance_value
+from bench.report.tables import chance_value, shown_cell
 from bench.report.unsupervised import supervised_reference
 from bench.report.util import (
     FLOOR_METHOD,
@@ -92,8 +92,8 @@ def table_numbers(analysis: Analysis) -> dict[str, str]:
                for s, t in analysis.unsupervised.items()]
     for table, prefix, supervised in tables:
         precision = precision_metric(table.records())
-        for (method, bits), cell in table.cells.items():
-            if not cell.complete:
+        for method, bits in table.cells:  # an added row's cell on fewer seeds shows its n
+            if (cell := shown_cell(table, method, bits)) is None:
                 continue
             stat: Stat = cell.stat(metric_points("mAP"))
             key = f"{prefix}{_method_key(method)}.{bits}"

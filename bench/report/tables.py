@@ -7,18 +7,19 @@ only), else says that it has no per-query data."""
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 
 from bench.evaluation.chance import chance_from_record, chance_precision_within_radius
-from bench.report.analysis import Analysis, MainTable
-from bench.report.claims import ClaimResult
+from bench.report.analysis import ADDED_ROW_MIN_SEEDS, Analysis, MainTable
+from bench.report.claims import ClaimResult, load_claims
 from bench.report.document import Doc, FigurePlan
 from bench.report.figures import Series, draw_headline
 from bench.report.grading import CardGrade
 from bench.report.groups import Cell
 from bench.report.ranking import ranking_section
-from bench.report.stats import query_bootstrap_ci
+from bench.report.stats import Stat, query_bootstrap_ci
 from bench.report.util import (
     FLOOR_METHOD,
     MAIN_METRICS,
@@ -46,6 +47,23 @@ FLOOR_LABEL, CHANCE_LABEL = f"*{FLOOR_NAME}*", f"*{CHANCE_NAME}*"  # italic in t
 DAGGER = "†"
 DAGGER_NOTE = (f"{DAGGER} one seed: 95 % bootstrap interval over queries (query noise only, not seed "
                "noise).")
+
+
+@functools.cache
+def paper_rows() -> frozenset[str]:
+    """CRH and the baselines the paper's main claim names (bench/claims.yaml), with the reference
+    rows: the rows whose cells need every seed their table expects. Any other row was added after
+    the paper's comparison and may be shown on fewer seeds (`MainTable.fewer_seeds`)."""
+    baselines = {str(m) for claim in load_claims() if claim["check"] == "beats_baselines"
+                 for m in claim.get("params", {}).get("baselines", ())}
+    return frozenset({"crh", *baselines, *REFERENCE_METHODS})
+
+
+def shown_cell(table: MainTable, method: str, bits: int) -> Cell | None:
+    """The cell a main table shows numbers for: a complete one, or an added row's cell on the
+    seeds it has (marked with its n where shown)."""
+    return table.complete(method, bits) or (table.fewer_seeds(method, bits) if method not in paper_rows()
+                                            else None)
 
 
 def per_query(record: dict, key: str):
@@ -216,6 +234,8 @@ def _method_cell(table: MainTable, method: str, bits: int, key: str, best: dict[
         return f"failed (seeds {fmt_seeds(table.only_failed[method, bits])})"
     if cell is None:
         return "not run"
+    if (fewer := table.fewer_seeds(method, bits)) is not None and method not in paper_rows():
+        return f"{cell_text(fewer, key)} (n={len(fewer.expected)})"
     if not cell.complete:
         failed = [x for x in cell.missing if x in cell.group.failed_seeds]
         return (f"incomplete ({len(cell.expected) - len(cell.missing)}/{len(cell.expected)} seeds"
@@ -235,6 +255,19 @@ def reconstruction_notes(table: MainTable) -> list[str]:
     return [f"{method_name(m)} is a reconstruction (its records say so): {', '.join(unknowns)} not "
             f"read from its paper or code (`python -m bench list settings` says what was assumed)."
             for m in table.methods if (unknowns := _unknowns(table, m))]
+
+
+def fewer_seeds_notes(table: MainTable) -> list[str]:
+    """Names the rows shown on fewer seeds than their column, and why their cells stand apart."""
+    rows = sorted({m for (m, b) in table.cells
+                   if m not in paper_rows() and table.fewer_seeds(m, b) is not None})
+    if not rows:
+        return []
+    return [f"{', '.join(method_name(m) for m in rows)}: added after the paper's comparison, "
+            f"so {'its' if len(rows) == 1 else 'their'} cells may hold fewer seeds than the column's "
+            f"(at least {ADDED_ROW_MIN_SEEDS}, issue 32), marked (n=…): the mean and t interval over "
+            "those seeds, its margin over the floor paired on them; such a cell is never bolded, "
+            "ranked or graded."]
 
 
 def device_of(record: dict) -> str:
@@ -295,10 +328,10 @@ def metric_table(doc: Doc, table: MainTable, key: str, title: str, with_margin: 
         row = [method_name(method) + (" (reconstruction)" if _unknowns(table, method) else "")]
         for bits in table.bits:
             row.append(_method_cell(table, method, bits, key, best))
-            if with_margin:
-                cell = table.complete(method, bits)
-                margin = (cell.stat(getter).mean - floor[bits].stat(getter).mean
-                          if cell is not None and floor[bits] is not None else math.nan)
+            if with_margin:  # paired: over the floor's runs of the same seeds
+                cell, base = shown_cell(table, method, bits), floor[bits]
+                margin = (cell.stat(getter).mean - Stat.of(base.group.values(getter, cell.used).values()).mean
+                          if cell is not None and base is not None else math.nan)
                 row.append(fmt_signed(margin) if not math.isnan(margin) else "–")
         rows.append(row)
         classes.append("")
@@ -342,6 +375,7 @@ def main_table(doc: Doc, analysis: Analysis, table: MainTable, published: list[d
     notes.append(f"Chance: the expected score of random ±1 codes on this query set and database "
                  f"({chance_how(table)}; see bench/evaluation/chance.py).")
     notes += reconstruction_notes(table)
+    notes += fewer_seeds_notes(table)
     notes += device_notes(table)
     doc.bullets(notes)
     published_next_to(doc, table, published)
