@@ -29,7 +29,7 @@ from bench.report.groups import (
 )
 from bench.report.stats import Stat
 from bench.report.util import get, jsonable, method_sort_key, record_version, seed_of
-from bench.runs.spec import PER_SEED
+from bench.runs.spec import PER_SEED, config_identity
 
 # Issue 32: a row added after the paper's comparison enters a table with at least this many of
 # the table's seeds, marked as such (its cells are shown on the seeds they have).
@@ -195,8 +195,10 @@ def _group(included: list[dict], current: Callable[[Group], bool] | None = None,
     for record in included:
         spec = record["spec"]
         scope = scope_of(record)
+        # The configuration as the run id sees it: provenance (which version of the tuned file
+        # supplied the values) never splits runs of one configuration.
         key = (scope, spec["method"], int(spec["bits"]), variant_of(record),
-               jsonable(record.get("config") or {}))
+               jsonable(config_identity(record.get("config") or {})))
         group = by_key.setdefault(key, Group(scope, spec["method"], int(spec["bits"]), key[3], key[4]))
         group.runs.setdefault(seed_of(record), record)
     # Two configurations with the same scope/method/bits/variant (a training setting changed
