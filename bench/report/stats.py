@@ -278,30 +278,42 @@ def mantel_run(centers: np.ndarray, similarity: np.ndarray, label: str,
     """scipy.stats.permutation_test over the order of classes (one sample, "pairings"):
     permuting which class gets which center re-indexes rows and columns of the center
     similarity together (a Mantel test). The ranks are computed once and only re-indexed.
-    None when the centers are equidistant or the similarity constant (rho undefined)."""
+    None when the centers are equidistant or the similarity constant (rho undefined).
+
+    Why integers: Spearman's rho is a monotone function of sum(rank_x * rank_y) once the ranks'
+    sums are fixed (they are: a permutation only re-orders the pairs). Doubled average ranks are
+    integers, so the statistic tested is an exact int64 dot product. A float statistic differs in
+    its last bits between BLAS kernels (AVX2 against AVX-512 machines), and scipy's tie tolerance
+    is relative to the observed value, so near rho = 0 the permuted assignments that tie with
+    the observed one were miscounted, differently on each CPU. Exact ties count as "as extreme"."""
     size = len(centers)
     i, j = _pairs(size)
     x, y = center_similarity(centers)[i, j], np.asarray(similarity, dtype=np.float64)[i, j]
     if len(x) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return None
-    rank_x = np.zeros((size, size))
-    rank_x[i, j] = sps.rankdata(x)
+    rank_x = np.zeros((size, size), dtype=np.int64)
+    rank_x[i, j] = np.rint(2 * sps.rankdata(x)).astype(np.int64)
     rank_x = rank_x + rank_x.T
-    ry = sps.rankdata(y)
-    ry = (ry - ry.mean()) / np.linalg.norm(ry - ry.mean())
-    mean_x = float(rank_x[i, j].mean())
-    norm_x = float(np.linalg.norm(rank_x[i, j] - mean_x))
+    rank_y = np.rint(2 * sps.rankdata(y)).astype(np.int64)
 
     def statistic(order: np.ndarray, axis: int = -1) -> np.ndarray:
         order = np.asarray(order, dtype=np.intp)
-        return (rank_x[order[..., i], order[..., j]] - mean_x) @ ry / norm_x
+        return rank_x[order[..., i], order[..., j]] @ rank_y
 
     result = sps.permutation_test((np.arange(size),), statistic, permutation_type="pairings",
                                   vectorized=True, n_resamples=permutations, alternative="greater",
                                   rng=np.random.default_rng(stable_seed(label)),
                                   batch=max(1, 4_000_000 // max(1, len(i))))
-    return MantelRun(float(result.statistic), float(np.mean(result.null_distribution)),
-                     float(result.pvalue), permutations)
+    pairs, ranks_x = len(i), rank_x[i, j]
+    sum_x, sum_y = int(ranks_x.sum()), int(rank_y.sum())
+    spread = math.sqrt(float((pairs * int(ranks_x @ ranks_x) - sum_x ** 2)
+                             * (pairs * int(rank_y @ rank_y) - sum_y ** 2)))
+    null = np.asarray(result.null_distribution, dtype=np.int64)
+    # rho = (P * dot - sum_x * sum_y) / spread, evaluated on Python integers (exact) so that no
+    # reduction order is left to the machine; the null mean likewise from the exact sum.
+    rho = float(pairs * int(result.statistic) - sum_x * sum_y) / spread
+    null_mean = float(pairs * int(null.sum()) - len(null) * sum_x * sum_y) / (len(null) * spread)
+    return MantelRun(rho, null_mean, float(result.pvalue), permutations)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from bench.report.figures import Series, draw_headline
 from bench.report.grading import CardGrade
 from bench.report.groups import Cell
 from bench.report.ranking import ranking_section
-from bench.report.stats import Stat, query_bootstrap_ci
+from bench.report.stats import query_bootstrap_ci
 from bench.report.util import (
     FLOOR_METHOD,
     MAIN_METRICS,
@@ -59,11 +59,16 @@ def paper_rows() -> frozenset[str]:
     return frozenset({"crh", *baselines, *REFERENCE_METHODS})
 
 
+def added_row_cell(table: MainTable, method: str, bits: int) -> Cell | None:
+    """An added row's cell on the seeds it has, when it is short of its column's but has enough
+    (None for the paper's rows, which need every seed, and for a complete cell)."""
+    return None if method in paper_rows() else table.fewer_seeds(method, bits)
+
+
 def shown_cell(table: MainTable, method: str, bits: int) -> Cell | None:
     """The cell a main table shows numbers for: a complete one, or an added row's cell on the
     seeds it has (marked with its n where shown)."""
-    return table.complete(method, bits) or (table.fewer_seeds(method, bits) if method not in paper_rows()
-                                            else None)
+    return table.complete(method, bits) or added_row_cell(table, method, bits)
 
 
 def per_query(record: dict, key: str):
@@ -234,7 +239,7 @@ def _method_cell(table: MainTable, method: str, bits: int, key: str, best: dict[
         return f"failed (seeds {fmt_seeds(table.only_failed[method, bits])})"
     if cell is None:
         return "not run"
-    if (fewer := table.fewer_seeds(method, bits)) is not None and method not in paper_rows():
+    if (fewer := added_row_cell(table, method, bits)) is not None:
         return f"{cell_text(fewer, key)} (n={len(fewer.expected)})"
     if not cell.complete:
         failed = [x for x in cell.missing if x in cell.group.failed_seeds]
@@ -259,8 +264,7 @@ def reconstruction_notes(table: MainTable) -> list[str]:
 
 def fewer_seeds_notes(table: MainTable) -> list[str]:
     """Names the rows shown on fewer seeds than their column, and why their cells stand apart."""
-    rows = sorted({m for (m, b) in table.cells
-                   if m not in paper_rows() and table.fewer_seeds(m, b) is not None})
+    rows = sorted({m for (m, b) in table.cells if added_row_cell(table, m, b) is not None})
     if not rows:
         return []
     return [f"{', '.join(method_name(m) for m in rows)}: added after the paper's comparison, "
@@ -329,7 +333,7 @@ def metric_table(doc: Doc, table: MainTable, key: str, title: str, with_margin: 
             row.append(_method_cell(table, method, bits, key, best))
             if with_margin:  # paired: over the floor's runs of the same seeds
                 cell, base = shown_cell(table, method, bits), floor[bits]
-                margin = (cell.stat(getter).mean - Stat.of(base.group.values(getter, cell.used).values()).mean
+                margin = (cell.stat(getter).mean - Cell(base.group, cell.used).stat(getter).mean
                           if cell is not None and base is not None else math.nan)
                 row.append(fmt_signed(margin) if not math.isnan(margin) else "–")
         rows.append(row)
