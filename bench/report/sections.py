@@ -195,7 +195,9 @@ def centers(doc: Doc, a: Analysis, frame: pd.DataFrame) -> None:
           "another seed's run of the same method and bits (the next seed, cyclically), else of another "
           "run in the table. p over seeds: one-sided t of each run's ρ minus the mean of its permutation "
           "null (random center-to-class assignments) — the graded test; per-run Mantel p: the one-sided "
-          "permutation p of each run (9,999 assignments; shown, not graded). CSQ's Hadamard centers are "
+          "permutation p of each run (9,999 assignments, an assignment that ties with the observed one "
+          "counted as extreme; computed on integer rank products, so the same on every CPU; shown, not "
+          "graded). CSQ's Hadamard centers are "
           "equidistant, so ρ is undefined for them.")
     for table in tables:
         label = a.scope_label(table.scope)
