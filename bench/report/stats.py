@@ -242,15 +242,6 @@ def _pairs(size: int) -> tuple[np.ndarray, np.ndarray]:
     return np.triu_indices(size, k=1)
 
 
-def spearman_pairs(center_similarity: np.ndarray, class_similarity: np.ndarray) -> float:
-    """Spearman's rho over class pairs (upper triangle); NaN when either side is constant."""
-    i, j = _pairs(len(center_similarity))
-    x, y = center_similarity[i, j], class_similarity[i, j]
-    if len(x) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
-        return math.nan
-    return float(sps.spearmanr(x, y).statistic)
-
-
 def center_similarity(centers: np.ndarray) -> np.ndarray:
     """Hamming similarity 1 - d/K of +-1 centers, [C, C]."""
     centers = np.asarray(centers, dtype=np.float64)
