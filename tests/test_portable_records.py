@@ -30,6 +30,7 @@ from bench.runs.identity import (
 from bench.runs.records import (
     CorruptRecord,
     load_records,
+    portable_data_identity,
     portable_text,
     read_record,
     record_files,
@@ -155,6 +156,24 @@ def test_paths_and_tracebacks_name_no_folder_of_this_machine(tmp_path) -> None:
     assert relative_to_results("/work/results-live/splits/card-seed0-abc.npz") == "splits/card-seed0-abc.npz"
     trace = f'File "{REPO_ROOT}/bench/training/train.py", line 3\nFile "{sys.prefix}/lib/x.py"'
     assert portable_text(trace) == 'File "<repo>/bench/training/train.py", line 3\nFile "<python>/lib/x.py"'
+
+
+
+def test_a_private_data_folder_is_named_by_role_and_a_standard_one_kept(tmp_path) -> None:
+    """split.data: --data-root or $BENCH_DATA is this machine's folder, a package's is everyone's."""
+    standard = "/usr/share/datasets/fashion-mnist"
+    private = str(tmp_path / "my copy" / "fashion-mnist")
+    assert portable_data_identity(private, [standard]) == "<data-root>"
+    assert portable_data_identity(standard, [standard + "/"]) == standard
+    assert portable_data_identity(standard + "-old", [standard]) == "<data-root>"  # not under it
+    generated = json.dumps({"generator": "pairs", "params": {"pooling": "2x2 mean", "tile": 14},
+                            "source": {"root": str(tmp_path / "fm"), "sha256": {"a.gz": "00"}}})
+    kept = json.loads(portable_data_identity(generated, [standard]))
+    assert kept["source"] == {"root": "<data-root>", "sha256": {"a.gz": "00"}}
+    assert kept["params"] == {"pooling": "2x2 mean", "tile": 14}
+    synthetic = "synthetic:[('classes', 10), ('noise', 0.5)]"
+    assert portable_data_identity(synthetic, [standard]) == synthetic
+    assert portable_data_identity(f"{REPO_ROOT}/data/fm", []) == "<repo>/data/fm"
 
 
 # ----------------------------------------------------------------------------- migration

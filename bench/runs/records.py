@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -242,6 +243,39 @@ def portable_text(text: str) -> str:
     for folder in sorted(folders, key=len, reverse=True):  # a venv inside the repo is <python>
         text = text.replace(folder + os.sep, folders[folder] + "/")
     return text
+
+
+PRIVATE_DATA_FOLDER = "<data-root>"
+
+
+def portable_data_identity(identity: str, standard_folders: Sequence[str]) -> str:
+    """The data source as a record names it (`split.data`), without this machine's folders. A
+    card's standard install folder (its search paths, e.g. the Debian package's) is the same on
+    every machine and stays, so a record still says which copy it read; any other absolute
+    folder (`--data-root`, `$BENCH_DATA`) is one machine's and becomes `<data-root>`. The data
+    itself is pinned by the split digest and the generated cards' sha256, not by the folder.
+    An identity is a folder, a JSON object (generated cards, documents) or a plain label."""
+    standard = [str(Path(folder)) for folder in standard_folders]
+
+    def portable(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {key: portable(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [portable(item) for item in value]
+        if not isinstance(value, str):
+            return value
+        value = portable_text(value)
+        if not os.path.isabs(value) or any(value == folder or value.startswith(folder.rstrip("/") + "/")
+                                           for folder in standard):
+            return value
+        return PRIVATE_DATA_FOLDER
+
+    try:
+        parsed = json.loads(identity)
+    except ValueError:
+        return portable(identity)
+    kept = portable(parsed)  # re-serialised only when a folder changed, so others stay as written
+    return identity if kept == parsed else json.dumps(kept, sort_keys=True, separators=(",", ":"))
 
 
 def relative_to_results(path: str | Path, results_dir: Path | None = None) -> str:

@@ -14,7 +14,7 @@ import torch
 
 from bench.data.loading import ground_truth_record
 from bench.data.splits import Split, selection_description, selection_reference
-from bench.runs.records import relative_to_results
+from bench.runs.records import portable_data_identity, relative_to_results
 from bench.runs.spec import run_id
 from bench.training import regime
 
@@ -156,7 +156,8 @@ def record_body(run: Any, selected: Any, metrics: dict[str, Any],
                  "class_names": list(card.class_names),
                  **({"ground_truth_similarity": truth} if truth else {})},
         "split": {"digest": split.digest, "path": relative_to_results(split.path), "sizes": split.sizes(),
-                  "seed": spec.split_seed, "data": run.source.identity},
+                  "seed": spec.split_seed,
+                  "data": portable_data_identity(run.source.identity, card.search_paths)},
         "selection": selection,
         **({"regime": run.regime} if run.regime is not None else {}),
         "metrics": metrics,
