@@ -158,7 +158,6 @@ def test_paths_and_tracebacks_name_no_folder_of_this_machine(tmp_path) -> None:
     assert portable_text(trace) == 'File "<repo>/bench/training/train.py", line 3\nFile "<python>/lib/x.py"'
 
 
-
 def test_a_private_data_folder_is_named_by_role_and_a_standard_one_kept(tmp_path) -> None:
     """split.data: --data-root or $BENCH_DATA is this machine's folder, a package's is everyone's."""
     standard = "/usr/share/datasets/fashion-mnist"

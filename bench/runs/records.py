@@ -25,7 +25,7 @@ import sys
 import tempfile
 import zlib
 from collections.abc import Sequence
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 from bench import RESULTS_VERSION, __version__
@@ -255,8 +255,6 @@ def portable_data_identity(identity: str, standard_folders: Sequence[str]) -> st
     folder (`--data-root`, `$BENCH_DATA`) is one machine's and becomes `<data-root>`. The data
     itself is pinned by the split digest and the generated cards' sha256, not by the folder.
     An identity is a folder, a JSON object (generated cards, documents) or a plain label."""
-    standard = [str(Path(folder)) for folder in standard_folders]
-
     def portable(value: Any) -> Any:
         if isinstance(value, dict):
             return {key: portable(item) for key, item in value.items()}
@@ -265,8 +263,8 @@ def portable_data_identity(identity: str, standard_folders: Sequence[str]) -> st
         if not isinstance(value, str):
             return value
         value = portable_text(value)
-        if not os.path.isabs(value) or any(value == folder or value.startswith(folder.rstrip("/") + "/")
-                                           for folder in standard):
+        if not os.path.isabs(value) or any(PurePath(value).is_relative_to(standard)
+                                           for standard in standard_folders):
             return value
         return PRIVATE_DATA_FOLDER
 
