@@ -463,3 +463,36 @@ def test_a_later_search_of_the_same_budget_takes_the_cell_once_its_values_are_cu
         assert len(analysis.conflicts) == 2
     records = tuned_generation(make_record, 2e-3, 60) + old  # no tuned file: the order decides nothing
     assert len({g.first["config"]["lr"] for g in analyze(records).groups}) == 1
+
+
+def test_a_whole_length_of_gpu_twins_is_one_family_with_holm_and_the_methods_order(make_record):
+    """Two methods with GPU twins at one length: Holm over their paired p, and Kendall's tau
+    between the devices' method means. By hand (df 2, two-sided p = 1 - t / sqrt(t^2 + 2)):
+    MDS shifts 0.1/0.2/0.3 points, t = 0.2 / (0.1 / sqrt 3) = 3.464, p = 0.0742; CRH shifts
+    1.5/1.6/1.7, t = 27.71, p = 0.0013, Holm 2 x 0.0013 = 0.0026 < .05, MDS's Holm p stays
+    0.074: one method of two significant. CPU means CRH 80 < MDS 81, GPU 81.6 > 81.2: the
+    order flips, tau = -1."""
+    import copy
+
+    from bench.report.devices import device_numbers
+
+    records = cell(make_record, "crh", 64, 0.80) + cell(make_record, "mds", 64, 0.81)
+    shifts = {"crh": (0.015, 0.016, 0.017), "mds": (0.001, 0.002, 0.003)}
+    samples = []
+    for record in records:
+        twin = copy.deepcopy(record)
+        twin["environment"].update(device="cuda", gpu="NVIDIA H200")
+        twin["metrics"]["mAP"] += shifts[record["spec"]["method"]][record["spec"]["seed"]]
+        samples.append(twin)
+    report = build_report(records, claims=load_claims(), published=load_published(), gpu_samples=samples)
+    section = render_markdown(report).split("## Device check")[1].split("\n## ")[0]
+    (mds_row,) = [line for line in section.splitlines() if "| MDS | 64 |" in line]
+    (crh_row,) = [line for line in section.splitlines() if "| CRH | 64 |" in line]
+    assert "| +0.20 [-0.05, +0.45] | 0.074 | 0.074 |" in mds_row
+    assert "| +1.60 [+1.35, +1.85] | 0.001 | 0.003 |" in crh_row
+    assert ("at 64 bits: 2 methods, mean differences from +0.20 to +1.60 points, 1 of them significant "
+            "after Holm; Kendall's tau between the devices' method means -1.00") in section
+    numbers = device_numbers(report.device_checks)
+    keys = ("methods", "min", "max", "significant", "tau")
+    assert {key: numbers[f"device.FM.64.{key}"] for key in keys} == {
+        "methods": "2", "min": "+0.20", "max": "+1.60", "significant": "1", "tau": "-1.00"}

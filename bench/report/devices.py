@@ -8,7 +8,9 @@ CPU twin with the same run id (same spec, seed, split, initial weights and data 
 pair measures what the device alone changes: the mean GPU - CPU difference over seeds with its
 paired t interval, and the spread of those differences beside the seed-to-seed spread of the
 CPU cell. A difference near zero with a spread of the seeds' size says the device acts as one
-more seed-like source of noise, not as a bias.
+more seed-like source of noise, not as a bias. Where a whole bit length has GPU twins, its
+methods form one family: Holm over their paired p says whether the device shifts any method,
+and Kendall's tau between the two devices' method means says whether it reorders the table.
 """
 
 from __future__ import annotations
@@ -18,11 +20,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import stats as sps
 
 from bench.report.analysis import Analysis
 from bench.report.document import Doc
 from bench.report.groups import scope_of
-from bench.report.stats import PairedTest, paired_test
+from bench.report.stats import ALPHA, PairedTest, holm_adjusted, paired_test
 from bench.report.util import fmt_p, get, method_name, on_gpu, seed_of
 
 SECTION = "Device check"
@@ -47,6 +50,42 @@ class DeviceCheck:
         """SD (ddof=1) over seeds of the CPU runs: the noise a seed brings, for scale."""
         values = list(self.cpu.values())
         return float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
+
+
+@dataclass(frozen=True)
+class LengthCheck:
+    """Every method with GPU twins at one bit length of one table, as one family."""
+
+    dataset: str
+    table: str
+    bits: int
+    checks: tuple[DeviceCheck, ...]
+    holm: tuple[float, ...]  # Holm-adjusted two-sided p, one per check, over the length's methods
+
+    @property
+    def significant(self) -> int:
+        """Methods whose mAP the device shifts, after Holm over the length's methods."""
+        return sum(p < ALPHA for p in self.holm)
+
+    @property
+    def rank_tau(self) -> float:
+        """Kendall's tau-b between the devices' method means (over the seeds both have):
+        1 when the GPU and the CPU order the methods alike."""
+        if len(self.checks) < 2:
+            return math.nan
+        shared = [sorted(set(c.gpu) & set(c.cpu)) for c in self.checks]
+        gpu = [np.mean([c.gpu[s] for s in seeds]) for c, seeds in zip(self.checks, shared, strict=True)]
+        cpu = [np.mean([c.cpu[s] for s in seeds]) for c, seeds in zip(self.checks, shared, strict=True)]
+        return float(sps.kendalltau(gpu, cpu).statistic)
+
+
+def length_checks(checks: Sequence[DeviceCheck]) -> list[LengthCheck]:
+    """Group the checks by (card, table, bit length), Holm over each group's paired p."""
+    groups: dict[tuple[str, str, int], list[DeviceCheck]] = {}
+    for check in checks:
+        groups.setdefault((check.dataset, check.table, check.bits), []).append(check)
+    return [LengthCheck(*key, tuple(group), tuple(holm_adjusted([c.test.p for c in group])))
+            for key, group in sorted(groups.items())]
 
 
 def device_checks(analysis: Analysis, samples: Sequence[dict]) -> list[DeviceCheck]:
@@ -85,18 +124,29 @@ def device_section(doc: Doc, checks: Sequence[DeviceCheck], samples: int) -> Non
         doc.p("No GPU record has a counted CPU twin yet: the check fills in as the CPU cells land.")
         return
     rows = []
-    for c in checks:
-        t = c.test
-        rows.append([c.table, method_name(c.method), str(c.bits), c.gpu_name, str(t.n),
-                     f"{t.mean_diff:+.2f} [{t.low:+.2f}, {t.high:+.2f}]" if t.n > 1 else "–",
-                     fmt_p(t.p), f"{t.sd:.2f}" if t.n > 1 else "–",
-                     f"{c.seed_sd:.2f}" if not math.isnan(c.seed_sd) else "–"])
+    lengths = length_checks(checks)
+    for length in lengths:
+        for c, holm in zip(length.checks, length.holm, strict=True):
+            t = c.test
+            rows.append([c.table, method_name(c.method), str(c.bits), c.gpu_name, str(t.n),
+                         f"{t.mean_diff:+.2f} [{t.low:+.2f}, {t.high:+.2f}]" if t.n > 1 else "–",
+                         fmt_p(t.p), fmt_p(holm), f"{t.sd:.2f}" if t.n > 1 else "–",
+                         f"{c.seed_sd:.2f}" if not math.isnan(c.seed_sd) else "–"])
     doc.table(["table", "method", "bits", "GPU", "seeds", "GPU − CPU, points [95 % CI]", "p (two-sided)",
-               "SD of differences", "seed SD (CPU)"], rows)
+               "Holm p (the length's methods)", "SD of differences", "seed SD (CPU)"], rows)
+    whole = [length for length in lengths if len(length.checks) > 1]
+    if whole:
+        doc.p(" ".join(
+            f"{length.table} at {length.bits} bits: {len(length.checks)} methods, mean differences from "
+            f"{min(c.test.mean_diff for c in length.checks):+.2f} to "
+            f"{max(c.test.mean_diff for c in length.checks):+.2f} points, {length.significant} of them "
+            f"significant after Holm; Kendall's tau between the devices' method means "
+            f"{length.rank_tau:.2f} (1: the same order)." for length in whole))
 
 
 def device_numbers(checks: Sequence[DeviceCheck]) -> dict[str, str]:
-    """`device.<card>.<method>.<bits>.diff|low|high|p|n|sd|seed_sd` for the README."""
+    """`device.<card>.<method>.<bits>.diff|low|high|p|n|sd|seed_sd` for the README, and per
+    bit length with two or more methods `device.<card>.<bits>.methods|min|max|significant|tau`."""
     from bench.report.numbers import card_key
 
     out: dict[str, str] = {}
@@ -108,4 +158,12 @@ def device_numbers(checks: Sequence[DeviceCheck]) -> dict[str, str]:
                     f"{key}.high": f"{c.test.high:+.2f}", f"{key}.p": fmt_p(c.test.p),
                     f"{key}.n": str(c.test.n), f"{key}.sd": f"{c.test.sd:.2f}",
                     f"{key}.seed_sd": f"{c.seed_sd:.2f}"})
+    for length in length_checks(checks):
+        if len(length.checks) < 2:
+            continue
+        key = f"device.{card_key(length.dataset)}.{length.bits}"
+        diffs = [c.test.mean_diff for c in length.checks]
+        out.update({f"{key}.methods": str(len(length.checks)), f"{key}.min": f"{min(diffs):+.2f}",
+                    f"{key}.max": f"{max(diffs):+.2f}", f"{key}.significant": str(length.significant),
+                    f"{key}.tau": f"{length.rank_tau:.2f}"})
     return out
