@@ -1,16 +1,11 @@
 #!/bin/bash
 # One batch of reproduction v3 (issues 26 and 32) on a lent machine: one GPU shared by every
 # process, 16 cores, one CPU thread per process. Deadline-bound; everything it starts resumes.
-#   phase 1  what belongs on the GPU because its table's column ran there: the 32-bit CRH
-#            ablations (crh-ablations-v3: reassign=never and heads=1, 10 per-seed splits), whose
-#            other side is main-table-v3's 32-bit CRH cell, run on a lent H200: ask the device
-#            tool for kind nvidia-h200, or the pairs mix devices. PHASE1 names the `bench run`
-#            arguments (empty: skip); the batch sends no records, so never name a committed cell;
-#   phase 2  TABLES: `bench run` argument lists separated by ";", each its own process with
+#   phase 1  TABLES: `bench run` argument lists separated by ";", each its own process with
 #            TABLE_JOBS runs at a time, all at once (e.g. whole bit-length columns of
 #            main-table-multi-v3 or main-table-pairs-v3 whose methods' searches are written: a
 #            column runs whole on one device, so name whole columns that have no CPU record);
-#   phase 3  SEARCHES: `bench tune` argument lists separated by ";" (a round's command from
+#   phase 2  SEARCHES: `bench tune` argument lists separated by ";" (a round's command from
 #            `python -m bench.tuning.fidelity`, one method each, so they run side by side), each
 #            with --jobs 1 until the deadline; the studies resume on any machine.
 # What finished is packed into $OUT/results.tar.gz (records, splits, studies, trial records and
@@ -21,7 +16,7 @@
 # checkout for the call (the batch reads neither, only bench/tuned/), carry .whl (Optuna and its
 # pure-Python needs, cp312 SQLAlchemy) and .fmnist (the Debian package's four .gz files).
 # Local check of the command lines: SETUP=0 OUT=/tmp/o RESULTS=/tmp/r RUN_EXTRA=--dry-run \
-#   TABLES="--experiment main-table-multi-v3 --bits 32 --methods crh" PHASE1= \
+#   TABLES="--experiment main-table-multi-v3 --bits 32 --methods crh" \
 #   SEARCHES="--dataset fashion-mnist-mini --methods csq --bits 16 --epochs 1 --trials 2" \
 #   DEVICE=cpu DEADLINE=300 tools/device_v3.sh
 set -u
@@ -29,8 +24,6 @@ DEADLINE=${DEADLINE:-530}
 . "$(dirname "$0")/device_lib.sh"
 RESULTS=${RESULTS:-results}
 DEVICE=${DEVICE:-cuda}
-JOBS=${JOBS:-16}
-PHASE1=${PHASE1---experiment crh-ablations-v3 --bits 32}  # set empty to skip
 V3_16=${V3_16:-}
 V3_64=${V3_64:-}
 RUN_EXTRA=${RUN_EXTRA:-}
@@ -51,8 +44,6 @@ mark_start
 stamp "batch start on $(nproc) cores:$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" | tee -a "$LOGS/batch.log"
 
-# shellcheck disable=SC2086  # PHASE1 and each TABLES entry are lists of arguments
-[ -z "$PHASE1" ] || run_part phase1 $PHASE1 --jobs "$JOBS"
 [ -z "$V3_16" ] || run_part v3-16 --experiment main-table-v3 --bits 16 --methods "$V3_16" --jobs 10 &
 [ -z "$V3_64" ] || run_part v3-64 --experiment main-table-v3 --bits 64 --methods "$V3_64" --jobs 6 &
 wait
