@@ -68,6 +68,12 @@ class LengthCheck:
         return sum(p < ALPHA for p in self.holm)
 
     @property
+    def diff_range(self) -> tuple[float, float]:
+        """Smallest and largest mean GPU − CPU difference over the length's methods."""
+        diffs = [c.test.mean_diff for c in self.checks]
+        return min(diffs), max(diffs)
+
+    @property
     def rank_tau(self) -> float:
         """Kendall's tau-b between the devices' method means (over the seeds both have):
         1 when the GPU and the CPU order the methods alike."""
@@ -138,10 +144,9 @@ def device_section(doc: Doc, checks: Sequence[DeviceCheck], samples: int) -> Non
     if whole:
         doc.p(" ".join(
             f"{length.table} at {length.bits} bits: {len(length.checks)} methods, mean differences from "
-            f"{min(c.test.mean_diff for c in length.checks):+.2f} to "
-            f"{max(c.test.mean_diff for c in length.checks):+.2f} points, {length.significant} of them "
-            f"significant after Holm; Kendall's tau between the devices' method means "
-            f"{length.rank_tau:.2f} (1: the same order)." for length in whole))
+            f"{length.diff_range[0]:+.2f} to {length.diff_range[1]:+.2f} points, "
+            f"{length.significant} of them significant after Holm; Kendall's tau between the devices' "
+            f"method means {length.rank_tau:.2f} (1: the same order)." for length in whole))
 
 
 def device_numbers(checks: Sequence[DeviceCheck]) -> dict[str, str]:
@@ -162,8 +167,8 @@ def device_numbers(checks: Sequence[DeviceCheck]) -> dict[str, str]:
         if len(length.checks) < 2:
             continue
         key = f"device.{card_key(length.dataset)}.{length.bits}"
-        diffs = [c.test.mean_diff for c in length.checks]
-        out.update({f"{key}.methods": str(len(length.checks)), f"{key}.min": f"{min(diffs):+.2f}",
-                    f"{key}.max": f"{max(diffs):+.2f}", f"{key}.significant": str(length.significant),
+        low, high = length.diff_range
+        out.update({f"{key}.methods": str(len(length.checks)), f"{key}.min": f"{low:+.2f}",
+                    f"{key}.max": f"{high:+.2f}", f"{key}.significant": str(length.significant),
                     f"{key}.tau": f"{length.rank_tau:.2f}"})
     return out
