@@ -274,3 +274,23 @@ def test_noninferiority_counts_cells_within_half_a_point_after_holm(make_record)
                 for v in rivals.values())
     holm = sum(1 for i, p in enumerate(ps) if all(q * (len(ps) - j) < 0.05 for j, q in enumerate(ps[:i + 1])))
     assert numbers["claim.crh-beats-baselines.FM.n_noninferior_holm"] == str(holm) == "1"
+
+
+def test_the_lengths_against_crh_after_holm_are_named_in_words(make_record):
+    """MDS clearly ahead of CRH at 16 and 32 bits and level at 64: the key that README
+    sentences quote names exactly those two lengths, in ascending order."""
+    from bench.report import build_report
+    from bench.report.numbers import bit_lengths_in_words, report_numbers
+
+    crh = [0.700, 0.710, 0.690, 0.720, 0.705]
+    ahead = [v + 0.03 + 0.001 * s for s, v in enumerate(crh)]
+    level = [v + (0.002 if s % 2 else -0.002) for s, v in enumerate(crh)]
+    records = []
+    for bits, mds in ((16, ahead), (32, ahead), (64, level)):
+        records += [make_record("crh", bits, s, v) for s, v in enumerate(crh)]
+        records += [make_record("mds", bits, s, v) for s, v in enumerate(mds)]
+    numbers = report_numbers(*(lambda r: (r.analysis, r.verdicts))(build_report(records, published=[])))
+    assert numbers["claim.crh-beats-baselines.FM.n_against_holm"] == "2"
+    assert numbers["claim.crh-beats-baselines.FM.against_holm_bits"] == "16 and 32 bits"
+    assert bit_lengths_in_words([64, 16, 32, 16]) == "16, 32 and 64 bits"
+    assert bit_lengths_in_words([]) == "no length"

@@ -198,6 +198,16 @@ def _tost_phrase(cell: Cell, default: Cell) -> str:
 NONINFERIORITY_MARGIN = 0.5  # mAP points: the CI gate's floor, under a third of the paper's smallest effect
 
 
+def bit_lengths_in_words(bits: Any) -> str:
+    """Distinct bit lengths in ascending order as prose: "16 bits", "16 and 32 bits",
+    "16, 32 and 64 bits", or "no length"."""
+    lengths = [str(b) for b in sorted(set(bits))]
+    if not lengths:
+        return "no length"
+    listed = lengths[0] if len(lengths) == 1 else ", ".join(lengths[:-1]) + " and " + lengths[-1]
+    return f"{listed} bits"
+
+
 def noninferiority_p(c: Any) -> float:
     """One-sided p of H0: mean paired difference <= -margin (CRH worse than the rival by at
     least 0.5 points), from the cell's mean, seed SD and n: ttest_1samp(d, -0.5) in closed form."""
@@ -229,6 +239,9 @@ def claim_numbers(verdicts: Sequence[ClaimResult]) -> dict[str, str]:
             holm_for = holm_adjusted([c.p_for for c in family])
             out[f"{card}.n_significant_holm"] = str(sum(p < ALPHA for p in holm_for if not math.isnan(p)))
             out[f"{card}.n_against_holm"] = str(sum(c.significant_against for c in family))
+            # The lengths in words, so that a sentence naming them is generated, not typed.
+            out[f"{card}.against_holm_bits"] = bit_lengths_in_words(
+                c.bits for c in family if c.significant_against)
             if v.id == "crh-beats-baselines" and family:
                 # Non-inferiority at the 0.5-point margin (verdicts-v3 section 4): reported, never
                 # a grade; Holm over the family.
