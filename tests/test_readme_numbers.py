@@ -289,7 +289,8 @@ def test_the_lengths_against_crh_after_holm_are_named_in_words(make_record):
     for bits, mds in ((16, ahead), (32, ahead), (64, level)):
         records += [make_record("crh", bits, s, v) for s, v in enumerate(crh)]
         records += [make_record("mds", bits, s, v) for s, v in enumerate(mds)]
-    numbers = report_numbers(*(lambda r: (r.analysis, r.verdicts))(build_report(records, published=[])))
+    report = build_report(records, published=[])
+    numbers = report_numbers(report.analysis, report.verdicts)
     assert numbers["claim.crh-beats-baselines.FM.n_against_holm"] == "2"
     assert numbers["claim.crh-beats-baselines.FM.against_holm_bits"] == "16 and 32 bits"
     assert bit_lengths_in_words([64, 16, 32, 16]) == "16, 32 and 64 bits"
