@@ -24,8 +24,6 @@ DEADLINE=${DEADLINE:-530}
 . "$(dirname "$0")/device_lib.sh"
 RESULTS=${RESULTS:-results}
 DEVICE=${DEVICE:-cuda}
-V3_16=${V3_16:-}
-V3_64=${V3_64:-}
 RUN_EXTRA=${RUN_EXTRA:-}
 TABLES=${TABLES:-}
 TABLE_JOBS=${TABLE_JOBS:-6}
@@ -43,10 +41,6 @@ offline_setup
 mark_start
 stamp "batch start on $(nproc) cores:$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" | tee -a "$LOGS/batch.log"
-
-[ -z "$V3_16" ] || run_part v3-16 --experiment main-table-v3 --bits 16 --methods "$V3_16" --jobs 10 &
-[ -z "$V3_64" ] || run_part v3-64 --experiment main-table-v3 --bits 64 --methods "$V3_64" --jobs 6 &
-wait
 
 n=0
 IFS=';' read -ra table_parts <<< "$TABLES"
